@@ -1,0 +1,26 @@
+"""Shared test set-up: offline Hub, deterministic seeds, tiny configurations."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+TINY_VISION = {"backbone": "cloome_resnet50", "num_channels": 5, "layers": [1, 1, 1, 1], "image_size": [64, 64]}
+TINY_MOLECULE = {"fingerprint_size": 64, "hidden_size": 32, "num_hidden_layers": 2}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_config():
+    from cloome_hf import CloomeConfig
+
+    return CloomeConfig(vision_config=dict(TINY_VISION), molecule_config=dict(TINY_MOLECULE), projection_dim=16)
