@@ -62,6 +62,12 @@ def gather_features(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _AllGatherWithGrad.apply(features), dist.get_rank() * features.shape[0]
 
 
+def _similarities(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` in float32 with autocast switched off (autocast would cast the matmul back to bf16/fp16)."""
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return a.float() @ b.float().T
+
+
 def _check_batch(anchors: torch.Tensor, candidates: torch.Tensor) -> None:
     if anchors.ndim != 2 or candidates.ndim != 2 or anchors.shape[1] != candidates.shape[1]:
         raise ValueError(
@@ -88,8 +94,8 @@ def infonce_loss(image_embeds: torch.Tensor, molecule_embeds: torch.Tensor, inv_
     all_molecules, _ = gather_features(molecule_embeds)
     _check_batch(image_embeds, all_molecules)
     labels = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
-    logits_per_image = inv_tau * image_embeds.float() @ all_molecules.float().T
-    logits_per_molecule = inv_tau * molecule_embeds.float() @ all_images.float().T
+    logits_per_image = inv_tau * _similarities(image_embeds, all_molecules)
+    logits_per_molecule = inv_tau * _similarities(molecule_embeds, all_images)
     return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_molecule, labels))
 
 
@@ -104,8 +110,8 @@ def hopfield_retrieval(queries: torch.Tensor, stored_patterns: torch.Tensor, bet
     Returns:
         ``(n, d)`` unit-length retrieved patterns.
     """
-    attention = torch.softmax(beta * queries.float() @ stored_patterns.float().T, dim=-1)
-    return F.normalize(attention @ stored_patterns.float(), dim=-1)
+    attention = torch.softmax(beta * _similarities(queries, stored_patterns), dim=-1)
+    return F.normalize(_similarities(attention, stored_patterns.T), dim=-1)
 
 
 def infoloob_loss(
@@ -132,7 +138,7 @@ def infoloob_loss(
     """
     _check_batch(anchors, candidates)
     rows = torch.arange(anchors.shape[0], device=anchors.device)
-    logits = inv_tau * anchors.float() @ candidates.float().T
+    logits = inv_tau * _similarities(anchors, candidates)
     positive = torch.zeros_like(logits, dtype=torch.bool)
     positive[rows, rows + offset] = True
     positive_logits = logits[rows, rows + offset]

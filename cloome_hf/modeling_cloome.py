@@ -62,6 +62,15 @@ def resnet_min_input_size(head_pool_size: int) -> int:
     return size
 
 
+def cloome_head_pool(feature_map: torch.Tensor, window: int) -> torch.Tensor:
+    """The published CLOOME head: average ``window`` x ``window`` patches with stride 1, then average the patches.
+
+    Border positions fall into fewer patches than central ones, so this is a centre-weighted mean, not global
+    average pooling; it must be kept for the published weights. ``(N, C, H, W)`` -> ``(N, C)``.
+    """
+    return F.avg_pool2d(feature_map, kernel_size=window, stride=1).mean(dim=(2, 3))
+
+
 class CloomeBottleneck(GradientCheckpointingLayer):
     """Anti-aliased bottleneck: ``relu(bn3(conv3(pool(relu(bn2(conv2(relu(bn1(conv1 x)))))))) + shortcut(x))``.
 
@@ -133,10 +142,7 @@ class CloomeResNet(nn.Module):
             )
         hidden = self.maxpool(self.relu(self.bn1(self.conv1(pixel_values))))
         hidden = self.layer4(self.layer3(self.layer2(self.layer1(hidden))))
-        # Published head: 7x7 windows with stride 1, then the mean of the windows. Border pixels fall into
-        # fewer windows, so this is a centre-weighted average, not global average pooling.
-        hidden = F.avg_pool2d(hidden, kernel_size=self.head_pool_size, stride=1)
-        return hidden.mean(dim=(2, 3))
+        return cloome_head_pool(hidden, self.head_pool_size)
 
 
 def build_vision_backbone(config: CloomeVisionConfig) -> nn.Module:
@@ -224,8 +230,8 @@ class CloomeModel(CloomePreTrainedModel):
         )
         self.post_init()
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
-        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func)
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
         if hasattr(self.vision_model, "set_grad_checkpointing"):  # timm backbones
             self.vision_model.set_grad_checkpointing(enable)
 
@@ -315,4 +321,4 @@ class CloomeModel(CloomePreTrainedModel):
         )
 
 
-__all__ = ["CloomeModel", "CloomeOutput", "CloomePreTrainedModel", "CloomeResNet", "resnet_min_input_size"]
+__all__ = ["CloomeModel", "CloomeOutput", "CloomePreTrainedModel", "CloomeResNet", "cloome_head_pool", "resnet_min_input_size"]

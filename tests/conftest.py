@@ -10,7 +10,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
-TINY_VISION = {"backbone": "cloome_resnet50", "num_channels": 5, "layers": [1, 1, 1, 1], "image_size": [64, 64]}
+# A ResNet of the published design, shrunk for CPU tests: 64 px inputs leave a 2x2 map for a 2x2 head pool.
+TINY_VISION = {
+    "backbone": "cloome_resnet50",
+    "num_channels": 5,
+    "layers": [1, 1, 1, 1],
+    "image_size": [64, 64],
+    "base_width": 8,
+    "head_pool_size": 2,
+}
 TINY_MOLECULE = {"fingerprint_size": 64, "hidden_size": 32, "num_hidden_layers": 2}
 
 
