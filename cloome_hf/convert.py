@@ -1,0 +1,386 @@
+"""Convert the published CLOOME checkpoints (ml-jku/cloome, Hub repo ``anasanchezf/cloome``) to cloome-hf.
+
+The upstream checkpoints are PyTorch pickles ``{"epoch", "name", "state_dict", "optimizer", "scheduler"}``
+whose ``state_dict`` holds a ``CLIPGeneral`` saved from DDP (keys prefixed with ``module.``):
+
+* ``visual.*`` - the 5-channel anti-aliased ResNet (``conv1``, ``bn1``, ``layer{1..4}.{block}.conv{1,2,3}`` /
+  ``bn{1,2,3}``, ``layer{s}.0.downsample.0`` (1x1 conv) / ``downsample.1`` (BN)) and ``fc`` (2048 -> 512);
+* ``transformer.layers.{i}.0`` (Linear) / ``.1`` (BatchNorm1d) - the molecule MLP, despite the name -
+  and ``transformer.layers.{last}.0``, the final Linear to the embedding space;
+* ``logit_inv_tau`` - the scalar ``ln(1/tau)``.
+
+:func:`convert_state_dict` renames every tensor to the :class:`~cloome_hf.CloomeModel` parameter names and
+infers the architecture from the tensor shapes; it refuses to guess: any source tensor it cannot place and
+any model tensor it cannot fill is an error that lists all of them. :func:`convert_original_checkpoint` loads
+a checkpoint with ``torch.load(weights_only=True)`` (so no arbitrary objects are unpickled), converts it,
+and writes a Hub-ready folder: ``config.json``, ``model.safetensors``, the processor configuration for the
+chosen preset and a rendered ``README.md`` model card.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .configuration_cloome import CLOOME_RESNET50, CloomeConfig
+from .image_processing_cloome import CANONICAL_CHANNELS, CLOOME_CHANNEL_MEAN
+
+HUB_REPO_ID = "anasanchezf/cloome"
+CHECKPOINTS = {"retrieval": "cloome-retrieval-zero-shot.pt", "bioactivity": "cloome-bioactivity.pt"}
+
+# Processor settings of the published models. The molecule featurisation is the one each model was
+# trained with; the fingerprint *size* is always taken from the weights (see ``processor_settings``).
+#   retrieval   - full 520 x 696 sites, Morgan+RDKit count fingerprints (max-pooled) of length 8192;
+#   zero-shot   - the same weights with a 520 x 520 centre crop, the setting for zero-shot use;
+#   bioactivity - full sites, 1024-bit Morgan fingerprints.
+# ``loss``/``hopfield_beta`` only matter for further training: the retrieval model is the InfoNCE one
+# (tau^-1 = 14.3), the bioactivity model the InfoLOOB + Hopfield one (tau^-1 = 30, beta = 22). Without a
+# preset the upstream default method, CLOOB, is assumed.
+PRESETS: dict[str, dict[str, Any]] = {
+    "retrieval": {
+        "checkpoint": CHECKPOINTS["retrieval"],
+        "fingerprint_kind": "morgan_rdkit_max",
+        "crop_size": {"height": 520, "width": 696},
+        "loss": "infonce",
+        "hopfield_beta": 14.3,
+    },
+    "zero-shot": {
+        "checkpoint": CHECKPOINTS["retrieval"],
+        "fingerprint_kind": "morgan_rdkit_max",
+        "crop_size": {"height": 520, "width": 520},
+        "loss": "infonce",
+        "hopfield_beta": 14.3,
+    },
+    "bioactivity": {
+        "checkpoint": CHECKPOINTS["bioactivity"],
+        "fingerprint_kind": "morgan",
+        "crop_size": {"height": 520, "width": 696},
+        "loss": "infoloob",
+        "hopfield_beta": 22.0,
+    },
+}
+SITE_SIZE = (520, 696)  # height, width of a Bray 2017 site
+
+_VISUAL_RE = re.compile(
+    r"^visual\.layer(?P<stage>[1-4])\.(?P<block>\d+)\."
+    r"(?:(?P<conv>conv[123])\.weight|(?P<bn>bn[123])\.(?P<bnp>\w+)|downsample\.(?P<ds>[01])\.(?P<dsp>\w+))$"
+)
+_MOLECULE_RE = re.compile(r"^transformer\.layers\.(?P<layer>\d+)\.(?P<sub>[01])\.(?P<param>\w+)$")
+_BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not match the CLOOME layout; the message lists every offending key."""
+
+
+def strip_ddp_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the ``module.`` prefix DistributedDataParallel adds; keys without it pass unchanged."""
+    stripped: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = key[len("module.") :] if key.startswith("module.") else key
+        if name in stripped:
+            raise ConversionError(f"checkpoint holds {name!r} both with and without the 'module.' prefix")
+        stripped[name] = value
+    return stripped
+
+
+def _rename(key: str, final_molecule_layer: int) -> str | None:
+    """Map one (prefix-free) upstream key to its CloomeModel name, or ``None`` if it has no place."""
+    if key == "logit_inv_tau":
+        return "logit_scale"
+    if key == "visual.conv1.weight":
+        return "vision_model.conv1.weight"
+    if key.startswith("visual.bn1.") and key.split(".", 2)[2] in _BN_PARAMS:
+        return "vision_model." + key[len("visual.") :]
+    if key in ("visual.fc.weight", "visual.fc.bias"):
+        return "visual_projection." + key.rsplit(".", 1)[1]
+    m = _VISUAL_RE.match(key)
+    if m:
+        base = f"vision_model.layer{m['stage']}.{m['block']}."
+        if m["conv"]:
+            return base + f"{m['conv']}.weight"
+        if m["bn"]:
+            return base + f"{m['bn']}.{m['bnp']}" if m["bnp"] in _BN_PARAMS else None
+        if m["ds"] == "0":
+            return base + "downsample.conv.weight" if m["dsp"] == "weight" else None
+        return base + f"downsample.bn.{m['dsp']}" if m["dsp"] in _BN_PARAMS else None
+    m = _MOLECULE_RE.match(key)
+    if m:
+        layer, sub, param = int(m["layer"]), m["sub"], m["param"]
+        if layer == final_molecule_layer:
+            return f"molecule_projection.{param}" if sub == "0" and param in ("weight", "bias") else None
+        if sub == "0":
+            return f"molecule_model.layers.{layer}.dense.{param}" if param in ("weight", "bias") else None
+        return f"molecule_model.layers.{layer}.norm.{param}" if param in _BN_PARAMS else None
+    return None
+
+
+def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    if key not in state_dict:
+        raise ConversionError(f"checkpoint has no {key!r}: not a CLOOME state dict (keys: {sorted(state_dict)[:8]}...)")
+    return state_dict[key]
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor], preset: str | None = None) -> CloomeConfig:
+    """Read the architecture off the tensor shapes of a prefix-free upstream state dict.
+
+    Fingerprint size and hidden size come from ``transformer.layers.0.0.weight`` ``(hidden, F)``, the number
+    of hidden layers from the ``transformer.layers.{i}`` indices (the last is the projection), the blocks per ResNet stage from the
+    ``visual.layer{s}.{b}`` indices, the projection dimension from ``visual.fc.weight`` ``(d, 2048)`` and the
+    logit scale from ``logit_inv_tau``; the stem width (64 published) from ``visual.conv1.weight``.
+    """
+    conv1 = _require(state_dict, "visual.conv1.weight")
+    fc = _require(state_dict, "visual.fc.weight")
+    first = _require(state_dict, "transformer.layers.0.0.weight")
+    logit = _require(state_dict, "logit_inv_tau")
+
+    blocks: dict[int, set[int]] = defaultdict(set)
+    for key in state_dict:
+        m = re.match(r"^visual\.layer([1-4])\.(\d+)\.", key)
+        if m:
+            blocks[int(m[1])].add(int(m[2]))
+    layers = []
+    for stage in range(1, 5):
+        found = sorted(blocks.get(stage, ()))
+        if not found or found != list(range(len(found))):
+            raise ConversionError(f"visual.layer{stage} has blocks {found}; expected 0..n-1 with n >= 1")
+        layers.append(len(found))
+
+    molecule_layers = sorted({int(m[1]) for k in state_dict if (m := re.match(r"^transformer\.layers\.(\d+)\.", k))})
+    if molecule_layers != list(range(len(molecule_layers))) or len(molecule_layers) < 2:
+        raise ConversionError(f"transformer.layers has indices {molecule_layers}; expected 0..n with n >= 1")
+    num_hidden_layers = len(molecule_layers) - 1
+
+    logit_scale = float(logit.reshape(()).item())
+    if not math.isfinite(logit_scale) or not 0.0 <= logit_scale <= math.log(100.0):
+        raise ConversionError(f"logit_inv_tau = {logit_scale!r} lies outside [0, ln 100]")
+    settings = PRESETS[preset] if preset is not None else {}
+    return CloomeConfig(
+        vision_config={
+            "backbone": CLOOME_RESNET50,
+            "num_channels": int(conv1.shape[1]),
+            "base_width": int(conv1.shape[0]),
+            "head_pool_size": 7,
+            "layers": layers,
+            "image_size": list(SITE_SIZE),
+            "timm_pretrained": False,
+        },
+        molecule_config={
+            "fingerprint_size": int(first.shape[1]),
+            "hidden_size": int(first.shape[0]),
+            "num_hidden_layers": num_hidden_layers,
+        },
+        projection_dim=int(fc.shape[0]),
+        logit_scale_init_value=logit_scale,
+        learnable_logit_scale=True,
+        loss=settings.get("loss", "infoloob"),
+        hopfield_beta=settings.get("hopfield_beta", 14.3),
+    )
+
+
+def convert_state_dict(
+    upstream_state_dict: Mapping[str, torch.Tensor], preset: str | None = None
+) -> tuple[CloomeConfig, dict[str, torch.Tensor]]:
+    """Rename an upstream ``CLIPGeneral`` state dict to CloomeModel names.
+
+    Args:
+        upstream_state_dict: the ``state_dict`` entry of an upstream checkpoint, with or without ``module.``.
+        preset: optional key of :data:`PRESETS`; only sets training-only config fields (``loss``, ``hopfield_beta``).
+
+    Returns:
+        ``(config, state_dict)`` where ``CloomeModel(config).load_state_dict(state_dict, strict=True)`` works.
+        Floating tensors are cast to float32 (upstream may store half precision).
+
+    Raises:
+        ConversionError: listing every source key that has no place in the model, every model tensor no
+            source key fills, and every shape mismatch.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    source = strip_ddp_prefix(upstream_state_dict)
+    bad_values = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
+    if bad_values:
+        raise ConversionError(f"state dict entries that are not tensors: {bad_values}")
+    config = infer_config(source, preset)
+    final_layer = config.molecule_config.num_hidden_layers
+
+    from .modeling_cloome import CloomeModel
+
+    # The meta device gives names and shapes without allocating or initialising ~30M parameters.
+    with torch.device("meta"):
+        target = CloomeModel(config).state_dict()
+
+    converted: dict[str, torch.Tensor] = {}
+    unmatched, mismatched = [], []
+    for key, tensor in source.items():
+        name = _rename(key, final_layer)
+        if name is None or name not in target or name in converted:
+            unmatched.append(key)
+            continue
+        expected = target[name]
+        if name == "logit_scale":
+            tensor = tensor.reshape(expected.shape)
+        if tuple(tensor.shape) != tuple(expected.shape):
+            mismatched.append(f"{key} {tuple(tensor.shape)} -> {name} {tuple(expected.shape)}")
+            continue
+        converted[name] = tensor.to(expected.dtype) if tensor.is_floating_point() else tensor.clone()
+    unfilled = sorted(set(target) - set(converted))
+    if unmatched or unfilled or mismatched:
+        lines = []
+        if unmatched:
+            lines.append(f"source keys with no place in CloomeModel: {sorted(unmatched)}")
+        if unfilled:
+            lines.append(f"CloomeModel tensors no source key fills: {unfilled}")
+        if mismatched:
+            lines.append(f"shape mismatches: {mismatched}")
+        raise ConversionError("cannot convert checkpoint:\n" + "\n".join(lines))
+    return config, converted
+
+
+def load_upstream_checkpoint(checkpoint_path: str | Path) -> dict[str, torch.Tensor]:
+    """Load an upstream checkpoint safely (``weights_only=True``) and return its state dict.
+
+    Accepts ``{"state_dict": {...}, ...}`` (the upstream training layout) or a bare state dict.
+    """
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{str(path)!r} contains objects other than tensors and plain containers; refusing to unpickle "
+            f"it (torch.load weights_only=True): {err}"
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{str(path)!r} holds a {type(checkpoint).__name__}, not a dict")
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{str(path)!r}: 'state_dict' is a {type(state_dict).__name__}, not a dict")
+    return state_dict
+
+
+def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, Any]:
+    """Image-processor and featuriser keyword arguments for a preset.
+
+    The fingerprint size always follows the weights; the kind follows the preset, or, without one, the
+    size (8192 -> ``morgan_rdkit_max`` as for the retrieval model, otherwise ``morgan``).
+    """
+    if preset is None:
+        kind = "morgan_rdkit_max" if fingerprint_size == 8192 else "morgan"
+        crop = {"height": SITE_SIZE[0], "width": SITE_SIZE[1]}
+    else:
+        kind, crop = PRESETS[preset]["fingerprint_kind"], PRESETS[preset]["crop_size"]
+    # A centre crop to the full 520 x 696 site leaves Bray 2017 sites untouched and cuts larger fields of view
+    # (e.g. JUMP) to the size the model was trained on.
+    image = {
+        "channel_order": list(CANONICAL_CHANNELS),
+        "do_rescale_to_uint8": True,
+        "intensity_clip_fraction": 2.8e-5,
+        "intensity_scale": 256.0,
+        "do_center_crop": True,
+        "crop_size": dict(crop),
+        "do_normalize": True,
+        "image_mean": list(CLOOME_CHANNEL_MEAN),
+        "image_std": list(CLOOME_CHANNEL_MEAN),
+    }
+    featurizer = {"kind": kind, "fingerprint_size": int(fingerprint_size)}
+    return {"image_processor": image, "featurizer": featurizer}
+
+
+def build_processor(preset: str | None, fingerprint_size: int):
+    """The :class:`~cloome_hf.processing_cloome.CloomeProcessor` matching :func:`processor_settings`."""
+    from .featurization_cloome import MoleculeFeaturizer
+    from .image_processing_cloome import CloomeImageProcessor
+    from .processing_cloome import CloomeProcessor
+
+    settings = processor_settings(preset, fingerprint_size)
+    return CloomeProcessor(
+        image_processor=CloomeImageProcessor(**settings["image_processor"]),
+        featurizer=MoleculeFeaturizer(**settings["featurizer"]),
+    )
+
+
+def convert_original_checkpoint(
+    checkpoint_path: str | Path,
+    output_dir: str | Path,
+    preset: str | None = None,
+    push_to_hub: str | None = None,
+) -> Path:
+    """Convert an upstream checkpoint into a Hub-ready folder and optionally upload it.
+
+    Args:
+        checkpoint_path: ``cloome-retrieval-zero-shot.pt`` or ``cloome-bioactivity.pt`` (or any checkpoint
+            in the same layout).
+        output_dir: folder to write ``config.json``, ``model.safetensors``, the processor files and
+            ``README.md`` into (created if missing).
+        preset: ``"retrieval"``, ``"zero-shot"`` or ``"bioactivity"`` (processor settings and model card);
+            ``None`` infers the featuriser from the fingerprint size.
+        push_to_hub: a Hub repository id to upload the folder to with ``huggingface_hub``.
+
+    Returns:
+        ``output_dir`` as a :class:`~pathlib.Path`.
+    """
+    from .model_card import render_model_card
+    from .modeling_cloome import CloomeModel
+
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    output_dir = Path(output_dir)
+    config, state_dict = convert_state_dict(load_upstream_checkpoint(checkpoint_path), preset)
+    if preset is not None:
+        crop = PRESETS[preset]["crop_size"]
+        config.vision_config.image_size = [crop["height"], crop["width"]]
+
+    model = CloomeModel(config)
+    model.load_state_dict(state_dict, strict=True)
+    model.eval()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    fingerprint_size = config.molecule_config.fingerprint_size
+    processor = build_processor(preset, fingerprint_size)
+    processor.save_pretrained(output_dir)
+    card = render_model_card(
+        "model",
+        model_id=push_to_hub or output_dir.name,
+        source="converted",
+        preset=preset,
+        checkpoint=Path(checkpoint_path).name,
+        config=config,
+        processor=processor_settings(preset, fingerprint_size),
+    )
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    if push_to_hub:
+        upload_folder(output_dir, push_to_hub, commit_message=f"Convert {Path(checkpoint_path).name} to cloome-hf")
+    return output_dir
+
+
+def upload_folder(folder: str | Path, repo_id: str, commit_message: str, api=None) -> Any:
+    """Create ``repo_id`` (if needed) and upload every file of ``folder`` to its root in one commit."""
+    from huggingface_hub import HfApi
+
+    api = api or HfApi()
+    api.create_repo(repo_id, repo_type="model", exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message)
+
+
+__all__ = [
+    "CHECKPOINTS",
+    "HUB_REPO_ID",
+    "PRESETS",
+    "ConversionError",
+    "build_processor",
+    "convert_original_checkpoint",
+    "convert_state_dict",
+    "infer_config",
+    "load_upstream_checkpoint",
+    "processor_settings",
+    "strip_ddp_prefix",
+    "upload_folder",
+]

@@ -1,0 +1,461 @@
+"""Conversion of the published CLOOME checkpoints: key mapping, failure modes, Hub upload and numerical parity.
+
+The parity reference is written here from the upstream tensors with functional calls only (F.conv2d,
+F.batch_norm, F.avg_pool2d, F.max_pool2d, F.linear), following the upstream architecture description, so it
+shares no code with CloomeModel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cloome_hf.convert import (
+    ConversionError,
+    convert_original_checkpoint,
+    convert_state_dict,
+    processor_settings,
+    upload_folder,
+)
+
+TOL = 1e-4  # max |delta| <= TOL * max |y|
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixture: a random state dict in the exact upstream layout
+# --------------------------------------------------------------------------------------------------------------
+def _bn(sd: dict, prefix: str, n: int, g: torch.Generator) -> None:
+    sd[prefix + "weight"] = torch.rand(n, generator=g) + 0.5
+    sd[prefix + "bias"] = torch.randn(n, generator=g) * 0.1
+    sd[prefix + "running_mean"] = torch.randn(n, generator=g) * 0.1
+    sd[prefix + "running_var"] = torch.rand(n, generator=g) * 1.5 + 0.5  # strictly positive
+    sd[prefix + "num_batches_tracked"] = torch.tensor(1000 + int(torch.randint(0, 100, (1,), generator=g)))
+
+
+def _conv(out_ch: int, in_ch: int, k: int, g: torch.Generator) -> torch.Tensor:
+    # He-scaled so 16 residual blocks neither vanish nor overflow in float32.
+    return torch.randn(out_ch, in_ch, k, k, generator=g) * math.sqrt(2.0 / (in_ch * k * k))
+
+
+def make_upstream_state_dict(
+    layers=(1, 1, 1, 1),
+    fingerprint_size=1024,
+    hidden_size=64,
+    molecule_layers=4,
+    projection_dim=512,
+    channels=5,
+    prefix="module.",
+    seed=0,
+) -> dict[str, torch.Tensor]:
+    """Random ``CLIPGeneral`` state dict in the upstream key layout (``visual.``, ``transformer.``)."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    sd["visual.conv1.weight"] = _conv(64, channels, 7, g)
+    _bn(sd, "visual.bn1.", 64, g)
+    inplanes = 64
+    for stage, blocks in enumerate(layers, start=1):
+        planes = 64 * 2 ** (stage - 1)
+        for b in range(blocks):
+            p = f"visual.layer{stage}.{b}."
+            sd[p + "conv1.weight"] = _conv(planes, inplanes, 1, g)
+            _bn(sd, p + "bn1.", planes, g)
+            sd[p + "conv2.weight"] = _conv(planes, planes, 3, g)
+            _bn(sd, p + "bn2.", planes, g)
+            sd[p + "conv3.weight"] = _conv(planes * 4, planes, 1, g) * 0.5
+            _bn(sd, p + "bn3.", planes * 4, g)
+            if b == 0:
+                sd[p + "downsample.0.weight"] = _conv(planes * 4, inplanes, 1, g)
+                _bn(sd, p + "downsample.1.", planes * 4, g)
+            inplanes = planes * 4
+    sd["visual.fc.weight"] = torch.randn(projection_dim, 2048, generator=g) / math.sqrt(2048)
+    sd["visual.fc.bias"] = torch.randn(projection_dim, generator=g) * 0.1
+    fan_in = fingerprint_size
+    for i in range(molecule_layers):
+        sd[f"transformer.layers.{i}.0.weight"] = torch.randn(hidden_size, fan_in, generator=g) / math.sqrt(fan_in)
+        sd[f"transformer.layers.{i}.0.bias"] = torch.randn(hidden_size, generator=g) * 0.1
+        _bn(sd, f"transformer.layers.{i}.1.", hidden_size, g)
+        fan_in = hidden_size
+    sd[f"transformer.layers.{molecule_layers}.0.weight"] = torch.randn(projection_dim, fan_in, generator=g) / math.sqrt(fan_in)
+    sd[f"transformer.layers.{molecule_layers}.0.bias"] = torch.randn(projection_dim, generator=g) * 0.1
+    sd["logit_inv_tau"] = torch.ones([]) * (1.0 + 3.0 * torch.rand((), generator=g).item())
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def _bare(sd: dict) -> dict:
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Independent reference forward, straight from the upstream tensors
+# --------------------------------------------------------------------------------------------------------------
+def _ref_bn(x, sd, p):
+    return F.batch_norm(x, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"], sd[p + "bias"],
+                        training=False, eps=1e-5)
+
+
+def reference_image_features(sd: dict, x: torch.Tensor) -> torch.Tensor:
+    """Upstream ``encode_image``: anti-aliased ResNet, AvgPool2d(7, 1) head (+ mean if not 1x1), fc."""
+    sd = _bare(sd)
+    x = F.relu(_ref_bn(F.conv2d(x, sd["visual.conv1.weight"], stride=2, padding=3), sd, "visual.bn1."))
+    x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    for stage in range(1, 5):
+        b = 0
+        while f"visual.layer{stage}.{b}.conv1.weight" in sd:
+            p = f"visual.layer{stage}.{b}."
+            stride = 2 if (stage > 1 and b == 0) else 1
+            out = F.relu(_ref_bn(F.conv2d(x, sd[p + "conv1.weight"]), sd, p + "bn1."))
+            out = F.relu(_ref_bn(F.conv2d(out, sd[p + "conv2.weight"], padding=1), sd, p + "bn2."))
+            if stride > 1:
+                out = F.avg_pool2d(out, stride)
+            out = _ref_bn(F.conv2d(out, sd[p + "conv3.weight"]), sd, p + "bn3.")
+            identity = x
+            if p + "downsample.0.weight" in sd:
+                if stride > 1:
+                    identity = F.avg_pool2d(identity, stride)
+                identity = _ref_bn(F.conv2d(identity, sd[p + "downsample.0.weight"]), sd, p + "downsample.1.")
+            x = F.relu(out + identity)
+            b += 1
+    x = F.avg_pool2d(x, kernel_size=7, stride=1)
+    if x.shape[-2:] != (1, 1):
+        x = x.mean(dim=(-2, -1), keepdim=True)
+    return F.linear(torch.flatten(x, 1), sd["visual.fc.weight"], sd["visual.fc.bias"])
+
+
+def reference_molecule_features(sd: dict, fp: torch.Tensor) -> torch.Tensor:
+    """Upstream ``encode_text``: (Linear -> BatchNorm1d -> ReLU) x n, then Linear."""
+    sd = _bare(sd)
+    i = 0
+    while f"transformer.layers.{i}.1.weight" in sd:
+        p = f"transformer.layers.{i}."
+        fp = F.relu(_ref_bn(F.linear(fp, sd[p + "0.weight"], sd[p + "0.bias"]), sd, p + "1."))
+        i += 1
+    return F.linear(fp, sd[f"transformer.layers.{i}.0.weight"], sd[f"transformer.layers.{i}.0.bias"])
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert actual.shape == expected.shape
+    scale = expected.abs().max().item()
+    err = (actual - expected).abs().max().item()
+    assert scale > 0 and err <= TOL * scale, f"max|delta|={err:.3g} > {TOL} * max|y|={scale:.3g}"
+    return err / scale
+
+
+def _convert_to_model(sd, preset=None):
+    from cloome_hf import CloomeModel
+
+    config, state = convert_state_dict(sd, preset)
+    model = CloomeModel(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _save(obj, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parity
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(520, 696), (256, 320)])
+def test_image_parity_reduced_layers(size):
+    sd = make_upstream_state_dict(layers=(2, 1, 1, 1), seed=1)
+    model = _convert_to_model(sd)
+    x = torch.randn(1 if size == (520, 696) else 2, 5, *size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _assert_close(model.get_image_features(pixel_values=x), reference_image_features(sd, x))
+
+
+@pytest.mark.parametrize("fingerprint_size", [1024, 8192])
+def test_molecule_parity_both_fingerprint_sizes(fingerprint_size):
+    sd = make_upstream_state_dict(fingerprint_size=fingerprint_size, hidden_size=256, seed=3)
+    model = _convert_to_model(sd)
+    assert model.config.molecule_config.fingerprint_size == fingerprint_size
+    fp = (torch.rand(6, fingerprint_size, generator=torch.Generator().manual_seed(4)) < 0.05).float()
+    with torch.no_grad():
+        _assert_close(model.get_molecule_features(fingerprints=fp), reference_molecule_features(sd, fp))
+
+
+def test_parity_published_architecture_full_size(tmp_path):
+    """The published [3, 4, 6, 3] ResNet-50 + 4x1024 MLP on a full 520 x 696 site, through the file path."""
+    sd = make_upstream_state_dict(layers=(3, 4, 6, 3), fingerprint_size=8192, hidden_size=1024, seed=5)
+    ckpt = _save({"epoch": 70, "name": "fixture", "state_dict": sd, "optimizer": {}, "scheduler": None},
+                 tmp_path / "cloome-retrieval-zero-shot.pt")
+    out = convert_original_checkpoint(ckpt, tmp_path / "converted", preset="retrieval")
+
+    from cloome_hf import CloomeModel
+
+    model = CloomeModel.from_pretrained(out).eval()
+    assert model.config.vision_config.layers == [3, 4, 6, 3]
+    assert model.config.molecule_config.hidden_size == 1024
+    assert model.config.molecule_config.num_hidden_layers == 4
+    x = torch.randn(1, 5, 520, 696, generator=torch.Generator().manual_seed(6))
+    fp = (torch.rand(3, 8192, generator=torch.Generator().manual_seed(7)) < 0.02).float()
+    with torch.no_grad():
+        _assert_close(model.get_image_features(pixel_values=x), reference_image_features(sd, x))
+        _assert_close(model.get_molecule_features(fingerprints=fp), reference_molecule_features(sd, fp))
+    assert math.isclose(model.logit_scale.item(), sd["module.logit_inv_tau"].item(), rel_tol=0, abs_tol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inference of the architecture and key handling
+# --------------------------------------------------------------------------------------------------------------
+def test_infers_layer_counts_sizes_and_logit_scale():
+    sd = make_upstream_state_dict(layers=(1, 2, 1, 3), fingerprint_size=1024, hidden_size=48, molecule_layers=3,
+                                  projection_dim=32, prefix="")
+    config, state = convert_state_dict(sd)
+    assert config.vision_config.layers == [1, 2, 1, 3]
+    assert config.vision_config.num_channels == 5
+    assert config.molecule_config.fingerprint_size == 1024
+    assert config.molecule_config.hidden_size == 48
+    assert config.molecule_config.num_hidden_layers == 3
+    assert config.projection_dim == 32
+    assert config.logit_scale_init_value == pytest.approx(float(sd["logit_inv_tau"]))
+    # Spot-check the renaming against the plan's parameter names.
+    assert torch.equal(state["vision_model.layer2.0.downsample.conv.weight"], sd["visual.layer2.0.downsample.0.weight"])
+    assert torch.equal(state["vision_model.layer4.2.bn3.running_var"], sd["visual.layer4.2.bn3.running_var"])
+    assert torch.equal(state["visual_projection.weight"], sd["visual.fc.weight"])
+    assert torch.equal(state["molecule_model.layers.2.norm.running_mean"], sd["transformer.layers.2.1.running_mean"])
+    assert torch.equal(state["molecule_projection.bias"], sd["transformer.layers.3.0.bias"])
+    assert len(state) == len(sd)
+
+
+def test_module_prefixed_and_bare_give_identical_weights():
+    prefixed = make_upstream_state_dict(seed=8)
+    bare = _bare(prefixed)
+    assert all(k.startswith("module.") for k in prefixed) and not any(k.startswith("module.") for k in bare)
+    _, a = convert_state_dict(prefixed)
+    _, b = convert_state_dict(bare)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    both = {**prefixed, "visual.fc.bias": bare["visual.fc.bias"]}
+    with pytest.raises(ConversionError, match="visual.fc.bias"):
+        convert_state_dict(both)
+
+
+def test_half_precision_checkpoint_is_cast_to_float32():
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in make_upstream_state_dict(seed=9).items()}
+    _, state = convert_state_dict(sd)
+    assert state["vision_model.conv1.weight"].dtype == torch.float32
+    assert state["vision_model.bn1.num_batches_tracked"].dtype == torch.int64
+
+
+@pytest.mark.parametrize("wrap", [True, False], ids=["dict-with-state_dict", "bare-state-dict"])
+def test_checkpoint_file_layouts(tmp_path, wrap):
+    sd = make_upstream_state_dict(seed=10, prefix="module." if wrap else "")
+    obj = {"epoch": 1, "name": "x", "state_dict": sd, "optimizer": {"state": {}}, "scheduler": None} if wrap else sd
+    out = convert_original_checkpoint(_save(obj, tmp_path / "c.pt"), tmp_path / "out")
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model.safetensors")
+    assert torch.equal(weights["vision_model.layer3.0.conv2.weight"], sd[("module." if wrap else "") + "visual.layer3.0.conv2.weight"])
+
+
+def test_missing_key_fails_naming_it():
+    sd = make_upstream_state_dict(seed=11)
+    del sd["module.visual.layer3.0.bn2.running_var"]
+    with pytest.raises(ConversionError, match=r"vision_model\.layer3\.0\.bn2\.running_var"):
+        convert_state_dict(sd)
+
+
+def test_extra_key_fails_naming_it():
+    sd = make_upstream_state_dict(seed=12)
+    sd["module.visual.attnpool.positional_embedding"] = torch.zeros(3)
+    sd["module.logit_scale_hopfield"] = torch.zeros(())
+    with pytest.raises(ConversionError) as info:
+        convert_state_dict(sd)
+    assert "visual.attnpool.positional_embedding" in str(info.value)
+    assert "logit_scale_hopfield" in str(info.value)
+
+
+def test_shape_mismatch_fails_naming_the_key():
+    sd = make_upstream_state_dict(seed=13)
+    sd["module.visual.layer2.0.conv2.weight"] = torch.zeros(128, 128, 1, 1)
+    with pytest.raises(ConversionError, match=r"visual\.layer2\.0\.conv2\.weight"):
+        convert_state_dict(sd)
+
+
+class _NotATensor:  # module level so that pickle can reference it
+    def __init__(self):
+        self.payload = "arbitrary object"
+
+
+def test_pickle_with_non_tensor_object_is_refused(tmp_path):
+    sd = make_upstream_state_dict(seed=14)
+    path = _save({"state_dict": sd, "trainer": _NotATensor()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights_only") as info:
+        convert_original_checkpoint(path, tmp_path / "out")
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Processor per preset, written folder, Hub upload
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "preset, weights_fp, kind, crop",
+    [
+        ("retrieval", 8192, "morgan_rdkit_max", (520, 696)),
+        ("zero-shot", 8192, "morgan_rdkit_max", (520, 520)),
+        ("bioactivity", 1024, "morgan", (520, 696)),
+        ("retrieval", 1024, "morgan_rdkit_max", (520, 696)),  # the size always follows the weights
+        (None, 8192, "morgan_rdkit_max", (520, 696)),
+        (None, 1024, "morgan", (520, 696)),
+    ],
+)
+def test_processor_settings_per_preset(preset, weights_fp, kind, crop):
+    s = processor_settings(preset, weights_fp)
+    assert s["featurizer"] == {"kind": kind, "fingerprint_size": weights_fp}
+    ip = s["image_processor"]
+    assert ip["channel_order"] == ["Mito", "ERSyto", "ERSytoBleed", "Ph_golgi", "Hoechst"]
+    assert ip["intensity_clip_fraction"] == 2.8e-5 and ip["intensity_scale"] == 256.0
+    m = [47.1314, 40.8138, 53.7692, 46.2656, 28.7243]  # x / m - 1
+    assert ip["do_normalize"] and ip["image_mean"] == m and ip["image_std"] == m
+    assert ip["do_center_crop"] and ip["crop_size"] == {"height": crop[0], "width": crop[1]}
+
+
+@pytest.mark.parametrize("preset, fingerprint_size", [("bioactivity", 1024), ("zero-shot", 8192)])
+def test_converted_folder_processor_round_trip(tmp_path, preset, fingerprint_size):
+    from cloome_hf import CloomeModel
+    from cloome_hf.processing_cloome import CloomeProcessor
+
+    sd = make_upstream_state_dict(fingerprint_size=fingerprint_size, seed=15)
+    out = convert_original_checkpoint(_save({"state_dict": sd}, tmp_path / "c.pt"), tmp_path / "out", preset=preset)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md"} <= names
+    assert json.loads((out / "config.json").read_text())["model_type"] == "cloome"
+    proc = CloomeProcessor.from_pretrained(out)
+    fz, ip = proc.featurizer, proc.image_processor
+    assert fz.fingerprint_size == fingerprint_size
+    assert fz.kind == processor_settings(preset, fingerprint_size)["featurizer"]["kind"]
+    assert ip.intensity_clip_fraction == 2.8e-5 and ip.intensity_scale == 256.0
+    expected_crop = {"height": 520, "width": 520 if preset == "zero-shot" else 696}
+    assert ip.do_center_crop and dict(ip.crop_size) == expected_crop
+    assert CloomeModel.from_pretrained(out).config.vision_config.image_size == [520, expected_crop["width"]]
+    card = (out / "README.md").read_text()
+    for tag in ("cell-painting", "microscopy", "contrastive-learning", "drug-discovery", "feature-extraction"):
+        assert f"- {tag}" in card
+    features = proc(smiles=["CCO", "c1ccccc1"], return_tensors="pt")["fingerprints"]
+    assert features.shape == (2, fingerprint_size)
+
+
+class RecordingHfApi:
+    """Stands in for huggingface_hub.HfApi at the network boundary and records what would be committed."""
+
+    calls: list = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        RecordingHfApi.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        contents = {f: (Path(folder_path) / f).read_bytes() for f in files}
+        RecordingHfApi.calls.append(("upload_folder", repo_id, {**kwargs, "files": files, "contents": contents}))
+
+
+def test_push_to_hub_commits_exact_files(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    RecordingHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+    sd = make_upstream_state_dict(fingerprint_size=1024, seed=16)
+    out = convert_original_checkpoint(_save({"state_dict": sd}, tmp_path / "cloome-bioactivity.pt"), tmp_path / "out",
+                                      preset="bioactivity", push_to_hub="someone/cloome-bioactivity-hf")
+    (kind0, repo0, kw0), (kind1, repo1, kw1) = RecordingHfApi.calls
+    assert (kind0, repo0, kw0["repo_type"], kw0["exist_ok"]) == ("create_repo", "someone/cloome-bioactivity-hf", "model", True)
+    assert (kind1, repo1, kw1["repo_type"]) == ("upload_folder", "someone/cloome-bioactivity-hf", "model")
+    local = sorted(p.name for p in out.iterdir())
+    assert kw1["files"] == local
+    assert {"README.md", "config.json", "model.safetensors", "processor_config.json"} <= set(kw1["files"])
+    assert kw1["contents"]["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert "someone/cloome-bioactivity-hf" in kw1["contents"]["README.md"].decode()
+
+
+def test_upload_folder_uses_given_api(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    RecordingHfApi.calls = []
+    upload_folder(tmp_path, "org/repo", "msg", api=RecordingHfApi())
+    assert [c[0] for c in RecordingHfApi.calls] == ["create_repo", "upload_folder"]
+    assert RecordingHfApi.calls[1][2]["files"] == ["a.txt"] and RecordingHfApi.calls[1][2]["commit_message"] == "msg"
+
+
+def test_script_main_help_and_run(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_original_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("convert_original_checkpoint_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main = module.main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0 and "--checkpoint_path" in capsys.readouterr().out
+    sd = make_upstream_state_dict(seed=17)
+    out = main(["--checkpoint_path", str(_save(sd, tmp_path / "c.pt")), "--output_dir", str(tmp_path / "o"),
+                "--preset", "bioactivity"])
+    assert (Path(out) / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# README "Use the published weights": the example runs, on converted random fixtures, and prints the right table
+# --------------------------------------------------------------------------------------------------------------
+def _readme_python_blocks() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("<!-- BEGIN published-weights -->", 1)[1].split("<!-- END published-weights -->", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 2, "expected the download/convert block and the embedding block"
+    return blocks
+
+
+def test_readme_published_weights_example(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from cloome_hf.processing_cloome import CloomeProcessor
+
+    fixtures = {
+        "cloome-retrieval-zero-shot.pt": make_upstream_state_dict(fingerprint_size=8192, hidden_size=64, seed=20),
+        "cloome-bioactivity.pt": make_upstream_state_dict(fingerprint_size=1024, hidden_size=64, seed=21),
+    }
+    downloads = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        downloads.append((repo_id, filename))
+        return str(_save({"epoch": 1, "state_dict": fixtures[filename]}, tmp_path / filename))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    work = tmp_path / "work"
+    (work / "tests" / "data").mkdir(parents=True)
+    (work / "tests" / "data" / "example_site").symlink_to(Path(__file__).resolve().parent / "data" / "example_site")
+    monkeypatch.chdir(work)
+
+    download_block, embed_block = _readme_python_blocks()
+    exec(compile(download_block, "README-download", "exec"), {})
+    assert downloads == [("anasanchezf/cloome", "cloome-retrieval-zero-shot.pt"), ("anasanchezf/cloome", "cloome-bioactivity.pt")]
+    assert json.loads((work / "cloome-bioactivity" / "config.json").read_text())["molecule_config"]["fingerprint_size"] == 1024
+    capsys.readouterr()
+    namespace: dict = {}
+    exec(compile(embed_block, "README-embed", "exec"), namespace)
+    lines = capsys.readouterr().out.strip().splitlines()
+
+    # Expected table from the independent reference forward on the same processed inputs.
+    sd = fixtures["cloome-retrieval-zero-shot.pt"]
+    processor = CloomeProcessor.from_pretrained(work / "cloome-retrieval")
+    smiles = namespace["smiles"]
+    inputs = processor(images=namespace["site"], smiles=list(smiles.values()), return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 5, 520, 696)
+    image = F.normalize(reference_image_features(sd, inputs["pixel_values"]), dim=-1)
+    molecules = F.normalize(reference_molecule_features(sd, inputs["fingerprints"]), dim=-1)
+    expected = (image @ molecules.T)[0].tolist()
+    assert lines[0].split() == ["molecule", "cosine"]
+    assert [line.split()[0] for line in lines[1:]] == ["estradiol", "aspirin", "caffeine"]
+    for line, value in zip(lines[1:], expected):
+        assert abs(float(line.split()[1]) - value) <= 1e-3 + 1e-9
