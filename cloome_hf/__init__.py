@@ -4,6 +4,9 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig
 from .modeling_cloome import CloomeModel, CloomeOutput, CloomePreTrainedModel
+from .featurization_cloome import MoleculeFeaturizer
+from .image_processing_cloome import CloomeImageProcessor
+from .processing_cloome import CloomeProcessor, load_model_and_processor  # registers AutoProcessor
 
 __version__ = "0.1.0"
 
@@ -13,4 +16,15 @@ AutoModel.register(CloomeConfig, CloomeModel)
 CloomeConfig.register_for_auto_class()
 CloomeModel.register_for_auto_class("AutoModel")
 
-__all__ = ["CloomeConfig", "CloomeModel", "CloomeMoleculeConfig", "CloomeOutput", "CloomePreTrainedModel", "CloomeVisionConfig"]
+__all__ = [
+    "CloomeConfig",
+    "CloomeImageProcessor",
+    "CloomeModel",
+    "CloomeMoleculeConfig",
+    "CloomeOutput",
+    "CloomePreTrainedModel",
+    "CloomeProcessor",
+    "CloomeVisionConfig",
+    "MoleculeFeaturizer",
+    "load_model_and_processor",
+]

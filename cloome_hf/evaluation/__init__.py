@@ -1,0 +1,77 @@
+"""Evaluation suite of the CLOOME paper: retrieval, zero-shot classification, linear probing, replicate mAP.
+
+The plain functions are the primary API; each task is also an ``evaluate`` module shipped in
+``cloome_hf/evaluation/metrics/`` and loadable offline with ``evaluate.load(metric_path(name))``.
+"""
+
+from pathlib import Path
+
+from .figures import plot_embedding_tsne, plot_retrieval_gallery, rgb_composite
+from .linear_probe import (
+    DEFAULT_C_GRID,
+    ActivityLabels,
+    aggregate_by_molecule,
+    linear_probe,
+    load_activity_matrix,
+    split_by_molecule,
+)
+from .replicate_map import replicate_map
+from .report import flatten_results, render_report, write_report, write_results_json
+from .runner import TASKS, Embeddings, embed_dataset, run_tasks
+from .retrieval import (
+    metrics_from_ranks,
+    retrieval_accuracy,
+    retrieval_metrics,
+    retrieval_ranks,
+    retrieval_ranks_one_in_n,
+    top_k_candidates,
+)
+from .stats import clopper_pearson, proportion_with_ci, random_topk_accuracy, top_percent_k
+from .zeroshot import select_prototypes, zeroshot_classification, zeroshot_query_mask
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+METRIC_NAMES = ("cloome_retrieval", "cloome_zeroshot", "cloome_linear_probe", "cloome_replicate_map")
+
+
+def metric_path(name: str) -> str:
+    """Path of the shipped ``evaluate`` module ``name`` (one of :data:`METRIC_NAMES`), for ``evaluate.load``."""
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown CLOOME metric {name!r}; choose one of {', '.join(METRIC_NAMES)}")
+    return str(METRICS_DIR / name / f"{name}.py")
+
+
+__all__ = [
+    "DEFAULT_C_GRID",
+    "METRIC_NAMES",
+    "TASKS",
+    "ActivityLabels",
+    "Embeddings",
+    "aggregate_by_molecule",
+    "clopper_pearson",
+    "embed_dataset",
+    "flatten_results",
+    "linear_probe",
+    "load_activity_matrix",
+    "metric_path",
+    "metrics_from_ranks",
+    "plot_embedding_tsne",
+    "plot_retrieval_gallery",
+    "proportion_with_ci",
+    "random_topk_accuracy",
+    "render_report",
+    "replicate_map",
+    "retrieval_accuracy",
+    "retrieval_metrics",
+    "retrieval_ranks",
+    "retrieval_ranks_one_in_n",
+    "rgb_composite",
+    "run_tasks",
+    "select_prototypes",
+    "split_by_molecule",
+    "top_k_candidates",
+    "top_percent_k",
+    "write_report",
+    "write_results_json",
+    "zeroshot_classification",
+    "zeroshot_query_mask",
+]

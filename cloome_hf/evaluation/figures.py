@@ -1,0 +1,163 @@
+"""Report figures (matplotlib, PNG): embedding t-SNE (paper Figs. 2–3) and a retrieval gallery (Fig. 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure state, works headless
+
+__all__ = ["plot_embedding_tsne", "plot_retrieval_gallery", "rgb_composite", "DEFAULT_CHANNEL_COLORS"]
+
+# One display colour per canonical channel (Mito, ERSyto, ERSytoBleed, Ph_golgi, Hoechst).
+DEFAULT_CHANNEL_COLORS = np.array(
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.8, 0.0], [1.0, 0.0, 1.0], [0.0, 0.3, 1.0]], dtype=np.float32
+)
+
+
+def rgb_composite(site, channel_colors=None, percentile: float = 99.5) -> np.ndarray:
+    """``(C, H, W)`` site (any dtype) -> ``(H, W, 3)`` float RGB in ``[0, 1]``.
+
+    Each channel is scaled to its own ``percentile`` (robust to hot pixels), tinted with its colour and the
+    tints are summed and clipped.
+    """
+    site = np.asarray(site, dtype=np.float32)
+    if site.ndim != 3:
+        raise ValueError(f"site must be (C, H, W), got shape {site.shape}")
+    colors = DEFAULT_CHANNEL_COLORS if channel_colors is None else np.asarray(channel_colors, dtype=np.float32)
+    if colors.shape != (site.shape[0], 3):
+        if channel_colors is not None:
+            raise ValueError(f"channel_colors has shape {colors.shape}, need ({site.shape[0]}, 3)")
+        colors = np.ones((site.shape[0], 3), dtype=np.float32) / site.shape[0]  # unknown layout: grey average
+    lo = site.min(axis=(1, 2), keepdims=True)
+    hi = np.percentile(site, percentile, axis=(1, 2), keepdims=True)
+    scaled = np.clip((site - lo) / np.maximum(hi - lo, 1e-6), 0.0, 1.0)
+    return np.clip(np.einsum("chw,ck->hwk", scaled, colors), 0.0, 1.0)
+
+
+def plot_embedding_tsne(
+    embeds,
+    labels,
+    path,
+    *,
+    title: str = "t-SNE of image embeddings",
+    max_points: int = 3000,
+    max_legend: int = 12,
+    seed: int = 0,
+    figsize=(8, 6),
+    dpi: int = 100,
+) -> Path:
+    """t-SNE of ``(N, D)`` embeddings, points coloured by ``labels`` (molecule or MoA).
+
+    The ``max_legend`` most frequent labels get their own colour and legend entry, the rest are grey; at most
+    ``max_points`` seeded random points are embedded (t-SNE is quadratic). Saves a ``figsize * dpi`` PNG.
+    """
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(embeds, dtype=np.float32)
+    labels = pd.Series(np.asarray(labels, dtype=object)).fillna("unknown").astype(str).to_numpy()
+    if x.ndim != 2 or len(labels) != len(x) or len(x) < 3:
+        raise ValueError(f"need (N >= 3, D) embeds and N labels, got {x.shape} and {len(labels)}")
+    rng = np.random.default_rng(seed)
+    if len(x) > max_points:
+        keep = np.sort(rng.choice(len(x), max_points, replace=False))
+        x, labels = x[keep], labels[keep]
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    perplexity = float(min(30.0, (len(x) - 1) / 3))
+    # Barnes-Hut pays a fixed per-iteration overhead that dominates for small N; exact is faster there.
+    method = "exact" if len(x) <= 200 else "barnes_hut"
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine",
+              method=method).fit_transform(x)
+
+    top = pd.Series(labels).value_counts().index[:max_legend]
+    fig = Figure(figsize=figsize, dpi=dpi)
+    ax = fig.subplots()
+    other = ~np.isin(labels, top)
+    ax.scatter(xy[other, 0], xy[other, 1], s=6, c="lightgrey", label="other" if other.any() else None)
+    cmap = matplotlib.colormaps["tab20"]
+    for i, lab in enumerate(top):
+        sel = labels == lab
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=10, color=cmap(i % 20), label=str(lab)[:30])
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.subplots_adjust(left=0.03, right=0.72, top=0.93, bottom=0.03)
+    return _save(fig, path, dpi)
+
+
+def _molecule_image(smiles: str, size: int = 200):
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import Draw
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    if mol is None:
+        return None
+    return np.asarray(Draw.MolToImage(mol, size=(size, size)))
+
+
+def plot_retrieval_gallery(
+    sites,
+    top_smiles,
+    top_scores,
+    true_positions,
+    path,
+    *,
+    query_titles=None,
+    channel_colors=None,
+    dpi: int = 100,
+    panel_inches: float = 2.0,
+) -> Path:
+    """Query sites next to their top-k retrieved molecules, the true match framed in green.
+
+    Args:
+        sites: ``(Q, C, H, W)`` query images.
+        top_smiles: ``Q`` lists of ``k`` SMILES, best first.
+        top_scores: ``(Q, k)`` cosine similarities.
+        true_positions: ``(Q,)`` position of the true molecule within each row's top-k, or -1 if not retrieved.
+        path: PNG path. Figure size is ``((k + 1) * panel_inches, Q * (panel_inches + 0.4))`` inches at ``dpi``.
+    """
+    sites = np.asarray(sites)
+    n_q = len(sites)
+    k = len(top_smiles[0]) if n_q else 0
+    if n_q == 0 or k == 0 or len(top_smiles) != n_q or len(true_positions) != n_q:
+        raise ValueError(
+            f"need Q >= 1 sites with one top-k list and one true position each, got {n_q} sites, "
+            f"{len(top_smiles)} lists, {len(true_positions)} positions"
+        )
+    fig = Figure(figsize=((k + 1) * panel_inches, n_q * (panel_inches + 0.4)), dpi=dpi)
+    axes = fig.subplots(n_q, k + 1, squeeze=False)
+    for q in range(n_q):
+        ax = axes[q, 0]
+        ax.imshow(rgb_composite(sites[q], channel_colors))
+        ax.set_title(query_titles[q] if query_titles is not None else f"query {q}", fontsize=7)
+        for j in range(k):
+            ax = axes[q, j + 1]
+            img = _molecule_image(top_smiles[q][j])
+            if img is None:
+                ax.text(0.5, 0.5, "invalid\nSMILES", ha="center", va="center", fontsize=7)
+            else:
+                ax.imshow(img)
+            is_true = int(true_positions[q]) == j
+            ax.set_title(f"#{j + 1} cos {float(top_scores[q][j]):.2f}" + (" TRUE" if is_true else ""), fontsize=7,
+                         color="green" if is_true else "black")
+            for spine in ax.spines.values():
+                spine.set_visible(is_true)
+                spine.set_color("green")
+                spine.set_linewidth(3)
+        for ax in axes[q]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[q, 0].spines[:].set_visible(False)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.05, hspace=0.25)
+    return _save(fig, path, dpi)
+
+
+def _save(fig, path, dpi) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")  # no bbox_inches="tight": keep the documented pixel size
+    return path

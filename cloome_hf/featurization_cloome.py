@@ -1,0 +1,234 @@
+"""SMILES / InChI -> RDKit fingerprints for the CLOOME molecule encoder.
+
+`MoleculeFeaturizer(kind="morgan")` (the default, what the published weights were trained on) is bit-for-bit
+RDKit's classic `AllChem.GetMorganFingerprintAsBitVect(mol, 3, nBits=1024, useChirality=True)`, computed with the
+current `rdFingerprintGenerator` API. Other kinds:
+
+- `morgan_count`: Morgan counts (same radius / chirality / size);
+- `rdkit_count`: RDKit path fingerprint counts (`min_path`..`max_path` bonds);
+- `morgan_rdkit_max`: element-wise maximum of `morgan_count` and `rdkit_count`, both folded to
+  `fingerprint_size` (default 8192). This is our reading of the paper's retrieval featurisation, "max-pooling
+  combination of Morgan and RDKit count-based fingerprints, final length 8192".
+
+Duplicate strings in a batch are featurised once; more than `parallel_threshold` unique strings are featurised in a
+process pool with a progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+
+FINGERPRINT_KINDS = ("morgan", "morgan_count", "rdkit_count", "morgan_rdkit_max")
+_DEFAULT_SIZES = {"morgan": 1024, "morgan_count": 1024, "rdkit_count": 1024, "morgan_rdkit_max": 8192}
+_CHUNK_SIZE = 500
+
+
+def _parse(text: Any):
+    """SMILES or InChI (``InChI=`` prefix) -> sanitised RDKit Mol, or None when it cannot be parsed."""
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
+    if not isinstance(text, str) or not text.strip():
+        return None
+    blocker = BlockLogs()  # parse failures are reported by us, with their position, not printed by RDKit
+    try:
+        text = text.strip()
+        return Chem.MolFromInchi(text) if text.startswith("InChI=") else Chem.MolFromSmiles(text)
+    finally:
+        del blocker
+
+
+class MoleculeFeaturizer:
+    """Turn SMILES (or InChI) strings into fingerprint matrices.
+
+    Args:
+        kind: one of `FINGERPRINT_KINDS`.
+        fingerprint_size: number of bits / count bins (default 1024, 8192 for `morgan_rdkit_max`).
+        radius: Morgan radius (3 = ECFP6-like, as in CLOOME).
+        use_chirality: include chirality in Morgan atom invariants.
+        min_path, max_path: bond path lengths of the RDKit path fingerprint.
+        parallel_threshold: use a process pool only above this many unique strings (start-up costs ~0.1-1 s).
+        num_workers: pool size (default: the CPUs this process may use).
+
+    Call: `featurizer(smiles) -> (N, fingerprint_size) float32`; an invalid or empty string raises a
+    `ValueError` naming it and its position. `featurize(smiles, errors="skip")` returns the valid rows and the
+    failed positions instead.
+    """
+
+    def __init__(
+        self,
+        kind: str = "morgan",
+        fingerprint_size: int | None = None,
+        radius: int = 3,
+        use_chirality: bool = True,
+        min_path: int = 1,
+        max_path: int = 7,
+        parallel_threshold: int = 2000,
+        num_workers: int | None = None,
+    ):
+        if kind not in FINGERPRINT_KINDS:
+            raise ValueError(f"Unknown fingerprint kind {kind!r}; choose one of {FINGERPRINT_KINDS}")
+        fingerprint_size = _DEFAULT_SIZES[kind] if fingerprint_size is None else int(fingerprint_size)
+        if fingerprint_size <= 0:
+            raise ValueError(f"fingerprint_size must be positive, got {fingerprint_size}")
+        if radius < 0 or min_path < 1 or max_path < min_path:
+            raise ValueError(f"Invalid radius/path settings: radius={radius}, min_path={min_path}, max_path={max_path}")
+        self.kind = kind
+        self.fingerprint_size = fingerprint_size
+        self.radius = int(radius)
+        self.use_chirality = bool(use_chirality)
+        self.min_path = int(min_path)
+        self.max_path = int(max_path)
+        self.parallel_threshold = int(parallel_threshold)
+        self.num_workers = num_workers
+        self._generators = None  # RDKit generators are not picklable: built lazily in each process
+
+    # ------------------------------------------------------------------ config
+    def to_dict(self) -> dict[str, Any]:
+        """Settings that define the output (plus the parallelism knobs), JSON-serialisable."""
+        return {
+            "kind": self.kind,
+            "fingerprint_size": self.fingerprint_size,
+            "radius": self.radius,
+            "use_chirality": self.use_chirality,
+            "min_path": self.min_path,
+            "max_path": self.max_path,
+            "parallel_threshold": self.parallel_threshold,
+            "num_workers": self.num_workers,
+        }
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> MoleculeFeaturizer:
+        return cls(**dict(config))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MoleculeFeaturizer) and self.to_dict() == other.to_dict()
+
+    def __getstate__(self):
+        return self.to_dict()
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    # ------------------------------------------------------------------ featurisation
+    def _fingerprint_fns(self):
+        if self._generators is None:
+            from rdkit.Chem import rdFingerprintGenerator as rfg
+
+            size = self.fingerprint_size
+            morgan = rfg.GetMorganGenerator(radius=self.radius, fpSize=size, includeChirality=self.use_chirality)
+            rdkit = rfg.GetRDKitFPGenerator(minPath=self.min_path, maxPath=self.max_path, fpSize=size)
+            self._generators = {
+                "morgan": morgan.GetFingerprintAsNumPy,
+                "morgan_count": morgan.GetCountFingerprintAsNumPy,
+                "rdkit_count": rdkit.GetCountFingerprintAsNumPy,
+                "morgan_rdkit_max": lambda mol: np.maximum(
+                    morgan.GetCountFingerprintAsNumPy(mol), rdkit.GetCountFingerprintAsNumPy(mol)
+                ),
+            }
+        return self._generators[self.kind]
+
+    def _featurize_unique(self, strings: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """Serial work unit: (len(strings), F) float32 (failed rows stay zero) and the failed positions."""
+        fingerprint = self._fingerprint_fns()
+        out = np.zeros((len(strings), self.fingerprint_size), dtype=np.float32)
+        failed = []
+        for i, text in enumerate(strings):
+            mol = _parse(text)
+            if mol is None:
+                failed.append(i)
+            else:
+                out[i] = fingerprint(mol)
+        return out, failed
+
+    def _num_workers(self, num_unique: int) -> int:
+        if self.num_workers is not None:
+            available = int(self.num_workers)
+        else:
+            available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(available, math.ceil(num_unique / _CHUNK_SIZE)))
+
+    def _featurize_parallel(self, strings: Sequence[str], workers: int) -> tuple[np.ndarray, list[int]]:
+        from tqdm.auto import tqdm
+
+        # fork starts workers in milliseconds; they only run RDKit, so inheriting the parent's state is harmless.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        chunks = [strings[i : i + _CHUNK_SIZE] for i in range(0, len(strings), _CHUNK_SIZE)]
+        out = np.empty((len(strings), self.fingerprint_size), dtype=np.float32)
+        failed: list[int] = []
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            results = pool.map(_featurize_chunk, [self.to_dict()] * len(chunks), chunks)
+            for k, (rows, bad) in enumerate(tqdm(results, total=len(chunks), desc="featurising", unit="chunk")):
+                start = k * _CHUNK_SIZE
+                out[start : start + len(rows)] = rows
+                failed.extend(start + i for i in bad)
+        return out, failed
+
+    def featurize(self, smiles: Iterable[str] | str, errors: str = "raise") -> tuple[np.ndarray, list[int]]:
+        """Featurise a list of SMILES / InChI strings.
+
+        Args:
+            smiles: strings (a single string is treated as a list of one).
+            errors: "raise" -> ValueError naming the first invalid string and its position;
+                "skip" -> invalid entries are dropped.
+
+        Returns:
+            (fingerprints (N_valid, fingerprint_size) float32, failed_indices: positions in the input).
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        strings = [smiles] if isinstance(smiles, str) else list(smiles)
+        # Featurise each distinct string once; `inverse` maps input positions back to the unique rows.
+        unique: dict[Any, int] = {}
+        inverse = np.empty(len(strings), dtype=np.int64)
+        for i, text in enumerate(strings):
+            key = text if isinstance(text, str) else ("__not_a_string__", i)
+            inverse[i] = unique.setdefault(key, len(unique))
+        unique_strings = [k if isinstance(k, str) else None for k in unique]
+        workers = self._num_workers(len(unique_strings))
+        if len(unique_strings) > self.parallel_threshold and workers > 1:
+            rows, failed_unique = self._featurize_parallel(unique_strings, workers)
+        else:
+            rows, failed_unique = self._featurize_unique(unique_strings)
+        bad_unique = np.zeros(len(unique_strings), dtype=bool)
+        bad_unique[failed_unique] = True
+        failed = np.flatnonzero(bad_unique[inverse]).tolist()
+        if failed and errors == "raise":
+            first = failed[0]
+            more = f" (and {len(failed) - 1} more invalid entries)" if len(failed) > 1 else ""
+            raise ValueError(f"Invalid SMILES {strings[first]!r} at position {first}{more}")
+        keep = inverse if not failed else inverse[~bad_unique[inverse]]
+        return rows[keep], failed
+
+    def __call__(self, smiles: Iterable[str] | str) -> np.ndarray:
+        """(N, fingerprint_size) float32; raises ValueError on the first invalid string."""
+        return self.featurize(smiles, errors="raise")[0]
+
+
+def _featurize_chunk(config: dict[str, Any], strings: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """Process-pool entry point (module level so it pickles).
+
+    Fingerprints are small non-negative integers: sending them back as uint8/uint16 instead of float32 cuts the
+    pickling cost 2-4x (an 8192-bin chunk of 500 molecules is 16 MB as float32), and the cast back is exact.
+    """
+    rows, failed = MoleculeFeaturizer.from_dict(config)._featurize_unique(strings)
+    peak = rows.max(initial=0)
+    for dtype in (np.uint8, np.uint16):
+        if peak <= np.iinfo(dtype).max:
+            return rows.astype(dtype), failed
+    return rows, failed
+
+
+__all__ = ["FINGERPRINT_KINDS", "MoleculeFeaturizer"]

@@ -1,0 +1,165 @@
+"""`CloomeProcessor`: images -> `pixel_values`, SMILES -> `fingerprints`, in one `BatchFeature` for `CloomeModel`.
+
+The processor bundles a `CloomeImageProcessor` (a transformers sub-processor, saved under `image_processor` in
+`processor_config.json`) and a `MoleculeFeaturizer` (a plain settings object, saved under `featurizer` in the same
+file). `save_pretrained` / `from_pretrained` / `AutoProcessor.from_pretrained` round-trip every setting.
+
+Compatibility with a model is checked in two places:
+
+- `processor.check_model_compatibility(config)` raises a `ValueError` when the fingerprint size or the channel
+  count disagrees with a `CloomeConfig`;
+- `CloomeProcessor.from_pretrained(path)` (and hence `AutoProcessor.from_pretrained`) runs that check
+  automatically when `path` also holds a CLOOME `config.json`, i.e. when model and processor were saved
+  together; `load_model_and_processor(path)` loads both and checks them against each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+from transformers import AutoImageProcessor, AutoProcessor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import CONFIG_NAME, cached_file
+
+from .configuration_cloome import CloomeConfig
+from .featurization_cloome import MoleculeFeaturizer
+from .image_processing_cloome import CloomeImageProcessor
+
+
+class CloomeProcessor(ProcessorMixin):
+    """Processor for CLOOME: `CloomeImageProcessor` for images plus `MoleculeFeaturizer` for molecules.
+
+    Args:
+        image_processor: a `CloomeImageProcessor` (default settings if None).
+        featurizer: a `MoleculeFeaturizer` or its `to_dict()` (default Morgan r=3, 1024 bits, chirality if None).
+
+    Call: `processor(images=..., smiles=..., return_tensors="pt")` -> `BatchFeature` with `pixel_values`
+    (N, C, H, W) float32 and/or `fingerprints` (M, fingerprint_size) float32, ready for `CloomeModel(**batch)`.
+    """
+
+    def __init__(
+        self,
+        image_processor: CloomeImageProcessor | None = None,
+        featurizer: MoleculeFeaturizer | dict[str, Any] | None = None,
+        **kwargs,
+    ):
+        if image_processor is None:
+            image_processor = CloomeImageProcessor()
+        if featurizer is None:
+            featurizer = MoleculeFeaturizer()
+        elif isinstance(featurizer, dict):
+            featurizer = MoleculeFeaturizer.from_dict(featurizer)
+        elif not isinstance(featurizer, MoleculeFeaturizer):
+            raise ValueError(f"featurizer must be a MoleculeFeaturizer or a dict, got {type(featurizer).__name__}")
+        self.featurizer = featurizer
+        super().__init__(image_processor, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "fingerprints"]
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["featurizer"] = self.featurizer.to_dict()  # a plain object: ProcessorMixin cannot serialise it
+        return output
+
+    def __call__(
+        self,
+        images: Any = None,
+        smiles: Any = None,
+        return_tensors: str | None = None,
+        **image_kwargs,
+    ) -> BatchFeature:
+        """Process images and/or molecules.
+
+        Args:
+            images: anything `CloomeImageProcessor` accepts (one site or a batch).
+            smiles: one SMILES/InChI string or a list of them.
+            return_tensors: "pt", "np" or None (numpy).
+            **image_kwargs: call-time overrides for the image processor (e.g. `crop_size`).
+        """
+        if images is None and smiles is None:
+            raise ValueError("CloomeProcessor needs images, smiles or both")
+        data: dict[str, np.ndarray] = {}
+        if images is not None:
+            data["pixel_values"] = self.image_processor(images, **image_kwargs)["pixel_values"]
+        elif image_kwargs:
+            raise ValueError(f"image options {sorted(image_kwargs)} given without images")
+        if smiles is not None:
+            data["fingerprints"] = self.featurizer(smiles)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def check_model_compatibility(self, config: CloomeConfig) -> None:
+        """Raise a ValueError if this processor does not produce what a model with `config` expects."""
+        problems = []
+        fingerprint_size = config.molecule_config.fingerprint_size
+        if self.featurizer.fingerprint_size != fingerprint_size:
+            problems.append(
+                f"the featurizer makes {self.featurizer.fingerprint_size}-dimensional '{self.featurizer.kind}' "
+                f"fingerprints but the model's molecule encoder expects fingerprint_size={fingerprint_size}"
+            )
+        num_channels = config.vision_config.num_channels
+        channel_order = self.image_processor.channel_order
+        if len(channel_order) != num_channels:
+            problems.append(
+                f"the image processor produces {len(channel_order)} channels {channel_order} but the model's "
+                f"vision encoder expects num_channels={num_channels}"
+            )
+        if problems:
+            raise ValueError("Processor and model are incompatible: " + "; ".join(problems))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> CloomeProcessor:
+        """Load a processor; if the same location holds a CLOOME model config, check that they match."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        config = _load_cloome_config(pretrained_model_name_or_path, **kwargs)
+        if config is not None:
+            processor.check_model_compatibility(config)
+        return processor
+
+
+def _load_cloome_config(path, **kwargs) -> CloomeConfig | None:
+    """The CLOOME config saved next to a processor, or None when there is none."""
+    hub_keys = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+    hub_kwargs = {k: kwargs[k] for k in hub_keys if k in kwargs}
+    try:
+        config_file = cached_file(str(path), CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    except (OSError, ValueError):
+        return None
+    if config_file is None:
+        return None
+    with open(config_file, encoding="utf-8") as f:
+        config_dict = json.load(f)
+    if config_dict.get("model_type") != CloomeConfig.model_type:
+        return None
+    return CloomeConfig.from_dict(config_dict)
+
+
+def load_model_and_processor(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+    """Load a `CloomeModel` and the `CloomeProcessor` saved with it, refusing a mismatched pair.
+
+    Returns:
+        (model, processor). Raises ValueError naming the disagreeing setting(s).
+    """
+    from .modeling_cloome import CloomeModel
+
+    model = CloomeModel.from_pretrained(pretrained_model_name_or_path, **kwargs)
+    processor = CloomeProcessor.from_pretrained(pretrained_model_name_or_path)
+    processor.check_model_compatibility(model.config)
+    return model, processor
+
+
+# Auto classes: `AutoImageProcessor` / `AutoProcessor.from_pretrained` find these classes by name once this module
+# is imported (`import cloome_hf` does it).
+AutoImageProcessor.register(
+    CloomeConfig, image_processor_classes={"torchvision": CloomeImageProcessor, "pil": CloomeImageProcessor},
+    exist_ok=True,
+)
+AutoProcessor.register(CloomeConfig, CloomeProcessor, exist_ok=True)
+
+
+__all__ = ["CloomeProcessor", "load_model_and_processor"]

@@ -1,0 +1,288 @@
+"""CloomeImageProcessor, rescale_to_uint8 and CloomeTrainTransform against independent reference code."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from cloome_hf.image_processing_cloome import (
+    CANONICAL_CHANNELS,
+    CLOOME_CHANNEL_MEAN,
+    CloomeImageProcessor,
+    rescale_to_uint8,
+)
+from cloome_hf.transforms import CloomeTrainTransform
+
+
+SITE_DIR = Path(__file__).parent / "data" / "example_site"
+SITE_FILES = {c: str(SITE_DIR / f"{c}.tif") for c in CANONICAL_CHANNELS}
+JUMP_NAMES = {"Mito": "Mito", "ERSyto": "ER", "ERSytoBleed": "RNA", "Ph_golgi": "AGP", "Hoechst": "DNA"}
+MEAN = np.asarray(CLOOME_CHANNEL_MEAN, dtype=np.float32)
+
+
+def reference_uint8(x, fraction=2.8e-5, scale=256.0):
+    """The published rule written out naively: sort, pick the n-th largest, float64 math, truncate."""
+    x = np.asarray(x)
+    n = min(max(int(round(x.size * fraction)), 1), x.size)  # n=0 -> the maximum, n > size -> the minimum
+    threshold = float(np.sort(x.ravel())[::-1][n - 1])
+    if threshold <= 0:
+        return np.zeros(x.shape, np.uint8)
+    out = np.minimum(x.astype(np.float64) * (scale / threshold), 255)
+    return np.clip(out, 0, None).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def raw_site():
+    return np.stack([tifffile.imread(SITE_FILES[c]) for c in CANONICAL_CHANNELS])
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return CloomeImageProcessor()
+
+
+# ---------------------------------------------------------------- rescale_to_uint8
+@pytest.mark.parametrize("fraction,scale", [(2.8e-5, 256.0), (1e-4, 255.0), (0.01, 256.0), (0.0, 256.0), (1.0, 256.0)])
+def test_rescale_bit_exact_on_random_16bit(fraction, scale):
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 65536, (97, 131), dtype=np.uint16),  # full range
+        rng.integers(100, 4096, (120, 160), dtype=np.uint16),  # 12-bit camera range
+        rng.choice(np.array([0, 7, 4095, 4095, 65535], np.uint16), (50, 70)),  # heavy ties at the threshold
+        np.zeros((40, 60), np.uint16),  # blank
+        np.full((40, 60), 1234, np.uint16),  # constant
+    ]
+    for image in images:
+        np.testing.assert_array_equal(rescale_to_uint8(image, fraction, scale), reference_uint8(image, fraction, scale))
+
+
+def test_rescale_blank_and_constant_channels():
+    assert not rescale_to_uint8(np.zeros((30, 30), np.uint16)).any()
+    constant = rescale_to_uint8(np.full((30, 30), 500, np.uint16))
+    assert (constant == 255).all()  # 500 * 256 / 500 = 256 saturates
+    assert (rescale_to_uint8(np.full((30, 30), 500, np.uint16), scale=255.0) == 255).all()
+
+
+def test_rescale_other_dtypes_match_reference():
+    rng = np.random.default_rng(1)
+    as_float = rng.normal(1000, 300, (64, 48))  # includes values <= 0 after the tail
+    as_int = rng.integers(-50, 3000, (64, 48)).astype(np.int32)
+    for image in (as_float, as_int, as_float.astype(np.float32)):
+        np.testing.assert_array_equal(rescale_to_uint8(image, 1e-3), reference_uint8(image, 1e-3))
+
+
+def test_rescale_rejects_bad_input():
+    with pytest.raises(ValueError, match="shape"):
+        rescale_to_uint8(np.zeros((2, 3, 4), np.uint16))
+    with pytest.raises(ValueError, match="NaN"):
+        rescale_to_uint8(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="clip_fraction"):
+        rescale_to_uint8(np.ones((4, 4), np.uint16), clip_fraction=1.5)
+
+
+# ---------------------------------------------------------------- real site end to end
+def test_real_site_end_to_end(processor, raw_site):
+    pixel_values = processor(SITE_FILES, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 5, 520, 696) and pixel_values.dtype == torch.float32
+    expected = np.stack([(reference_uint8(ch).astype(np.float32) - m) / m for ch, m in zip(raw_site, MEAN)])
+    np.testing.assert_array_equal(pixel_values[0].numpy(), expected)
+    # normalised means follow from the 8-bit means: x / m - 1
+    u8 = processor.load_uint8_site(SITE_FILES)
+    np.testing.assert_allclose(pixel_values[0].mean(dim=(1, 2)).numpy(), u8.mean(axis=(1, 2)) / MEAN - 1, atol=1e-5)
+    # saturation: ~n of the pixels for channels whose maximum is not a saturated sensor plateau (4095)
+    n = round(520 * 696 * 2.8e-5)
+    for c, name in enumerate(CANONICAL_CHANNELS):
+        saturated = int((u8[c] == 255).sum())
+        assert saturated >= n, name
+        if raw_site[c].max() < 4095:
+            assert saturated <= 2 * n, name
+        else:  # the camera clipped: every pixel at the plateau saturates, nothing else does more than rounding
+            assert saturated >= int((raw_site[c] == 4095).sum()), name
+
+
+def test_zero_shot_crop_and_upstream_inference_settings(processor, raw_site):
+    full = processor(SITE_FILES)["pixel_values"]
+    cropped = processor(SITE_FILES, crop_size={"height": 520, "width": 520})["pixel_values"]
+    np.testing.assert_array_equal(cropped, full[:, :, :, 88:608])
+    upstream = processor(SITE_FILES, intensity_clip_fraction=1e-4, intensity_scale=255.0, do_normalize=False)
+    expected = np.stack([reference_uint8(ch, 1e-4, 255.0) for ch in raw_site]).astype(np.float32)
+    np.testing.assert_array_equal(upstream["pixel_values"][0], expected)
+
+
+def test_per_image_standardisation(processor):
+    out = processor(SITE_FILES, do_per_image_standardize=True)["pixel_values"][0]
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=(1, 2)), 1, atol=1e-3)
+
+
+# ---------------------------------------------------------------- input forms
+def test_channel_names_aliases_and_order(processor, raw_site):
+    reference = processor(SITE_FILES)["pixel_values"]
+    permuted = {c: SITE_FILES[c] for c in reversed(CANONICAL_CHANNELS)}
+    np.testing.assert_array_equal(processor(permuted)["pixel_values"], reference)
+    jump = {JUMP_NAMES[c]: raw_site[i] for i, c in reversed(list(enumerate(CANONICAL_CHANNELS)))}
+    np.testing.assert_array_equal(processor(jump)["pixel_values"], reference)
+    np.testing.assert_array_equal(processor([SITE_FILES[c] for c in CANONICAL_CHANNELS])["pixel_values"], reference)
+    # a processor configured in JUMP order outputs the channels in that order
+    jump_order = ["DNA", "ER", "RNA", "AGP", "Mito"]
+    jump_processor = CloomeImageProcessor(channel_order=jump_order)
+    out = jump_processor(SITE_FILES)["pixel_values"]
+    index = [CANONICAL_CHANNELS.index(c) for c in ("Hoechst", "ERSyto", "ERSytoBleed", "Ph_golgi", "Mito")]
+    np.testing.assert_array_equal(out, reference[:, index])
+
+
+def test_array_tensor_and_batch_inputs(processor, raw_site):
+    reference = processor(SITE_FILES)["pixel_values"]
+    np.testing.assert_array_equal(processor(raw_site)["pixel_values"], reference)
+    np.testing.assert_array_equal(processor(torch.from_numpy(raw_site.astype(np.int32)))["pixel_values"], reference)
+    hwc = np.ascontiguousarray(np.moveaxis(raw_site, 0, -1))
+    np.testing.assert_array_equal(processor(hwc, input_data_format="channels_last")["pixel_values"], reference)
+    np.testing.assert_array_equal(processor(hwc)["pixel_values"], reference)  # inferred from the channel count
+    batch = processor([SITE_FILES, raw_site[:, ::-1].copy()])["pixel_values"]
+    np.testing.assert_array_equal(batch[0], reference[0])
+    np.testing.assert_array_equal(batch[1], reference[0][:, ::-1])  # the threshold ignores pixel order
+    np.testing.assert_array_equal(processor(np.stack([raw_site, raw_site]))["pixel_values"][1], reference[0])
+
+
+def test_uint8_and_npz_inputs(processor, tmp_path):
+    u8 = processor.load_uint8_site(SITE_FILES)
+    assert u8.dtype == np.uint8 and u8.shape == (5, 520, 696)
+    expected = (u8.astype(np.float32) - MEAN[:, None, None]) / MEAN[:, None, None]
+    np.testing.assert_array_equal(processor(u8)["pixel_values"][0], expected)  # uint8 skips the 16->8-bit step
+    # Bray 2017 .npz: H x W x 5 uint8 under "sample" plus pickled extras that must not be unpickled
+    path = tmp_path / "24279-A01-1.npz"
+    extras = np.array({"Mito": "w5"}, dtype=object)
+    np.savez(path, sample=np.moveaxis(u8, 0, -1), channels=extras, filenames=extras)
+    np.testing.assert_array_equal(processor(str(path))["pixel_values"][0], expected)
+    np.testing.assert_array_equal(processor.load_uint8_site(path), u8)
+    np.testing.assert_array_equal(processor([str(path), path])["pixel_values"], np.stack([expected, expected]))
+    jump = CloomeImageProcessor(channel_order=["DNA", "ER", "RNA", "AGP", "Mito"])
+    np.testing.assert_array_equal(jump.load_uint8_site(path), u8[[4, 1, 2, 3, 0]])
+    np.savez(tmp_path / "nokey.npz", image=u8)
+    with pytest.raises(ValueError, match="nokey.npz.*'sample'"):
+        processor(str(tmp_path / "nokey.npz"))
+
+
+def test_bad_inputs_name_the_culprit(processor, raw_site, tmp_path):
+    files = dict(SITE_FILES)
+    with pytest.raises(ValueError, match=r"missing channel.*Hoechst"):
+        processor({c: f for c, f in files.items() if c != "Hoechst"})
+    with pytest.raises(ValueError, match="'Hoechst' given twice"):
+        processor({**files, "DNA": files["Hoechst"]})
+    with pytest.raises(ValueError, match="unknown channel 'Brightfield'"):
+        processor({**files, "Brightfield": files["Mito"]})
+    with pytest.raises(ValueError, match="got 4 channel files, expected 5"):
+        processor([files[c] for c in CANONICAL_CHANNELS[:4]])
+    with pytest.raises(ValueError, match="got 4 channels"):
+        processor(raw_site[:4])
+    corrupt = tmp_path / "Mito.tif"
+    corrupt.write_bytes(b"II*\x00 definitely not a tiff")
+    with pytest.raises(ValueError, match=f"Could not read image file {corrupt}"):
+        processor({**files, "Mito": str(corrupt)})
+    with pytest.raises(ValueError, match="not found: .*nowhere.tif"):
+        processor({**files, "ERSyto": str(tmp_path / "nowhere.tif")})
+    small = {**{c: raw_site[i] for i, c in enumerate(CANONICAL_CHANNELS)}, "Ph_golgi": raw_site[3, :100, :100]}
+    with pytest.raises(ValueError, match=r"different shapes.*Ph_golgi: \(100, 100\)"):
+        processor(small)
+    with pytest.raises(ValueError, match="crop_size 600x600 is larger"):
+        processor(raw_site, crop_size={"height": 600, "width": 600})
+    with pytest.raises(ValueError, match="channel 'Mito' must be a 2-D image"):
+        processor({**files, "Mito": raw_site})
+    with pytest.raises(ValueError, match="load_uint8_site needs uint8"):
+        CloomeImageProcessor(do_rescale_to_uint8=False).load_uint8_site(raw_site)
+
+
+def test_image_processor_save_load_round_trip(tmp_path, raw_site):
+    processor = CloomeImageProcessor(
+        channel_order=["DNA", "ER", "RNA", "AGP", "Mito"], intensity_clip_fraction=1e-4, intensity_scale=255,
+        crop_size={"height": 128, "width": 96}, image_mean=[1, 2, 3, 4, 5], image_std=[5, 4, 3, 2, 1],
+        do_per_image_standardize=True,
+    )
+    processor.save_pretrained(tmp_path)
+    loaded = CloomeImageProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    np.testing.assert_array_equal(loaded(raw_site)["pixel_values"], processor(raw_site)["pixel_values"])
+
+
+# ---------------------------------------------------------------- training transform
+def test_train_transform_eval_matches_processor(processor):
+    u8 = processor.load_uint8_site(SITE_FILES)
+    transform = CloomeTrainTransform(crop_size=(520, 520)).eval()
+    expected = processor(u8, crop_size={"height": 520, "width": 520})["pixel_values"]
+    np.testing.assert_array_equal(transform(torch.from_numpy(u8)).numpy(), expected[0])
+
+
+def _dihedral(image):
+    """All 8 flips/rotations of a (C, H, W) tensor."""
+    out = []
+    for base in (image, image.flip(-1)):
+        out += [torch.rot90(base, k, dims=(-2, -1)) for k in range(4)]
+    return out
+
+
+def test_train_transform_crops_flips_rotations_are_exact():
+    images = torch.randint(0, 256, (6, 5, 40, 50), dtype=torch.uint8)
+    mean = torch.tensor(CLOOME_CHANNEL_MEAN).view(-1, 1, 1)
+    transform = CloomeTrainTransform(crop_size=(16, 16), random_resized_crop_scale=None, seed=3)
+    out = transform(images)
+    assert out.shape == (6, 5, 16, 16) and out.dtype == torch.float32
+    seen = set()
+    for image, result in zip(images, out):
+        pixels = torch.round(result * mean + mean).to(torch.uint8)
+        matches = [
+            (top, left, k)
+            for top in range(40 - 16 + 1) for left in range(50 - 16 + 1)
+            for k, candidate in enumerate(_dihedral(image[:, top : top + 16, left : left + 16]))
+            if torch.equal(candidate, pixels)
+        ]
+        assert matches, "output is not a flipped/rotated window of its input"
+        seen.add(matches[0])
+    assert len(seen) > 1  # windows/orientations vary across the batch
+    # non-square crops only turn by 0 or 180 degrees, so the batch keeps one shape
+    wide = CloomeTrainTransform(crop_size=(8, 12), random_resized_crop_scale=None, seed=1)(images)
+    assert wide.shape == (6, 5, 8, 12)
+    # seeded: same generator state -> same output; eval is deterministic centre crop
+    again = CloomeTrainTransform(crop_size=(16, 16), random_resized_crop_scale=None, seed=3)(images)
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    torch.testing.assert_close(transform(images, generator=g1), transform(images, generator=g2), rtol=0, atol=0)
+
+
+def test_train_transform_resized_crop():
+    images = torch.randint(0, 256, (4, 5, 32, 32), dtype=torch.uint8)
+    identity = CloomeTrainTransform(random_resized_crop_scale=(1.0, 1.0), random_resized_crop_ratio=(1.0, 1.0),
+                                    flips=False, rot90=False)
+    expected = (images.float() - identity.image_mean) / identity.image_std
+    torch.testing.assert_close(identity(images), expected, atol=1e-4, rtol=0)
+    # a 0.9-1.0 area crop keeps the size and only zooms in slightly: values stay within the input range
+    zoom = CloomeTrainTransform(random_resized_crop_scale=(0.9, 0.9), flips=False, rot90=False, seed=0)
+    out = zoom(images)
+    assert out.shape == images.shape and not torch.allclose(out, expected)
+    low, high = expected.amin(dim=(2, 3), keepdim=True), expected.amax(dim=(2, 3), keepdim=True)
+    assert bool(((out >= low - 1e-4) & (out <= high + 1e-4)).all())
+    with pytest.raises(ValueError, match="random_resized_crop_scale"):
+        CloomeTrainTransform(random_resized_crop_scale=(0.5, 1.5))
+
+
+def test_tiff_variants_read_identically(processor, raw_site, tmp_path):
+    """The direct reader for plain TIFFs and the tifffile fallback (compressed, big-endian, stacks) agree."""
+    from cloome_hf.image_processing_cloome import _read_plain_tiff
+
+    for name, path in SITE_FILES.items():  # real MetaMorph files take the fast path
+        direct = _read_plain_tiff(path)
+        assert direct is not None and direct.dtype == np.uint16
+        np.testing.assert_array_equal(direct, tifffile.imread(path))
+    variants = {"zlib": {"compression": "zlib"}, "big_endian": {"byteorder": ">"}, "strips": {"rowsperstrip": 7}}
+    expected = processor(raw_site)["pixel_values"]
+    for variant, options in variants.items():
+        files = {}
+        for i, c in enumerate(CANONICAL_CHANNELS):
+            files[c] = str(tmp_path / f"{variant}_{c}.tif")
+            tifffile.imwrite(files[c], raw_site[i], **options)
+        np.testing.assert_array_equal(processor(files)["pixel_values"], expected, err_msg=variant)
+    assert _read_plain_tiff(files["Mito"]) is not None and _read_plain_tiff(str(tmp_path / "zlib_Mito.tif")) is None
+    stack = str(tmp_path / "stack.tif")
+    tifffile.imwrite(stack, raw_site)  # one multi-page file holding the whole site
+    np.testing.assert_array_equal(processor(stack)["pixel_values"], expected)
