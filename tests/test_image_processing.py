@@ -268,10 +268,10 @@ def test_train_transform_resized_crop():
 
 def test_tiff_variants_read_identically(processor, raw_site, tmp_path):
     """The direct reader for plain TIFFs and the tifffile fallback (compressed, big-endian, stacks) agree."""
-    from cloome_hf.image_processing_cloome import _read_plain_tiff
+    from cloome_hf.fast_tiff import read_plain_tiff
 
     for name, path in SITE_FILES.items():  # real MetaMorph files take the fast path
-        direct = _read_plain_tiff(path)
+        direct = read_plain_tiff(path)
         assert direct is not None and direct.dtype == np.uint16
         np.testing.assert_array_equal(direct, tifffile.imread(path))
     variants = {"zlib": {"compression": "zlib"}, "big_endian": {"byteorder": ">"}, "strips": {"rowsperstrip": 7}}
@@ -282,7 +282,7 @@ def test_tiff_variants_read_identically(processor, raw_site, tmp_path):
             files[c] = str(tmp_path / f"{variant}_{c}.tif")
             tifffile.imwrite(files[c], raw_site[i], **options)
         np.testing.assert_array_equal(processor(files)["pixel_values"], expected, err_msg=variant)
-    assert _read_plain_tiff(files["Mito"]) is not None and _read_plain_tiff(str(tmp_path / "zlib_Mito.tif")) is None
+    assert read_plain_tiff(files["Mito"]) is not None and read_plain_tiff(str(tmp_path / "zlib_Mito.tif")) is None
     stack = str(tmp_path / "stack.tif")
     tifffile.imwrite(stack, raw_site)  # one multi-page file holding the whole site
     np.testing.assert_array_equal(processor(stack)["pixel_values"], expected)
