@@ -7,6 +7,7 @@ from .modeling_cloome import CloomeModel, CloomeOutput, CloomePreTrainedModel
 from .featurization_cloome import MoleculeFeaturizer
 from .image_processing_cloome import CloomeImageProcessor
 from .processing_cloome import CloomeProcessor, load_model_and_processor  # registers AutoProcessor
+from . import pipelines  # noqa: E402,F401  registers the "cell-painting-feature-extraction" and retrieval tasks
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,211 @@
+"""Publish a CLOOME model and its embeddings the Hub way.
+
+* **Model repo**: ``save_pretrained`` of the model (safetensors) and the processor, plus ``README.md`` rendered
+  from ``model_cards/model.md`` (description, channel order and preprocessing, architecture, training recipe,
+  evaluation results from ``results.json`` as the card's ``model-index``, limitations, citation).
+* **Dataset repo**: the embeddings written by ``scripts/embed.py`` (configs ``images`` and, when present,
+  ``molecules``) pushed with ``datasets`` ``push_to_hub``, whose ``README.md`` is the card rendered from
+  ``model_cards/dataset.md`` with the ``configs`` / ``dataset_info`` metadata ``datasets`` maintains.
+
+``local_dir`` variants write the exact repo layout to a folder instead, so that
+``CloomeModel.from_pretrained(folder)`` and ``load_dataset(folder, "images")`` read it back::
+
+    model_repo/                          dataset_repo/
+      README.md                            README.md
+      config.json                          images/train-00000-of-00001.parquet
+      model.safetensors                    molecules/train-00000-of-00001.parquet
+      processor_config.json                embedding_info.json
+      (auto-class code files)
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+EMBEDDING_INFO = "embedding_info.json"
+CONFIGS = ("images", "molecules")
+SPLIT = "train"
+MAX_SHARD_BYTES = 500 << 20  # datasets' push_to_hub default shard size
+
+DATASET_COLUMNS = {
+    "sample_key": "unique site id (plate-well-site)",
+    "plate": "plate barcode",
+    "well": "well position",
+    "site": "field of view within the well",
+    "inchikey": "InChIKey of the perturbing molecule",
+    "smiles": "SMILES of the perturbing molecule",
+    "embedding": "L2-normalised CLOOME embedding",
+}
+
+
+# ----------------------------------------------------------------------------------------------- model repo
+def write_model_repo(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, model_id: str,
+                     results: str | os.PathLike | Mapping | None = None, eval_dataset_name: str = "cell-painting",
+                     eval_dataset_type: str = "cell-painting", eval_split: str | None = "test",
+                     description: str | None = None, training_config: Mapping[str, Any] | None = None,
+                     datasets: list[str] | None = None) -> list[str]:
+    """Write the model repo layout of ``model_dir`` (a saved CloomeModel + CloomeProcessor) into ``out_dir``.
+
+    ``results``: an evaluation ``results.json`` (path or dict) -> the card's ``model-index`` and results table.
+    ``training_config``: defaults to ``training_args.json`` / ``train_config.json`` in ``model_dir`` if present.
+    Returns the repo-relative paths written, sorted.
+    """
+    from .model_card import eval_results_from_json, render_model_card
+    from .processing_cloome import load_model_and_processor
+
+    model, processor = load_model_and_processor(model_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)  # safetensors by default
+    processor.save_pretrained(out_dir)
+    if training_config is None:
+        for name in ("training_args.json", "train_config.json"):
+            path = os.path.join(model_dir, name)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    training_config = json.load(f)
+                shutil.copy(path, os.path.join(out_dir, name))
+                break
+    eval_results = None
+    if results is not None:
+        eval_results = eval_results_from_json(results, dataset_name=eval_dataset_name, dataset_type=eval_dataset_type,
+                                              dataset_split=eval_split)
+    proc = processor.to_dict()
+    card = render_model_card(
+        "model", model_id=model_id, description=description, source="trained", config=model.config,
+        processor={"image_processor": proc.get("image_processor"), "featurizer": proc.get("featurizer")},
+        training_config=training_config, eval_results=eval_results, datasets=datasets,
+    )
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
+    return _list_files(out_dir)
+
+
+def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
+               revision: str | None = None, commit_message: str = "Upload CLOOME model", **card_kwargs):
+    """Create ``repo_id`` (model) if needed and commit the :func:`write_model_repo` layout in one commit."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_model_repo(model_dir, tmp, model_id=repo_id, **card_kwargs)
+        ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=os.path.join(tmp, f)) for f in files]
+        return api.create_commit(repo_id, operations=ops, repo_type="model", revision=revision,
+                                 commit_message=commit_message)
+
+
+# --------------------------------------------------------------------------------------------- dataset repo
+def load_embeddings(embeddings_dir: str | os.PathLike) -> dict[str, Any]:
+    """``{config_name: datasets.Dataset}`` of an ``embed.py`` output folder (``images/``, ``molecules/``)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.table import InMemoryTable
+
+    out = {}
+    for name in CONFIGS:
+        files = sorted(glob.glob(os.path.join(embeddings_dir, name, "*.parquet")))
+        if files:
+            out[name] = datasets.Dataset(InMemoryTable(pa.concat_tables([pq.read_table(f) for f in files])))
+    if not out:
+        raise ValueError(f"{embeddings_dir!s} holds no embeddings: expected Parquet files under images/ or molecules/")
+    return out
+
+
+def _embedding_info(embeddings_dir) -> dict[str, Any]:
+    path = os.path.join(embeddings_dir, EMBEDDING_INFO)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def render_dataset_card(embeddings: Mapping[str, Any], info: Mapping[str, Any], *, dataset_id: str,
+                        source_dataset: str | None = None, description: str | None = None) -> str:
+    """The dataset card text (metadata header + Markdown) from ``model_cards/dataset.md``."""
+    from .model_card import render_model_card
+
+    num_rows = sum(len(ds) for ds in embeddings.values())
+    columns = {c: t for c, t in DATASET_COLUMNS.items() if any(c in ds.column_names for ds in embeddings.values())}
+    preprocessing = {k: v for k, v in (info.get("processor", {}).get("image_processor") or {}).items()
+                     if k in ("channel_order", "crop_size", "intensity_clip_fraction", "intensity_scale",
+                              "image_mean")}
+    preprocessing.update({k: info[k] for k in ("embedding_dtype", "bf16") if k in info})
+    size = "n<1K" if num_rows < 1e3 else "1K<n<10K" if num_rows < 1e4 else "10K<n<100K" if num_rows < 1e5 else \
+        "100K<n<1M" if num_rows < 1e6 else "1M<n<10M"
+    configs = ", ".join(f"`{name}` ({len(ds):,} rows)" for name, ds in embeddings.items())
+    text = (description + "\n\n" if description else "") + f"Configurations: {configs}."
+    return render_model_card(
+        "dataset", dataset_id=dataset_id, model_id=info.get("model_id"), description=text, num_rows=num_rows,
+        columns=columns, source_dataset=source_dataset, preprocessing=preprocessing, size_category=size,
+    )
+
+
+def _with_configs(card_text: str, embeddings: Mapping[str, Any]) -> str:
+    """Add the ``configs`` metadata ``datasets`` reads (the same entries push_to_hub writes)."""
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard(card_text)
+    card.data["configs"] = [
+        {"config_name": name, "data_files": [{"split": SPLIT, "path": f"{name}/{SPLIT}-*"}]} for name in embeddings
+    ]
+    return str(card)
+
+
+def _num_shards(ds) -> int:
+    return max(1, math.ceil(ds.data.nbytes / MAX_SHARD_BYTES))
+
+
+def write_dataset_repo(embeddings_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dataset_id: str,
+                       source_dataset: str | None = None, description: str | None = None) -> list[str]:
+    """Write the dataset repo layout (what :func:`push_embeddings` commits) into ``out_dir``."""
+    embeddings = load_embeddings(embeddings_dir)
+    info = _embedding_info(embeddings_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    for name, ds in embeddings.items():
+        n = _num_shards(ds)
+        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+        for i in range(n):  # push_to_hub's shard naming, so load_dataset resolves both the same way
+            shard = ds.shard(num_shards=n, index=i, contiguous=True)
+            shard.to_parquet(os.path.join(out_dir, name, f"{SPLIT}-{i:05d}-of-{n:05d}.parquet"))
+    card = render_dataset_card(embeddings, info, dataset_id=dataset_id, source_dataset=source_dataset,
+                               description=description)
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(_with_configs(card, embeddings))
+    if info:
+        with open(os.path.join(out_dir, EMBEDDING_INFO), "w") as f:
+            json.dump(info, f, indent=2)
+    return _list_files(out_dir)
+
+
+def push_embeddings(embeddings_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
+                    token: str | None = None, source_dataset: str | None = None, description: str | None = None):
+    """Push the embeddings to a dataset repo: the card and ``embedding_info.json`` first (one commit), then each
+    config with ``Dataset.push_to_hub(config_name=...)``, which adds its ``configs`` / ``dataset_info`` metadata
+    to that card."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    embeddings = load_embeddings(embeddings_dir)
+    info = _embedding_info(embeddings_dir)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    card = render_dataset_card(embeddings, info, dataset_id=repo_id, source_dataset=source_dataset,
+                               description=description)
+    ops = [CommitOperationAdd("README.md", card.encode())]
+    if info:
+        ops.append(CommitOperationAdd(EMBEDDING_INFO, json.dumps(info, indent=2).encode()))
+    api.create_commit(repo_id, operations=ops, repo_type="dataset", commit_message="Add dataset card")
+    for name, ds in embeddings.items():
+        ds.push_to_hub(repo_id, config_name=name, split=SPLIT, token=token, num_shards=_num_shards(ds),
+                       commit_message=f"Upload {name} embeddings")
+
+
+def _list_files(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+                  for d, _, fs in os.walk(root) for f in fs if ".cache" not in d)
