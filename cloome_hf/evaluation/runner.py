@@ -64,25 +64,24 @@ def embed_dataset(model, processor, dataset, *, batch_size: int = 64, accelerato
     from accelerate.utils import gather_object
 
     from cloome_hf.data.schema import channels_of, decode_row
+    from cloome_hf.embedding import image_embeddings_from_pixels, molecule_embeddings_from_fingerprints
 
     accelerator = accelerator or Accelerator()
-    device = accelerator.device
-    model = model.to(device).eval()
+    model = model.to(accelerator.device).eval()
     perm = _channel_permutation(channels_of(dataset), processor.image_processor.channel_order)
     metadata = dataset.select_columns(["sample_key", "plate", "well", "smiles", "inchikey"]).to_pandas()
     n = len(metadata)
 
     def image_batch(rows):
         sites = [np.ascontiguousarray(decode_row(r)[perm]) for r in rows]
-        pixel_values = processor(images=sites, return_tensors="pt")["pixel_values"]
-        return model.get_image_features(pixel_values.to(device)).float()
+        return image_embeddings_from_pixels(model, processor(images=sites, return_tensors="pt")["pixel_values"])
 
     batches = [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
     with accelerator.split_between_processes(batches) as mine:
         out = []
         for idx in tqdm(mine, desc="embedding sites", disable=not (show_progress and accelerator.is_main_process)):
             rows = dataset.select(idx)
-            out.append((idx[0], torch.nn.functional.normalize(image_batch(rows), dim=-1).cpu().numpy()))
+            out.append((idx[0], image_batch(rows).numpy()))
     gathered = gather_object(out) if accelerator.num_processes > 1 else out
     image = np.concatenate([emb for _, emb in sorted(gathered, key=lambda t: t[0])])
 
@@ -90,8 +89,7 @@ def embed_dataset(model, processor, dataset, *, batch_size: int = 64, accelerato
     fps = processor(smiles=molecules["smiles"].tolist(), return_tensors="pt")["fingerprints"]
     mol = []
     for i in tqdm(range(0, len(fps), batch_size), desc="embedding molecules", disable=not show_progress):
-        feats = model.get_molecule_features(fps[i : i + batch_size].to(device)).float()
-        mol.append(torch.nn.functional.normalize(feats, dim=-1).cpu().numpy())
+        mol.append(molecule_embeddings_from_fingerprints(model, fps[i : i + batch_size]).numpy())
     molecule = np.concatenate(mol)
     index = pd.Index(molecules["inchikey"]).get_indexer(metadata["inchikey"])
     return Embeddings(image=image, molecule=molecule, molecule_index=index, metadata=metadata, molecules=molecules)
