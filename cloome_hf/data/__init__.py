@@ -1,0 +1,48 @@
+"""Cell Painting data for CLOOME: loaders, splits, molecules, torch batches and a synthetic generator.
+
+Everything returns / accepts ``datasets`` objects in one schema (:mod:`cloome_hf.data.schema`): one row per
+site with ``sample_key, plate, well, site, smiles, inchikey, image`` (uint8 C x H x W raw bytes),
+``image_shape`` and the source's extra metadata.
+
+    >>> from cloome_hf.data import make_synthetic_dataset, split_by_molecule, build_dataloader
+    >>> from cloome_hf.featurization_cloome import MoleculeFeaturizer
+    >>> splits = split_by_molecule(make_synthetic_dataset(100, 4), (0.8, 0.1, 0.1), seed=0)
+    >>> loader = build_dataloader(splits["train"], MoleculeFeaturizer(fingerprint_size=256), batch_size=32)
+    >>> batch = next(iter(loader))   # {"pixel_values": (32, 5, 64, 64), "fingerprints": (32, 256), ...}
+"""
+
+from .loading import load_cell_painting
+from .molecules import FingerprintTable, inchikeys_from_smiles
+from .prepare import prepare_dataset
+from .schema import CHANNELS, JUMP_CHANNELS, channels_of, decode_image, decode_row, features
+from .sources import BrayNpzSource, JumpSource, SiteSource, SkippedSite, TiffSource, open_source
+from .splits import (
+    assign_molecules,
+    murcko_scaffold,
+    retrieval_subsets,
+    split_by_molecule,
+    split_by_scaffold,
+    split_from_files,
+)
+from .synthetic import bundled_molecules, make_synthetic_dataset, molecule_latent, write_synthetic_layout
+
+
+def __getattr__(name):
+    # the torch side is imported on first use, so data preparation does not need torch
+    if name in ("build_dataloader", "UniqueMoleculeBatchSampler", "CellPaintingCollator", "CellPaintingDataLoader",
+                "CellPaintingTorchDataset", "unique_molecule_batches"):
+        from . import torch_data
+
+        return getattr(torch_data, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CHANNELS", "JUMP_CHANNELS", "BrayNpzSource", "CellPaintingCollator", "CellPaintingDataLoader",
+    "CellPaintingTorchDataset", "FingerprintTable", "JumpSource", "SiteSource", "SkippedSite", "TiffSource",
+    "UniqueMoleculeBatchSampler", "assign_molecules", "build_dataloader", "bundled_molecules", "channels_of",
+    "decode_image", "decode_row", "features", "inchikeys_from_smiles", "load_cell_painting",
+    "make_synthetic_dataset", "molecule_latent", "murcko_scaffold", "open_source", "prepare_dataset",
+    "retrieval_subsets", "split_by_molecule", "split_by_scaffold", "split_from_files", "unique_molecule_batches",
+    "write_synthetic_layout",
+]

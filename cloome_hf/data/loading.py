@@ -1,0 +1,145 @@
+"""One entry point for every Cell Painting source: :func:`load_cell_painting`."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+from .prepare import MANIFEST
+from .schema import CHANNELS, check_schema, dataset_description
+from .sources import SiteSource, open_source
+
+
+def _with_channels(ds, channels):
+    """Record the channel order in the dataset info (``ds.info.description``)."""
+    if hasattr(ds, "info"):
+        ds.info.description = dataset_description(channels)
+    return ds
+
+
+def _parquet_files(folder: str) -> dict[str, list[str]]:
+    """``{split: files}`` of a prepared folder (``data/{split}-*.parquet``) or any folder of Parquet files."""
+    files = sorted(glob.glob(os.path.join(folder, "data", "*.parquet")))
+    if files:
+        by_split: dict[str, list[str]] = {}
+        for f in files:
+            by_split.setdefault(os.path.basename(f).split("-")[0], []).append(f)
+        return by_split
+    files = sorted(glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True))
+    if not files:
+        raise ValueError(f"no Parquet files under {folder}")
+    return {"train": files}
+
+
+def _generate(source: SiteSource, shards):
+    """``datasets`` generator; ``shards`` (lists of record indices) is split over the ``num_proc`` workers."""
+    for rows in shards:
+        yield from source.iter_rows(rows)
+
+
+def load_cell_painting(
+    source: Any,
+    *,
+    kind: str = "auto",
+    split: str | None = None,
+    streaming: bool = False,
+    root=None,
+    compounds=None,
+    wells=None,
+    errors: str = "raise",
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
+    **load_dataset_kwargs,
+):
+    """Load Cell Painting sites as a ``datasets`` object in the common schema (:mod:`cloome_hf.data.schema`).
+
+    Args:
+        source: one of
+            * a folder written by ``prepare`` (``data/{split}-*.parquet``) or any folder of Parquet shards in
+              the schema;
+            * a Hub dataset id in the schema (``datasets.load_dataset(source)``);
+            * an index CSV (Bray npz layout with ``root`` = the npz folder, or raw TIFF layout with ``root`` =
+              the image folder), or a JUMP ``load_data`` CSV with ``compounds`` = the compound table (and
+              ``wells`` = cpg0016's well table when ``load_data`` has no compound column);
+            * a :class:`~cloome_hf.data.sources.SiteSource`.
+        kind: ``"auto"``, ``"parquet"``, ``"hub"``, ``"bray_npz"``, ``"tiff"`` or ``"jump"``.
+        split: a split name to return one ``Dataset`` / ``IterableDataset``; ``None`` returns a ``DatasetDict``
+            (index / JUMP sources have a single ``"train"`` split).
+        streaming: ``IterableDataset`` reading lazily (Parquet shards, Hub, or the raw files themselves).
+        errors: ``"raise"`` or ``"skip"`` for unreadable sites / invalid SMILES of raw sources.
+        cache_dir: ``datasets`` cache for the Arrow files of non-streaming loads.
+        num_proc: processes for non-streaming conversion of raw sources.
+
+    Returns:
+        ``Dataset``, ``DatasetDict``, ``IterableDataset`` or ``IterableDatasetDict``; the channel order of the
+        ``image`` column is in ``ds.info.description`` (:func:`cloome_hf.data.schema.channels_of`).
+    """
+    import datasets
+
+    if isinstance(source, SiteSource):
+        raw = source
+    elif kind in ("bray_npz", "tiff", "jump") or (
+            kind == "auto" and isinstance(source, (str, os.PathLike)) and os.path.isfile(source)):
+        path = os.fspath(source)
+        is_jump = kind == "jump" or (kind == "auto" and compounds is not None)
+        raw = open_source(kind if kind != "auto" else ("jump" if is_jump else "auto"),
+                          index=None if is_jump else path, load_data=path if is_jump else None,
+                          compounds=compounds, wells=wells, root=root, errors=errors)
+    else:
+        raw = None
+
+    if raw is not None:
+        if streaming:
+            ds = datasets.IterableDataset.from_generator(_generate, features=raw.features(),
+                                                         gen_kwargs={"source": raw, "shards": [None]})
+        else:
+            n = max(1, min(num_proc or 1, len(raw)))
+            chunks = [list(range(len(raw)))[i::n] for i in range(n)]
+            try:
+                ds = datasets.Dataset.from_generator(
+                    _generate, features=raw.features(), gen_kwargs={"source": raw, "shards": chunks},
+                    cache_dir=cache_dir, num_proc=n if n > 1 else None)
+            except datasets.exceptions.DatasetGenerationError as err:
+                cause = err.__cause__ or err.__context__
+                if isinstance(cause, ValueError):  # a bad site: surface the message naming file and row
+                    raise cause from None
+                raise
+        ds = _with_channels(ds, CHANNELS)
+        if split is None:
+            return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)({"train": ds})
+        if split != "train":
+            raise ValueError(f"a {raw.kind} source has only the split 'train', not {split!r}")
+        return ds
+
+    path = os.fspath(source)
+    if kind == "parquet" or (kind == "auto" and os.path.isdir(path)):
+        channels = CHANNELS
+        manifest = os.path.join(path, MANIFEST)
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                channels = tuple(json.load(f).get("channels", CHANNELS))
+        files = _parquet_files(path)
+        if split is not None and split not in files:
+            raise ValueError(f"{path} has no split {split!r}; splits: {sorted(files)}")
+        out = datasets.load_dataset("parquet", data_files=files, split=split, streaming=streaming,
+                                    cache_dir=cache_dir, **load_dataset_kwargs)
+    elif kind in ("hub", "auto"):
+        out = datasets.load_dataset(path, split=split, streaming=streaming, cache_dir=cache_dir,
+                                    **load_dataset_kwargs)
+        channels = None
+    else:
+        raise ValueError(f"unknown kind {kind!r}; expected auto, parquet, hub, bray_npz, tiff or jump")
+    parts = out.values() if isinstance(out, (datasets.DatasetDict, datasets.IterableDatasetDict)) else [out]
+    for part in parts:
+        names = part.column_names or list((part.features or {}).keys())
+        check_schema(names, where=path)
+        _with_channels(part, channels or _hub_channels(part))
+    return out
+
+
+def _hub_channels(ds):
+    from .schema import channels_of
+
+    return channels_of(ds)

@@ -1,0 +1,179 @@
+"""Convert a Cell Painting source (Bray npz / raw TIFF / JUMP) into Parquet shards of the common schema.
+
+Output folder (loadable with :func:`cloome_hf.data.load_cell_painting` or ``datasets.load_dataset("parquet")``,
+and publishable as a Hub dataset as is)::
+
+    output_dir/
+      cloome_data.json                 manifest: channels, source kind, shard plan, hash of the input records
+      data/{split}-00000-of-00012.parquet   one shard per `shard_size` sites (Hub naming convention)
+      reports/{split}-00000.json       sites skipped in that shard, and why
+      prepare_report.json              totals + every skipped site / invalid molecule
+
+Shards are written in parallel (``num_proc`` forked workers), each to a temporary file renamed on completion,
+so an interrupted run leaves only finished shards; rerunning with the same input and settings keeps them and
+writes the rest. A different input or shard plan in the same folder is refused (it would mix datasets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from typing import Any
+
+import pandas as pd
+
+from .schema import CHANNELS
+from .sources import SiteSource
+
+MANIFEST = "cloome_data.json"
+REPORT = "prepare_report.json"
+_SOURCE: SiteSource | None = None  # the source of the forked workers (inherited, not pickled per task)
+
+
+def _records_hash(source: SiteSource) -> str:
+    digest = hashlib.sha256(pd.util.hash_pandas_object(source.records, index=True).values.tobytes())
+    digest.update(json.dumps([source.describe_files(i) for i in range(len(source))]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _shard_paths(output_dir: str, split: str, i: int, n: int) -> tuple[str, str]:
+    return (os.path.join(output_dir, "data", f"{split}-{i:05d}-of-{n:05d}.parquet"),
+            os.path.join(output_dir, "reports", f"{split}-{i:05d}.json"))
+
+
+def _write_shard(task: tuple[int, int, int, str, str, str, int]) -> tuple[int, int, list[dict[str, Any]]]:
+    """Write shard ``i`` (rows ``start:stop`` of the source); returns (i, sites written, skipped sites)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    i, start, stop, parquet_path, report_path, compression, row_group_size = task
+    source = _SOURCE
+    source.skipped = []
+    features = source.features()
+    schema = features.arrow_schema
+    rows = list(source.iter_rows(range(start, stop)))
+    table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+    skipped = [s.to_dict() for s in source.skipped]
+    tmp = report_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(skipped, f)
+    os.replace(tmp, report_path)
+    tmp = parquet_path + f".tmp{os.getpid()}"
+    pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size)
+    os.replace(tmp, parquet_path)  # the shard exists only once complete: resumability hinges on this
+    return i, len(rows), skipped
+
+
+def prepare_dataset(
+    source: SiteSource,
+    output_dir: str | os.PathLike,
+    split: str = "train",
+    shard_size: int = 500,
+    num_proc: int = 1,
+    compression: str = "zstd",
+    row_group_size: int = 32,
+    progress: bool = True,
+    max_shards: int | None = None,
+) -> dict[str, Any]:
+    """Write ``source`` as Parquet shards under ``output_dir`` (see module docstring) and return the report.
+
+    Args:
+        source: a :class:`~cloome_hf.data.sources.SiteSource` (its ``errors`` policy decides raise vs. skip).
+        split: split name in the shard file names.
+        shard_size: sites per shard (also the unit of parallelism and of resumption).
+        num_proc: worker processes.
+        compression: Parquet codec of the shards (``"zstd"``, ``"snappy"``, ``"none"``).
+        row_group_size: sites per Parquet row group (what a streaming reader holds in memory at once).
+        max_shards: stop after writing this many new shards (to stage very large conversions; rerun to go on).
+
+    Returns:
+        dict with ``num_sites``, ``num_written``, ``num_skipped``, ``skipped`` (row, sample_key, reason),
+        ``num_shards``, ``shards_reused`` and ``complete``.
+    """
+    global _SOURCE
+    if shard_size < 1 or num_proc < 1:
+        raise ValueError(f"shard_size and num_proc must be >= 1, got {shard_size} and {num_proc}")
+    out = os.fspath(output_dir)
+    os.makedirs(os.path.join(out, "data"), exist_ok=True)
+    os.makedirs(os.path.join(out, "reports"), exist_ok=True)
+    n_sites = len(source)
+    n_shards = max(1, -(-n_sites // shard_size))
+    manifest = {"format": "cloome_hf.cell_painting/1", "channels": list(CHANNELS), "source_kind": source.kind,
+                "source": source.where, "split": split, "num_sites": n_sites, "shard_size": shard_size,
+                "num_shards": n_shards, "records_hash": _records_hash(source),
+                "features": source.features().to_dict()}
+    manifest_path = os.path.join(out, MANIFEST)
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            old = json.load(f)
+        olds = old.get("splits", {}).get(split)
+        if olds is not None and any(olds.get(k) != manifest[k] for k in ("records_hash", "shard_size", "num_shards")):
+            raise ValueError(f"{out} already holds split {split!r} of a different input or shard plan "
+                             f"(records hash {olds.get('records_hash')} vs {manifest['records_hash']}); "
+                             "use a new output_dir")
+        splits = old.get("splits", {})
+    else:
+        splits = {}
+    splits[split] = {k: manifest[k] for k in ("source_kind", "source", "num_sites", "shard_size", "num_shards",
+                                              "records_hash")}
+    with open(manifest_path, "w") as f:
+        json.dump({"format": manifest["format"], "channels": manifest["channels"], "features": manifest["features"],
+                   "splits": splits}, f, indent=1)
+
+    for sub in ("data", "reports"):  # temporary files of workers killed mid-write
+        for name in os.listdir(os.path.join(out, sub)):
+            if ".tmp" in name:
+                os.remove(os.path.join(out, sub, name))
+    tasks, reused = [], 0
+    for i in range(n_shards):
+        parquet_path, report_path = _shard_paths(out, split, i, n_shards)
+        if os.path.exists(parquet_path) and os.path.exists(report_path):
+            reused += 1
+            continue
+        tasks.append((i, i * shard_size, min((i + 1) * shard_size, n_sites), parquet_path, report_path,
+                      compression, row_group_size))
+    if max_shards is not None:
+        tasks = tasks[:max_shards]
+
+    from tqdm.auto import tqdm
+
+    _SOURCE = source
+    try:
+        bar = tqdm(total=len(tasks), desc=f"prepare {split}", unit="shard", disable=not progress)
+        if num_proc > 1 and len(tasks) > 1:
+            with multiprocessing.get_context("fork").Pool(min(num_proc, len(tasks))) as pool:
+                for _ in pool.imap_unordered(_write_shard, tasks):
+                    bar.update()
+        else:
+            for task in tasks:
+                _write_shard(task)
+                bar.update()
+        bar.close()
+    finally:
+        _SOURCE = None
+        source.skipped = list(getattr(source, "_invalid_molecules", []))
+    return _report(source, out, split, n_shards, reused)
+
+
+def _report(source: SiteSource, out: str, split: str, n_shards: int, reused: int) -> dict[str, Any]:
+    """Gather the per-shard reports and the molecules excluded when the source was built."""
+    import pyarrow.parquet as pq
+
+    skipped = [s.to_dict() for s in getattr(source, "_invalid_molecules", [])]
+    written, done = 0, 0
+    for i in range(n_shards):
+        parquet_path, report_path = _shard_paths(out, split, i, n_shards)
+        if not os.path.exists(parquet_path):
+            continue
+        done += 1
+        written += pq.ParquetFile(parquet_path).metadata.num_rows
+        with open(report_path) as f:
+            skipped += json.load(f)
+    report = {"split": split, "num_sites": len(source) + len(getattr(source, "_invalid_molecules", [])),
+              "num_written": written, "num_skipped": len(skipped), "skipped": skipped, "num_shards": n_shards,
+              "shards_done": done, "shards_reused": reused, "complete": done == n_shards}
+    with open(os.path.join(out, REPORT if split == "train" else f"prepare_report_{split}.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report

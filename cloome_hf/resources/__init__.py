@@ -1,0 +1,1 @@
+"""Data files bundled with cloome-hf (see PROVENANCE.md)."""

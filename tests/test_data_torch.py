@@ -1,0 +1,154 @@
+"""Torch side: unique-molecule batches, sharding / set_epoch (also through accelerate), the right fingerprint
+for each site, pixel_values, workers and streaming."""
+
+import warnings
+from collections import Counter
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from cloome_hf.data import (
+    CellPaintingCollator,
+    FingerprintTable,
+    UniqueMoleculeBatchSampler,
+    build_dataloader,
+    decode_row,
+    make_synthetic_dataset,
+    unique_molecule_batches,
+)
+from cloome_hf.featurization_cloome import MoleculeFeaturizer
+from cloome_hf.transforms import CloomeTrainTransform
+
+MEANS = torch.tensor([47.1314, 40.8138, 53.7692, 46.2656, 28.7243]).view(5, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def syn():
+    return make_synthetic_dataset(num_molecules=24, sites_per_molecule=3, num_plates=2, image_size=32, seed=0)
+
+
+def _skewed_keys():
+    # one molecule with 30 sites (a control), others with 1-4 sites
+    rng = np.random.default_rng(0)
+    keys = ["DMSO"] * 30 + [f"m{i}" for i in range(60) for _ in range(int(rng.integers(1, 5)))]
+    return [keys[i] for i in rng.permutation(len(keys))]
+
+
+def test_unique_molecule_batches_never_repeat_a_molecule():
+    keys = _skewed_keys()
+    for drop_last in (True, False):
+        batches = unique_molecule_batches(keys, 16, np.random.default_rng(1), drop_last)
+        assert all(len({keys[i] for i in b}) == len(b) for b in batches)
+        used = [i for b in batches for i in b]
+        assert len(used) == len(set(used))  # each site at most once per epoch
+        if not drop_last:
+            assert sorted(used) == list(range(len(keys)))
+        else:
+            assert all(len(b) == 16 for b in batches) and len(used) >= len(keys) - 16 * 4
+    assert unique_molecule_batches(["a", "b", "a"], 2, None, False) == [[0, 1], [2]]
+
+
+def test_sampler_epochs_and_process_shards():
+    keys = _skewed_keys()
+    s = UniqueMoleculeBatchSampler(keys, 8, seed=5)
+    e0 = list(s)
+    assert list(s) == e0 and len(s) == len(e0)
+    s.set_epoch(1)
+    assert list(s) != e0
+    shards = [list(UniqueMoleculeBatchSampler(keys, 8, seed=5, num_replicas=3, rank=r)) for r in range(3)]
+    assert len({len(x) for x in shards}) == 1  # equal batch counts: no process waits forever
+    flat = [i for x in shards for b in x for i in b]
+    assert len(flat) == len(set(flat))  # processes see different sites
+    with pytest.raises(ValueError, match="rank 3"):
+        UniqueMoleculeBatchSampler(keys, 8, num_replicas=3, rank=3)
+
+
+def test_accelerate_shards_batches_and_reaches_set_epoch(syn):
+    from accelerate.data_loader import prepare_data_loader
+
+    loader = build_dataloader(syn, None, batch_size=4, train=True, seed=0)
+    shards = [prepare_data_loader(loader, device=torch.device("cpu"), num_processes=2, process_index=r,
+                                  put_on_device=False) for r in range(2)]
+    seen = []
+    for shard in shards:
+        for batch in shard:
+            assert len(set(batch["inchikey"])) == len(batch["inchikey"])
+            seen.append(tuple(batch["sample_key"]))
+    assert len(seen) == len(set(seen)) and len(seen) == 2 * len(shards[0])  # processes get different batches
+    epoch0 = [b for b in seen[: len(shards[0])]]
+    epoch1 = [tuple(b["sample_key"]) for b in shards[0]]  # accelerate advances the epoch on each pass
+    assert epoch1 != epoch0
+    shards[0].set_epoch(0)
+    assert [tuple(b["sample_key"]) for b in shards[0]] == epoch0
+
+
+def test_batches_join_the_right_fingerprint_and_pixels(syn):
+    fz = MoleculeFeaturizer(fingerprint_size=128)
+    table = FingerprintTable.from_dataset(syn, fz)
+    assert len(table) == 24  # once per unique molecule, not per site
+    by_key = {r["sample_key"]: r for r in syn}
+    loader = build_dataloader(syn, table, batch_size=6, train=False)
+    n = 0
+    for batch in loader:
+        smiles = [by_key[k]["smiles"] for k in batch["sample_key"]]
+        np.testing.assert_array_equal(batch["fingerprints"].numpy(), fz(smiles))  # direct featurisation
+        expected = torch.stack([torch.from_numpy(decode_row(by_key[k]).astype(np.float32)) / MEANS - 1
+                                for k in batch["sample_key"]])
+        torch.testing.assert_close(batch["pixel_values"], expected)
+        assert batch["pixel_values"].dtype == torch.float32 and torch.isfinite(batch["pixel_values"]).all()
+        n += len(batch["sample_key"])
+    assert n == len(syn)  # evaluation: every site, in order
+    # a featuriser instead of a table: same fingerprints
+    batch = next(iter(build_dataloader(syn, fz, batch_size=6, train=False)))
+    np.testing.assert_array_equal(batch["fingerprints"].numpy(), table.lookup(batch["inchikey"]))
+
+
+def test_training_loader_with_workers_augments_and_covers_each_site_once(syn):
+    transform = CloomeTrainTransform(crop_size=(24, 24), random_resized_crop_scale=(0.8, 1.0))
+    loader = build_dataloader(syn, MoleculeFeaturizer(fingerprint_size=64), batch_size=8, train=True,
+                              transform=transform, num_workers=2, seed=0, drop_last=False)
+    keys = []
+    for batch in loader:
+        assert batch["pixel_values"].shape[1:] == (5, 24, 24)
+        assert len(set(batch["inchikey"])) == len(batch["inchikey"])
+        keys += batch["sample_key"]
+    assert sorted(keys) == sorted(syn["sample_key"])
+
+
+def test_streaming_loader_unique_molecules(syn, tmp_path, monkeypatch):
+    # datasets sleeps 5 s after a threaded Parquet stream ends (an Arrow shutdown workaround); not needed here
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    syn.to_parquet(str(tmp_path / "s.parquet"))
+    stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "s.parquet"), split="train",
+                                   streaming=True)
+    loader = build_dataloader(stream, MoleculeFeaturizer(fingerprint_size=64), batch_size=8, train=True,
+                              shuffle_buffer=20, drop_last=False)
+    keys = []
+    for batch in loader:
+        assert len(set(batch["inchikey"])) == len(batch["inchikey"])
+        assert batch["fingerprints"].shape == (len(batch["inchikey"]), 64)
+        keys += batch["sample_key"]
+    assert Counter(keys) == Counter(syn["sample_key"])
+    loader.set_epoch(1)
+    assert [k for b in loader for k in b["sample_key"]] != keys
+
+
+def test_invalid_molecules_and_blank_images_never_reach_a_batch(syn):
+    bad_key = syn[0]["inchikey"]
+    broken = syn.map(lambda r: {"smiles": "C1CC(" if r["inchikey"] == bad_key else r["smiles"]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loader = build_dataloader(broken, MoleculeFeaturizer(fingerprint_size=64), batch_size=8, train=False)
+    assert any("invalid SMILES" in str(w.message) for w in caught)
+    keys = [k for b in loader for k in b["inchikey"]]
+    assert bad_key not in keys and len(keys) == len(syn) - 3
+    row = dict(syn[1])
+    image = bytearray(row["image"])
+    image[: 32 * 32] = bytes(32 * 32)  # channel 0 all zero
+    collate = CellPaintingCollator(None)
+    with pytest.raises(ValueError, match=rf"sample '{row['sample_key']}': channel 0 is all zero"):
+        collate([dict(row, image=bytes(image))])
+    with pytest.raises(ValueError, match="no fingerprint for molecule 'XYZ'"):
+        FingerprintTable.from_dataset(syn, MoleculeFeaturizer(fingerprint_size=8)).lookup(["XYZ"])
