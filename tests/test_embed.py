@@ -2,15 +2,15 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import embed  # noqa: E402
+from script_loader import load_script  # noqa: E402
+
+embed = load_script("embed")
 
 SIZE = 48
 VISION = {"backbone": "cloome_resnet50", "num_channels": 5, "layers": [1, 1, 1, 1], "image_size": [SIZE, SIZE],

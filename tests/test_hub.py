@@ -3,7 +3,6 @@ huggingface_hub boundary (HfApi methods + the HfFileSystem datasets reads the ca
 
 import json
 import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import push_to_hub  # noqa: E402
+from script_loader import load_script  # noqa: E402
+
+push_to_hub = load_script("push_to_hub")
 
 from cloome_hf import CloomeConfig, CloomeModel  # noqa: E402
 
