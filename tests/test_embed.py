@@ -50,15 +50,6 @@ def train_tiny_model(ds, processor, steps=30, seed=0):
     return model.eval()
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """On a shared 2-core machine OpenMP spin-waiting makes multi-threaded CPU convolutions ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     from cloome_hf.data.synthetic import make_synthetic_dataset

@@ -19,15 +19,6 @@ from cloome_hf import CloomeConfig, CloomeModel  # noqa: E402
 SIZE = 40
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """On a shared 2-core machine OpenMP spin-waiting makes multi-threaded CPU convolutions ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     """A saved tiny model + processor + results.json, and an embed.py-style embeddings folder."""
