@@ -170,9 +170,13 @@ def run_training(model_args, data_args, train_args, preset_used: dict, load_data
     log(f"{len(train_ds)} training sites ({len(set(train_ds['inchikey']))} molecules), {len(val_ds)} validation "
         f"sites ({len(set(val_groups))} molecules)")
     ip = processor.image_processor
+    resized_crop = (tuple(data_args.random_resized_crop_scale) or None) if data_args.augment else None
+    # With a resized crop, image_size is what the whole site is resampled to (the bioactivity recipe, as
+    # torchvision's RandomResizedCrop); otherwise it is a plain random crop window.
     transform = CloomeTrainTransform(
-        crop_size=data_args.image_size,
-        random_resized_crop_scale=(tuple(data_args.random_resized_crop_scale) or None) if data_args.augment else None,
+        crop_size=None if resized_crop else data_args.image_size,
+        output_size=data_args.image_size if resized_crop else None,
+        random_resized_crop_scale=resized_crop,
         flips=data_args.augment, rot90=data_args.augment, image_mean=ip.image_mean, image_std=ip.image_std,
     ).train(data_args.augment)
     global_batch = train_args.per_device_train_batch_size * accelerator.num_processes

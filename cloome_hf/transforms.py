@@ -7,14 +7,17 @@ Inference uses `CloomeImageProcessor` (deterministic centre crop + normalisation
    probability 1/2) and a rotation by a multiple of 90 degrees (k = 0..3 for square crops; 0 or 180 degrees for
    non-square ones, so that every image of the batch keeps its shape) -- all fused into one uint8 gather;
 2. random resized crop: a box covering a fraction `random_resized_crop_scale` of the area, with aspect ratio in
-   `random_resized_crop_ratio` (log-uniform), resampled bilinearly back to the same size. Applying it after the
+   `random_resized_crop_ratio` (log-uniform), resampled bilinearly to `output_size` (default: back to the same
+   size; `output_size=(320, 320)` without `crop_size` is the bioactivity recipe's random-resized crop of the whole
+   520 x 696 site to 320 x 320, torchvision `RandomResizedCrop` semantics). Applying it after the
    flips/turns gives the same distribution as before them, because the box law is mirror-symmetric and, for a
    ratio range symmetric in log space such as the default (3/4, 4/3), rotation-symmetric;
 3. normalisation `(x - image_mean) / image_std` per channel in float32 (the default, with mean = std = the
    published channel means, is CLOOME's `x / m - 1`).
 
-In eval mode (`transform.eval()`) only a centre crop to `crop_size` and the normalisation are applied, which
-matches `CloomeImageProcessor` on the same 8-bit input. All randomness comes from a `torch.Generator`.
+In eval mode (`transform.eval()`) only a centre crop to `crop_size` (then to `output_size`, as the published
+code evaluated its random-resized-crop models) and the normalisation are applied, which matches
+`CloomeImageProcessor` with that crop on the same 8-bit input. All randomness comes from a `torch.Generator`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class CloomeTrainTransform(nn.Module):
         crop_size: (height, width) of the output, or None to keep the input size.
         random_resized_crop_scale: (min, max) area fraction of the random resized crop, or None to disable it.
         random_resized_crop_ratio: (min, max) aspect ratio (width / height) of that crop box, sampled log-uniformly.
+        output_size: (height, width) the random resized crop is resampled to (default: its input size).
         flips: random horizontal and vertical flips.
         rot90: random rotations by multiples of 90 degrees.
         image_mean, image_std: per-channel normalisation (default: the published CLOOME channel means).
@@ -47,6 +51,7 @@ class CloomeTrainTransform(nn.Module):
         crop_size: Sequence[int] | None = None,
         random_resized_crop_scale: Sequence[float] | None = (0.9, 1.0),
         random_resized_crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        output_size: Sequence[int] | None = None,
         flips: bool = True,
         rot90: bool = True,
         image_mean: Sequence[float] = CLOOME_CHANNEL_MEAN,
@@ -58,6 +63,12 @@ class CloomeTrainTransform(nn.Module):
             crop_size = (int(crop_size[0]), int(crop_size[1]))
             if min(crop_size) <= 0:
                 raise ValueError(f"crop_size must be positive, got {crop_size}")
+        if output_size is not None:
+            output_size = (int(output_size[0]), int(output_size[1]))
+            if min(output_size) <= 0:
+                raise ValueError(f"output_size must be positive, got {output_size}")
+            if random_resized_crop_scale is None:
+                raise ValueError("output_size is the size of the random resized crop: set random_resized_crop_scale")
         if random_resized_crop_scale is not None:
             low, high = random_resized_crop_scale
             if not 0 < low <= high <= 1:
@@ -75,6 +86,7 @@ class CloomeTrainTransform(nn.Module):
         self.crop_size = crop_size
         self.random_resized_crop_scale = random_resized_crop_scale
         self.random_resized_crop_ratio = (float(low), float(high))
+        self.output_size = output_size
         self.flips = bool(flips)
         self.rot90 = bool(rot90)
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
@@ -83,7 +95,8 @@ class CloomeTrainTransform(nn.Module):
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def extra_repr(self) -> str:
-        return (f"crop_size={self.crop_size}, random_resized_crop_scale={self.random_resized_crop_scale}, "
+        return (f"crop_size={self.crop_size}, output_size={self.output_size}, "
+                f"random_resized_crop_scale={self.random_resized_crop_scale}, "
                 f"random_resized_crop_ratio={self.random_resized_crop_ratio}, flips={self.flips}, rot90={self.rot90}")
 
     # ------------------------------------------------------------------ steps
@@ -119,11 +132,12 @@ class CloomeTrainTransform(nn.Module):
         picked = images.reshape(n, channels, height * width).gather(2, flat.expand(n, channels, ch * cw))
         return picked.view(n, channels, ch, cw)
 
-    def _center_crop(self, images: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _center_crop(images: torch.Tensor, crop_size: tuple[int, int] | None) -> torch.Tensor:
         height, width = images.shape[-2:]
-        if self.crop_size is None:
+        if crop_size is None:
             return images
-        ch, cw = self.crop_size
+        ch, cw = crop_size
         if ch > height or cw > width:
             raise ValueError(f"crop_size {ch}x{cw} is larger than the images {height}x{width}")
         top, left = (height - ch) // 2, (width - cw) // 2
@@ -142,7 +156,8 @@ class CloomeTrainTransform(nn.Module):
         theta = torch.zeros(n, 2, 3)
         theta[:, 0, 0], theta[:, 0, 2] = box_w, 2 * center_x - 1
         theta[:, 1, 1], theta[:, 1, 2] = box_h, 2 * center_y - 1
-        grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+        out_h, out_w = self.output_size if self.output_size is not None else (height, width)
+        grid = F.affine_grid(theta.to(images.device), [n, images.shape[1], out_h, out_w], align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     # ------------------------------------------------------------------ call
@@ -175,7 +190,7 @@ class CloomeTrainTransform(nn.Module):
             if self.random_resized_crop_scale is not None:
                 images = self._random_resized_crop(images, generator)
         else:
-            images = self._center_crop(images).to(torch.float32)
+            images = self._center_crop(self._center_crop(images, self.crop_size), self.output_size).to(torch.float32)
         images = (images - self.image_mean.to(images.device)) / self.image_std.to(images.device)
         return images[0] if single else images
 

@@ -63,9 +63,11 @@ class DataArguments:
     validation_fraction: float = _field(0.2, help="fraction of molecules held out for validation when the "
                                         "dataset has no 'validation' split", preset=False)
     split_seed: int = _field(0, help="seed of the molecule split", preset=False)
-    image_size: list[int] | None = _field(help="training crop [height width] (one value = square)", nargs="+")
-    random_resized_crop_scale: list[float] | None = _field(help="area range of random resized crops "
-                                                           "(empty = plain random crop)", nargs="*")
+    image_size: list[int] | None = _field(help="training image size [height width] (one value = square): a "
+                                          "random crop window, or with random_resized_crop_scale the size the "
+                                          "random resized crop of the whole site is resampled to", nargs="+")
+    random_resized_crop_scale: list[float] | None = _field(help="area range of random resized crops of the "
+                                                           "whole site (empty = plain random crop)", nargs="*")
     augment: bool | None = _field(help="random crops, flips and 90-degree rotations")
     unique_molecules_per_batch: bool = _field(True, help="never put two sites of one molecule in a batch "
                                               "(they would be false negatives)", preset=False)

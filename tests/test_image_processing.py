@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import torch.nn.functional as F
 
 from cloome_hf.image_processing_cloome import (
     CANONICAL_CHANNELS,
@@ -264,6 +265,23 @@ def test_train_transform_resized_crop():
     assert bool(((out >= low - 1e-4) & (out <= high + 1e-4)).all())
     with pytest.raises(ValueError, match="random_resized_crop_scale"):
         CloomeTrainTransform(random_resized_crop_scale=(0.5, 1.5))
+
+
+def test_train_transform_resized_crop_of_whole_site_to_output_size():
+    """The bioactivity recipe: a random resized crop of the whole (non-square) site resampled to 320 x 320."""
+    images = torch.randint(0, 256, (2, 5, 40, 60), dtype=torch.uint8)
+    whole = CloomeTrainTransform(random_resized_crop_scale=(1.0, 1.0), random_resized_crop_ratio=(1.5, 1.5),
+                                 output_size=(20, 20), flips=False, rot90=False)
+    resized = F.interpolate(images.float(), size=(20, 20), mode="bilinear", align_corners=False)
+    expected = (resized - whole.image_mean) / whole.image_std
+    torch.testing.assert_close(whole(images), expected, atol=1e-4, rtol=0)
+    bioactivity = CloomeTrainTransform(random_resized_crop_scale=(0.9, 1.0), output_size=(32, 32), seed=0)
+    assert bioactivity(images).shape == (2, 5, 32, 32)
+    # Eval mode: the published code's centre crop of the requested size.
+    centre = bioactivity.eval()(images)
+    torch.testing.assert_close(centre, (images[:, :, 4:36, 14:46].float() - whole.image_mean) / whole.image_std)
+    with pytest.raises(ValueError, match="set random_resized_crop_scale"):
+        CloomeTrainTransform(random_resized_crop_scale=None, output_size=(32, 32))
 
 
 def test_tiff_variants_read_identically(processor, raw_site, tmp_path):
