@@ -187,7 +187,6 @@ def run_baseline(args, tasks, activity) -> dict:
 def make_figures(args, emb, ds, moa, output_dir: Path) -> dict:
     from cloome_hf.data.schema import decode_row
     from cloome_hf.evaluation.figures import plot_embedding_tsne, plot_retrieval_gallery
-    from cloome_hf.evaluation.retrieval import top_k_candidates
     from cloome_hf.evaluation.runner import retrieval_subset
 
     figures = {}
@@ -207,15 +206,17 @@ def make_figures(args, emb, ds, moa, output_dir: Path) -> dict:
     rng = np.random.default_rng(args.seed)
     queries = np.sort(rng.choice(sub, size=min(args.gallery_queries, len(sub)), replace=False))
     cand_rows = emb.molecule_index[sub]  # the retrieval candidate set: one entry per molecule
-    top, scores = top_k_candidates(emb.image[queries], emb.molecule[cand_rows], k=5)
+    sims = emb.image[queries] @ emb.molecule[cand_rows].T  # embeddings are unit-norm: cosine
+    # Ranks and the top 5 come from this one matrix: a true score recomputed elsewhere can differ in the last bit.
+    true_cols = np.array([int(np.flatnonzero(cand_rows == emb.molecule_index[q])[0]) for q in queries])
+    true_scores = sims[np.arange(len(queries)), true_cols]
+    ranks = (sims >= true_scores[:, None]).sum(1)  # pessimistic, as in the retrieval table
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    scores = np.take_along_axis(sims, top, axis=1)
     smiles = emb.molecules["smiles"].to_numpy()
     top_smiles = [[smiles[cand_rows[j]] for j in row] for row in top]
-    true_pos = [int(np.flatnonzero(cand_rows[row] == emb.molecule_index[q])[0])
-                if (cand_rows[row] == emb.molecule_index[q]).any() else -1 for q, row in zip(queries, top)]
+    true_pos = [int(np.flatnonzero(row == col)[0]) if (row == col).any() else -1 for row, col in zip(top, true_cols)]
     sites = [decode_row(ds[int(q)]) for q in queries]
-    sims = emb.image[queries] @ emb.molecule[cand_rows].T  # embeddings are unit-norm: cosine
-    true_scores = np.einsum("qd,qd->q", emb.image[queries], emb.molecule[emb.molecule_index[queries]])
-    ranks = (sims >= true_scores[:, None]).sum(1)  # pessimistic, as in the retrieval table
     titles = [f"{emb.metadata['sample_key'].iloc[q]} (true rank {r})" for q, r in zip(queries, ranks)]
     plot_retrieval_gallery(sites, top_smiles, scores, true_pos, output_dir / "retrieval_gallery.png",
                            query_titles=titles)
