@@ -48,8 +48,34 @@ def run(tmp_path_factory):
         "--gallery_queries", "3", "--output_dir", str(out),
     ]
     script = _load_script()
-    results = script.main(argv)
+    gallery_calls = []
+    import cloome_hf.evaluation.figures as figures
+
+    def recording_gallery(sites, top_smiles, top_scores, true_positions, path, **kwargs):
+        gallery_calls.append((np.asarray(top_scores), list(true_positions), kwargs["query_titles"]))
+        return original(sites, top_smiles, top_scores, true_positions, path, **kwargs)
+
+    original = figures.plot_retrieval_gallery
+    figures.plot_retrieval_gallery = recording_gallery
+    try:
+        results = script.main(argv)
+    finally:
+        figures.plot_retrieval_gallery = original
+    results["_gallery_calls"] = gallery_calls
     return script, results, out, tmp / "model"
+
+
+def test_gallery_titles_agree_with_the_framed_match(run):
+    """A match shown at position p of the top 5 has rank p + 1 in the title; scores are sorted best first."""
+    _, results, _, _ = run
+    (scores, true_positions, titles), = results["_gallery_calls"]
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    for position, title in zip(true_positions, titles):
+        rank = int(title.split("true rank ")[1].rstrip(")"))
+        if position >= 0:
+            assert rank == position + 1
+        else:
+            assert rank > scores.shape[1]
 
 
 def _recompute_embeddings(model_dir):
