@@ -119,7 +119,8 @@ def search_main(argv=None):
     return result
 
 
-def main(argv=None):
+def run(argv=None):
+    """Dispatch ``argv`` to a sub-command and return what it returns (a DataFrame for ``search``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="cloome", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,5 +139,11 @@ def main(argv=None):
     return script_main(command)(rest)
 
 
+def main(argv=None) -> int:
+    """Console entry point: run the command and exit 0 (its result is printed or written, not returned)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -207,8 +207,9 @@ def test_cli_search_matches_library_calls(synthetic, embedded, tmp_path):
     from cloome_hf.search import CloomeIndex
 
     smiles = synthetic["library"]["smiles"].tolist()[:3]
-    cli.main(["search", "--embeddings", str(embedded), "--smiles", *smiles, "--k", "3",
-              "--output", str(tmp_path / "hits.csv"), "--save_index", str(tmp_path / "index")])
+    exit_code = cli.main(["search", "--embeddings", str(embedded), "--smiles", *smiles, "--k", "3",
+                          "--output", str(tmp_path / "hits.csv"), "--save_index", str(tmp_path / "index")])
+    assert exit_code == 0  # the console script exits with main's return value
     ref = CloomeIndex.from_datasets(str(embedded / "images"), str(embedded / "molecules"),
                                     model=synthetic["model"], processor=synthetic["processor"])
     expected = ref.search_images(smiles=smiles, k=3)
@@ -218,7 +219,7 @@ def test_cli_search_matches_library_calls(synthetic, embedded, tmp_path):
     # image -> molecules from the saved index; the model id comes from embedding_info.json via the index
     site = decode_row(synthetic["ds"][5])
     np.savez(tmp_path / "site.npz", sample=site.transpose(1, 2, 0))
-    result = cli.main(["search", "--index", str(tmp_path / "index"), "--images", str(tmp_path / "site.npz"), "--k", "2"])
+    result = cli.run(["search", "--index", str(tmp_path / "index"), "--images", str(tmp_path / "site.npz"), "--k", "2"])
     assert result["smiles"].tolist() == ref.search_molecules(images=[site], k=2)["smiles"].tolist()
     assert result["query_image"].tolist() == [str(tmp_path / "site.npz")] * 2
 
