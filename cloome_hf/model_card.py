@@ -30,7 +30,7 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCardData, EvalResult, ModelCardData
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "model_cards"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "model_cards"  # also reachable as the top-level model_cards/
 TAGS = ("cell-painting", "microscopy", "contrastive-learning", "drug-discovery", "feature-extraction")
 CHANNEL_ORDER = ("Mito", "ERSyto", "ERSytoBleed", "Ph_golgi", "Hoechst")
 LICENSE = "mit"  # ml-jku/cloome and this package
@@ -163,7 +163,7 @@ def render_model_card(template: str = "model", *, templates_dir: str | Path | No
 
     Args:
         template: ``"model"`` or ``"dataset"`` (any ``<name>.md`` in ``templates_dir`` with a known context).
-        templates_dir: folder of the templates (default: the repository's ``model_cards/``).
+        templates_dir: folder of the templates (default: the package's ``model_cards/``, shipped in the wheel).
         **context: for ``"model"``:
 
             - ``model_id`` (str): Hub id or folder name shown in the title and usage snippet;
