@@ -32,3 +32,12 @@ def tiny_config():
     from cloome_hf import CloomeConfig
 
     return CloomeConfig(vision_config=dict(TINY_VISION), molecule_config=dict(TINY_MOLECULE), projection_dim=16)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, for tests that compare weights bit for bit across runs or processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

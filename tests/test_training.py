@@ -28,13 +28,6 @@ def load_train_script():
     return module
 
 
-@pytest.fixture
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine can be 50x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_log(folder):

@@ -38,12 +38,6 @@ def _audit(folder, rank):
     return steps, [r["final_parameter_digest"] for r in records if "final_parameter_digest" in r]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, one_thread):
