@@ -250,3 +250,18 @@ def test_random_baseline_matches_closed_form_for_replicates():
               for _ in range(200)]
     for key in ("image_to_molecule_top5", "molecule_to_image_top10"):
         assert np.mean([t[key] for t in trials]) == pytest.approx(base[key], abs=0.01)
+
+
+def test_torch_compile_trains_like_eager_and_saves_plain_weights(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    losses, keys = {}, {}
+    for name, extra in [("eager", []), ("compiled", ["--torch_compile"])]:
+        out = tmp_path / name
+        load_train_script().main(["--output_dir", str(out), *TINY_ARGS, "--vision_layers", "1", "1", "1", "1",
+                                  "--max_steps", "3", "--logging_steps", "1", "--save_steps", "3", *extra])
+        losses[name] = [r["loss"] for r in read_log(out) if "loss" in r]
+        keys[name] = sorted(load_file(out / "model.safetensors"))
+    assert len(losses["eager"]) == 3
+    np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-3)
+    assert keys["compiled"] == keys["eager"]  # no "_orig_mod." prefixes from the compiled wrapper
