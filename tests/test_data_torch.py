@@ -50,6 +50,13 @@ def test_unique_molecule_batches_never_repeat_a_molecule():
     assert unique_molecule_batches(["a", "b", "a"], 2, None, False) == [[0, 1], [2]]
 
 
+def test_batch_larger_than_the_molecule_count_is_refused_not_silently_empty():
+    keys = ["a", "b", "c"] * 4  # 3 molecules, 12 sites
+    with pytest.raises(ValueError, match="distinct molecules: the data has 3 molecules in 12 sites"):
+        unique_molecule_batches(keys, 4, np.random.default_rng(0), drop_last=True)
+    assert len(unique_molecule_batches(keys, 3, np.random.default_rng(0), drop_last=True)) == 4
+
+
 def test_sampler_epochs_and_process_shards():
     keys = _skewed_keys()
     s = UniqueMoleculeBatchSampler(keys, 8, seed=5)

@@ -98,7 +98,13 @@ def unique_molecule_batches(keys: Sequence[Any], batch_size: int, rng: np.random
     if current:
         batches.append(current)
     if drop_last:
-        batches = [b for b in batches if len(b) == batch_size]
+        full = [b for b in batches if len(b) == batch_size]
+        if batches and not full:  # an epoch of zero steps would otherwise pass silently
+            raise ValueError(
+                f"no full batch of {batch_size} sites with distinct molecules: the data has "
+                f"{int(codes.max()) + 1} molecules in {len(codes)} sites; lower the batch size"
+            )
+        batches = full
     return [[int(i) for i in b] for b in batches]
 
 
