@@ -285,6 +285,8 @@ class CloomeIndex:
     def __init__(self, images: EmbeddingIndex, molecules: EmbeddingIndex | None = None, model=None, processor=None,
                  model_id: str | None = None, batch_size: int = 256):
         self.images, self.molecules = images, molecules
+        # A model loaded with from_pretrained knows where it came from; save() records it for load(load_model=True).
+        model_id = model_id or (getattr(model, "name_or_path", None) or None)
         self.model, self.processor, self.model_id, self.batch_size = model, processor, model_id, batch_size
 
     @classmethod

@@ -256,3 +256,16 @@ def test_processes_split_the_shards(synthetic, embedded, monkeypatch, tmp_path):
             assert mine == ["images/shard-00001.parquet", "images/shard-00003.parquet"]
     for config in ("images", "molecules"):
         pd.testing.assert_frame_equal(_read(out, config), _read(embedded, config))
+
+
+def test_index_of_a_pretrained_model_reloads_with_its_model(synthetic, embedded, tmp_path):
+    from cloome_hf.embedding import load_model_and_processor
+    from cloome_hf.search import CloomeIndex
+
+    model, processor = load_model_and_processor(synthetic["root"] / "model")
+    index = CloomeIndex.from_datasets(str(embedded / "images"), str(embedded / "molecules"), model=model,
+                                      processor=processor)
+    index.save(tmp_path / "index")
+    reloaded = CloomeIndex.load(tmp_path / "index", load_model=True)  # the model id was recorded by save()
+    smiles = synthetic["library"]["smiles"].tolist()[:2]
+    pd.testing.assert_frame_equal(reloaded.search_images(smiles=smiles, k=3), index.search_images(smiles=smiles, k=3))
