@@ -91,7 +91,7 @@ def search_main(argv=None):
         return None
     if index.model_id is None:
         raise ValueError("no model to encode the queries with: pass --model")
-    from .embedding import load_model_and_processor
+    from .processing_cloome import load_model_and_processor
 
     index.model, index.processor = load_model_and_processor(index.model_id)
     if args.smiles_file and args.smiles_file.endswith(".csv"):

@@ -65,12 +65,3 @@ def encode_molecules(model, processor, smiles: Sequence[str], batch_size: int = 
     out = [molecule_embeddings_from_fingerprints(model, fingerprints[s:s + batch_size], autocast_dtype)
            for s in range(0, len(smiles), batch_size)]
     return torch.cat(out).numpy()
-
-
-def load_model_and_processor(model_id: str | os.PathLike, revision: str | None = None):
-    """CloomeModel (eval mode) + CloomeProcessor from a folder or Hub id, checked against each other."""
-    from .processing_cloome import load_model_and_processor as _load
-
-    kwargs = {"revision": revision} if revision else {}
-    model, processor = _load(model_id, **kwargs)
-    return model.eval(), processor

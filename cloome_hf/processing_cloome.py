@@ -139,16 +139,24 @@ def _load_cloome_config(path, **kwargs) -> CloomeConfig | None:
     return CloomeConfig.from_dict(config_dict)
 
 
-def load_model_and_processor(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-    """Load a `CloomeModel` and the `CloomeProcessor` saved with it, refusing a mismatched pair.
+def load_model_and_processor(
+    pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None, **model_kwargs
+):
+    """Load a `CloomeModel` (eval mode) and the `CloomeProcessor` saved with it, refusing a mismatched pair.
+
+    Args:
+        pretrained_model_name_or_path: a folder or Hub id holding both.
+        revision: Hub revision, used for the model and the processor alike.
+        model_kwargs: passed on to `CloomeModel.from_pretrained` (e.g. `dtype`).
 
     Returns:
         (model, processor). Raises ValueError naming the disagreeing setting(s).
     """
     from .modeling_cloome import CloomeModel
 
-    model = CloomeModel.from_pretrained(pretrained_model_name_or_path, **kwargs)
-    processor = CloomeProcessor.from_pretrained(pretrained_model_name_or_path)
+    hub = {"revision": revision} if revision else {}
+    model = CloomeModel.from_pretrained(pretrained_model_name_or_path, **hub, **model_kwargs).eval()
+    processor = CloomeProcessor.from_pretrained(pretrained_model_name_or_path, **hub)
     processor.check_model_compatibility(model.config)
     return model, processor
 

@@ -361,7 +361,7 @@ class CloomeIndex:
         if load_model and model is None:
             if not info.get("model_id"):
                 raise ValueError(f"{directory!s} records no model_id to load")
-            from .embedding import load_model_and_processor
+            from .processing_cloome import load_model_and_processor
 
             model, processor = load_model_and_processor(info["model_id"])
         return cls(images, molecules, model=model, processor=processor, model_id=info.get("model_id"))

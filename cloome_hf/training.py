@@ -133,9 +133,8 @@ class EpochBatchSampler:
         self.num_rows, self.batch_size, self.seed, self.epoch = num_rows, batch_size, seed, 0
         self.codes = None
         if molecule_ids is not None:
+            # unique_molecule_batches refuses a batch size larger than the number of molecules
             self.codes = np.unique(np.asarray(molecule_ids), return_inverse=True)[1].reshape(-1)
-            if self.codes.max() + 1 < batch_size:
-                raise ValueError(f"batch_size={batch_size} exceeds the {self.codes.max() + 1} distinct molecules")
         self._cache: tuple[int, list[list[tuple[int, int]]]] | None = None
 
     def select_epoch(self, epoch: int) -> None:

@@ -13,10 +13,8 @@ The checkpoint is loaded with ``torch.load(weights_only=True)``; the folder gets
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from cloome_hf.convert import PRESETS, convert_original_checkpoint  # noqa: E402
 

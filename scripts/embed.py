@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 INFO_FILE = "embedding_info.json"
 IMAGE_METADATA = ("sample_key", "plate", "well", "site", "inchikey", "smiles")
@@ -199,7 +197,7 @@ def main(argv=None) -> str:
     import torch
     from accelerate import Accelerator
 
-    from cloome_hf.embedding import load_model_and_processor
+    from cloome_hf.processing_cloome import load_model_and_processor
 
     accelerator = Accelerator()
     model, processor = load_model_and_processor(args.model, revision=args.revision)

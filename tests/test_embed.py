@@ -259,7 +259,7 @@ def test_processes_split_the_shards(synthetic, embedded, monkeypatch, tmp_path):
 
 
 def test_index_of_a_pretrained_model_reloads_with_its_model(synthetic, embedded, tmp_path):
-    from cloome_hf.embedding import load_model_and_processor
+    from cloome_hf.processing_cloome import load_model_and_processor
     from cloome_hf.search import CloomeIndex
 
     model, processor = load_model_and_processor(synthetic["root"] / "model")
