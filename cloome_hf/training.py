@@ -133,9 +133,9 @@ class EpochBatchSampler:
         self.num_rows, self.batch_size, self.seed, self.epoch = num_rows, batch_size, seed, 0
         self.codes = None
         if molecule_ids is not None:
-            # unique_molecule_batches refuses a batch size larger than the number of molecules
             self.codes = np.unique(np.asarray(molecule_ids), return_inverse=True)[1].reshape(-1)
         self._cache: tuple[int, list[list[tuple[int, int]]]] | None = None
+        self.batches(0)  # fails now, not at the first step, if no batch can hold distinct molecules
 
     def select_epoch(self, epoch: int) -> None:
         """Choose the epoch whose batches iteration yields. (Not named ``set_epoch`` on purpose: accelerate calls
