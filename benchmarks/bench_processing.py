@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from cloome_hf.featurization_cloome import FINGERPRINT_KINDS, MoleculeFeaturizer  # noqa: E402
 from cloome_hf.image_processing_cloome import (  # noqa: E402
-    CANONICAL_CHANNELS,
+    CHANNELS,
     CLOOME_CHANNEL_MEAN,
     CloomeImageProcessor,
 )
@@ -59,7 +59,7 @@ def naive_site(channels: list[np.ndarray]) -> np.ndarray:
 def naive_site_from_files(files: dict[str, str]) -> np.ndarray:
     import tifffile
 
-    return naive_site([tifffile.imread(files[c]) for c in CANONICAL_CHANNELS])
+    return naive_site([tifffile.imread(files[c]) for c in CHANNELS])
 
 
 def naive_featurize(kind: str, smiles: list[str], size: int) -> np.ndarray:
@@ -157,8 +157,8 @@ def main(argv=None) -> dict:
 
     import tifffile
 
-    files = {c: str(DATA / "example_site" / f"{c}.tif") for c in CANONICAL_CHANNELS}
-    arrays = np.stack([tifffile.imread(files[c]) for c in CANONICAL_CHANNELS])
+    files = {c: str(DATA / "example_site" / f"{c}.tif") for c in CHANNELS}
+    arrays = np.stack([tifffile.imread(files[c]) for c in CHANNELS])
     processor = CloomeImageProcessor()
     np.testing.assert_allclose(processor(arrays)["pixel_values"][0], naive_site(list(arrays)), rtol=1e-6, atol=1e-6)
     results: dict[str, dict] = {"load_average_at_start": os.getloadavg()[0], "cpus": len(os.sched_getaffinity(0))}

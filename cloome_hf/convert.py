@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from .configuration_cloome import CLOOME_RESNET50, CloomeConfig
-from .image_processing_cloome import CANONICAL_CHANNELS, CLOOME_CHANNEL_MEAN
+from .channels import CHANNELS, CLOOME_CHANNEL_MEAN
 
 HUB_REPO_ID = "anasanchezf/cloome"
 CHECKPOINTS = {"retrieval": "cloome-retrieval-zero-shot.pt", "bioactivity": "cloome-bioactivity.pt"}
@@ -280,7 +280,7 @@ def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, A
     # A centre crop to the full 520 x 696 site leaves Bray 2017 sites untouched and cuts larger fields of view
     # (e.g. JUMP) to the size the model was trained on.
     image = {
-        "channel_order": list(CANONICAL_CHANNELS),
+        "channel_order": list(CHANNELS),
         "do_rescale_to_uint8": True,
         "intensity_clip_fraction": 2.8e-5,
         "intensity_scale": 256.0,

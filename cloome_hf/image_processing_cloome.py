@@ -22,43 +22,22 @@ from typing import Any, TypedDict
 import numpy as np
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+from .channels import (
+    CHANNELS,
+    CLOOME_CHANNEL_MEAN,
+    DEFAULT_CLIP_FRACTION,
+    DEFAULT_INTENSITY_SCALE,
+    JUMP_CHANNELS,
+    SITE_SIZE,
+    canonical_channel_name,
+    published_channel_means,
+)
 from .fast_tiff import read_plain_tiff
 
-
-CANONICAL_CHANNELS: tuple[str, ...] = ("Mito", "ERSyto", "ERSytoBleed", "Ph_golgi", "Hoechst")
-"""Channel order of Bray 2017 and of the published CLOOME weights."""
-
-JUMP_CHANNEL_ALIASES: dict[str, str] = {
-    "DNA": "Hoechst",
-    "ER": "ERSyto",
-    "RNA": "ERSytoBleed",
-    "AGP": "Ph_golgi",
-    "Mito": "Mito",
-}
-"""JUMP (cpg0016) stain names -> the Bray 2017 names used by CLOOME."""
-
-CLOOME_CHANNEL_MEAN: tuple[float, ...] = (47.1314, 40.8138, 53.7692, 46.2656, 28.7243)
-"""Per-channel means of the 8-bit training images; the published models compute `x / m - 1`."""
-
-DEFAULT_CLIP_FRACTION = 2.8e-5
-DEFAULT_INTENSITY_SCALE = 256.0
-DEFAULT_CROP_SIZE = {"height": 520, "width": 696}
-
+DEFAULT_CROP_SIZE = {"height": SITE_SIZE[0], "width": SITE_SIZE[1]}
 _NPZ_KEY = "sample"
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _UINT16_VALUES = 65536
-
-
-def canonical_channel_name(name: str) -> str:
-    """Map a channel name or JUMP alias (case-insensitive) to its canonical spelling; other names pass through."""
-    lowered = str(name).lower()
-    for canonical in CANONICAL_CHANNELS:
-        if lowered == canonical.lower():
-            return canonical
-    for alias, canonical in JUMP_CHANNEL_ALIASES.items():
-        if lowered == alias.lower():
-            return canonical
-    return str(name)
 
 
 def _clip_rank(num_pixels: int, clip_fraction: float) -> int:
@@ -182,7 +161,7 @@ class CloomeImageProcessor(BaseImageProcessor):
 
     def __init__(
         self,
-        channel_order: Sequence[str] = CANONICAL_CHANNELS,
+        channel_order: Sequence[str] = CHANNELS,
         do_rescale_to_uint8: bool = True,
         intensity_clip_fraction: float = DEFAULT_CLIP_FRACTION,
         intensity_scale: float = DEFAULT_INTENSITY_SCALE,
@@ -228,13 +207,7 @@ class CloomeImageProcessor(BaseImageProcessor):
         for key in ("image_mean", "image_std"):
             value = settings[key]
             if value is None:
-                if order != list(CANONICAL_CHANNELS):
-                    value = [CLOOME_CHANNEL_MEAN[CANONICAL_CHANNELS.index(c)] if c in CANONICAL_CHANNELS else None
-                             for c in order]
-                    if None in value:
-                        raise ValueError(f"{key} must be given for channels without a published mean: {order}")
-                else:
-                    value = CLOOME_CHANNEL_MEAN
+                value = published_channel_means(order)
             value = [float(value)] * len(order) if np.ndim(value) == 0 else [float(v) for v in value]
             if len(value) != len(order):
                 raise ValueError(f"{key} has {len(value)} entries but channel_order has {len(order)} channels")
@@ -368,7 +341,7 @@ class CloomeImageProcessor(BaseImageProcessor):
             array = self._as_array(site, where)
             if is_npz:
                 # Bray 2017 .npz sites are stored in the canonical order.
-                stored = list(CANONICAL_CHANNELS)
+                stored = list(CHANNELS)
                 if array.shape[0] != len(stored) or set(order) - set(stored):
                     raise ValueError(f"{where}: .npz {site} holds {array.shape[0]} canonical channels, "
                                      f"cannot provide {order}")
@@ -495,9 +468,9 @@ class CloomeImageProcessor(BaseImageProcessor):
 
 
 __all__ = [
-    "CANONICAL_CHANNELS",
+    "CHANNELS",
     "CLOOME_CHANNEL_MEAN",
-    "JUMP_CHANNEL_ALIASES",
+    "JUMP_CHANNELS",
     "CloomeImageProcessor",
     "canonical_channel_name",
     "rescale_to_uint8",

@@ -1,8 +1,8 @@
 """Contrastive objectives of CLOOME: InfoNCE (CLIP) and InfoLOOB with Hopfield retrieval (CLOOB).
 
 All functions take L2-normalised embeddings of shape ``(n, d)`` and ``inv_tau`` = 1/tau (a scalar tensor
-or float). They are pure except for :func:`gather_features`, the single place that talks to
-``torch.distributed``: when a process group is initialised, every loss gathers the features of all
+or float). They are pure except for :func:`cloome_hf.distributed.gather_features`, the single place where they talk
+to ``torch.distributed``: when a process group is initialised, every loss gathers the features of all
 processes *with gradients* and computes the loss of its own rows against the global batch (open_clip's
 "local loss" formulation). Averaging the per-process losses, and the gradients as DDP does, then gives
 exactly the single-process loss and gradients on the concatenated batch.
@@ -14,52 +14,9 @@ the positive pair's contribution.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 whose backward sums the incoming gradients over processes.
-
-    ``torch.distributed.nn.all_gather`` needs reduce-scatter or all-to-all, which not every backend has;
-    an all-reduce followed by taking the local slice works on gloo, NCCL and MPI alike.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        world_size, rank = dist.get_world_size(), dist.get_rank()
-        ctx.rank, ctx.rows = rank, tensor.shape[0]
-        gathered = [torch.empty_like(tensor) for _ in range(world_size)]
-        dist.all_gather(gathered, tensor.contiguous())
-        return torch.cat(gathered, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        grad = grad_output.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_features(features: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Concatenate ``features`` (n, d) of all processes, keeping gradients to the local rows.
-
-    Returns the global ``(world_size * n, d)`` tensor and the index of this process's first row in it.
-    Outside a multi-process run this is the identity with offset 0. Every process must hold the same
-    number of rows (accelerate's ``even_batches`` guarantees it).
-    """
-    if not is_distributed():
-        return features, 0
-    rows = torch.tensor([features.shape[0]], device=features.device)
-    all_rows = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
-    dist.all_gather(all_rows, rows)
-    counts = [int(r.item()) for r in all_rows]
-    if len(set(counts)) != 1:
-        raise ValueError(f"every process must contribute the same number of rows to the loss, got {counts}")
-    return _AllGatherWithGrad.apply(features), dist.get_rank() * features.shape[0]
+from .distributed import gather_features
 
 
 def _similarities(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -179,4 +136,4 @@ def cloob_loss(
     )
 
 
-__all__ = ["cloob_loss", "gather_features", "hopfield_retrieval", "infoloob_loss", "infonce_loss", "is_distributed"]
+__all__ = ["cloob_loss", "hopfield_retrieval", "infoloob_loss", "infonce_loss"]

@@ -30,9 +30,10 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCardData, EvalResult, ModelCardData
 
+from .channels import CHANNELS
+
 TEMPLATES_DIR = Path(__file__).resolve().parent / "model_cards"  # also reachable as the top-level model_cards/
 TAGS = ("cell-painting", "microscopy", "contrastive-learning", "drug-discovery", "feature-extraction")
-CHANNEL_ORDER = ("Mito", "ERSyto", "ERSytoBleed", "Ph_golgi", "Hoechst")
 LICENSE = "mit"  # ml-jku/cloome and this package
 PAPER_URL = "https://www.nature.com/articles/s41467-023-42328-w"
 PAPER_DOI = "10.1038/s41467-023-42328-w"
@@ -220,7 +221,7 @@ def render_model_card(template: str = "model", *, templates_dir: str | Path | No
         ctx["dataset_id"] = ctx["dataset_id"] or "cloome-embeddings"
     ctx.update(
         card_data=_card_data_yaml(template, ctx, eval_results),
-        channel_order=CHANNEL_ORDER,
+        channel_order=CHANNELS,
         paper_url=PAPER_URL,
         paper_doi=PAPER_DOI,
         upstream_repo=UPSTREAM_REPO,

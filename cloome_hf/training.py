@@ -10,8 +10,6 @@
 * :class:`EpochBatchSampler` - deterministic global batches from ``(seed, epoch)`` with one augmentation
   seed per sample, so a resumed run and a run on any number of processes see the same batches and crops.
 * :func:`save_checkpoint` / :func:`resolve_checkpoint` - atomic ``accelerator.save_state`` checkpoints.
-* :func:`convert_sync_batchnorm` - batch statistics over the global batch (CUDA: ``nn.SyncBatchNorm``;
-  CPU/gloo: :class:`GlobalBatchNorm`, since ``nn.SyncBatchNorm`` is GPU-only).
 * :func:`random_retrieval_baseline` - the chance level of the validation retrieval metrics.
 """
 
@@ -27,7 +25,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 # Values from the paper (Sanchez-Fernandez et al. 2023, Methods) where it states them; the learning rate and Adam
@@ -269,73 +266,6 @@ def clean_incomplete_checkpoints(checkpoint_dir: str) -> None:
                 shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)
 
 
-# ----------------------------------------------------------------------------------------- global batch norm
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; the gradient of a sum is the sum of the incoming gradients."""
-
-    @staticmethod
-    def forward(ctx, tensor):
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-        return tensor
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Batch norm whose training statistics cover the batch of every process (any backend, CPU included).
-
-    Same parameters and buffers as ``nn.BatchNorm{1,2}d`` (state dicts are interchangeable). Outside a
-    multi-process run, or in eval mode, it is exactly ``F.batch_norm``.
-    """
-
-    def _check_input_dim(self, input):
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        dims = [0] + list(range(2, x.dim()))
-        channels = x.shape[1]
-        xf = x.float()
-        count = torch.full((1,), xf.numel() / channels, dtype=torch.float32, device=x.device)
-        stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
-        n = stats[-1]
-        mean = stats[:channels] / n
-        var = (stats[channels : 2 * channels] / n - mean * mean).clamp_min(0.0)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
-                self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1))
-        shape = [1, channels] + [1] * (x.dim() - 2)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
-
-
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Replace every BatchNorm by a cross-process one: ``nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm` else."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, child in model.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
-            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            new.to(next(child.buffers(), torch.empty(0)).device)
-            setattr(model, name, new)
-        else:
-            convert_sync_batchnorm(child, device)
-    return model
-
-
 # ----------------------------------------------------------------------------------------- validation
 def random_retrieval_baseline(groups: Sequence, ks=(1, 5, 10), seed: int = 0) -> dict[str, float]:
     """Chance level of :func:`cloome_hf.evaluation.retrieval.retrieval_accuracy` for pairs grouped by ``groups``.
@@ -377,8 +307,8 @@ def parameter_digest(model: nn.Module) -> str:
 
 
 __all__ = [
-    "EpochBatchSampler", "GlobalBatchNorm", "PairDataset", "PRESETS", "build_optimizer", "build_scheduler",
-    "clean_incomplete_checkpoints", "convert_sync_batchnorm", "list_checkpoints", "lr_factor", "parameter_digest",
+    "EpochBatchSampler", "PairDataset", "PRESETS", "build_optimizer", "build_scheduler",
+    "clean_incomplete_checkpoints", "list_checkpoints", "lr_factor", "parameter_digest",
     "parameter_groups", "preset_values", "random_retrieval_baseline", "read_trainer_state", "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import convert_sync_batchnorm
 from .training import (
     EpochBatchSampler,
     PairDataset,
     build_optimizer,
     build_scheduler,
     clean_incomplete_checkpoints,
-    convert_sync_batchnorm,
     parameter_digest,
     random_retrieval_baseline,
     read_trainer_state,

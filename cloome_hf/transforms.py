@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .image_processing_cloome import CLOOME_CHANNEL_MEAN
+from .channels import CLOOME_CHANNEL_MEAN
 
 
 class CloomeTrainTransform(nn.Module):
@@ -161,12 +161,17 @@ class CloomeTrainTransform(nn.Module):
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     # ------------------------------------------------------------------ call
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, seeds: Sequence[int] | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment (training mode) or centre-crop (eval mode) and normalise.
 
         Args:
             images: (N, C, H, W) or (C, H, W), uint8 (or any real dtype, used as is).
-            generator: CPU `torch.Generator` for the random draws (default: the transform's own).
+            seeds: one seed per image (training mode): image i's crop, flips and turns are drawn from a generator
+                seeded with ``seeds[i]``, so its pixels depend on that seed alone, not on the batch it is in, the
+                worker or the process.
+            generator: CPU `torch.Generator` for the draws of the whole batch when no ``seeds`` are given
+                (default: the transform's own).
 
         Returns:
             float32 tensor of the input's rank: (N, C, crop_h, crop_w) or (C, crop_h, crop_w).
@@ -182,17 +187,25 @@ class CloomeTrainTransform(nn.Module):
             raise ValueError(
                 f"images have {images.shape[1]} channels, the normalisation has {self.image_mean.shape[0]}"
             )
-        generator = generator if generator is not None else self.generator
-        if self.training:
-            # Flips/turns commute in distribution with the resized crop (its box law is symmetric), so they are
-            # fused with the random window into one exact uint8 gather before the float resampling.
-            images = self._crop_flip_rotate(images, generator).to(torch.float32)
-            if self.random_resized_crop_scale is not None:
-                images = self._random_resized_crop(images, generator)
-        else:
+        if seeds is not None and len(seeds) != images.shape[0]:
+            raise ValueError(f"got {len(seeds)} seeds for {images.shape[0]} images")
+        if not self.training:
             images = self._center_crop(self._center_crop(images, self.crop_size), self.output_size).to(torch.float32)
+        elif seeds is not None:
+            images = torch.cat([self._augment(images[i:i + 1], torch.Generator().manual_seed(int(seed)))
+                                for i, seed in enumerate(seeds)])
+        else:
+            images = self._augment(images, generator if generator is not None else self.generator)
         images = (images - self.image_mean.to(images.device)) / self.image_std.to(images.device)
         return images[0] if single else images
+
+    def _augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        # Flips/turns commute in distribution with the resized crop (its box law is symmetric), so they are
+        # fused with the random window into one exact uint8 gather before the float resampling.
+        images = self._crop_flip_rotate(images, generator).to(torch.float32)
+        if self.random_resized_crop_scale is not None:
+            images = self._random_resized_crop(images, generator)
+        return images
 
 
 __all__ = ["CloomeTrainTransform"]

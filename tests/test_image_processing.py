@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cloome_hf.image_processing_cloome import (
-    CANONICAL_CHANNELS,
+    CHANNELS,
     CLOOME_CHANNEL_MEAN,
     CloomeImageProcessor,
     rescale_to_uint8,
@@ -18,7 +18,7 @@ from cloome_hf.transforms import CloomeTrainTransform
 
 
 SITE_DIR = Path(__file__).parent / "data" / "example_site"
-SITE_FILES = {c: str(SITE_DIR / f"{c}.tif") for c in CANONICAL_CHANNELS}
+SITE_FILES = {c: str(SITE_DIR / f"{c}.tif") for c in CHANNELS}
 JUMP_NAMES = {"Mito": "Mito", "ERSyto": "ER", "ERSytoBleed": "RNA", "Ph_golgi": "AGP", "Hoechst": "DNA"}
 MEAN = np.asarray(CLOOME_CHANNEL_MEAN, dtype=np.float32)
 
@@ -36,7 +36,7 @@ def reference_uint8(x, fraction=2.8e-5, scale=256.0):
 
 @pytest.fixture(scope="module")
 def raw_site():
-    return np.stack([tifffile.imread(SITE_FILES[c]) for c in CANONICAL_CHANNELS])
+    return np.stack([tifffile.imread(SITE_FILES[c]) for c in CHANNELS])
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_real_site_end_to_end(processor, raw_site):
     np.testing.assert_allclose(pixel_values[0].mean(dim=(1, 2)).numpy(), u8.mean(axis=(1, 2)) / MEAN - 1, atol=1e-5)
     # saturation: ~n of the pixels for channels whose maximum is not a saturated sensor plateau (4095)
     n = round(520 * 696 * 2.8e-5)
-    for c, name in enumerate(CANONICAL_CHANNELS):
+    for c, name in enumerate(CHANNELS):
         saturated = int((u8[c] == 255).sum())
         assert saturated >= n, name
         if raw_site[c].max() < 4095:
@@ -121,16 +121,16 @@ def test_per_image_standardisation(processor):
 # ---------------------------------------------------------------- input forms
 def test_channel_names_aliases_and_order(processor, raw_site):
     reference = processor(SITE_FILES)["pixel_values"]
-    permuted = {c: SITE_FILES[c] for c in reversed(CANONICAL_CHANNELS)}
+    permuted = {c: SITE_FILES[c] for c in reversed(CHANNELS)}
     np.testing.assert_array_equal(processor(permuted)["pixel_values"], reference)
-    jump = {JUMP_NAMES[c]: raw_site[i] for i, c in reversed(list(enumerate(CANONICAL_CHANNELS)))}
+    jump = {JUMP_NAMES[c]: raw_site[i] for i, c in reversed(list(enumerate(CHANNELS)))}
     np.testing.assert_array_equal(processor(jump)["pixel_values"], reference)
-    np.testing.assert_array_equal(processor([SITE_FILES[c] for c in CANONICAL_CHANNELS])["pixel_values"], reference)
+    np.testing.assert_array_equal(processor([SITE_FILES[c] for c in CHANNELS])["pixel_values"], reference)
     # a processor configured in JUMP order outputs the channels in that order
     jump_order = ["DNA", "ER", "RNA", "AGP", "Mito"]
     jump_processor = CloomeImageProcessor(channel_order=jump_order)
     out = jump_processor(SITE_FILES)["pixel_values"]
-    index = [CANONICAL_CHANNELS.index(c) for c in ("Hoechst", "ERSyto", "ERSytoBleed", "Ph_golgi", "Mito")]
+    index = [CHANNELS.index(c) for c in ("Hoechst", "ERSyto", "ERSytoBleed", "Ph_golgi", "Mito")]
     np.testing.assert_array_equal(out, reference[:, index])
 
 
@@ -175,7 +175,7 @@ def test_bad_inputs_name_the_culprit(processor, raw_site, tmp_path):
     with pytest.raises(ValueError, match="unknown channel 'Brightfield'"):
         processor({**files, "Brightfield": files["Mito"]})
     with pytest.raises(ValueError, match="got 4 channel files, expected 5"):
-        processor([files[c] for c in CANONICAL_CHANNELS[:4]])
+        processor([files[c] for c in CHANNELS[:4]])
     with pytest.raises(ValueError, match="got 4 channels"):
         processor(raw_site[:4])
     corrupt = tmp_path / "Mito.tif"
@@ -184,7 +184,7 @@ def test_bad_inputs_name_the_culprit(processor, raw_site, tmp_path):
         processor({**files, "Mito": str(corrupt)})
     with pytest.raises(ValueError, match="not found: .*nowhere.tif"):
         processor({**files, "ERSyto": str(tmp_path / "nowhere.tif")})
-    small = {**{c: raw_site[i] for i, c in enumerate(CANONICAL_CHANNELS)}, "Ph_golgi": raw_site[3, :100, :100]}
+    small = {**{c: raw_site[i] for i, c in enumerate(CHANNELS)}, "Ph_golgi": raw_site[3, :100, :100]}
     with pytest.raises(ValueError, match=r"different shapes.*Ph_golgi: \(100, 100\)"):
         processor(small)
     with pytest.raises(ValueError, match="crop_size 600x600 is larger"):
@@ -296,7 +296,7 @@ def test_tiff_variants_read_identically(processor, raw_site, tmp_path):
     expected = processor(raw_site)["pixel_values"]
     for variant, options in variants.items():
         files = {}
-        for i, c in enumerate(CANONICAL_CHANNELS):
+        for i, c in enumerate(CHANNELS):
             files[c] = str(tmp_path / f"{variant}_{c}.tif")
             tifffile.imwrite(files[c], raw_site[i], **options)
         np.testing.assert_array_equal(processor(files)["pixel_values"], expected, err_msg=variant)

@@ -9,7 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from cloome_hf.losses import cloob_loss, gather_features, infonce_loss
+from cloome_hf.distributed import gather_features
+from cloome_hf.losses import cloob_loss, infonce_loss
 
 WORLD_SIZE = 2
 ROWS_PER_RANK = 5

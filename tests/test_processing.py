@@ -10,11 +10,11 @@ from transformers import AutoImageProcessor, AutoProcessor
 
 from cloome_hf import CloomeModel
 from cloome_hf.featurization_cloome import MoleculeFeaturizer
-from cloome_hf.image_processing_cloome import CANONICAL_CHANNELS, CloomeImageProcessor
+from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
 from cloome_hf.processing_cloome import CloomeProcessor, load_model_and_processor
 
 
-SITE_FILES = {c: str(Path(__file__).parent / "data" / "example_site" / f"{c}.tif") for c in CANONICAL_CHANNELS}
+SITE_FILES = {c: str(Path(__file__).parent / "data" / "example_site" / f"{c}.tif") for c in CHANNELS}
 SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"]
 
 

@@ -8,7 +8,8 @@ import os
 from typing import Any
 
 from .prepare import MANIFEST
-from .schema import CHANNELS, check_schema, dataset_description
+from ..channels import CHANNELS
+from .schema import check_schema, dataset_description
 from .sources import SiteSource, open_source
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from .schema import CHANNELS
+from ..channels import CHANNELS
 from .sources import SiteSource
 
 MANIFEST = "cloome_data.json"

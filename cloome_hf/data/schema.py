@@ -31,11 +31,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..channels import CHANNELS, JUMP_CHANNELS  # noqa: F401  (re-exported by cloome_hf.data)
 
-#: Canonical channel order of Bray 2017 and the published CLOOME weights (= the processor's order).
-CHANNELS: tuple[str, ...] = ("Mito", "ERSyto", "ERSytoBleed", "Ph_golgi", "Hoechst")
-#: JUMP (cpg0016) stain names -> canonical names.
-JUMP_CHANNELS: dict[str, str] = {"Mito": "Mito", "ER": "ERSyto", "RNA": "ERSytoBleed", "AGP": "Ph_golgi", "DNA": "Hoechst"}
+
 
 SCHEMA_COLUMNS: tuple[str, ...] = ("sample_key", "plate", "well", "site", "smiles", "inchikey", "image", "image_shape")
 #: Columns that are not images: cheap to read for splits, fingerprint tables and samplers.

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from .molecules import inchikeys_from_smiles, invalid_smiles
-from .schema import CHANNELS, JUMP_CHANNELS, encode_image
+from ..channels import CHANNELS, JUMP_CHANNELS
+from .schema import encode_image
 
 ERROR_POLICIES = ("raise", "skip")
 

@@ -37,7 +37,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .schema import CHANNELS, JUMP_CHANNELS, dataset_description, encode_image
+from ..channels import CHANNELS, JUMP_CHANNELS
+from .schema import dataset_description, encode_image
 
 
 PROJECTION_SEED = 20230712

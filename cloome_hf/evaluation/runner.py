@@ -42,17 +42,6 @@ class Embeddings:
     molecules: pd.DataFrame | None
 
 
-def _channel_permutation(dataset_channels, processor_channels) -> list[int]:
-    from cloome_hf.image_processing_cloome import canonical_channel_name
-
-    have = [canonical_channel_name(c) for c in dataset_channels]
-    want = [canonical_channel_name(c) for c in processor_channels]
-    missing = [c for c in want if c not in have]
-    if missing:
-        raise ValueError(f"dataset channels {list(dataset_channels)} lack {missing} needed by the processor")
-    return [have.index(c) for c in want]
-
-
 @torch.no_grad()
 def embed_dataset(model, processor, dataset, *, batch_size: int = 64, accelerator=None, show_progress=True):
     """Embed every site of ``dataset`` and every unique molecule once.
@@ -63,12 +52,13 @@ def embed_dataset(model, processor, dataset, *, batch_size: int = 64, accelerato
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
+    from cloome_hf.channels import channel_permutation
     from cloome_hf.data.schema import channels_of, decode_row
     from cloome_hf.embedding import image_embeddings_from_pixels, molecule_embeddings_from_fingerprints
 
     accelerator = accelerator or Accelerator()
     model = model.to(accelerator.device).eval()
-    perm = _channel_permutation(channels_of(dataset), processor.image_processor.channel_order)
+    perm = channel_permutation(channels_of(dataset), processor.image_processor.channel_order)
     metadata = dataset.select_columns(["sample_key", "plate", "well", "smiles", "inchikey"]).to_pandas()
     n = len(metadata)
 
