@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cloome_hf.search import EmbeddingIndex  # noqa: E402
+from cloome_hf.inference.search import EmbeddingIndex  # noqa: E402
 
 
 def rss_gib() -> float:

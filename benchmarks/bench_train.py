@@ -44,7 +44,7 @@ def worker(args) -> None:
     from accelerate import Accelerator
 
     from cloome_hf import CloomeModel
-    from cloome_hf.training import build_optimizer
+    from cloome_hf.train.optim import build_optimizer
 
     torch.set_num_threads(args.threads)
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1

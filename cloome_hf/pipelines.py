@@ -12,20 +12,18 @@ Inputs of ``cell-painting-feature-extraction`` are the image inputs of ``CloomeI
 ``.npz``/``.tif``/``.npy`` site, a ``{channel: path_or_array}`` mapping, a C x H x W array); a top-level list
 (or a 4-D array) is always a batch of sites, so a site given as a list of per-channel paths must be wrapped
 in a list. ``molecule-image-retrieval`` takes a SMILES or a list of SMILES and an ``index``: a
-:class:`cloome_hf.search.CloomeIndex`, its saved folder, or an embeddings dataset (see ``scripts/embed.py``).
+:class:`cloome_hf.inference.search.CloomeIndex`, its saved folder, or an embeddings dataset (see ``cloome embed``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .inference.encode import _is_dataset, embed_fingerprints, embed_pixel_values, encode_molecules, encode_sites
 from .modeling_cloome import CloomeModel
 
 FEATURE_TASK = "cell-painting-feature-extraction"
@@ -34,8 +32,8 @@ DEFAULT_BATCH_SIZE = 64
 
 
 class _CloomePipeline(Pipeline):
-    """Batches by calling the processor on a whole chunk of inputs: CLOOME's processor takes lists natively,
-    and transformers' collate-based batching needs a tokenizer or feature extractor to pad with."""
+    """Inputs go to the one encoder path (:mod:`cloome_hf.inference.encode`) in batches: CLOOME's processor takes
+    lists natively, and transformers' collate-based batching needs a tokenizer or feature extractor to pad with."""
 
     _load_processor = True
     _load_image_processor = False
@@ -43,58 +41,45 @@ class _CloomePipeline(Pipeline):
     _load_tokenizer = False
     _load_video_processor = False
 
-    @staticmethod
-    def _is_batch(inputs) -> bool:
-        if isinstance(inputs, (np.ndarray, torch.Tensor)):
-            return inputs.ndim == 4
-        return isinstance(inputs, (list, tuple))
-
-    def __call__(self, inputs, batch_size: int | None = None, **kwargs):
-        single = not self._is_batch(inputs)
-        items = [inputs] if single else inputs
-        if len(items) == 0:
-            raise ValueError("empty input list")
-        pre, fwd, post = self._sanitize_parameters(**kwargs)
-        pre, fwd, post = ({**self._preprocess_params, **pre}, {**self._forward_params, **fwd},
-                          {**self._postprocess_params, **post})
-        size = batch_size or self._batch_size or DEFAULT_BATCH_SIZE
-        outputs: list[Any] = []
-        for start in range(0, len(items), size):
-            outputs.extend(self.run_single(items[start:start + size], pre, fwd, post))
-        return outputs[0] if single else outputs
+    def _call_params(self, batch_size, kwargs) -> tuple[int, dict]:
+        _, _, post = self._sanitize_parameters(**kwargs)
+        return batch_size or self._batch_size or DEFAULT_BATCH_SIZE, {**self._postprocess_params, **post}
 
 
 class CellPaintingFeatureExtractionPipeline(_CloomePipeline):
-    """Cell Painting sites -> CLOOME image embeddings, ``(projection_dim,)`` float32 numpy per site.
+    """Cell Painting sites -> CLOOME image embeddings: one ``(projection_dim,)`` float32 unit vector per site, as
+    ``cloome embed`` stores them.
 
-    Call parameters: ``normalize`` (default True: L2-normalised, as stored by ``scripts/embed.py``),
-    ``batch_size``."""
+    Inputs: one site or a batch of sites in any form the processor reads, or a ``datasets.Dataset`` in the common
+    schema (its recorded channel order is mapped to the model's). Call parameter: ``batch_size``."""
 
-    def _sanitize_parameters(self, normalize: bool | None = None, **kwargs):
+    def _sanitize_parameters(self, **kwargs):
         if kwargs:
             raise ValueError(f"unknown {FEATURE_TASK} parameter(s): {sorted(kwargs)}")
-        return {}, {}, ({"normalize": normalize} if normalize is not None else {})
+        return {}, {}, {}
 
     def preprocess(self, sites):
-        if isinstance(sites, (np.ndarray, torch.Tensor)) and sites.ndim == 4:
-            return self.processor(images=sites, return_tensors="pt")
-        return self.processor(images=list(sites), return_tensors="pt")
+        return self.processor(images=sites, return_tensors="pt")
 
     def _forward(self, model_inputs):
-        return {"features": self.model.get_image_features(model_inputs["pixel_values"].to(self.model.dtype))}
+        return {"embeddings": embed_pixel_values(self.model, model_inputs["pixel_values"])}
 
-    def postprocess(self, model_outputs, normalize: bool = True):
-        feats = model_outputs["features"].float()
-        if normalize:
-            feats = F.normalize(feats, dim=-1)
-        return list(feats.cpu().numpy())
+    def postprocess(self, model_outputs):
+        return list(model_outputs["embeddings"].numpy())
+
+    def __call__(self, inputs, batch_size: int | None = None, **kwargs):
+        size, _ = self._call_params(batch_size, kwargs)
+        # a top-level list, a 4-D array or a dataset is a batch of sites; anything else is one site
+        single = not (isinstance(inputs, (list, tuple)) or _is_dataset(inputs) or getattr(inputs, "ndim", 0) == 4)
+        embeddings = encode_sites(self.model, self.processor, inputs, batch_size=size)
+        return embeddings[0] if single else list(embeddings)
 
 
 class MoleculeImageRetrievalPipeline(_CloomePipeline):
     """SMILES -> the ``top_k`` closest images of an index: one list of ``{"score", "rank", **metadata}`` per SMILES.
 
-    Args (construction): ``index``: a :class:`~cloome_hf.search.CloomeIndex`, a saved index folder, or an
-    image-embeddings dataset (path / ``datasets.Dataset``) to build an exact index from."""
+    Args (construction): ``index``: a :class:`~cloome_hf.inference.search.CloomeIndex`, a saved index folder, or
+    an image-embeddings dataset (path / ``datasets.Dataset`` / DataFrame) to build an exact index from."""
 
     def __init__(self, *args, index=None, **kwargs):
         if index is None:
@@ -111,20 +96,26 @@ class MoleculeImageRetrievalPipeline(_CloomePipeline):
         return self.processor(smiles=list(smiles), return_tensors="pt")  # invalid SMILES -> ValueError naming it
 
     def _forward(self, model_inputs):
-        return {"features": self.model.get_molecule_features(model_inputs["fingerprints"])}
+        return {"embeddings": embed_fingerprints(self.model, model_inputs["fingerprints"])}
 
     def postprocess(self, model_outputs, top_k: int = 10):
-        queries = F.normalize(model_outputs["features"].float(), dim=-1).cpu().numpy()
-        table = self.index.images.search_table(queries, k=top_k)
+        table = self.index.images.search_table(model_outputs["embeddings"].numpy(), k=top_k)
         hits = table.drop(columns=["query_index"]).to_dict("records")
-        per_query: list[list[dict]] = [[] for _ in range(len(queries))]
+        per_query: list[list[dict]] = [[] for _ in range(len(model_outputs["embeddings"]))]
         for q, hit in zip(table["query_index"].to_numpy(), hits):
             per_query[q].append(hit)
         return per_query
 
+    def __call__(self, inputs, batch_size: int | None = None, **kwargs):
+        size, post = self._call_params(batch_size, kwargs)
+        single = isinstance(inputs, str)
+        embeddings = torch.from_numpy(encode_molecules(self.model, self.processor, inputs, batch_size=size))
+        hits = self.postprocess({"embeddings": embeddings}, **post)
+        return hits[0] if single else hits
+
 
 def _as_index(index):
-    from .search import CLOOME_INDEX_FILE, CloomeIndex, EmbeddingIndex
+    from .inference.search import CLOOME_INDEX_FILE, CloomeIndex, EmbeddingIndex
 
     if isinstance(index, CloomeIndex):
         return index

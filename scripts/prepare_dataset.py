@@ -1,10 +1,9 @@
 #!/usr/bin/env python
-"""Convert Cell Painting data (Bray 2017 npz, raw TIFF, JUMP) into Parquet shards, or write synthetic data.
+"""Shim: `python scripts/prepare_dataset.py ARGS` = `cloome prepare ARGS` (also under `accelerate launch scripts/prepare_dataset.py`)."""
 
-Same as ``python -m cloome_hf.data``; run with ``--help`` for the options of ``prepare`` and ``synthetic``.
-"""
+import sys
 
-from cloome_hf.data.__main__ import main
+from cloome_hf.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["prepare", *sys.argv[1:]]))

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cloome_hf.convert import (
+from cloome_hf.publish.convert import (
     ConversionError,
     convert_original_checkpoint,
     convert_state_dict,
@@ -387,14 +387,8 @@ def test_upload_folder_uses_given_api(tmp_path):
     assert RecordingHfApi.calls[1][2]["files"] == ["a.txt"] and RecordingHfApi.calls[1][2]["commit_message"] == "msg"
 
 
-def test_script_main_help_and_run(tmp_path, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_original_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_original_checkpoint_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    main = module.main
+def test_command_help_and_run(tmp_path, capsys):
+    from cloome_hf.cli.convert import main
 
     with pytest.raises(SystemExit) as info:
         main(["--help"])

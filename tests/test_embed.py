@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from script_loader import load_script  # noqa: E402
-
-embed = load_script("embed")
+from cloome_hf.cli import embed
+from cloome_hf.inference import store
 
 SIZE = 48
 VISION = {"backbone": "cloome_resnet50", "num_channels": 5, "layers": [1, 1, 1, 1], "image_size": [SIZE, SIZE],
@@ -75,9 +74,9 @@ def _run(synthetic, out, *extra):
 
 
 def _read(out, config):
-    from cloome_hf.search import _load_table
+    from cloome_hf.inference.store import read_embeddings
 
-    return _load_table(str(out / config)).to_pandas()
+    return read_embeddings(str(out / config)).to_pandas()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,7 @@ def test_output_format_and_values(synthetic, embedded, tmp_path):
 
 def test_round_trip_molecule_finds_its_own_images(synthetic, embedded):
     """Embed -> index -> query: each molecule's own sites rank first far more often than chance (1/20)."""
-    from cloome_hf.search import CloomeIndex
+    from cloome_hf.inference.search import CloomeIndex
 
     index = CloomeIndex.from_datasets(str(embedded / "images"), str(embedded / "molecules"),
                                       model=synthetic["model"], processor=synthetic["processor"])
@@ -137,7 +136,7 @@ def test_round_trip_molecule_finds_its_own_images(synthetic, embedded):
 
 def test_resume_after_interruption_gives_identical_output(synthetic, embedded, monkeypatch, tmp_path):
     out = tmp_path / "resumed"
-    real = embed._write_shard
+    real = store.write_shard
     calls = []
 
     def crash_on_third(path, *a):
@@ -146,12 +145,12 @@ def test_resume_after_interruption_gives_identical_output(synthetic, embedded, m
             raise KeyboardInterrupt("simulated kill")
         real(path, *a)
 
-    monkeypatch.setattr(embed, "_write_shard", crash_on_third)
+    monkeypatch.setattr(store, "write_shard", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         _run(synthetic, out)
     assert sorted(os.listdir(out / "images")) == ["shard-00000.parquet", "shard-00001.parquet"]  # no partial file
     calls.clear()
-    monkeypatch.setattr(embed, "_write_shard", lambda path, *a: (calls.append(os.path.basename(path)), real(path, *a)))
+    monkeypatch.setattr(store, "write_shard", lambda path, *a: (calls.append(os.path.basename(path)), real(path, *a)))
     _run(synthetic, out)
     assert calls == ["shard-00002.parquet", "shard-00003.parquet", "shard-00000.parquet"]  # 2 image + 1 molecule
     for config in ("images", "molecules"):
@@ -204,7 +203,7 @@ def test_cli_help_everywhere(command, capsys):
 def test_cli_search_matches_library_calls(synthetic, embedded, tmp_path):
     from cloome_hf import cli
     from cloome_hf.data.schema import decode_row
-    from cloome_hf.search import CloomeIndex
+    from cloome_hf.inference.search import CloomeIndex
 
     smiles = synthetic["library"]["smiles"].tolist()[:3]
     exit_code = cli.main(["search", "--embeddings", str(embedded), "--smiles", *smiles, "--k", "3",
@@ -230,8 +229,8 @@ def test_processes_split_the_shards(synthetic, embedded, monkeypatch, tmp_path):
     import accelerate
 
     written = []
-    real = embed._write_shard
-    monkeypatch.setattr(embed, "_write_shard", lambda path, *a: (written.append(path), real(path, *a)))
+    real = store.write_shard
+    monkeypatch.setattr(store, "write_shard", lambda path, *a: (written.append(path), real(path, *a)))
 
     class TwoProcesses:
         num_processes, device = 2, torch.device("cpu")
@@ -260,7 +259,7 @@ def test_processes_split_the_shards(synthetic, embedded, monkeypatch, tmp_path):
 
 def test_index_of_a_pretrained_model_reloads_with_its_model(synthetic, embedded, tmp_path):
     from cloome_hf.processing_cloome import load_model_and_processor
-    from cloome_hf.search import CloomeIndex
+    from cloome_hf.inference.search import CloomeIndex
 
     model, processor = load_model_and_processor(synthetic["root"] / "model")
     index = CloomeIndex.from_datasets(str(embedded / "images"), str(embedded / "molecules"), model=model,

@@ -14,7 +14,7 @@ from cloome_hf.evaluation import (
     aggregate_by_molecule,
     linear_probe,
     load_activity_matrix,
-    split_by_molecule,
+    molecule_split,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -42,7 +42,7 @@ def probe_problem(labels):
     x = rng.normal(size=(len(rows), 8)).astype(np.float32)
     for j in range(len(SIGNAL_ASSAYS)):  # feature j carries task j's label where it is known
         x[:, j] += 2.0 * y[:, j]
-    split = split_by_molecule(np.asarray(labels.inchikeys)[rows], seed=0)
+    split = molecule_split(np.asarray(labels.inchikeys)[rows], seed=0)
     return x, y, split
 
 
@@ -74,17 +74,17 @@ def test_signal_tasks_high_auc_noise_tasks_chance(probe_problem):
     t = 0
     known = y[:, t] != 0
     parts = {s: (x[known & (split == s)], (y[known & (split == s), t] == 1).astype(int))
-             for s in ("train", "val", "test")}
+             for s in ("train", "validation", "test")}
     val = []
     for C in SMALL_GRID:
         sc = StandardScaler().fit(parts["train"][0])
         clf = LogisticRegression(C=C, max_iter=1000, class_weight="balanced")
         clf.fit(sc.transform(parts["train"][0]), parts["train"][1])
-        val.append(roc_auc_score(parts["val"][1], clf.predict_proba(sc.transform(parts["val"][0]))[:, 1]))
+        val.append(roc_auc_score(parts["validation"][1], clf.predict_proba(sc.transform(parts["validation"][0]))[:, 1]))
     best = SMALL_GRID[int(np.argmax(val))]
     assert by_task[SIGNAL_ASSAYS[0]]["C"] == best
-    xa = np.concatenate([parts["train"][0], parts["val"][0]])
-    ya = np.concatenate([parts["train"][1], parts["val"][1]])
+    xa = np.concatenate([parts["train"][0], parts["validation"][0]])
+    ya = np.concatenate([parts["train"][1], parts["validation"][1]])
     sc = StandardScaler().fit(xa)
     clf = LogisticRegression(C=best, max_iter=1000, class_weight="balanced").fit(sc.transform(xa), ya)
     ref_auc = roc_auc_score(parts["test"][1], clf.predict_proba(sc.transform(parts["test"][0]))[:, 1])
@@ -97,22 +97,22 @@ def test_parallel_jobs_match_serial_and_skip_rule(probe_problem):
     y = y[:, :2].copy()
     serial = linear_probe(x, y, split, Cs=(1e-1,), show_progress=False)
     # Task 1 loses all its validation actives: it must be skipped, not scored.
-    y[(split == "val") & (y[:, 1] == 1), 1] = 0
+    y[(split == "validation") & (y[:, 1] == 1), 1] = 0
     with parallel_config(backend="threading"):  # same code path as loky, without process start-up in tests
         parallel = linear_probe(x, y, split, Cs=(1e-1,), n_jobs=2, show_progress=False)
     assert parallel["per_task"][0] == serial["per_task"][0]
-    assert parallel["skipped"] == {"1": "not both classes in val"}
+    assert parallel["skipped"] == {"1": "not both classes in validation"}
     assert parallel["n_tasks_evaluated"] == 1
 
 
 def test_default_grid_split_and_aggregation():
     assert DEFAULT_C_GRID == pytest.approx(tuple(10.0**e for e in range(-6, 7)))
     keys = np.repeat([f"k{i}" for i in range(100)], 3)
-    split = split_by_molecule(keys, seed=1)
+    split = molecule_split(keys, seed=1)
     for k in np.unique(keys):
         assert len(set(split[keys == k])) == 1  # a molecule never straddles splits
-    counts = {s: np.sum(split == s) / 3 for s in ("train", "val", "test")}
-    assert counts == {"train": 60, "val": 20, "test": 20}
+    counts = {s: np.sum(split == s) / 3 for s in ("train", "validation", "test")}
+    assert counts == {"train": 60, "validation": 20, "test": 20}
     emb = np.arange(12, dtype=np.float32).reshape(6, 2)
     uk, feats = aggregate_by_molecule(emb, ["b", "a", "b", "a", "c", "c"])
     assert list(uk) == ["a", "b", "c"]
@@ -122,7 +122,7 @@ def test_default_grid_split_and_aggregation():
 def test_bad_inputs_name_the_problem(tmp_path):
     x = np.zeros((4, 2))
     with pytest.raises(ValueError, match="'holdout'"):
-        linear_probe(x, np.zeros((4, 1)), ["train", "val", "test", "holdout"])
+        linear_probe(x, np.zeros((4, 1)), ["train", "validation", "test", "holdout"])
     with pytest.raises(ValueError, match="must agree"):
         linear_probe(x, np.zeros((5, 1)), ["train"] * 4)
     bad = tmp_path / "bad.mtx"

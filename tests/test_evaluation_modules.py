@@ -91,7 +91,7 @@ def test_evaluate_modules_load_offline_and_agree(replicates):
     lp = evaluate.load(metric_path("cloome_linear_probe"))
     feats = rng.normal(size=(60, 4)).astype(np.float32)
     labels = np.where(feats[:, :1] + 0.3 * rng.normal(size=(60, 1)) > 0, 1, -1).astype(np.int8)
-    split = np.array(["train"] * 30 + ["val"] * 15 + ["test"] * 15)
+    split = np.array(["train"] * 30 + ["validation"] * 15 + ["test"] * 15)
     got = lp.compute(features=feats, labels=labels, split=split, Cs=(0.1, 1.0))
     ref = flatten_results(linear_probe(feats, labels, split, Cs=(0.1, 1.0), show_progress=False))
     assert got == pytest.approx(ref)

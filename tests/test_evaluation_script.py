@@ -1,6 +1,5 @@
-"""scripts/evaluate.py end to end: synthetic data, a tiny saved model, every task, a features baseline."""
+"""cloome evaluate end to end: synthetic data, a tiny saved model, every task, a features baseline."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cloome_hf import CloomeConfig, CloomeModel
+from cloome_hf import CloomeConfig, CloomeImageProcessor, CloomeModel, CloomeProcessor, MoleculeFeaturizer
 from cloome_hf.evaluation import retrieval_metrics, zeroshot_classification
-from cloome_hf.evaluation.runner import retrieval_subset
+from cloome_hf.cli import evaluate as evaluate_command
+from cloome_hf.data.splits import one_site_per_molecule
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -21,19 +21,14 @@ VISION = {"backbone": "cloome_resnet50", "num_channels": 5, "layers": [1, 1, 1, 
 MOLECULE = {"fingerprint_size": 64, "hidden_size": 32, "num_hidden_layers": 2}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("eval")
     model = CloomeModel(CloomeConfig(vision_config=VISION, molecule_config=MOLECULE, projection_dim=16))
-    model.save_pretrained(tmp / "model")  # no processor saved: the script builds one matching the config
+    model.save_pretrained(tmp / "model")
+    CloomeProcessor(CloomeImageProcessor(crop_size={"height": 64, "width": 64}),
+                    MoleculeFeaturizer(fingerprint_size=64)).save_pretrained(tmp / "model")
     out = tmp / "out"
     argv = [
         "--model", str(tmp / "model"), "--dataset", "synthetic", "--synthetic_molecules", "30",
@@ -47,7 +42,7 @@ def run(tmp_path_factory):
         "--baseline_features", str(DATA / "cellprofiler_profiles_SQ00015054_subset.csv.gz"),
         "--gallery_queries", "3", "--output_dir", str(out),
     ]
-    script = _load_script()
+    script = evaluate_command
     gallery_calls = []
     import cloome_hf.evaluation.figures as figures
 
@@ -106,7 +101,7 @@ def test_artefacts_and_metrics_consistent_with_recomputed_embeddings(run):
     assert set(saved["tasks"]) == {"retrieval", "zeroshot_molecule", "zeroshot_moa", "linear_probe", "map"}
 
     meta = ds.select_columns(["inchikey", "plate"]).to_pandas()
-    sub = retrieval_subset(meta, seed=0)
+    sub = one_site_per_molecule(meta["inchikey"], seed=0)
     assert len(sub) == 30 and meta["inchikey"].iloc[sub].is_unique
     expected = retrieval_metrics(img[sub], mol[sub], seed=0)
     for direction in ("image_to_molecule", "molecule_to_image"):

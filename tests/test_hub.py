@@ -10,9 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from script_loader import load_script  # noqa: E402
-
-push_to_hub = load_script("push_to_hub")
+from cloome_hf.cli import push as push_to_hub
 
 from cloome_hf import CloomeConfig, CloomeModel  # noqa: E402
 

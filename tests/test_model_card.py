@@ -7,8 +7,8 @@ import json
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from cloome_hf.convert import processor_settings
-from cloome_hf.model_card import eval_results_from_json, render_model_card
+from cloome_hf.publish.convert import processor_settings
+from cloome_hf.publish.card import eval_results_from_json, render_model_card
 
 TAGS = {"cell-painting", "microscopy", "contrastive-learning", "drug-discovery", "feature-extraction"}
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloome_hf.search import CloomeIndex, EmbeddingIndex, embeddings_from_arrow
+from cloome_hf.inference.search import CloomeIndex, EmbeddingIndex, embeddings_from_arrow
 
 
 def _clustered(n, d, n_clusters=50, seed=0):

@@ -1,10 +1,9 @@
 """Training recipe pieces: optimiser groups, schedule, presets, config files, sampler, non-finite stop."""
 
-import importlib.util
 import json
 import math
 import os
-import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,10 @@ TINY_ARGS = [
 
 
 def load_train_script():
-    spec = importlib.util.spec_from_file_location("cloome_train_script", ROOT / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    """``cloome train`` as the package implements it (``scripts/train.py`` is a shim over it)."""
+    from cloome_hf.train import loop, params
+
+    return types.SimpleNamespace(main=loop.main, parse_args=params.parse_args)
 
 
 
@@ -46,7 +44,7 @@ def reference_lr(t, base, warmup, total, period):
 
 def test_weight_decay_only_on_matrices(tiny_config):
     from cloome_hf import CloomeModel
-    from cloome_hf.training import build_optimizer
+    from cloome_hf.train.optim import build_optimizer
 
     model = CloomeModel(tiny_config)
     opt = build_optimizer(model, learning_rate=0.1, weight_decay=0.5)
@@ -71,7 +69,7 @@ def test_weight_decay_only_on_matrices(tiny_config):
 
 @pytest.mark.parametrize("restart_epochs", [0, 2])
 def test_lr_schedule_matches_closed_form(restart_epochs):
-    from cloome_hf.training import build_optimizer, build_scheduler
+    from cloome_hf.train.optim import build_optimizer, build_scheduler
 
     model = torch.nn.Linear(3, 2)
     base, warmup, per_epoch, total = 0.01, 5, 4, 30
@@ -92,21 +90,24 @@ def test_lr_schedule_matches_closed_form(restart_epochs):
 
 
 def test_sampler_is_deterministic_disjoint_and_molecule_unique():
-    from cloome_hf.training import EpochBatchSampler
+    from cloome_hf.data import UniqueMoleculeBatchSampler
 
     molecules = np.repeat(np.arange(30), 4)
-    sampler = EpochBatchSampler(len(molecules), 16, seed=3, molecule_ids=molecules)
+    sampler = UniqueMoleculeBatchSampler(molecules, 16, seed=3, augmentation_seeds=True)
     epoch0 = [list(b) for b in sampler]
-    sampler.select_epoch(1)
+    sampler.set_epoch(1)
     epoch1 = [list(b) for b in sampler]
-    again = EpochBatchSampler(len(molecules), 16, seed=3, molecule_ids=molecules)
+    again = UniqueMoleculeBatchSampler(molecules, 16, seed=3, augmentation_seeds=True)
     assert [list(b) for b in again] == epoch0 and epoch0 != epoch1
     rows = [r for b in epoch0 for r, _ in b]
     assert len(rows) == len(set(rows)) and len(epoch0) == len(molecules) // 16
     for batch in epoch0 + epoch1:
         assert len({molecules[r] for r, _ in batch}) == 16  # no false negatives in a batch
+    seeds0 = {r: s for b in epoch0 for r, s in b}
+    seeds1 = {r: s for b in epoch1 for r, s in b}
+    assert seeds0 != {r: seeds1.get(r) for r in seeds0}  # a site's augmentation seed changes with the epoch
     with pytest.raises(ValueError, match="distinct molecules"):
-        EpochBatchSampler(8, 4, 0, molecule_ids=[0, 0, 1, 1, 2, 2, 2, 2])
+        UniqueMoleculeBatchSampler([0, 0, 1, 1, 2, 2, 2, 2], 4, seed=0)
 
 
 def test_help_lists_every_argument_with_defaults(capsys):
@@ -120,7 +121,7 @@ def test_help_lists_every_argument_with_defaults(capsys):
                 "--resume_from_checkpoint", "--report_to", "--config", "--sync_batchnorm", "--torch_compile"):
         assert arg in text, arg
     flat = " ".join(text.split())  # argparse wraps help lines
-    assert "from --preset" in flat and "(default: synthetic)" in flat
+    assert "from --preset" in flat and "(default: synthetic)" in flat, flat
 
 
 def test_config_file_then_cli_override(tmp_path):
@@ -164,7 +165,7 @@ def test_bioactivity_preset_reaches_model_optimizer_and_schedule(tmp_path, one_t
 
 
 def test_non_finite_loss_saves_last_good_state_and_names_step(tmp_path, one_thread):
-    from cloome_hf.training_loop import TrainingStopped
+    from cloome_hf.train import TrainingStopped
 
     script = load_train_script()
     out = tmp_path / "nan"
@@ -222,21 +223,25 @@ def test_from_pretrained_output_reproduces_validation_embeddings(trained_demo):
     out, result = trained_demo
     script = load_train_script()
     model_args, data_args, train_args, _ = script.parse_args(["--output_dir", str(out), *E2E_ARGS])
-    _, val = script._load_dataset(data_args, print)
+    from cloome_hf.featurization_cloome import MoleculeFeaturizer
+    from cloome_hf.train.data import load_training_data
+
+    val = load_training_data(data_args, MoleculeFeaturizer(), print).validation
     model = CloomeModel.from_pretrained(out).eval()
     processor = CloomeProcessor.from_pretrained(out)
     sites = np.stack([decode_row(val[i]) for i in range(len(val))])
     inputs = processor(images=sites, smiles=list(val["smiles"]), return_tensors="pt")
+    normalize = torch.nn.functional.normalize
     with torch.no_grad():
-        images = model.get_image_features(inputs["pixel_values"]).numpy()
-        molecules = model.get_molecule_features(inputs["fingerprints"]).numpy()
+        images = normalize(model.get_image_features(inputs["pixel_values"]), dim=-1).numpy()
+        molecules = normalize(model.get_molecule_features(inputs["fingerprints"]), dim=-1).numpy()
     np.testing.assert_allclose(images, result["validation_image_embeds"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(molecules, result["validation_molecule_embeds"], rtol=1e-4, atol=1e-5)
 
 
 def test_random_baseline_matches_closed_form_for_replicates():
     from cloome_hf.evaluation.retrieval import retrieval_accuracy
-    from cloome_hf.training import random_retrieval_baseline
+    from cloome_hf.evaluation.stats import random_retrieval_baseline
 
     groups = np.repeat(np.arange(50), 2)  # 50 molecules x 2 sites
     base = random_retrieval_baseline(groups)

@@ -19,6 +19,7 @@ from .sources import BrayNpzSource, JumpSource, SiteSource, SkippedSite, TiffSou
 from .splits import (
     assign_molecules,
     murcko_scaffold,
+    one_site_per_molecule,
     retrieval_subsets,
     split_by_molecule,
     split_by_scaffold,
@@ -27,13 +28,17 @@ from .splits import (
 from .synthetic import bundled_molecules, make_synthetic_dataset, molecule_latent, write_synthetic_layout
 
 
+_TORCH_SIDE = {"build_dataloader": "loader", "CellPaintingCollator": "loader", "CellPaintingDataLoader": "loader",
+               "CellPaintingTorchDataset": "loader", "UniqueMoleculeBatchSampler": "sampling",
+               "unique_molecule_batches": "sampling"}
+
+
 def __getattr__(name):
     # the torch side is imported on first use, so data preparation does not need torch
-    if name in ("build_dataloader", "UniqueMoleculeBatchSampler", "CellPaintingCollator", "CellPaintingDataLoader",
-                "CellPaintingTorchDataset", "unique_molecule_batches"):
-        from . import torch_data
+    if name in _TORCH_SIDE:
+        import importlib
 
-        return getattr(torch_data, name)
+        return getattr(importlib.import_module(f"{__name__}.{_TORCH_SIDE[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -42,7 +47,7 @@ __all__ = [
     "CellPaintingTorchDataset", "FingerprintTable", "JumpSource", "SiteSource", "SkippedSite", "TiffSource",
     "UniqueMoleculeBatchSampler", "assign_molecules", "build_dataloader", "bundled_molecules", "channels_of",
     "decode_image", "decode_row", "features", "inchikeys_from_smiles", "load_cell_painting",
-    "make_synthetic_dataset", "molecule_latent", "murcko_scaffold", "open_source", "prepare_dataset",
+    "make_synthetic_dataset", "molecule_latent", "murcko_scaffold", "one_site_per_molecule", "open_source", "prepare_dataset",
     "retrieval_subsets", "split_by_molecule", "split_by_scaffold", "split_from_files", "unique_molecule_batches",
     "write_synthetic_layout",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from .prepare import MANIFEST
 from ..channels import CHANNELS
@@ -52,12 +52,16 @@ def load_cell_painting(
     errors: str = "raise",
     cache_dir: str | None = None,
     num_proc: int | None = None,
+    synthetic: Mapping[str, Any] | None = None,
     **load_dataset_kwargs,
 ):
     """Load Cell Painting sites as a ``datasets`` object in the common schema (:mod:`cloome_hf.data.schema`).
 
     Args:
         source: one of
+            * ``"synthetic"``: the embedded synthetic Cell Painting generator
+              (:func:`~cloome_hf.data.synthetic.make_synthetic_dataset` with the options in ``synthetic``);
+            * a ``datasets`` ``save_to_disk`` folder (``Dataset`` or ``DatasetDict``) in the schema;
             * a folder written by ``prepare`` (``data/{split}-*.parquet``) or any folder of Parquet shards in
               the schema;
             * a Hub dataset id in the schema (``datasets.load_dataset(source)``);
@@ -72,6 +76,7 @@ def load_cell_painting(
         errors: ``"raise"`` or ``"skip"`` for unreadable sites / invalid SMILES of raw sources.
         cache_dir: ``datasets`` cache for the Arrow files of non-streaming loads.
         num_proc: processes for non-streaming conversion of raw sources.
+        synthetic: keyword arguments of ``make_synthetic_dataset`` for ``source="synthetic"``.
 
     Returns:
         ``Dataset``, ``DatasetDict``, ``IterableDataset`` or ``IterableDatasetDict``; the channel order of the
@@ -79,6 +84,16 @@ def load_cell_painting(
     """
     import datasets
 
+    if isinstance(source, str) and source == "synthetic":
+        from .synthetic import make_synthetic_dataset
+
+        return _pick_split(datasets.DatasetDict({"train": make_synthetic_dataset(**dict(synthetic or {}))}),
+                           split, "synthetic")
+    if isinstance(source, (str, os.PathLike)) and _is_saved_dataset(source):
+        out = _pick_split(datasets.load_from_disk(os.fspath(source)), split, os.fspath(source))
+        for part in out.values() if isinstance(out, datasets.DatasetDict) else [out]:
+            check_schema(part.column_names, where=os.fspath(source))
+        return out
     if isinstance(source, SiteSource):
         raw = source
     elif kind in ("bray_npz", "tiff", "jump") or (
@@ -137,6 +152,27 @@ def load_cell_painting(
         names = part.column_names or list((part.features or {}).keys())
         check_schema(names, where=path)
         _with_channels(part, channels or _hub_channels(part))
+    return out
+
+
+def _is_saved_dataset(path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    return any(os.path.isfile(os.path.join(os.fspath(path), name))
+               for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
+def _pick_split(out, split: str | None, where: str):
+    """``out`` itself (``split=None``) or its split ``split`` (a ``Dataset`` passes only as its one split)."""
+    import datasets
+
+    if split is None:
+        return out if isinstance(out, datasets.DatasetDict) else datasets.DatasetDict({"train": out})
+    if isinstance(out, datasets.DatasetDict):
+        if split not in out:
+            raise ValueError(f"{where} has no split {split!r}; splits: {sorted(out)}")
+        return out[split]
+    if split != "train":
+        raise ValueError(f"{where} is a single dataset (split 'train'), not a split {split!r}")
     return out
 
 

@@ -170,18 +170,27 @@ def split_from_files(ds, files: Mapping[str, str | os.PathLike], key_column: str
     return _dataset_dict(ds, rows)
 
 
+def one_site_per_molecule(keys: Sequence[str], seed: int = 0) -> np.ndarray:
+    """Sorted row indices of one seeded-random site per molecule key (the paper's "one image per molecule" set).
+
+    The retrieval evaluation, its figures and :func:`retrieval_subsets` all choose through this function, so
+    the same seed picks the same sites everywhere.
+    """
+    keys = np.asarray(list(keys), dtype=object)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    _, first = np.unique(keys[order], return_index=True)
+    return np.sort(order[first])
+
+
 def retrieval_subsets(ds, seed: int = 0, key: str = "inchikey"):
     """The paper's evaluation subsets of a (test) split.
 
     Returns ``DatasetDict`` with ``"one_site_per_molecule"`` (one seeded-random site per molecule, the
-    retrieval "imgpermol" set) and ``"remaining_sites"`` (all other sites of those molecules).
+    retrieval "imgpermol" set, :func:`one_site_per_molecule`) and ``"remaining_sites"`` (all other sites of
+    those molecules).
     """
     keys = _keys(ds, key)
-    rng = np.random.default_rng(seed)
-    by_key: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        by_key.setdefault(k, []).append(i)
-    chosen = np.array(sorted(rows[rng.integers(len(rows))] for _, rows in sorted(by_key.items())), dtype=np.int64)
+    chosen = one_site_per_molecule(keys, seed)
     mask = np.ones(len(keys), dtype=bool)
     mask[chosen] = False
     return _dataset_dict(ds, {"one_site_per_molecule": chosen, "remaining_sites": np.flatnonzero(mask)})

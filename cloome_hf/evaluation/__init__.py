@@ -13,11 +13,11 @@ from .linear_probe import (
     aggregate_by_molecule,
     linear_probe,
     load_activity_matrix,
-    split_by_molecule,
+    molecule_split,
 )
 from .replicate_map import replicate_map
 from .report import flatten_results, render_report, write_report, write_results_json
-from .runner import TASKS, Embeddings, embed_dataset, run_tasks
+from .runner import TASKS, moa_labels, run_tasks
 from .retrieval import (
     metrics_from_ranks,
     retrieval_accuracy,
@@ -26,7 +26,7 @@ from .retrieval import (
     retrieval_ranks_one_in_n,
     top_k_candidates,
 )
-from .stats import clopper_pearson, proportion_with_ci, random_topk_accuracy, top_percent_k
+from .stats import clopper_pearson, proportion_with_ci, random_retrieval_baseline, random_topk_accuracy, top_percent_k
 from .zeroshot import select_prototypes, zeroshot_classification, zeroshot_query_mask
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
@@ -45,18 +45,18 @@ __all__ = [
     "METRIC_NAMES",
     "TASKS",
     "ActivityLabels",
-    "Embeddings",
     "aggregate_by_molecule",
     "clopper_pearson",
-    "embed_dataset",
     "flatten_results",
     "linear_probe",
     "load_activity_matrix",
     "metric_path",
     "metrics_from_ranks",
+    "moa_labels",
     "plot_embedding_tsne",
     "plot_retrieval_gallery",
     "proportion_with_ci",
+    "random_retrieval_baseline",
     "random_topk_accuracy",
     "render_report",
     "replicate_map",
@@ -67,7 +67,7 @@ __all__ = [
     "rgb_composite",
     "run_tasks",
     "select_prototypes",
-    "split_by_molecule",
+    "molecule_split",
     "top_k_candidates",
     "top_percent_k",
     "write_report",

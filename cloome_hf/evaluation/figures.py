@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state, works headless
 
-__all__ = ["plot_embedding_tsne", "plot_retrieval_gallery", "rgb_composite", "DEFAULT_CHANNEL_COLORS"]
+__all__ = ["DEFAULT_CHANNEL_COLORS", "evaluation_figures", "plot_embedding_tsne", "plot_retrieval_gallery",
+           "rgb_composite"]
 
 # One display colour per canonical channel (Mito, ERSyto, ERSytoBleed, Ph_golgi, Hoechst).
 DEFAULT_CHANNEL_COLORS = np.array(
@@ -161,3 +162,51 @@ def _save(fig, path, dpi) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")  # no bbox_inches="tight": keep the documented pixel size
     return path
+
+
+def evaluation_figures(embeddings, ds, output_dir, *, moa=None, seed: int = 0, gallery_queries: int = 4,
+                       tsne_max_points: int = 3000) -> dict[str, str]:
+    """The figures of ``cloome evaluate``: t-SNE by molecule (and by MoA where annotated) and a retrieval
+    gallery of seeded query sites from the retrieval set with their top-5 molecules.
+
+    Args:
+        embeddings: :class:`cloome_hf.inference.Embeddings` of ``ds``.
+        ds: the evaluated dataset (its sites are drawn in the canonical channel colours).
+        moa: ``(N,)`` MoA labels or ``None``.
+
+    Returns ``{figure name: file name}`` of the PNGs written into ``output_dir``.
+    """
+    from ..channels import CHANNELS, channel_permutation
+    from ..data.schema import channels_of, decode_row
+    from ..data.splits import one_site_per_molecule
+
+    output_dir = Path(output_dir)
+    names = np.asarray(ds["name"], dtype=object) if "name" in ds.column_names else \
+        embeddings.metadata["inchikey"].to_numpy()
+    plot_embedding_tsne(embeddings.image, names, output_dir / "tsne_molecule.png", seed=seed,
+                        max_points=tsne_max_points, title="t-SNE of image embeddings, by molecule")
+    figures = {"tsne_molecule": "tsne_molecule.png"}
+    annotated = np.zeros(len(embeddings.image), bool) if moa is None else pd.notna(pd.Series(moa)).to_numpy()
+    if annotated.sum() >= 3:  # only annotated sites: "unknown" would otherwise be the largest class
+        plot_embedding_tsne(embeddings.image[annotated], np.asarray(moa)[annotated], output_dir / "tsne_moa.png",
+                            seed=seed, max_points=tsne_max_points, title="t-SNE of image embeddings, by MoA")
+        figures["tsne_moa"] = "tsne_moa.png"
+
+    sub = one_site_per_molecule(embeddings.metadata["inchikey"], seed)
+    queries = np.sort(np.random.default_rng(seed).choice(sub, size=min(gallery_queries, len(sub)), replace=False))
+    candidates = embeddings.molecule_index[sub]  # the retrieval candidate set: one entry per molecule
+    sims = embeddings.image[queries] @ embeddings.molecule[candidates].T  # embeddings are unit-norm: cosine
+    # Ranks and the top 5 come from this one matrix: a true score recomputed elsewhere can differ in the last bit.
+    true_cols = np.array([int(np.flatnonzero(candidates == embeddings.molecule_index[q])[0]) for q in queries])
+    ranks = (sims >= sims[np.arange(len(queries)), true_cols][:, None]).sum(1)  # pessimistic, as in the table
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    smiles = embeddings.molecules["smiles"].to_numpy()
+    top_smiles = [[smiles[candidates[j]] for j in row] for row in top]
+    true_pos = [int(np.flatnonzero(row == col)[0]) if (row == col).any() else -1 for row, col in zip(top, true_cols)]
+    order = channel_permutation(channels_of(ds), CHANNELS)
+    sites = [decode_row(ds[int(q)])[order] for q in queries]
+    titles = [f"{embeddings.metadata['sample_key'].iloc[q]} (true rank {r})" for q, r in zip(queries, ranks)]
+    plot_retrieval_gallery(sites, top_smiles, np.take_along_axis(sims, top, axis=1), true_pos,
+                           output_dir / "retrieval_gallery.png", query_titles=titles)
+    figures["retrieval_gallery"] = "retrieval_gallery.png"
+    return figures

@@ -31,13 +31,13 @@ __all__ = [
     "DEFAULT_C_GRID",
     "ActivityLabels",
     "load_activity_matrix",
-    "split_by_molecule",
+    "molecule_split",
     "aggregate_by_molecule",
     "linear_probe",
 ]
 
 DEFAULT_C_GRID: tuple[float, ...] = tuple(10.0**e for e in range(-6, 7))  # 1e-6 ... 1e6, 13 values
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "validation", "test")
 AUC_THRESHOLDS = (0.9, 0.8, 0.7)
 
 
@@ -81,22 +81,21 @@ def load_activity_matrix(mtx_path, row_index_path=None, column_index_path=None) 
     return ActivityLabels(matrix, inchikeys, assay_ids)
 
 
-def split_by_molecule(keys, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> np.ndarray:
-    """Seeded train/val/test assignment of each row such that all rows of one molecule share a split.
+def molecule_split(keys, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> np.ndarray:
+    """The probe's seeded train / validation / test split: all rows of one molecule share a split.
+
+    The package's one molecule split (:func:`cloome_hf.data.splits.assign_molecules`) applied to row keys.
 
     Returns:
-        ``(N,)`` array of ``"train"`` / ``"val"`` / ``"test"``.
+        ``(N,)`` array of ``"train"`` / ``"validation"`` / ``"test"``.
     """
-    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+    from ..data.splits import assign_molecules
+
+    if len(fractions) != 3:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
-    unique, inverse = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
-    perm = np.random.default_rng(seed).permutation(len(unique))
-    bounds = np.round(np.cumsum(fractions)[:2] * len(unique)).astype(int)
-    split_of_unique = np.empty(len(unique), dtype=object)
-    split_of_unique[perm[: bounds[0]]] = "train"
-    split_of_unique[perm[bounds[0] : bounds[1]]] = "val"
-    split_of_unique[perm[bounds[1] :]] = "test"
-    return split_of_unique[inverse.reshape(-1)].astype(str)
+    keys = np.asarray(keys, dtype=object).astype(str)
+    assignment = assign_molecules(keys.tolist(), dict(zip(SPLITS, fractions)), seed)
+    return np.array([assignment[k] for k in keys], dtype=str)
 
 
 def aggregate_by_molecule(embeds, keys) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +136,7 @@ def _probe_task(task, data, Cs, seed, max_iter) -> dict:
         "test_auc": float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1])),
         "test_f1": float(f1_score(y_te, clf.predict(x_te), zero_division=0.0)),
         "n_train": int(len(y_tr)),
-        "n_val": int(len(y_va)),
+        "n_validation": int(len(y_va)),
         "n_test": int(len(y_te)),
     }
 
@@ -161,7 +160,7 @@ def linear_probe(
         features: ``(M, D)`` molecule-level features (e.g. :func:`aggregate_by_molecule` of image embeddings).
         labels: ``(M, T)`` sparse or dense matrix, +1 active, −1 inactive, anything else unknown; row ``i``
             belongs to ``features[i]``.
-        split: ``(M,)`` of ``"train"`` / ``"val"`` / ``"test"`` (see :func:`split_by_molecule`).
+        split: ``(M,)`` of ``"train"`` / ``"validation"`` / ``"test"`` (see :func:`molecule_split`).
         Cs: inverse regularisation strengths searched (default ``1e-6 … 1e6``).
         task_names: optional ``(T,)`` names used in ``per_task``.
         n_jobs: joblib workers over tasks (-1 = all cores).
@@ -180,7 +179,7 @@ def linear_probe(
         )
     unknown = sorted(set(split) - set(SPLITS))
     if unknown:
-        raise ValueError(f"split values must be train/val/test, got {unknown[0]!r}")
+        raise ValueError(f"split values must be train/validation/test, got {unknown[0]!r}")
     if len(Cs) == 0:
         raise ValueError("Cs must hold at least one value")
     n_tasks = y_all.shape[1]

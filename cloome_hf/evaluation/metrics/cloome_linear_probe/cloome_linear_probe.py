@@ -19,7 +19,7 @@ _KWARGS_DESCRIPTION = """
 Args:
     features: M molecule feature vectors (lists of floats).
     labels: M label rows, one entry per task: +1 active, -1 inactive, 0 unknown.
-    split: M split names, "train" / "val" / "test" (split by molecule).
+    split: M split names, "train" / "validation" / "test" (split by molecule).
     Cs: inverse regularisation grid, default 1e-6 ... 1e6.
     n_jobs: joblib workers over tasks.
 Returns:

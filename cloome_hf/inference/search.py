@@ -143,7 +143,9 @@ class EmbeddingIndex:
         """Build from an embeddings dataset: a ``datasets.Dataset``, a pandas DataFrame, or a path to a
         ``save_to_disk`` folder / Parquet file / folder of Parquet files (as written by ``scripts/embed.py``).
         Every column except ``embedding_column`` becomes metadata."""
-        table = _load_table(dataset, embedding_column)
+        from .store import read_embeddings
+
+        table = read_embeddings(dataset, embedding_column)
         if embedding_column not in table.column_names:
             raise ValueError(f"column {embedding_column!r} not in the embeddings dataset (has {table.column_names})")
         embeddings = embeddings_from_arrow(table.column(embedding_column))
@@ -233,42 +235,6 @@ class EmbeddingIndex:
         return cls._from_parts(index, metadata, config)
 
 
-def _load_table(dataset, embedding_column: str = "embedding"):
-    """pyarrow.Table from a datasets.Dataset, DataFrame, or path (save_to_disk folder / Parquet file(s))."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if isinstance(dataset, pa.Table):
-        return dataset
-    if isinstance(dataset, pd.DataFrame):
-        if embedding_column not in dataset.columns:
-            raise ValueError(f"column {embedding_column!r} not in the embeddings DataFrame "
-                             f"(has {list(dataset.columns)})")
-        df = dataset.copy()
-        df[embedding_column] = list(np.asarray(np.stack(df[embedding_column].to_numpy()), dtype=np.float32))
-        return pa.Table.from_pandas(df, preserve_index=False)
-    if isinstance(dataset, (str, os.PathLike)):
-        path = os.fspath(dataset)
-        if os.path.isfile(os.path.join(path, "dataset_info.json")) or os.path.isfile(os.path.join(path, "state.json")):
-            import datasets
-
-            return datasets.load_from_disk(path).data.table
-        if os.path.isfile(path) or os.path.isdir(path):
-            files = [path] if os.path.isfile(path) else sorted(
-                os.path.join(root, f) for root, _, fs in os.walk(path) for f in fs if f.endswith(".parquet")
-            )
-            if not files:
-                raise ValueError(f"no Parquet files under {path}")
-            return pa.concat_tables([pq.read_table(f) for f in files])
-        raise ValueError(f"embeddings dataset path {path} does not exist")
-    if hasattr(dataset, "data") and hasattr(dataset.data, "table"):  # datasets.Dataset
-        table = dataset.data.table
-        if getattr(dataset, "_indices", None) is not None:  # a shuffled/selected view: materialise its rows
-            table = dataset.flatten_indices().data.table
-        return table
-    raise ValueError(f"cannot read an embeddings dataset from {type(dataset).__name__}")
-
-
 class CloomeIndex:
     """Chemical <-> image search: a CLOOME model + processor, an image-embedding index and optionally a
     molecule-library index.
@@ -279,25 +245,47 @@ class CloomeIndex:
         model: a CloomeModel (needed only to embed raw SMILES / images at query time).
         processor: a CloomeProcessor (turns SMILES / images into model inputs, with its clear errors).
         model_id: name recorded on save so :meth:`load` can reload the model.
+        revision: Hub revision of ``model_id`` that made the embeddings (recorded and used on reload).
         batch_size: encoder batch size; a 1,000-query call is answered in one call, encoded in batches.
     """
 
     def __init__(self, images: EmbeddingIndex, molecules: EmbeddingIndex | None = None, model=None, processor=None,
-                 model_id: str | None = None, batch_size: int = 256):
+                 model_id: str | None = None, revision: str | None = None, batch_size: int = 256):
         self.images, self.molecules = images, molecules
         # A model loaded with from_pretrained knows where it came from; save() records it for load(load_model=True).
         model_id = model_id or (getattr(model, "name_or_path", None) or None)
         self.model, self.processor, self.model_id, self.batch_size = model, processor, model_id, batch_size
+        self.revision = revision
+
+    @classmethod
+    def from_store(cls, store: str | os.PathLike, model_id: str | None = None, **index_kwargs) -> "CloomeIndex":
+        """Build from a ``cloome embed`` output folder; the model and revision that made the embeddings are
+        taken from its ``embedding_info.json`` (``model_id`` overrides the model, then without a revision)."""
+        from .store import read_info
+
+        info = read_info(store)
+        molecules = os.path.join(store, "molecules")
+        revision = info.get("revision") if model_id is None else None
+        return cls.from_datasets(os.path.join(store, "images"), molecules if os.path.isdir(molecules) else None,
+                                 model_id=model_id or info.get("model_id"), revision=revision, **index_kwargs)
+
+    def load_encoder(self) -> None:
+        """Load the recorded model (at its recorded revision) and its processor, to encode raw queries."""
+        if self.model_id is None:
+            raise ValueError("no model to encode the queries with: this index records no model id")
+        from ..processing_cloome import load_model_and_processor
+
+        self.model, self.processor = load_model_and_processor(self.model_id, revision=self.revision)
 
     @classmethod
     def from_datasets(cls, image_embeddings, molecule_embeddings=None, model=None, processor=None,
-                      model_id: str | None = None, **index_kwargs) -> "CloomeIndex":
+                      model_id: str | None = None, revision: str | None = None, **index_kwargs) -> "CloomeIndex":
         """Build from embeddings datasets (anything :meth:`EmbeddingIndex.from_dataset` reads)."""
         images = EmbeddingIndex.from_dataset(image_embeddings, **index_kwargs)
         molecules = None
         if molecule_embeddings is not None:  # a library is small; exact search is always affordable
             molecules = EmbeddingIndex.from_dataset(molecule_embeddings)
-        return cls(images, molecules, model=model, processor=processor, model_id=model_id)
+        return cls(images, molecules, model=model, processor=processor, model_id=model_id, revision=revision)
 
     # ----- query encoding -----------------------------------------------------------------------------
     def _require_encoder(self):
@@ -307,16 +295,16 @@ class CloomeIndex:
     def encode_molecules(self, smiles: Sequence[str]) -> np.ndarray:
         """SMILES -> (N, projection_dim) L2-normalised float32. Invalid SMILES raise the featurizer's ValueError."""
         self._require_encoder()
-        from .embedding import encode_molecules
+        from .encode import encode_molecules
 
         return encode_molecules(self.model, self.processor, smiles, batch_size=self.batch_size)
 
     def encode_images(self, images) -> np.ndarray:
         """Processor image inputs -> (N, projection_dim) L2-normalised float32."""
         self._require_encoder()
-        from .embedding import encode_images
+        from .encode import encode_sites
 
-        return encode_images(self.model, self.processor, images, batch_size=self.batch_size)
+        return encode_sites(self.model, self.processor, images, batch_size=self.batch_size)
 
     # ----- queries ------------------------------------------------------------------------------------
     def search_images(self, smiles: Sequence[str] | None = None, k: int = 10, query_embeds: np.ndarray | None = None):
@@ -346,7 +334,8 @@ class CloomeIndex:
         if self.molecules is not None:
             self.molecules.save(os.path.join(directory, "molecules"))
         with open(os.path.join(directory, CLOOME_INDEX_FILE), "w") as f:
-            json.dump({"model_id": self.model_id, "has_molecules": self.molecules is not None}, f, indent=2)
+            json.dump({"model_id": self.model_id, "revision": self.revision,
+                       "has_molecules": self.molecules is not None}, f, indent=2)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model=None, processor=None, load_model: bool = False) -> "CloomeIndex":
@@ -358,10 +347,8 @@ class CloomeIndex:
             info = json.load(f)
         images = EmbeddingIndex.load(os.path.join(directory, "images"))
         molecules = EmbeddingIndex.load(os.path.join(directory, "molecules")) if info["has_molecules"] else None
+        index = cls(images, molecules, model=model, processor=processor, model_id=info.get("model_id"),
+                    revision=info.get("revision"))
         if load_model and model is None:
-            if not info.get("model_id"):
-                raise ValueError(f"{directory!s} records no model_id to load")
-            from .processing_cloome import load_model_and_processor
-
-            model, processor = load_model_and_processor(info["model_id"])
-        return cls(images, molecules, model=model, processor=processor, model_id=info.get("model_id"))
+            index.load_encoder()
+        return index

@@ -30,9 +30,10 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCardData, EvalResult, ModelCardData
 
-from .channels import CHANNELS
+from ..channels import CHANNELS
+from ..recipes import get_recipe
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "model_cards"  # also reachable as the top-level model_cards/
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "model_cards"  # also reachable as the top-level model_cards/
 TAGS = ("cell-painting", "microscopy", "contrastive-learning", "drug-discovery", "feature-extraction")
 LICENSE = "mit"  # ml-jku/cloome and this package
 PAPER_URL = "https://www.nature.com/articles/s41467-023-42328-w"
@@ -54,15 +55,6 @@ PAPER_RESULTS: tuple[dict[str, Any], ...] = (
     {"table": 4, "task": "Zero-shot mechanism-of-action classification (image-to-image)", "split": "scaffold",
      "n": 4056, "top1": (18.5, 17.3, 19.7), "top5": (47.9, 46.4, 49.5), "top10": (61.3, 59.7, 62.8)},
 )
-
-PRESET_DESCRIPTIONS = {
-    "retrieval": "the published retrieval / zero-shot model (`cloome-retrieval-zero-shot.pt`), set up for "
-    "full 520 x 696 sites and cross-modal retrieval",
-    "zero-shot": "the published retrieval / zero-shot model (`cloome-retrieval-zero-shot.pt`), set up for "
-    "520 x 520 centre crops, the zero-shot setting",
-    "bioactivity": "the published bioactivity model (`cloome-bioactivity.pt`), whose image embeddings are "
-    "meant for activity prediction with a linear probe",
-}
 
 _CONTEXT_KEYS = {
     "model": {
@@ -207,8 +199,7 @@ def render_model_card(template: str = "model", *, templates_dir: str | Path | No
         ctx["source"] = ctx["source"] or "trained"
         if ctx["source"] not in ("converted", "trained"):
             raise ValueError(f"source must be 'converted' or 'trained', got {ctx['source']!r}")
-        if ctx["preset"] is not None and ctx["preset"] not in PRESET_DESCRIPTIONS:
-            raise ValueError(f"preset must be one of {sorted(PRESET_DESCRIPTIONS)}, got {ctx['preset']!r}")
+        recipe = get_recipe(ctx["preset"]) if ctx["preset"] is not None else None  # ValueError naming the known
         ctx["config"] = _config_dict(ctx["config"])
         ctx["architecture"] = _architecture(ctx["config"])
         eval_results = [_eval_result(e) for e in ctx["eval_results"] or ()]
@@ -216,7 +207,7 @@ def render_model_card(template: str = "model", *, templates_dir: str | Path | No
         # Tables 3 and 4 were obtained with the retrieval / zero-shot checkpoint's image embeddings.
         with_tables = ctx["source"] == "converted" and ctx["preset"] in (None, "retrieval", "zero-shot")
         ctx["paper_results"] = PAPER_RESULTS if with_tables else ()
-        ctx["preset_description"] = PRESET_DESCRIPTIONS.get(ctx["preset"]) if ctx["preset"] else None
+        ctx["preset_description"] = recipe.description if recipe is not None else None
     else:
         ctx["dataset_id"] = ctx["dataset_id"] or "cloome-embeddings"
     ctx.update(

@@ -28,44 +28,31 @@ from typing import Any, Mapping
 
 import torch
 
-from .configuration_cloome import CLOOME_RESNET50, CloomeConfig
-from .channels import CHANNELS, CLOOME_CHANNEL_MEAN
+from ..channels import CHANNELS, CLOOME_CHANNEL_MEAN, DEFAULT_CLIP_FRACTION, DEFAULT_INTENSITY_SCALE, SITE_SIZE
+from ..configuration_cloome import CLOOME_RESNET50, CloomeConfig
+from ..recipes import get_recipe, recipe_names
 
 HUB_REPO_ID = "anasanchezf/cloome"
-CHECKPOINTS = {"retrieval": "cloome-retrieval-zero-shot.pt", "bioactivity": "cloome-bioactivity.pt"}
+#: Presets that convert a published checkpoint.
+PRESETS: tuple[str, ...] = tuple(n for n in recipe_names() if get_recipe(n).checkpoint is not None)
+CHECKPOINTS = {n: get_recipe(n).checkpoint for n in PRESETS}
 
-# Processor settings of the published models. The molecule featurisation is the one each model was
-# trained with; the fingerprint *size* is always taken from the weights (see ``processor_settings``).
-#   retrieval   - full 520 x 696 sites, Morgan+RDKit count fingerprints (max-pooled) of length 8192;
-#   zero-shot   - the same weights with a 520 x 520 centre crop, the setting for zero-shot use;
-#   bioactivity - full sites, 1024-bit Morgan fingerprints.
-# ``loss``/``hopfield_beta`` only matter for further training: the retrieval model is the InfoNCE one
-# (tau^-1 = 14.3), the bioactivity model the InfoLOOB + Hopfield one (tau^-1 = 30, beta = 22). Without a
-# preset the upstream default method, CLOOB, is assumed.
-PRESETS: dict[str, dict[str, Any]] = {
-    "retrieval": {
-        "checkpoint": CHECKPOINTS["retrieval"],
-        "fingerprint_kind": "morgan_rdkit_max",
-        "crop_size": {"height": 520, "width": 696},
-        "loss": "infonce",
-        "hopfield_beta": 14.3,
-    },
-    "zero-shot": {
-        "checkpoint": CHECKPOINTS["retrieval"],
-        "fingerprint_kind": "morgan_rdkit_max",
-        "crop_size": {"height": 520, "width": 520},
-        "loss": "infonce",
-        "hopfield_beta": 14.3,
-    },
-    "bioactivity": {
-        "checkpoint": CHECKPOINTS["bioactivity"],
-        "fingerprint_kind": "morgan",
-        "crop_size": {"height": 520, "width": 696},
-        "loss": "infoloob",
-        "hopfield_beta": 22.0,
-    },
-}
-SITE_SIZE = (520, 696)  # height, width of a Bray 2017 site
+HUB_REPO_ID = "anasanchezf/cloome"
+# Recipes with a published checkpoint (see cloome_hf.recipes): retrieval (full 520 x 696 sites, Morgan+RDKit
+# count fingerprints of length 8192), zero-shot (the same weights with a 520 x 520 centre crop) and bioactivity
+# (full sites, 1024-bit Morgan). The fingerprint *size* is always taken from the weights; ``loss`` and
+# ``hopfield_beta`` only matter for further training. Without a preset the upstream default method, CLOOB, is
+# assumed.
+DEFAULT_LOSS = "infoloob"
+
+
+def converted_recipe(preset: str):
+    """The recipe of a published checkpoint; ``ValueError`` for an unknown one or one without a checkpoint."""
+    recipe = get_recipe(preset)
+    if recipe.checkpoint is None:
+        raise ValueError(f"preset {preset!r} has no published checkpoint; choose one of {sorted(PRESETS)}")
+    return recipe
+
 
 _VISUAL_RE = re.compile(
     r"^visual\.layer(?P<stage>[1-4])\.(?P<block>\d+)\."
@@ -160,7 +147,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], preset: str | None = No
     logit_scale = float(logit.reshape(()).item())
     if not math.isfinite(logit_scale) or not 0.0 <= logit_scale <= math.log(100.0):
         raise ConversionError(f"logit_inv_tau = {logit_scale!r} lies outside [0, ln 100]")
-    settings = PRESETS[preset] if preset is not None else {}
+    model = converted_recipe(preset).model if preset is not None else {}
     return CloomeConfig(
         vision_config={
             "backbone": CLOOME_RESNET50,
@@ -179,8 +166,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], preset: str | None = No
         projection_dim=int(fc.shape[0]),
         logit_scale_init_value=logit_scale,
         learnable_logit_scale=True,
-        loss=settings.get("loss", "infoloob"),
-        hopfield_beta=settings.get("hopfield_beta", 14.3),
+        loss=model.get("loss", DEFAULT_LOSS),
+        hopfield_beta=model.get("hopfield_beta", 22.0),
     )
 
 
@@ -191,7 +178,7 @@ def convert_state_dict(
 
     Args:
         upstream_state_dict: the ``state_dict`` entry of an upstream checkpoint, with or without ``module.``.
-        preset: optional key of :data:`PRESETS`; only sets training-only config fields (``loss``, ``hopfield_beta``).
+        preset: optional name in :data:`PRESETS`; only sets training-only config fields (``loss``, ``hopfield_beta``).
 
     Returns:
         ``(config, state_dict)`` where ``CloomeModel(config).load_state_dict(state_dict, strict=True)`` works.
@@ -201,8 +188,8 @@ def convert_state_dict(
         ConversionError: listing every source key that has no place in the model, every model tensor no
             source key fills, and every shape mismatch.
     """
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if preset is not None:
+        converted_recipe(preset)
     source = strip_ddp_prefix(upstream_state_dict)
     bad_values = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
     if bad_values:
@@ -210,7 +197,7 @@ def convert_state_dict(
     config = infer_config(source, preset)
     final_layer = config.molecule_config.num_hidden_layers
 
-    from .modeling_cloome import CloomeModel
+    from ..modeling_cloome import CloomeModel
 
     # The meta device gives names and shapes without allocating or initialising ~30M parameters.
     with torch.device("meta"):
@@ -276,14 +263,15 @@ def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, A
         kind = "morgan_rdkit_max" if fingerprint_size == 8192 else "morgan"
         crop = {"height": SITE_SIZE[0], "width": SITE_SIZE[1]}
     else:
-        kind, crop = PRESETS[preset]["fingerprint_kind"], PRESETS[preset]["crop_size"]
+        recipe = converted_recipe(preset)
+        kind, crop = recipe.model["fingerprint_kind"], recipe.processor_crop()
     # A centre crop to the full 520 x 696 site leaves Bray 2017 sites untouched and cuts larger fields of view
     # (e.g. JUMP) to the size the model was trained on.
     image = {
         "channel_order": list(CHANNELS),
         "do_rescale_to_uint8": True,
-        "intensity_clip_fraction": 2.8e-5,
-        "intensity_scale": 256.0,
+        "intensity_clip_fraction": DEFAULT_CLIP_FRACTION,
+        "intensity_scale": DEFAULT_INTENSITY_SCALE,
         "do_center_crop": True,
         "crop_size": dict(crop),
         "do_normalize": True,
@@ -296,9 +284,9 @@ def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, A
 
 def build_processor(preset: str | None, fingerprint_size: int):
     """The :class:`~cloome_hf.processing_cloome.CloomeProcessor` matching :func:`processor_settings`."""
-    from .featurization_cloome import MoleculeFeaturizer
-    from .image_processing_cloome import CloomeImageProcessor
-    from .processing_cloome import CloomeProcessor
+    from ..featurization_cloome import MoleculeFeaturizer
+    from ..image_processing_cloome import CloomeImageProcessor
+    from ..processing_cloome import CloomeProcessor
 
     settings = processor_settings(preset, fingerprint_size)
     return CloomeProcessor(
@@ -327,16 +315,15 @@ def convert_original_checkpoint(
     Returns:
         ``output_dir`` as a :class:`~pathlib.Path`.
     """
-    from .model_card import render_model_card
-    from .modeling_cloome import CloomeModel
+    from ..modeling_cloome import CloomeModel
+    from .card import render_model_card
 
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if preset is not None:
+        converted_recipe(preset)
     output_dir = Path(output_dir)
     config, state_dict = convert_state_dict(load_upstream_checkpoint(checkpoint_path), preset)
     if preset is not None:
-        crop = PRESETS[preset]["crop_size"]
-        config.vision_config.image_size = [crop["height"], crop["width"]]
+        config.vision_config.image_size = list(converted_recipe(preset).inference_crop)
 
     model = CloomeModel(config)
     model.load_state_dict(state_dict, strict=True)

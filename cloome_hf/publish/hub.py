@@ -3,7 +3,7 @@
 * **Model repo**: ``save_pretrained`` of the model (safetensors) and the processor, plus ``README.md`` rendered
   from ``model_cards/model.md`` (description, channel order and preprocessing, architecture, training recipe,
   evaluation results from ``results.json`` as the card's ``model-index``, limitations, citation).
-* **Dataset repo**: the embeddings written by ``scripts/embed.py`` (configs ``images`` and, when present,
+* **Dataset repo**: the embeddings written by ``cloome embed`` (configs ``images`` and, when present,
   ``molecules``) pushed with ``datasets`` ``push_to_hub``, whose ``README.md`` is the card rendered from
   ``model_cards/dataset.md`` with the ``configs`` / ``dataset_info`` metadata ``datasets`` maintains.
 
@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -28,8 +27,8 @@ import shutil
 import tempfile
 from typing import Any, Mapping
 
-EMBEDDING_INFO = "embedding_info.json"
-CONFIGS = ("images", "molecules")
+from ..inference.store import CONFIGS, load_store, read_info
+from ..inference.store import INFO_FILE as EMBEDDING_INFO
 SPLIT = "train"
 MAX_SHARD_BYTES = 500 << 20  # datasets' push_to_hub default shard size
 
@@ -53,24 +52,22 @@ def write_model_repo(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     """Write the model repo layout of ``model_dir`` (a saved CloomeModel + CloomeProcessor) into ``out_dir``.
 
     ``results``: an evaluation ``results.json`` (path or dict) -> the card's ``model-index`` and results table.
-    ``training_config``: defaults to ``training_args.json`` / ``train_config.json`` in ``model_dir`` if present.
+    ``training_config``: defaults to the ``training_config.json`` that ``cloome train`` saved in ``model_dir``
+    (copied into the repo as well).
     Returns the repo-relative paths written, sorted.
     """
-    from .model_card import eval_results_from_json, render_model_card
-    from .processing_cloome import load_model_and_processor
+    from ..processing_cloome import load_model_and_processor
+    from ..recipes import TRAINING_CONFIG_FILE, read_training_config
+    from .card import eval_results_from_json, render_model_card
 
     model, processor = load_model_and_processor(model_dir)
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)  # safetensors by default
     processor.save_pretrained(out_dir)
     if training_config is None:
-        for name in ("training_args.json", "train_config.json"):
-            path = os.path.join(model_dir, name)
-            if os.path.isfile(path):
-                with open(path) as f:
-                    training_config = json.load(f)
-                shutil.copy(path, os.path.join(out_dir, name))
-                break
+        training_config = read_training_config(model_dir)
+        if training_config is not None:
+            shutil.copy(os.path.join(model_dir, TRAINING_CONFIG_FILE), os.path.join(out_dir, TRAINING_CONFIG_FILE))
     eval_results = None
     if results is not None:
         eval_results = eval_results_from_json(results, dataset_name=eval_dataset_name, dataset_type=eval_dataset_type,
@@ -101,35 +98,10 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = Fa
 
 
 # --------------------------------------------------------------------------------------------- dataset repo
-def load_embeddings(embeddings_dir: str | os.PathLike) -> dict[str, Any]:
-    """``{config_name: datasets.Dataset}`` of an ``embed.py`` output folder (``images/``, ``molecules/``)."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets.table import InMemoryTable
-
-    out = {}
-    for name in CONFIGS:
-        files = sorted(glob.glob(os.path.join(embeddings_dir, name, "*.parquet")))
-        if files:
-            out[name] = datasets.Dataset(InMemoryTable(pa.concat_tables([pq.read_table(f) for f in files])))
-    if not out:
-        raise ValueError(f"{embeddings_dir!s} holds no embeddings: expected Parquet files under images/ or molecules/")
-    return out
-
-
-def _embedding_info(embeddings_dir) -> dict[str, Any]:
-    path = os.path.join(embeddings_dir, EMBEDDING_INFO)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def render_dataset_card(embeddings: Mapping[str, Any], info: Mapping[str, Any], *, dataset_id: str,
                         source_dataset: str | None = None, description: str | None = None) -> str:
     """The dataset card text (metadata header + Markdown) from ``model_cards/dataset.md``."""
-    from .model_card import render_model_card
+    from .card import render_model_card
 
     num_rows = sum(len(ds) for ds in embeddings.values())
     columns = {c: t for c, t in DATASET_COLUMNS.items() if any(c in ds.column_names for ds in embeddings.values())}
@@ -165,8 +137,8 @@ def _num_shards(ds) -> int:
 def write_dataset_repo(embeddings_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dataset_id: str,
                        source_dataset: str | None = None, description: str | None = None) -> list[str]:
     """Write the dataset repo layout (what :func:`push_embeddings` commits) into ``out_dir``."""
-    embeddings = load_embeddings(embeddings_dir)
-    info = _embedding_info(embeddings_dir)
+    embeddings = load_store(embeddings_dir)
+    info = read_info(embeddings_dir)
     os.makedirs(out_dir, exist_ok=True)
     for name, ds in embeddings.items():
         n = _num_shards(ds)
@@ -191,8 +163,8 @@ def push_embeddings(embeddings_dir: str | os.PathLike, repo_id: str, *, private:
     to that card."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    embeddings = load_embeddings(embeddings_dir)
-    info = _embedding_info(embeddings_dir)
+    embeddings = load_store(embeddings_dir)
+    info = read_info(embeddings_dir)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     card = render_dataset_card(embeddings, info, dataset_id=repo_id, source_dataset=source_dataset,

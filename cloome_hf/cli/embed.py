@@ -1,0 +1,103 @@
+"""``cloome embed``: a Cell Painting dataset (and optionally a molecule table) -> a Parquet embedding store.
+
+    cloome embed --model DIR_OR_HUB_ID --dataset DATASET --output_dir OUT [--molecules library.csv] [--bf16]
+    accelerate launch -m cloome_hf.cli embed ...            # every process takes its share of shards
+
+``--dataset``: anything ``load_cell_painting`` reads ('synthetic', a prepared or save_to_disk folder, Parquet
+shards, a Hub dataset id, a raw index / load_data table); ``--split`` picks a split. The store (see
+:mod:`cloome_hf.inference.store`) is readable by ``load_dataset(OUT, "images")`` / ``load_dataset(OUT,
+"molecules")`` and by ``CloomeIndex.from_store(OUT)``. Image rows carry ``sample_key, plate, well, site,
+inchikey, smiles`` (plus ``--keep_columns``) and ``embedding``; molecule rows the table's columns and
+``embedding``. A rerun after an interruption computes only the missing shards; a rerun with other settings is
+refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloome embed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder or Hub id (model + processor saved together)")
+    p.add_argument("--revision", default=None, help="Hub revision of --model")
+    p.add_argument("--dataset", default=None, help="image dataset (anything load_cell_painting reads)")
+    p.add_argument("--split", default="train", help="split of the dataset")
+    p.add_argument("--molecules", default=None, help="molecule table (CSV or Parquet with a 'smiles' column)")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers decoding the sites")
+    p.add_argument("--shard_size", type=int, default=4096, help="rows per output shard (unit of resumption)")
+    p.add_argument("--bf16", action="store_true", help="run the encoders under bfloat16 autocast")
+    p.add_argument("--embedding_dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--keep_columns", nargs="*", default=[], help="extra dataset columns to copy to the output")
+    p.add_argument("--max_samples", type=int, default=None, help="embed only the first N rows (smoke tests)")
+    return p
+
+
+def load_molecule_table(path: str):
+    """A molecule library: CSV or Parquet with a ``smiles`` column, duplicate SMILES dropped."""
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise ValueError(f"molecule table {path} does not exist")
+    table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    if "smiles" not in table.columns:
+        raise ValueError(f"molecule table {path} has no 'smiles' column (has {list(table.columns)})")
+    return table.drop_duplicates("smiles").reset_index(drop=True)
+
+
+def _settings(args, processor) -> dict[str, Any]:
+    """What determines the output: a rerun into the same folder must match this exactly."""
+    import cloome_hf
+
+    return {
+        "model_id": str(args.model), "revision": args.revision,
+        "processor": json.loads(json.dumps(processor.to_dict(), default=str)),
+        "embedding_dtype": args.embedding_dtype, "bf16": bool(args.bf16), "shard_size": args.shard_size,
+        "dataset": args.dataset, "split": args.split if args.dataset else None, "molecules": args.molecules,
+        "max_samples": args.max_samples, "keep_columns": list(args.keep_columns),
+        "cloome_hf_version": cloome_hf.__version__,
+    }
+
+
+def main(argv=None) -> str:
+    args = build_parser().parse_args(argv)
+    if args.dataset is None and args.molecules is None:
+        raise ValueError("nothing to embed: give --dataset and/or --molecules")
+    import torch
+    from accelerate import Accelerator
+
+    from ..data import load_cell_painting
+    from ..inference import store
+    from ..processing_cloome import load_model_and_processor
+
+    accelerator = Accelerator()
+    model, processor = load_model_and_processor(args.model, revision=args.revision)
+    model.to(accelerator.device)
+    settings = _settings(args, processor)
+    settings["model_info"] = {"commit_hash": getattr(model.config, "_commit_hash", None),
+                              "projection_dim": model.config.projection_dim}
+    if accelerator.is_main_process:
+        store.check_or_write_info(args.output_dir, settings, write=True)
+    accelerator.wait_for_everyone()
+    store.check_or_write_info(args.output_dir, settings, write=False)
+    common = dict(accelerator=accelerator, shard_size=args.shard_size, batch_size=args.batch_size,
+                  dtype=args.embedding_dtype, autocast_dtype=torch.bfloat16 if args.bf16 else None)
+    if args.dataset is not None:
+        ds = load_cell_painting(args.dataset, split=args.split)
+        if args.max_samples is not None:
+            ds = ds.select(range(min(args.max_samples, len(ds))))
+        store.embed_images_to_store(ds, model, processor, os.path.join(args.output_dir, "images"),
+                                    keep_columns=args.keep_columns, num_workers=args.num_workers, **common)
+    if args.molecules is not None:
+        store.embed_molecules_to_store(load_molecule_table(args.molecules), model, processor,
+                                       os.path.join(args.output_dir, "molecules"), **common)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        store.write_store_readme(args.output_dir)
+    return args.output_dir

@@ -1,0 +1,179 @@
+"""``cloome evaluate``: a CLOOME model on the paper's tasks -> ``results.json``, ``report.md`` and figures.
+
+    cloome evaluate --model runs/demo --dataset synthetic --output_dir runs/demo/eval
+    accelerate launch -m cloome_hf.cli evaluate --model DIR_OR_HUB_ID --dataset data/bray --split test \\
+        --tasks retrieval,zeroshot_molecule,zeroshot_moa,linear_probe,map \\
+        --moa_annotations compound_moa_annotations.csv.gz \\
+        --activity_labels label-matrix.mtx --activity_row_index row-compound-index.csv \\
+        --baseline_features cellprofiler_profiles.csv.gz --output_dir eval
+
+Sites are embedded once (batched, shared across ``accelerate`` processes); the tasks then run on the main
+process. Tasks: ``retrieval`` (Table 1), ``linear_probe`` (Table 2), ``zeroshot_molecule`` (Table 3),
+``zeroshot_moa`` (Table 4), ``map`` (copairs replicate mAP). A features baseline (e.g. CellProfiler
+profiles; one row per site or well, ``Metadata_*`` columns plus numeric features) runs the image-only tasks
+on its own rows and appears as an extra method row in every table it took part in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_TASKS = "retrieval,zeroshot_molecule,map"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloome evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="saved CLOOME folder or Hub id (model and processor)")
+    p.add_argument("--revision", default=None, help="Hub revision of --model")
+    p.add_argument("--dataset", default="synthetic",
+                   help="anything load_cell_painting reads: 'synthetic' (embedded generator), a prepared or "
+                   "save_to_disk folder, a Hub dataset id, a raw index / load_data table")
+    p.add_argument("--split", default=None, help="split to evaluate (default: 'test' if the dataset has one, "
+                   "else its first)")
+    p.add_argument("--tasks", default=DEFAULT_TASKS,
+                   help="comma-separated: retrieval, zeroshot_molecule, zeroshot_moa, linear_probe, map "
+                   f"(default {DEFAULT_TASKS})")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seeds prototypes, retrieval sites, non-matches, splits")
+    p.add_argument("--max_sites", type=int, default=None, help="evaluate only the first N sites")
+    g = p.add_argument_group("synthetic data")
+    g.add_argument("--synthetic_molecules", type=int, default=200)
+    g.add_argument("--synthetic_sites_per_molecule", type=int, default=4)
+    g.add_argument("--synthetic_plates", type=int, default=4)
+    g.add_argument("--synthetic_image_size", type=int, default=64)
+    g = p.add_argument_group("annotations")
+    g.add_argument("--moa_column", default=None, help="dataset column holding each site's MoA")
+    g.add_argument("--moa_annotations", default=None,
+                   help="CSV with InChIKey and MoA columns (e.g. the Drug Repurposing Hub annotations)")
+    g.add_argument("--moa_key_column", default="Metadata_InChIKey")
+    g.add_argument("--moa_value_column", default="Metadata_moa")
+    g.add_argument("--activity_labels", default=None, help="MatrixMarket activity label matrix (+1/-1)")
+    g.add_argument("--activity_row_index", default=None, help="CSV INDEX,INCHIKEY of the matrix rows")
+    g.add_argument("--activity_column_index", default=None, help="CSV ASSAY_ID of the matrix columns")
+    g.add_argument("--linear_probe_C", type=float, nargs="+", default=None,
+                   help="C grid of the linear probe (default 1e-6 ... 1e6)")
+    g.add_argument("--n_jobs", type=int, default=1, help="parallel linear-probe tasks (-1 = all cores)")
+    g.add_argument("--map_null_size", type=int, default=10000, help="copairs permutation null size")
+    g = p.add_argument_group("features baseline")
+    g.add_argument("--baseline_features", default=None, help="CSV of per-site/per-well features + Metadata_*")
+    g.add_argument("--baseline_name", default="CellProfiler features")
+    g.add_argument("--baseline_molecule_column", default="Metadata_broad_sample")
+    g.add_argument("--baseline_plate_column", default="Metadata_Plate")
+    g.add_argument("--baseline_inchikey_column", default="Metadata_InChIKey14")
+    g.add_argument("--baseline_moa_column", default="Metadata_moa")
+    g = p.add_argument_group("figures")
+    g.add_argument("--gallery_queries", type=int, default=4, help="query sites in the retrieval gallery")
+    g.add_argument("--tsne_max_points", type=int, default=3000)
+    return p
+
+
+def _load_sites(args):
+    from ..data import load_cell_painting
+
+    synthetic = dict(num_molecules=args.synthetic_molecules, sites_per_molecule=args.synthetic_sites_per_molecule,
+                     num_plates=args.synthetic_plates, image_size=args.synthetic_image_size, seed=args.seed)
+    splits = load_cell_painting(args.dataset, synthetic=synthetic)
+    split = args.split or ("test" if "test" in splits else next(iter(splits)))
+    if split not in splits:
+        raise ValueError(f"dataset {args.dataset!r} has no split {split!r}; it has {list(splits)}")
+    ds = splits[split]
+    return ds.select(range(min(args.max_sites, len(ds)))) if args.max_sites is not None else ds
+
+
+def _activity(args):
+    if args.activity_labels is None:
+        return None
+    from ..evaluation import load_activity_matrix
+
+    return load_activity_matrix(args.activity_labels, args.activity_row_index, args.activity_column_index)
+
+
+def _moa(args, emb, ds):
+    from ..evaluation.runner import moa_labels
+
+    if args.moa_column:
+        if args.moa_column not in ds.column_names:
+            raise ValueError(f"--moa_column {args.moa_column!r} is not a dataset column; has {ds.column_names}")
+        return np.asarray(ds[args.moa_column], dtype=object)
+    if args.moa_annotations:
+        table = pd.read_csv(args.moa_annotations)
+        return moa_labels(emb.metadata["inchikey"], table, args.moa_key_column, args.moa_value_column)
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from accelerate import Accelerator
+
+    from ..evaluation import write_report
+    from ..evaluation.baseline import BaselineColumns, evaluate_feature_table
+    from ..evaluation.figures import evaluation_figures
+    from ..evaluation.runner import TASKS, run_tasks
+    from ..inference.encode import encode_dataset
+    from ..processing_cloome import load_model_and_processor
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r} in --tasks; choose from {', '.join(TASKS)}")
+    if "linear_probe" in tasks and (args.activity_labels is None or args.activity_row_index is None):
+        raise ValueError("--tasks linear_probe needs --activity_labels and --activity_row_index")
+    if "zeroshot_moa" in tasks and not (args.moa_column or args.moa_annotations):
+        raise ValueError("--tasks zeroshot_moa needs --moa_column or --moa_annotations")
+
+    accelerator = Accelerator()
+    model, processor = load_model_and_processor(args.model, revision=args.revision)
+    model.to(accelerator.device)
+    ds = _load_sites(args)
+    emb = encode_dataset(model, processor, ds, batch_size=args.batch_size, accelerator=accelerator,
+                         show_progress=accelerator.is_main_process)
+    if not accelerator.is_main_process:
+        return {}
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    moa = _moa(args, emb, ds)
+    activity = _activity(args)
+    results = {
+        "model": args.model,
+        "model_name": "CLOOME (this model)",
+        "dataset": args.dataset + (f" [{args.split}]" if args.split else ""),
+        "n_sites": int(len(emb.metadata)),
+        "n_molecules": int(len(emb.molecules)),
+        "seed": args.seed,
+        "tasks": run_tasks(tasks, emb.image, emb.metadata, molecule=emb.molecule,
+                           molecule_index=emb.molecule_index, moa=moa, activity=activity, seed=args.seed,
+                           linear_probe_Cs=args.linear_probe_C, n_jobs=args.n_jobs,
+                           map_null_size=args.map_null_size),
+        "baselines": {},
+    }
+    if args.baseline_features:
+        columns = BaselineColumns(args.baseline_molecule_column, args.baseline_plate_column,
+                                  args.baseline_inchikey_column, args.baseline_moa_column)
+        results["baselines"][args.baseline_name] = evaluate_feature_table(
+            args.baseline_features, tasks, columns=columns, activity=activity, seed=args.seed,
+            linear_probe_Cs=args.linear_probe_C, n_jobs=args.n_jobs, map_null_size=args.map_null_size)
+    results["figures"] = evaluation_figures(emb, ds, output_dir, moa=moa, seed=args.seed,
+                                            gallery_queries=args.gallery_queries,
+                                            tsne_max_points=args.tsne_max_points)
+    np.save(output_dir / "image_embeddings.npy", emb.image)
+    write_report(results, output_dir)
+    print(json.dumps({t: _headline(t, r) for t, r in results["tasks"].items()}, indent=1))
+    return results
+
+
+def _headline(task: str, res: dict):
+    if task == "retrieval":
+        return {d: res[d]["top1"]["value"] for d in ("image_to_molecule", "molecule_to_image")}
+    if task.startswith("zeroshot"):
+        return res["top1"]["value"]
+    if task == "linear_probe":
+        return res["auc"]["mean"]
+    return res["mean_map"]
+

@@ -1,0 +1,297 @@
+"""The one input path of cloome-hf: a Cell Painting ``datasets`` object -> torch batches for CLOOME.
+
+Training, validation, evaluation, ``cloome embed`` and the pipelines all read sites through
+:func:`build_dataloader`:
+
+* :class:`UniqueMoleculeBatchSampler` - global batches that are a pure function of ``(seed, epoch)``, never hold
+  one molecule twice (a duplicate is a false negative of the contrastive loss) and, when training, carry one
+  augmentation seed per site, so a site's pixels depend only on ``(seed, epoch, site)``: not on the number of
+  processes (``accelerate`` with ``split_batches=True`` cuts each global batch into per-process slices) or
+  workers, and ``accelerator.skip_first_batches`` resumes mid-epoch exactly.
+* :class:`CellPaintingTorchDataset` - reads only the columns a batch needs, a batch at a time, as Arrow slices.
+* :class:`CellPaintingCollator` - uint8 sites in the dataset's recorded channel order -> the model's channel order
+  -> training augmentation (:class:`~cloome_hf.transforms.CloomeTrainTransform`) or the inference processor
+  (:class:`~cloome_hf.image_processing_cloome.CloomeImageProcessor`: centre crop + normalisation); fingerprints
+  looked up per batch from a :class:`~cloome_hf.data.molecules.FingerprintTable` of the unique molecules, so
+  memory grows with molecules x bits, not with sites x bits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader
+
+from ..channels import CHANNELS, channel_permutation
+from .molecules import FingerprintTable
+from .sampling import UniqueMoleculeBatchSampler, _StreamingUniqueBatches, unique_molecule_batches
+from .schema import channels_of, decode_image
+
+OUTPUTS = ("pixel_values", "uint8")
+
+
+class CellPaintingTorchDataset(torch.utils.data.Dataset):
+    """Map-style view of a ``datasets.Dataset`` that reads only the columns a batch needs, a batch at a time.
+
+    Keys are rows, or ``(row, augmentation_seed)`` pairs from :class:`UniqueMoleculeBatchSampler`.
+    """
+
+    columns = ("sample_key", "inchikey", "image", "image_shape")
+
+    def __init__(self, ds, rows: Sequence[int] | None = None):
+        # Arrow format: a batch is a zero-copy slice of the memory-mapped table, images never become Python bytes
+        self.ds = ds.select_columns(list(self.columns)).with_format("arrow")
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ds) if self.rows is None else len(self.rows)
+
+    def __getitems__(self, keys: Sequence) -> tuple[pa.Table, list[int] | None]:
+        """``(table of the rows, their augmentation seeds or None)``."""
+        keys = list(keys)
+        seeds = None
+        if keys and isinstance(keys[0], (tuple, list)):
+            seeds = [int(s) for _, s in keys]
+            keys = [int(r) for r, _ in keys]
+        idx = keys if self.rows is None else self.rows[keys].tolist()
+        return self.ds[idx], seeds
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])
+
+
+def _binary_views(column: pa.ChunkedArray) -> list[np.ndarray]:
+    """Zero-copy uint8 views of each value of a (large_)binary Arrow column."""
+    views = []
+    for chunk in column.chunks:
+        offset_type = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        _, offsets_buf, data_buf = chunk.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=offset_type)[chunk.offset: chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8)
+        views += [data[offsets[j]: offsets[j + 1]] for j in range(len(chunk))]
+    if column.null_count:
+        raise ValueError("image column has missing values")
+    return views
+
+
+class CellPaintingCollator:
+    """Rows -> a batch of ``pixel_values`` (or uint8 ``images``), ``fingerprints``, ``sample_key``, ``inchikey``.
+
+    Args:
+        fingerprints: a :class:`FingerprintTable` (fingerprints joined by ``inchikey``) or ``None``.
+        transform: training augmentation, called as ``transform(uint8 (N, C, H, W), seeds=...)``; when ``None``,
+            ``image_processor`` turns the sites into ``pixel_values`` (centre crop + normalisation, inference).
+        image_processor: a :class:`~cloome_hf.image_processing_cloome.CloomeImageProcessor` (default: no crop,
+            the published normalisation).
+        channel_permutation: index of each output channel in the stored image (``None``: stored order).
+        output: ``"pixel_values"``, or ``"uint8"`` for untransformed ``images`` (N, C, H, W) uint8 plus their
+            ``seeds``: a quarter of the bytes between worker processes, for augmentation on the accelerator.
+        return_loss: yield exactly the model's keyword arguments (``pixel_values``, ``fingerprints``,
+            ``return_loss=True``), as ``transformers.Trainer`` calls ``model(**batch)``.
+
+    Raises ``ValueError`` naming the sample for an all-zero channel, sites of different shapes in a batch, or a
+    molecule without a fingerprint: no blank image or wrong pair reaches the model silently.
+    """
+
+    def __init__(self, fingerprints: FingerprintTable | None = None, transform=None, image_processor=None,
+                 channel_permutation: Sequence[int] | None = None, output: str = "pixel_values",
+                 return_loss: bool = False):
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if return_loss and (fingerprints is None or output != "pixel_values"):
+            raise ValueError("return_loss=True batches need fingerprints and output='pixel_values'")
+        if transform is None and image_processor is None:
+            from cloome_hf.image_processing_cloome import CloomeImageProcessor
+
+            image_processor = CloomeImageProcessor(do_center_crop=False)
+        self.fingerprints = fingerprints
+        self.transform = transform
+        self.image_processor = image_processor
+        self.channel_permutation = None if channel_permutation is None else list(channel_permutation)
+        self.output = output
+        self.return_loss = bool(return_loss)
+
+    def _decode(self, batch) -> tuple[torch.Tensor, list[str], list[str], list[int] | None]:
+        seeds = None
+        if isinstance(batch, tuple):  # (pyarrow.Table, seeds) from CellPaintingTorchDataset.__getitems__
+            batch, seeds = batch
+        if isinstance(batch, pa.Table):
+            image_views = _binary_views(batch.column("image"))
+            batch = {c: batch.column(c).to_pylist() for c in ("sample_key", "inchikey", "image_shape")}
+        else:
+            if not isinstance(batch, Mapping):  # list of rows (plain DataLoader without __getitems__)
+                batch = {k: [row[k] for row in batch] for k in batch[0]}
+            image_views = [np.frombuffer(d, dtype=np.uint8) for d in batch["image"]]
+        keys = list(batch["sample_key"])
+        shapes = {tuple(s) for s in batch["image_shape"]}
+        if len(shapes) != 1:
+            raise ValueError(f"sites of different shapes {sorted(shapes)} in one batch (samples {keys})")
+        stored = next(iter(shapes))
+        channels = len(self.channel_permutation) if self.channel_permutation is not None else stored[0]
+        buffer = torch.empty((len(keys), channels) + stored[1:], dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            buffer.share_memory_()  # stack straight into shared memory: no extra copy to hand it to the main process
+        images = buffer.numpy()
+        for i, view in enumerate(image_views):
+            site = decode_image(view, stored)
+            images[i] = site if self.channel_permutation is None else site[self.channel_permutation]
+        blank = images.reshape(images.shape[0], images.shape[1], -1).max(-1) == 0
+        if blank.any():
+            n, c = np.argwhere(blank)[0]
+            raise ValueError(f"sample {keys[n]!r}: channel {c} is all zero")
+        return buffer, keys, list(batch["inchikey"]), seeds
+
+    def __call__(self, batch) -> dict[str, Any]:
+        """``batch``: ``(pyarrow.Table, seeds)``, a ``pyarrow.Table``, a dict of columns, or a list of row dicts."""
+        images, keys, inchikeys, seeds = self._decode(batch)
+        out: dict[str, Any] = {}
+        if self.output == "uint8":
+            out["images"] = images
+            out["seeds"] = seeds
+        elif self.transform is not None:
+            out["pixel_values"] = self.transform(images, seeds=seeds)
+        else:
+            out["pixel_values"] = torch.from_numpy(self.image_processor(images.numpy())["pixel_values"])
+        if self.fingerprints is not None:
+            out["fingerprints"] = torch.from_numpy(self.fingerprints.lookup(inchikeys))
+        if self.return_loss:
+            return {"pixel_values": out["pixel_values"], "fingerprints": out["fingerprints"], "return_loss": True}
+        out["sample_key"], out["inchikey"] = keys, inchikeys
+        return out
+
+
+class CellPaintingDataLoader(DataLoader):
+    """``DataLoader`` with ``set_epoch`` (reshuffles the unique-molecule sampler / the stream)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for obj in (self.batch_sampler, self.dataset):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+
+
+def build_dataloader(
+    ds,
+    fingerprints: FingerprintTable | Any | None = None,
+    batch_size: int = 32,
+    train: bool = True,
+    transform=None,
+    image_processor=None,
+    channel_order: Sequence[str] | None = None,
+    num_workers: int = 0,
+    unique_molecules: bool | None = None,
+    seed: int = 0,
+    drop_last: bool | None = None,
+    num_replicas: int = 1,
+    rank: int = 0,
+    shuffle_buffer: int = 1000,
+    output: str = "pixel_values",
+    return_loss: bool = False,
+    **dataloader_kwargs,
+) -> CellPaintingDataLoader:
+    """The ``DataLoader`` of ``{"pixel_values", "fingerprints", "sample_key", "inchikey"}`` batches.
+
+    Args:
+        ds: a ``datasets.Dataset`` or ``IterableDataset`` in the common schema; its recorded channel order
+            (:func:`~cloome_hf.data.schema.channels_of`) is mapped to ``channel_order``.
+        fingerprints: a :class:`FingerprintTable`, a featuriser (``MoleculeFeaturizer``: the table of the unique
+            molecules is built once here, invalid molecules' sites are left out with a warning), or ``None``
+            (images only).
+        batch_size: sites per batch (per process, or the global batch under ``accelerate`` with
+            ``split_batches=True``).
+        train: shuffled unique-molecule batches with per-site augmentation seeds (``transform``) vs. row order
+            with the inference processor.
+        transform: training augmentation (default: flips and 90-degree turns of the whole site, the published
+            normalisation); only used when ``train``.
+        image_processor: inference processor (default: no crop, the published normalisation); only used when
+            not ``train``.
+        channel_order: channels of the batches (default: ``image_processor``'s, else the canonical order);
+            ``ValueError`` naming a channel the dataset lacks.
+        unique_molecules: never put one molecule twice in a batch (default: when ``train``).
+        seed: shuffling and augmentation seed (same on every process); call ``loader.set_epoch(epoch)``.
+        num_replicas, rank: shard without ``accelerate`` (with it, keep 1/0 and let ``prepare`` shard a map-style
+            loader; for a streaming loader pass ``accelerator.num_processes`` / ``process_index`` here).
+        shuffle_buffer: shuffle buffer of streaming datasets.
+        output: ``"pixel_values"`` or ``"uint8"`` (``images`` and ``seeds``; augment on the accelerator).
+        return_loss: batches of exactly the model's keyword arguments plus ``return_loss=True`` (Trainer).
+    """
+    import datasets
+
+    from cloome_hf.transforms import CloomeTrainTransform
+
+    if train and transform is None:
+        transform = CloomeTrainTransform(crop_size=None, random_resized_crop_scale=None, flips=True, rot90=True)
+    if channel_order is None:
+        channel_order = image_processor.channel_order if image_processor is not None else CHANNELS
+    stored = channels_of(ds)
+    permutation = channel_permutation(stored, channel_order)
+    if permutation == list(range(len(stored))):
+        permutation = None
+    unique_molecules = train if unique_molecules is None else unique_molecules
+    streaming = isinstance(ds, datasets.IterableDataset)
+    fingerprints = _fingerprint_table(ds, fingerprints, streaming)
+    collator = CellPaintingCollator(fingerprints, transform if train else None, image_processor, permutation,
+                                    output, return_loss)
+    drop_last = train if drop_last is None else drop_last
+    if streaming:
+        return _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, unique_molecules, seed,
+                                 num_replicas, rank, shuffle_buffer, num_workers, dataloader_kwargs)
+    keys = list(ds.select_columns(["inchikey"])["inchikey"])
+    rows = None
+    if fingerprints is not None:
+        ok = np.fromiter((k in fingerprints for k in keys), dtype=bool, count=len(keys))
+        if not ok.all():
+            rows = np.flatnonzero(ok)
+            keys = [keys[i] for i in rows]
+    data = CellPaintingTorchDataset(ds, rows)
+    if train or unique_molecules:
+        sampler = UniqueMoleculeBatchSampler(keys if unique_molecules else range(len(keys)), batch_size,
+                                             shuffle=train, seed=seed, drop_last=drop_last,
+                                             num_replicas=num_replicas, rank=rank, augmentation_seeds=train)
+    else:
+        base = torch.utils.data.SequentialSampler(data)
+        if num_replicas > 1:
+            base = torch.utils.data.DistributedSampler(data, num_replicas, rank, shuffle=False, seed=seed)
+        sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last)
+    return CellPaintingDataLoader(data, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers,
+                                  **dataloader_kwargs)
+
+
+def _fingerprint_table(ds, fingerprints, streaming: bool) -> FingerprintTable | None:
+    """A :class:`FingerprintTable` of ``ds``'s unique molecules, built once from a featuriser if needed."""
+    if fingerprints is None or isinstance(fingerprints, FingerprintTable):
+        return fingerprints
+    meta = ds.select_columns(["inchikey", "smiles"])
+    pairs = [(r["inchikey"], r["smiles"]) for r in meta] if streaming else list(zip(meta["inchikey"],
+                                                                                    meta["smiles"]))
+    table = FingerprintTable.from_molecules([p[0] for p in pairs], [p[1] for p in pairs], fingerprints,
+                                            errors="skip")
+    if table.invalid:
+        warnings.warn(f"{len(table.invalid)} molecules have invalid SMILES and are left out, e.g. "
+                      f"{next(iter(table.invalid.items()))}")
+    return table
+
+
+def _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, unique_molecules, seed,
+                      num_replicas, rank, shuffle_buffer, num_workers, dataloader_kwargs):
+    import datasets
+
+    if train:
+        ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    if num_replicas > 1:
+        ds = datasets.distributed.split_dataset_by_node(ds, rank=rank, world_size=num_replicas)
+    if fingerprints is not None and fingerprints.invalid:
+        ds = ds.filter(lambda k: k in fingerprints, input_columns=["inchikey"])
+    batches = _StreamingUniqueBatches(ds.select_columns(list(CellPaintingTorchDataset.columns)), batch_size,
+                                      drop_last, unique_molecules)
+    return CellPaintingDataLoader(batches, batch_size=None, collate_fn=collator, num_workers=num_workers,
+                                  **dataloader_kwargs)
+
+
+__all__ = [
+    "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset", "UniqueMoleculeBatchSampler",
+    "build_dataloader", "unique_molecule_batches",
+]

@@ -1,0 +1,191 @@
+"""The one encoder path: Cell Painting sites and molecules -> L2-normalised CLOOME embeddings.
+
+Training validation, ``cloome evaluate``, ``cloome embed``, search queries and the pipelines all embed through
+these functions:
+
+* :func:`encode_sites` - a dataset in the common schema (read through
+  :func:`cloome_hf.data.build_dataloader`, which maps the dataset's recorded channel order to the model's and
+  refuses a dataset that lacks a channel) or a list of processor inputs (paths, channel mappings, arrays);
+* :func:`encode_molecules` - SMILES (or a precomputed fingerprint matrix);
+* :func:`encode_dataset` - both for a dataset: every site, and every unique molecule once.
+
+The model runs in eval mode (batch-norm running statistics) under ``torch.no_grad``; its previous mode is
+restored afterwards, so training can validate in between steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+SITE_METADATA = ("sample_key", "plate", "well", "smiles", "inchikey")
+
+
+@dataclass
+class Embeddings:
+    """Site embeddings of a dataset with the embeddings of its unique molecules.
+
+    ``image``: ``(N, D)`` L2-normalised site embeddings, in dataset order; ``molecule``: ``(M, D)`` L2-normalised
+    embeddings of the unique molecules; ``molecule_index``: ``(N,)`` row of each site's molecule in ``molecule``;
+    ``metadata``: ``N`` rows ``sample_key, plate, well, smiles, inchikey``; ``molecules``: ``M`` rows
+    ``inchikey, smiles``.
+    """
+
+    image: np.ndarray
+    molecule: np.ndarray
+    molecule_index: np.ndarray
+    metadata: pd.DataFrame
+    molecules: pd.DataFrame
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _inference(model):
+    """Eval mode and no gradients for the duration; the model's previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _pooled(output) -> torch.Tensor:
+    """The projected features of a ``get_*_features`` call (``pooler_output`` of its model output)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def embed_pixel_values(model, pixel_values: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``(N, C, H, W)`` pixel values -> ``(N, projection_dim)`` float32 L2-normalised embeddings on the CPU."""
+    device = _device(model)
+    with _inference(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        features = _pooled(model.get_image_features(pixel_values=pixel_values.to(device, non_blocking=True)))
+    return F.normalize(features.float(), dim=-1).cpu()
+
+
+def embed_fingerprints(model, fingerprints: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``(N, fingerprint_size)`` -> ``(N, projection_dim)`` float32 L2-normalised embeddings on the CPU."""
+    device = _device(model)
+    with _inference(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        features = _pooled(model.get_molecule_features(fingerprints=fingerprints.to(device)))
+    return F.normalize(features.float(), dim=-1).cpu()
+
+
+def _is_dataset(sites) -> bool:
+    import datasets
+
+    return isinstance(sites, (datasets.Dataset, datasets.IterableDataset))
+
+
+def _site_batches(sites: Any, batch_size: int):
+    """Batch-sized pieces of a processor image input (a list of sites, or a 4-D array / tensor)."""
+    if isinstance(sites, (np.ndarray, torch.Tensor)) and sites.ndim == 3:
+        sites = sites[None]  # one (C, H, W) site
+    elif isinstance(sites, (str, os.PathLike, dict)):
+        sites = [sites]  # one site given as a path or a channel mapping
+    if len(sites) == 0:
+        raise ValueError("no sites given")
+    for start in range(0, len(sites), batch_size):
+        yield sites[start:start + batch_size]
+
+
+def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_workers: int = 0,
+                 autocast_dtype: torch.dtype | None = None, accelerator=None, show_progress: bool = False,
+                 ) -> np.ndarray:
+    """Embed Cell Painting sites: ``(N, projection_dim)`` float32, L2-normalised, in input order.
+
+    Args:
+        model: a :class:`~cloome_hf.CloomeModel`.
+        processor: its :class:`~cloome_hf.processing_cloome.CloomeProcessor` (crop, normalisation, channel order).
+        sites: a ``datasets.Dataset`` in the common schema (its recorded channel order is mapped to the
+            processor's; a missing channel is a ``ValueError`` naming it), or processor image inputs.
+        batch_size: sites per forward pass.
+        num_workers: ``DataLoader`` workers decoding a dataset's sites.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the encoder under autocast.
+        accelerator: with several processes, each embeds a contiguous share of a dataset's rows and every
+            process gets all rows back, in order.
+    """
+    if not _is_dataset(sites):
+        batches = _site_batches(sites, batch_size)
+        out = [embed_pixel_values(model, processor(images=b, return_tensors="pt")["pixel_values"], autocast_dtype)
+               for b in batches]
+        return torch.cat(out).numpy()
+    from cloome_hf.data import build_dataloader
+
+    rows = _process_share(len(sites), accelerator)
+    loader = build_dataloader(sites.select(rows) if len(rows) != len(sites) else sites, batch_size=batch_size,
+                              train=False, image_processor=processor.image_processor, num_workers=num_workers)
+    out = [embed_pixel_values(model, batch["pixel_values"], autocast_dtype)
+           for batch in tqdm(loader, desc="embedding sites", disable=not show_progress)]
+    mine = torch.cat(out).numpy() if out else np.zeros((0, model.config.projection_dim), np.float32)
+    if accelerator is None or accelerator.num_processes == 1:
+        return mine
+    from accelerate.utils import gather_object
+
+    return np.concatenate(gather_object([mine]))
+
+
+def _process_share(num_rows: int, accelerator) -> range:
+    """This process's contiguous share of ``num_rows`` rows (all of them outside a multi-process run)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return range(num_rows)
+    per, extra = divmod(num_rows, accelerator.num_processes)
+    rank = accelerator.process_index
+    start = rank * per + min(rank, extra)
+    return range(start, start + per + (rank < extra))
+
+
+def encode_molecules(model, processor, smiles: Sequence[str] | str | None = None, *,
+                     fingerprints: np.ndarray | None = None, batch_size: int = 256,
+                     autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+    """Embed molecules: ``(N, projection_dim)`` float32, L2-normalised.
+
+    Give ``smiles`` (featurised by ``processor``; an invalid SMILES is a ``ValueError`` naming it and its
+    position) or an already computed ``(N, fingerprint_size)`` ``fingerprints`` matrix.
+    """
+    if fingerprints is None:
+        if smiles is None:
+            raise ValueError("give smiles or fingerprints")
+        smiles = [smiles] if isinstance(smiles, str) else list(smiles)
+        if not smiles:
+            raise ValueError("no SMILES given")
+        fingerprints = processor.featurizer(smiles)  # validates every SMILES up front
+    fingerprints = torch.as_tensor(np.asarray(fingerprints, dtype=np.float32))
+    out = [embed_fingerprints(model, fingerprints[s:s + batch_size], autocast_dtype)
+           for s in range(0, len(fingerprints), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def encode_dataset(model, processor, ds, *, fingerprints=None, batch_size: int = 64, num_workers: int = 0,
+                   autocast_dtype: torch.dtype | None = None, accelerator=None,
+                   show_progress: bool = False) -> Embeddings:
+    """Embed every site of ``ds`` and every unique molecule of it once (see :class:`Embeddings`).
+
+    ``fingerprints``: a :class:`~cloome_hf.data.molecules.FingerprintTable` holding the dataset's molecules, to
+    skip featurising them again (e.g. during training); by default the processor featurises them.
+    """
+    metadata = ds.select_columns(list(SITE_METADATA)).to_pandas()
+    image = encode_sites(model, processor, ds, batch_size=batch_size, num_workers=num_workers,
+                         autocast_dtype=autocast_dtype, accelerator=accelerator, show_progress=show_progress)
+    molecules = metadata.drop_duplicates("inchikey")[["inchikey", "smiles"]].reset_index(drop=True)
+    matrix = None if fingerprints is None else fingerprints.lookup(molecules["inchikey"].tolist())
+    molecule = encode_molecules(model, processor, molecules["smiles"].tolist(), fingerprints=matrix,
+                                batch_size=batch_size, autocast_dtype=autocast_dtype)
+    index = pd.Index(molecules["inchikey"]).get_indexer(metadata["inchikey"])
+    return Embeddings(image=image, molecule=molecule, molecule_index=index, metadata=metadata, molecules=molecules)
+
+
+__all__ = ["Embeddings", "embed_fingerprints", "embed_pixel_values", "encode_dataset", "encode_molecules",
+           "encode_sites"]

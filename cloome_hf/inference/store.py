@@ -1,0 +1,189 @@
+"""Embedding stores: the Parquet datasets ``cloome embed`` writes, and the one reader of them.
+
+Layout of a store folder::
+
+    embedding_info.json          model id / revision, processor settings, dtype: what made the embeddings
+    images/shard-00000.parquet   one row per site: sample_key, plate, well, site, inchikey, smiles, embedding
+    molecules/shard-00000.parquet  one row per library molecule: smiles, inchikey, ..., embedding
+    README.md                    ``configs`` metadata, so ``datasets.load_dataset(folder, "images")`` works
+
+Rows are cut into shards of ``shard_size``; shard ``i`` is computed by process ``i % num_processes`` and
+written atomically, so a rerun after an interruption keeps the finished shards and computes only the missing
+ones. A rerun with other settings is refused (it would mix embeddings of two models in one store).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+INFO_FILE = "embedding_info.json"
+CONFIGS = ("images", "molecules")
+IMAGE_METADATA = ("sample_key", "plate", "well", "site", "inchikey", "smiles")
+
+
+def shard_ranges(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the shards of ``num_rows`` rows."""
+    return [(s, min(s + shard_size, num_rows)) for s in range(0, num_rows, shard_size)]
+
+
+def _shard_path(folder: str, index: int) -> str:
+    return os.path.join(folder, f"shard-{index:05d}.parquet")
+
+
+def check_or_write_info(output_dir: str, settings: Mapping[str, Any], write: bool) -> None:
+    """Record ``settings`` in a new store, or refuse a store made with different ones (naming them)."""
+    path = os.path.join(output_dir, INFO_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        changed = sorted(k for k in set(old) | set(settings) if k != "model_info" and old.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"{output_dir} holds embeddings made with different settings ({', '.join(changed)}); "
+                             "use a new --output_dir")
+    elif write:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(settings, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+
+def read_info(store: str | os.PathLike) -> dict[str, Any]:
+    """The ``embedding_info.json`` of a store (``{}`` when it has none)."""
+    path = os.path.join(os.fspath(store), INFO_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_shard(path: str, columns: Mapping[str, Sequence], embeddings: np.ndarray, dtype: str = "float32") -> None:
+    """Write one shard atomically (tmp file + rename), so a killed run never leaves a half shard behind."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    half = dtype == "float16"
+    emb = np.ascontiguousarray(embeddings, dtype=np.float16 if half else np.float32)
+    values = pa.array(emb.reshape(-1), type=pa.float16() if half else pa.float32())
+    table = pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(values, emb.shape[1])})
+    pq.write_table(table, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def _my_shards(num_shards: int, accelerator) -> list[int]:
+    return [i for i in range(num_shards) if i % accelerator.num_processes == accelerator.process_index]
+
+
+def embed_images_to_store(ds, model, processor, folder: str, *, accelerator, shard_size: int, batch_size: int,
+                          dtype: str = "float32", autocast_dtype=None, keep_columns: Sequence[str] = (),
+                          num_workers: int = 0) -> None:
+    """Embed the sites of ``ds`` (common schema) into ``folder``'s shards through :func:`encode_sites`."""
+    from tqdm.auto import tqdm
+
+    from .encode import encode_sites
+
+    meta_cols = list(IMAGE_METADATA) + list(keep_columns)
+    missing = [c for c in meta_cols + ["image", "image_shape"] if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"the dataset lacks column(s) {missing}; it has {ds.column_names}")
+    os.makedirs(folder, exist_ok=True)
+    shards = shard_ranges(len(ds), shard_size)
+    todo = [i for i in _my_shards(len(shards), accelerator) if not os.path.isfile(_shard_path(folder, i))]
+    bar = tqdm(total=sum(shards[i][1] - shards[i][0] for i in todo), unit="site",
+               desc=f"images (process {accelerator.process_index})", disable=not accelerator.is_local_main_process)
+    for i in todo:
+        part = ds.select(range(*shards[i]))
+        emb = encode_sites(model, processor, part, batch_size=batch_size, num_workers=num_workers,
+                           autocast_dtype=autocast_dtype)
+        write_shard(_shard_path(folder, i), part.select_columns(meta_cols)[:], emb, dtype)
+        bar.update(len(part))
+    bar.close()
+
+
+def embed_molecules_to_store(table, model, processor, folder: str, *, accelerator, shard_size: int,
+                             batch_size: int, dtype: str = "float32", autocast_dtype=None) -> None:
+    """Embed a molecule library (a DataFrame with a ``smiles`` column) into ``folder``'s shards."""
+    from tqdm.auto import tqdm
+
+    from .encode import encode_molecules
+
+    os.makedirs(folder, exist_ok=True)
+    shards = shard_ranges(len(table), shard_size)
+    for i in tqdm(_my_shards(len(shards), accelerator), desc="molecules",
+                  disable=not accelerator.is_local_main_process):
+        path = _shard_path(folder, i)
+        if os.path.isfile(path):
+            continue
+        part = table.iloc[shards[i][0]:shards[i][1]]
+        emb = encode_molecules(model, processor, list(part["smiles"]), batch_size=batch_size,
+                               autocast_dtype=autocast_dtype)
+        write_shard(path, {c: part[c].tolist() for c in part.columns}, emb, dtype)
+
+
+def write_store_readme(output_dir: str) -> None:
+    """The ``configs`` metadata that makes ``load_dataset(output_dir, "images")`` work."""
+    configs = [c for c in CONFIGS if os.path.isdir(os.path.join(output_dir, c))]
+    lines = ["---", "configs:"]
+    for c in configs:
+        lines += [f"- config_name: {c}", "  data_files:", "  - split: train", f"    path: {c}/shard-*.parquet"]
+    lines += ["---", "", f"CLOOME embeddings written by `cloome embed`; see `{INFO_FILE}`.", ""]
+    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
+def read_embeddings(source, embedding_column: str = "embedding"):
+    """A ``pyarrow.Table`` of embeddings from a store's ``images`` / ``molecules`` folder, a Parquet file or
+    folder, a ``save_to_disk`` folder, a ``datasets.Dataset``, a ``pyarrow.Table`` or a pandas DataFrame whose
+    ``embedding_column`` holds one vector per row. The one reader of embeddings in the package."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(source, pa.Table):
+        return source
+    if isinstance(source, pd.DataFrame):
+        if embedding_column not in source.columns:
+            raise ValueError(f"column {embedding_column!r} not in the embeddings DataFrame "
+                             f"(has {list(source.columns)})")
+        df = source.copy()
+        df[embedding_column] = list(np.asarray(np.stack(df[embedding_column].to_numpy()), dtype=np.float32))
+        return pa.Table.from_pandas(df, preserve_index=False)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "state.json")):
+            import datasets
+
+            return datasets.load_from_disk(path).data.table
+        if os.path.isfile(path) or os.path.isdir(path):
+            files = [path] if os.path.isfile(path) else sorted(
+                os.path.join(root, f) for root, _, fs in os.walk(path) for f in fs if f.endswith(".parquet"))
+            if not files:
+                raise ValueError(f"no Parquet files under {path}")
+            return pa.concat_tables([pq.read_table(f) for f in files])
+        raise ValueError(f"embeddings dataset path {path} does not exist")
+    if hasattr(source, "data") and hasattr(source.data, "table"):  # datasets.Dataset
+        if getattr(source, "_indices", None) is not None:  # a shuffled/selected view: materialise its rows
+            source = source.flatten_indices()
+        return source.data.table
+    raise ValueError(f"cannot read embeddings from {type(source).__name__}")
+
+
+def load_store(store: str | os.PathLike) -> dict[str, Any]:
+    """``{config: datasets.Dataset}`` of a store folder (``images`` and, if present, ``molecules``)."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    out = {name: datasets.Dataset(InMemoryTable(read_embeddings(os.path.join(store, name))))
+           for name in CONFIGS if os.path.isdir(os.path.join(store, name))}
+    if not out:
+        raise ValueError(f"{os.fspath(store)} holds no embeddings: expected Parquet files under images/ or "
+                         "molecules/")
+    return out
+
+
+__all__ = ["CONFIGS", "IMAGE_METADATA", "INFO_FILE", "check_or_write_info", "embed_images_to_store",
+           "embed_molecules_to_store", "load_store", "read_embeddings", "read_info", "shard_ranges", "write_shard",
+           "write_store_readme"]

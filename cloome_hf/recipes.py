@@ -1,0 +1,180 @@
+"""The registry of CLOOME recipes: one record per published (or demo) recipe, as timm's ``default_cfgs``.
+
+A :class:`Recipe` holds everything that defines a recipe in one place: the model (architecture, objective,
+molecule featurisation), the training hyper-parameters, the processor crop the published weights are used with,
+the upstream checkpoint it converts from and the model-card text. Training (``cloome train --preset``),
+conversion (``cloome convert --preset``) and the model cards all read these records.
+
+    >>> from cloome_hf.recipes import get_recipe, recipe_names
+    >>> recipe_names()
+    ('bioactivity', 'demo', 'retrieval', 'zero-shot')
+    >>> get_recipe("bioactivity").model["loss"]
+    'infoloob'
+
+Values come from the paper (Sanchez-Fernandez et al. 2023, Methods) where it states them; the learning rate and
+Adam betas/eps are the upstream code's RN50 defaults (ml-jku/cloome ``src/training/params.py``), and the
+retrieval model's epoch count is not stated, so it reuses the bioactivity model's 63. ``demo`` is sized for the
+embedded synthetic data on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .channels import SITE_SIZE
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One recipe.
+
+    Args:
+        name: registry key (``--preset`` value).
+        description: what the recipe is for, as the model card says it.
+        model: architecture and objective, in the names of ``cloome train``'s model arguments (``backbone``,
+            ``vision_layers``, ``base_width``, ``head_pool_size``, ``molecule_hidden_size``,
+            ``molecule_num_layers``, ``projection_dim``, ``loss``, ``init_inverse_temperature``,
+            ``hopfield_beta``, ``fingerprint_kind``, ``fingerprint_size``).
+        training: optimisation and augmentation, in the names of ``cloome train``'s arguments.
+        inference_crop: ``(height, width)`` of the processor's centre crop for the published weights
+            (``None``: the training image size, as for models trained with this package).
+        checkpoint: file name of the upstream checkpoint (Hub repo ``anasanchezf/cloome``) the recipe converts.
+    """
+
+    name: str
+    description: str
+    model: Mapping[str, Any]
+    training: Mapping[str, Any]
+    inference_crop: tuple[int, int] | None = None
+    checkpoint: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", MappingProxyType(dict(self.model)))
+        object.__setattr__(self, "training", MappingProxyType(dict(self.training)))
+
+    def values(self) -> dict[str, Any]:
+        """Every hyper-parameter of the recipe in one flat dict (model and training arguments)."""
+        return {**self.model, **self.training}
+
+    def processor_crop(self) -> dict[str, int] | None:
+        """The processor's ``crop_size`` for the published weights, or ``None`` (use the training size)."""
+        if self.inference_crop is None:
+            return None
+        return {"height": int(self.inference_crop[0]), "width": int(self.inference_crop[1])}
+
+
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Add ``recipe`` to the registry; a name can be registered once."""
+    if recipe.name in _RECIPES:
+        raise ValueError(f"a recipe named {recipe.name!r} is already registered")
+    _RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str | None) -> Recipe:
+    """The recipe ``name`` (``None`` = ``demo``); ``ValueError`` naming the registered ones otherwise."""
+    name = name or "demo"
+    if name not in _RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(_RECIPES)}")
+    return _RECIPES[name]
+
+
+def recipe_names() -> tuple[str, ...]:
+    return tuple(sorted(_RECIPES))
+
+
+_PUBLISHED_MODEL = dict(
+    backbone="cloome_resnet50", vision_layers=[3, 4, 6, 3], base_width=64, head_pool_size=7,
+    molecule_hidden_size=1024, molecule_num_layers=4, projection_dim=512, hopfield_beta=22.0,
+)
+_PUBLISHED_TRAINING = dict(
+    per_device_train_batch_size=256, learning_rate=5e-4, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.999,
+    adam_epsilon=1e-8, warmup_steps=20_000, restart_epochs=7, num_train_epochs=63, augment=True,
+)
+_RETRIEVAL_MODEL = dict(_PUBLISHED_MODEL, loss="infonce", init_inverse_temperature=14.3,
+                        fingerprint_kind="morgan_rdkit_max", fingerprint_size=8192)
+_RETRIEVAL_TRAINING = dict(_PUBLISHED_TRAINING, image_size=[520, 520], random_resized_crop_scale=[])
+_RETRIEVAL_FILE = "cloome-retrieval-zero-shot.pt"
+
+register_recipe(Recipe(
+    name="retrieval",
+    description="the published retrieval / zero-shot model (`cloome-retrieval-zero-shot.pt`), set up for full "
+                "520 x 696 sites and cross-modal retrieval",
+    model=_RETRIEVAL_MODEL, training=_RETRIEVAL_TRAINING, inference_crop=SITE_SIZE, checkpoint=_RETRIEVAL_FILE,
+))
+register_recipe(Recipe(
+    name="zero-shot",
+    description="the published retrieval / zero-shot model (`cloome-retrieval-zero-shot.pt`), set up for "
+                "520 x 520 centre crops, the zero-shot setting",
+    model=_RETRIEVAL_MODEL, training=_RETRIEVAL_TRAINING, inference_crop=(520, 520), checkpoint=_RETRIEVAL_FILE,
+))
+register_recipe(Recipe(
+    name="bioactivity",
+    description="the published bioactivity model (`cloome-bioactivity.pt`), whose image embeddings are meant "
+                "for activity prediction with a linear probe",
+    model=dict(_PUBLISHED_MODEL, loss="infoloob", init_inverse_temperature=30.0, fingerprint_kind="morgan",
+               fingerprint_size=1024),
+    training=dict(_PUBLISHED_TRAINING, image_size=[320, 320], random_resized_crop_scale=[0.9, 1.0]),
+    inference_crop=SITE_SIZE, checkpoint="cloome-bioactivity.pt",
+))
+register_recipe(Recipe(
+    name="demo",
+    description="the CPU-sized demo recipe: a small CLOOME ResNet trained on the embedded synthetic Cell Painting "
+                "data in about two minutes",
+    model=dict(backbone="cloome_resnet50", vision_layers=[1, 1, 1, 1], base_width=16, head_pool_size=2,
+               molecule_hidden_size=256, molecule_num_layers=2, projection_dim=64, loss="infonce",
+               init_inverse_temperature=14.3, hopfield_beta=22.0, fingerprint_kind="morgan",
+               fingerprint_size=1024),
+    training=dict(per_device_train_batch_size=32, learning_rate=2e-3, weight_decay=0.1, adam_beta1=0.9,
+                  adam_beta2=0.999, adam_epsilon=1e-8, warmup_steps=20, restart_epochs=0, num_train_epochs=10,
+                  augment=True, image_size=[64, 64], random_resized_crop_scale=[]),
+))
+
+
+#: Written by ``cloome train`` next to the saved model: the resolved arguments and the recipe they came from.
+TRAINING_CONFIG_FILE = "training_config.json"
+
+
+def read_training_config(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``training_config.json`` of a saved model folder, ``None`` when it has none; a malformed file is a
+    ``ValueError`` naming it."""
+    path = os.path.join(os.fspath(folder), TRAINING_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read the training configuration {path}: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}")
+    return values
+
+
+def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
+    """The :class:`~cloome_hf.CloomeConfig` of a recipe's (possibly overridden) model values."""
+    from .configuration_cloome import CloomeConfig
+
+    return CloomeConfig(
+        vision_config=dict(backbone=values["backbone"], layers=list(values["vision_layers"]),
+                           base_width=values["base_width"], head_pool_size=values["head_pool_size"],
+                           image_size=list(image_size), num_channels=num_channels),
+        molecule_config=dict(fingerprint_size=values["fingerprint_size"],
+                             hidden_size=values["molecule_hidden_size"],
+                             num_hidden_layers=values["molecule_num_layers"]),
+        projection_dim=values["projection_dim"], loss=values["loss"],
+        logit_scale_init_value=math.log(values["init_inverse_temperature"]),
+        learnable_logit_scale=values.get("learnable_temperature", True), hopfield_beta=values["hopfield_beta"],
+    )
+
+
+__all__ = ["TRAINING_CONFIG_FILE", "Recipe", "get_recipe", "model_config", "read_training_config", "recipe_names",
+           "register_recipe"]

@@ -1,0 +1,177 @@
+"""Arguments of ``cloome train``: three dataclasses parsed by ``HfArgumentParser``, filled in from a recipe.
+
+    cloome train --output_dir runs/demo                                  # embedded synthetic data, CPU
+    accelerate launch -m cloome_hf.cli train --preset bioactivity --dataset data/bray --output_dir runs/bio
+    cloome train --config train.yaml --learning_rate 1e-4                # config file + CLI overrides
+
+Every hyper-parameter left unset comes from ``--preset`` (a recipe of :mod:`cloome_hf.recipes`: ``retrieval``,
+``zero-shot`` and ``bioactivity`` are the paper's, ``demo`` (default) is CPU-sized); the resolved values are
+printed at start and saved in ``training_config.json``. The output folder ends up ``from_pretrained``-ready
+(model, processor, model card; the best validation model in ``best/``), with checkpoints in ``checkpoints/``
+(``--resume_from_checkpoint latest``), ``train_log.jsonl`` and ``all_results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from ..recipes import get_recipe, recipe_names
+
+_PRESET_HELP = " (default: from --preset)"
+
+
+def _field(default=None, help="", preset=True, **kw):
+    return field(default=default, metadata={"help": help + (_PRESET_HELP if preset else ""), **kw})
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = _field(help="start from a saved CLOOME folder or Hub id (e.g. the converted "
+                                            "published weights) instead of a fresh model", preset=False)
+    backbone: str | None = _field(help="'cloome_resnet50' or a timm model name")
+    vision_layers: list[int] | None = _field(help="bottleneck blocks per ResNet stage", nargs="+")
+    base_width: int | None = _field(help="ResNet stem width (64 published)")
+    head_pool_size: int | None = _field(help="ResNet head pool window (7 published)")
+    molecule_hidden_size: int | None = _field(help="width of the molecule MLP")
+    molecule_num_layers: int | None = _field(help="hidden layers of the molecule MLP")
+    projection_dim: int | None = _field(help="joint embedding dimension (512 published)")
+    loss: str | None = _field(help="contrastive objective", choices=["infonce", "infoloob"])
+    init_inverse_temperature: float | None = _field(help="initial tau^-1 (14.3 retrieval, 30 bioactivity)")
+    learnable_temperature: bool = _field(True, help="train tau^-1 (clamped to [1, 100])", preset=False)
+    hopfield_beta: float | None = _field(help="Hopfield retrieval beta of InfoLOOB (22 published)")
+    fingerprint_kind: str | None = _field(help="molecule featurisation",
+                                          choices=["morgan", "morgan_count", "rdkit_count", "morgan_rdkit_max"])
+    fingerprint_size: int | None = _field(help="fingerprint length")
+
+
+@dataclass
+class DataArguments:
+    dataset: str = _field("synthetic", help="'synthetic' (embedded generator), a folder written by "
+                          "'cloome prepare' (Parquet shards), a save_to_disk folder, a Hub dataset id in the Cell "
+                          "Painting schema, or a raw index / load_data table", preset=False)
+    validation_fraction: float = _field(0.2, help="fraction of molecules held out for validation when the "
+                                        "dataset has no 'validation' split", preset=False)
+    split_seed: int = _field(0, help="seed of the molecule split", preset=False)
+    image_size: list[int] | None = _field(help="training image size [height width] (one value = square): a "
+                                          "random crop window, or with random_resized_crop_scale the size the "
+                                          "random resized crop of the whole site is resampled to", nargs="+")
+    random_resized_crop_scale: list[float] | None = _field(help="area range of random resized crops of the "
+                                                           "whole site (empty = plain random crop)", nargs="*")
+    augment: bool | None = _field(help="random crops, flips and 90-degree rotations")
+    unique_molecules_per_batch: bool = _field(True, help="never put two sites of one molecule in a batch "
+                                              "(they would be false negatives)", preset=False)
+    synthetic_molecules: int = _field(1200, help="synthetic data: number of molecules", preset=False)
+    synthetic_sites_per_molecule: int = _field(2, help="synthetic data: sites per molecule", preset=False)
+    synthetic_image_size: int = _field(64, help="synthetic data: site size in pixels", preset=False)
+    dataloader_num_workers: int = _field(0, help="DataLoader worker processes", preset=False)
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = _field(help="where the model, checkpoints and logs go", preset=False)
+    preset: str | None = _field(help="recipe filling unset hyper-parameters (default 'demo')", preset=False,
+                                choices=list(recipe_names()))
+    config: str | None = _field(help="YAML or JSON file of arguments; explicit CLI arguments override it",
+                                preset=False)
+    per_device_train_batch_size: int | None = _field(help="batch per process (global = x processes)")
+    per_device_eval_batch_size: int = _field(64, help="validation batch per process", preset=False)
+    learning_rate: float | None = _field(help="peak AdamW learning rate")
+    weight_decay: float | None = _field(help="decoupled weight decay of parameters with >= 2 dims")
+    adam_beta1: float | None = _field(help="AdamW beta1")
+    adam_beta2: float | None = _field(help="AdamW beta2")
+    adam_epsilon: float | None = _field(help="AdamW epsilon")
+    max_grad_norm: float = _field(0.0, help="clip the gradient norm (0 = no clipping)", preset=False)
+    num_train_epochs: int | None = _field(help="epochs (ignored when --max_steps > 0)")
+    max_steps: int = _field(-1, help="total optimiser steps (overrides epochs when > 0)", preset=False)
+    warmup_steps: int | None = _field(help="linear warm-up steps")
+    restart_epochs: int | None = _field(help="cosine hard restart every N epochs after warm-up (0 = none)")
+    mixed_precision: str | None = _field(help="'no', 'fp16' or 'bf16' (default: accelerate config)",
+                                         preset=False, choices=["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = _field(False, help="recompute activations in backward", preset=False)
+    torch_compile: bool = _field(False, help="torch.compile the model", preset=False)
+    channels_last: bool = _field(False, help="channels-last memory format (faster convs on GPU)", preset=False)
+    sync_batchnorm: bool = _field(False, help="batch-norm statistics over the global batch", preset=False)
+    seed: int = _field(42, help="seed of initialisation, data order and augmentation", preset=False)
+    logging_steps: int = _field(10, help="log every N steps", preset=False)
+    eval_steps: int = _field(0, help="validate every N steps (0 = every epoch) and at the end", preset=False)
+    save_steps: int = _field(0, help="checkpoint every N steps (0 = every epoch) and at the end", preset=False)
+    save_total_limit: int = _field(2, help="checkpoints to keep (0 = all)", preset=False)
+    resume_from_checkpoint: str | None = _field(help="checkpoint folder, or 'latest' in output_dir", preset=False)
+    report_to: str = _field("none", help="accelerate trackers: tensorboard, trackio, wandb, all or none",
+                            preset=False)
+    audit_log: bool = _field(False, help="write each process's sample ids per step and a final parameter "
+                             "digest to output_dir/audit/ (checks data sharding and replica consistency)",
+                             preset=False)
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(f) or {}
+        else:
+            values = json.load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path!r} must hold a mapping of argument names to values")
+    return values
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option (as HfArgumentParser shows them), the description's examples kept as written."""
+
+
+def parse_args(argv: list[str] | None = None):
+    """``(model_args, data_args, train_args, recipe_values_used)`` with every recipe field resolved."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES, prog="cloome train", description=__doc__,
+                              formatter_class=_HelpFormatter)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = _config_path(argv)
+    if config_path:
+        values = _read_config_file(config_path)
+        known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config file {config_path!r} has unknown arguments {unknown}")
+        parser.set_defaults(**values)
+    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    if not train_args.output_dir:
+        raise ValueError("--output_dir is required")
+    recipe = get_recipe(train_args.preset).values()
+    used = {}
+    for args in (model_args, data_args, train_args):
+        for name, value in recipe.items():
+            if hasattr(args, name) and getattr(args, name) is None:
+                setattr(args, name, value)
+                used[name] = value
+    if len(data_args.image_size) == 1:
+        data_args.image_size = data_args.image_size * 2
+    return model_args, data_args, train_args, used
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def resolved_arguments(model_args, data_args, train_args) -> dict[str, Any]:
+    """All arguments as one JSON-ready dict (what ``training_config.json`` records)."""
+    return {k: v for args in (model_args, data_args, train_args) for k, v in dataclasses.asdict(args).items()}
+
+
+__all__ = ["ARGUMENT_CLASSES", "DataArguments", "ModelArguments", "TrainArguments", "parse_args",
+           "resolved_arguments"]
