@@ -187,6 +187,10 @@ def test_negative_controls_left_out_of_training_but_embedded(mirror, tmp_path):
     loader = build_dataloader(selected.dataset, MoleculeFeaturizer(fingerprint_size=64), batch_size=2, train=False)
     seen = [k for batch in loader for k in batch["inchikey"]]
     assert len(seen) == 8 and "IAZDPXIOMUYVGZ-UHFFFAOYSA-N" not in seen
+    streamed = contrastive_training_sites(load_cell_painting(
+        t / "load_data_with_illum.csv.gz", compounds=t / "compound.csv.gz", wells=t / "well.csv.gz",
+        root=mirror["root"], split="train", streaming=True))
+    assert sorted(r["sample_key"] for r in streamed.dataset) == sorted(selected.dataset["sample_key"][:])
     kept = contrastive_training_sites(ds, include_controls=True)
     assert kept.num_sites == 12 and kept.num_negative_controls_left_out == 0
     assert sorted(set(kept.dataset["perturbation_type"][:])) == ["negcon", "poscon", "trt"]

@@ -160,6 +160,9 @@ def contrastive_training_sites(ds, include_controls: bool = False) -> TrainingSi
     if isinstance(ds, datasets.IterableDataset):
         return TrainingSites(ds.filter(is_training_site, fn_kwargs={"include_controls": include_controls}),
                              None, None, None)
+    if not isinstance(ds, datasets.Dataset):
+        raise ValueError(f"contrastive_training_sites needs a datasets.Dataset or IterableDataset (one split), got "
+                         f"{type(ds).__name__}")
     columns = ["smiles"] + (["perturbation_type"] if "perturbation_type" in ds.column_names else [])
     meta = ds.select_columns(columns).to_pandas()  # follows any selection / shuffle of ds; no image is read
     has_structure = (meta["smiles"].fillna("").astype(str).str.strip() != "").to_numpy()
