@@ -1,6 +1,7 @@
 """prepare: parallel Parquet shards, same rows as direct loading and as streaming, resumable, reports skips."""
 
 import json
+import multiprocessing
 import os
 
 import datasets
@@ -96,3 +97,75 @@ def test_cli_synthetic_parquet_loads(tmp_path):
     assert os.path.exists(out["parquet"]) and len(ds) == 6 and ds[0]["image_shape"] == [5, 24, 32]
     with pytest.raises(SystemExit):
         data_main(["--help"])
+
+
+# ---------------------------------------------------------------- JUMP plates over several processes
+@pytest.fixture(scope="module")
+def jump_plates(tmp_path_factory):
+    from cpg0016_layout import write_cpg0016
+
+    root = tmp_path_factory.mktemp("jump_plates")
+    layout = write_cpg0016(root / "mirror")
+    layout["file_table"].to_csv(root / "load_data_with_illum.csv", index=False)
+    layout["wells"].to_csv(root / "well.csv", index=False)
+    layout["compounds"].to_csv(root / "compound.csv", index=False)
+    return root
+
+
+def _prepare_cli(root, out, extra, env):
+    """One process of a split run: the command line of ``python -m cloome_hf.data prepare`` (in a forked child,
+    which skips the interpreter start-up but is a process of its own)."""
+    os.environ.update(env)
+    data_main(["prepare", "--layout", "jump", "--load_data", str(root / "load_data_with_illum.csv"),
+               "--wells", str(root / "well.csv"), "--compounds", str(root / "compound.csv"),
+               "--root", str(root / "mirror"), "--output_dir", str(out), "--shard_size", "3", *extra])
+
+
+def test_prepare_split_over_two_processes_writes_the_shards_of_one(tmp_path, jump_plates):
+    root = jump_plates
+    single = prepare_dataset(open_source("jump", load_data=root / "load_data_with_illum.csv", wells=root / "well.csv",
+                                         compounds=root / "compound.csv", root=root / "mirror"),
+                             tmp_path / "one", shard_size=3, progress=False)
+    assert single["complete"] and single["num_shards"] == 6 and single["num_written"] == 16
+    assert single["perturbation_types"] == {"trt": 4, "negcon": 4, "poscon": 4, "unknown": 4}
+    assert single["num_without_structure"] == 4
+    # two processes at once on one folder: one told by flags, one by the RANK / WORLD_SIZE of accelerate launch
+    fork = multiprocessing.get_context("fork")
+    processes = [fork.Process(target=_prepare_cli, args=(root, tmp_path / "two", flags, env)) for flags, env in
+                 ((["--process_index", "0", "--num_processes", "2"], {}), ([], {"RANK": "1", "WORLD_SIZE": "2"}))]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    assert sorted(os.listdir(tmp_path / "two" / "data")) == sorted(os.listdir(tmp_path / "one" / "data"))
+    for name in os.listdir(tmp_path / "one" / "data"):
+        assert pq.read_table(tmp_path / "two" / "data" / name).equals(pq.read_table(tmp_path / "one" / "data" / name))
+    with open(tmp_path / "two" / "prepare_report.json") as f:
+        report = json.load(f)
+    assert report["complete"] and report["num_written"] == 16 and report["perturbation_types"]["negcon"] == 4
+    assert set(_table(tmp_path / "two").perturbation_type) == {"trt", "negcon", "poscon", "unknown"}
+    # resumable per process: a rerun of process 1 keeps its three shards and writes nothing
+    rerun = prepare_dataset(open_source("jump", load_data=root / "load_data_with_illum.csv", wells=root / "well.csv",
+                                        compounds=root / "compound.csv", root=root / "mirror"),
+                            tmp_path / "two", shard_size=3, progress=False, process_index=1, num_processes=2)
+    assert rerun["shards_reused"] == 3 and rerun["process_complete"] and rerun["complete"]
+
+
+def test_process_shares_are_disjoint_and_refuse_bad_ranks(tmp_path, npz_layout, monkeypatch):
+    def source():
+        return open_source("bray_npz", index=npz_layout["index"], root=npz_layout["root"])
+
+    owned = []
+    for rank in range(3):
+        out = tmp_path / f"rank{rank}"
+        report = prepare_dataset(source(), out, shard_size=2, progress=False, process_index=rank, num_processes=3)
+        owned.append({int(n.split("-")[1]) for n in os.listdir(out / "data")})
+        assert report["process_complete"] and not report["complete"]
+    assert owned == [{0, 3, 6}, {1, 4}, {2, 5}]
+    with pytest.raises(ValueError, match=r"process_index must lie in \[0, num_processes\), got 3 of 3"):
+        prepare_dataset(source(), tmp_path / "bad", process_index=3, num_processes=3, progress=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="RANK / WORLD_SIZE must be integers"):
+        prepare_dataset(source(), tmp_path / "bad", progress=False)

@@ -11,11 +11,19 @@ site with ``sample_key, plate, well, site, smiles, inchikey, image`` (uint8 C x 
     >>> batch = next(iter(loader))   # {"pixel_values": (32, 5, 64, 64), "fingerprints": (32, 256), ...}
 """
 
+from .jump import JumpSource
 from .loading import load_cell_painting
 from .molecules import FingerprintTable, inchikeys_from_smiles
+from .perturbations import (
+    DMSO_JCP2022,
+    JUMP_POSITIVE_CONTROLS,
+    TrainingSites,
+    contrastive_training_sites,
+    perturbation_types,
+)
 from .prepare import prepare_dataset
-from .schema import CHANNELS, JUMP_CHANNELS, channels_of, decode_image, decode_row, features
-from .sources import BrayNpzSource, JumpSource, SiteSource, SkippedSite, TiffSource, open_source
+from .schema import CHANNELS, JUMP_CHANNELS, PERTURBATION_TYPES, channels_of, decode_image, decode_row, features
+from .sources import BrayNpzSource, SiteSource, SkippedSite, TiffSource, open_source
 from .splits import (
     assign_molecules,
     murcko_scaffold,
@@ -43,11 +51,12 @@ def __getattr__(name):
 
 
 __all__ = [
-    "CHANNELS", "JUMP_CHANNELS", "BrayNpzSource", "CellPaintingCollator", "CellPaintingDataLoader",
-    "CellPaintingTorchDataset", "FingerprintTable", "JumpSource", "SiteSource", "SkippedSite", "TiffSource",
-    "UniqueMoleculeBatchSampler", "assign_molecules", "build_dataloader", "bundled_molecules", "channels_of",
+    "BrayNpzSource", "CHANNELS", "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset",
+    "DMSO_JCP2022", "FingerprintTable", "JUMP_CHANNELS", "JUMP_POSITIVE_CONTROLS", "JumpSource",
+    "PERTURBATION_TYPES", "SiteSource", "SkippedSite", "TiffSource", "TrainingSites", "UniqueMoleculeBatchSampler",
+    "assign_molecules", "build_dataloader", "bundled_molecules", "channels_of", "contrastive_training_sites",
     "decode_image", "decode_row", "features", "inchikeys_from_smiles", "load_cell_painting",
-    "make_synthetic_dataset", "molecule_latent", "murcko_scaffold", "one_site_per_molecule", "open_source", "prepare_dataset",
-    "retrieval_subsets", "split_by_molecule", "split_by_scaffold", "split_from_files", "unique_molecule_batches",
-    "write_synthetic_layout",
+    "make_synthetic_dataset", "molecule_latent", "murcko_scaffold", "one_site_per_molecule", "open_source",
+    "perturbation_types", "prepare_dataset", "retrieval_subsets", "split_by_molecule", "split_by_scaffold",
+    "split_from_files", "unique_molecule_batches", "write_synthetic_layout",
 ]

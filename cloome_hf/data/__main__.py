@@ -5,9 +5,13 @@ Examples::
     # Bray 2017 pre-processed npz -> Parquet shards, 8 processes, skip unreadable sites (listed in the report)
     python -m cloome_hf.data prepare --layout bray_npz --index index.csv --root npzs/ --output_dir bray_parquet \\
         --num_proc 8 --errors skip
-    # JUMP cpg0016
-    python -m cloome_hf.data prepare --layout jump --load_data load_data.csv --wells well.csv.gz \\
-        --compounds compound.csv.gz --root /data/cpg0016 --output_dir jump_parquet
+    # JUMP cpg0016: one plate straight from the Cell Painting Gallery (anonymous S3), illumination-corrected
+    P=s3://cellpainting-gallery/cpg0016-jump/source_4/workspace/load_data_csv/2021_04_26_Batch1/BR00117035
+    python -m cloome_hf.data prepare --layout jump --load_data $P/load_data_with_illum.parquet \\
+        --wells well.csv.gz --compounds compound.csv.gz --plates plate.csv.gz --output_dir jump_parquet
+    # ... a big table over 4 machines x 8 processes (or: accelerate launch -m cloome_hf.data prepare ...)
+    python -m cloome_hf.data prepare --layout jump --load_data all_plates.parquet --root /data/mirror \\
+        --compounds compound.csv.gz --output_dir jump_parquet --process_index $K --num_processes 4 --num_proc 8
     # synthetic Cell Painting, as Parquet shards or in a real on-disk layout
     python -m cloome_hf.data synthetic --output_dir syn --num_molecules 200 --layout parquet
 """
@@ -28,9 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--layout", choices=["auto", "bray_npz", "tiff", "jump"], default="auto")
     pr.add_argument("--index", help="index CSV (Bray npz / raw TIFF layouts)")
     pr.add_argument("--root", help="npz folder, TIFF root folder, or JUMP image root")
-    pr.add_argument("--load_data", help="JUMP load_data CSV")
+    pr.add_argument("--load_data", help="CellProfiler LoadData table (CSV, CSV.gz or Parquet; path or URL)")
     pr.add_argument("--compounds", help="JUMP compound table (Metadata_JCP2022 / InChIKey -> SMILES)")
     pr.add_argument("--wells", help="JUMP well table (plate, well -> Metadata_JCP2022) when load_data lacks it")
+    pr.add_argument("--plates", help="JUMP plate table (plate -> Metadata_Batch, Metadata_PlateType)")
+    pr.add_argument("--illumination", choices=["auto", "true", "false"], default="auto",
+                    help="divide by the plate's illumination functions (auto: when the table has Illum columns)")
+    pr.add_argument("--extra_channels", nargs="*", default=[], help="e.g. Brightfield (ignored unless named)")
+    pr.add_argument("--storage_options", type=json.loads, default=None,
+                    help='fsspec options as JSON, e.g. \'{"anon": false}\' or \'{"client_kwargs": '
+                         '{"endpoint_url": "http://..."}}\'')
+    pr.add_argument("--read_threads", type=int, default=8, help="sites read at once per process (JUMP layout)")
+    pr.add_argument("--retries", type=int, default=3, help="retries of transient read errors (JUMP layout)")
     pr.add_argument("--output_dir", required=True)
     pr.add_argument("--split", default="train")
     pr.add_argument("--shard_size", type=int, default=500, help="sites per Parquet shard")
@@ -39,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="unreadable sites / invalid SMILES: abort, or leave out and list in the report")
     pr.add_argument("--compression", default="zstd")
     pr.add_argument("--max_shards", type=int, default=None, help="write at most this many new shards, then stop")
+    pr.add_argument("--process_index", type=int, default=None,
+                    help="this process's index among --num_processes (default: RANK, as accelerate launch sets)")
+    pr.add_argument("--num_processes", type=int, default=None,
+                    help="processes/machines sharing the output_dir (default: WORLD_SIZE, else 1)")
     sy = sub.add_parser("synthetic", help="write synthetic Cell Painting (Parquet or a real on-disk layout)")
     sy.add_argument("--output_dir", required=True)
     sy.add_argument("--layout", choices=["parquet", "bray_npz", "tiff", "jump"], default="parquet")
@@ -57,13 +74,21 @@ def main(argv=None) -> dict:
         from .prepare import prepare_dataset
         from .sources import open_source
 
+        jump = args.layout == "jump" or args.load_data is not None
+        options = {"plates": args.plates, "illumination": {"true": True, "false": False}.get(args.illumination,
+                                                                                                "auto"),
+                   "extra_channels": args.extra_channels, "storage_options": args.storage_options,
+                   "read_threads": args.read_threads, "retries": args.retries} if jump else {}
         source = open_source(args.layout, index=args.index, root=args.root, load_data=args.load_data,
-                             compounds=args.compounds, wells=args.wells, errors=args.errors)
+                             compounds=args.compounds, wells=args.wells, errors=args.errors, **options)
         report = prepare_dataset(source, args.output_dir, split=args.split, shard_size=args.shard_size,
-                                 num_proc=args.num_proc, compression=args.compression, max_shards=args.max_shards)
+                                 num_proc=args.num_proc, compression=args.compression, max_shards=args.max_shards,
+                                 process_index=args.process_index, num_processes=args.num_processes)
         print(f"wrote {report['num_written']} sites in {report['shards_done']}/{report['num_shards']} shards "
               f"({report['shards_reused']} kept from an earlier run) to {args.output_dir}; "
-              f"skipped {report['num_skipped']}", file=sys.stderr)
+              f"skipped {report['num_skipped']}; perturbation types {report['perturbation_types']}, "
+              f"{report['num_without_structure']} sites without a structure (embedded, not trained on)",
+              file=sys.stderr)
         for s in report["skipped"][:20]:
             print(f"  skipped row {s['row']} ({s['sample_key']}): {s['reason']}", file=sys.stderr)
         if report["num_skipped"] > 20:

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from .prepare import MANIFEST
 from ..channels import CHANNELS
 from .schema import check_schema, dataset_description
+from .remote import is_table_location
 from .sources import SiteSource, open_source
 
 
@@ -53,6 +54,7 @@ def load_cell_painting(
     cache_dir: str | None = None,
     num_proc: int | None = None,
     synthetic: Mapping[str, Any] | None = None,
+    source_options: dict[str, Any] | None = None,
     **load_dataset_kwargs,
 ):
     """Load Cell Painting sites as a ``datasets`` object in the common schema (:mod:`cloome_hf.data.schema`).
@@ -66,8 +68,9 @@ def load_cell_painting(
               the schema;
             * a Hub dataset id in the schema (``datasets.load_dataset(source)``);
             * an index CSV (Bray npz layout with ``root`` = the npz folder, or raw TIFF layout with ``root`` =
-              the image folder), or a JUMP ``load_data`` CSV with ``compounds`` = the compound table (and
-              ``wells`` = cpg0016's well table when ``load_data`` has no compound column);
+              the image folder), or a CellProfiler / JUMP ``load_data`` table (CSV, CSV.gz or Parquet, local or
+              a URL) with optional ``compounds`` = the compound table (and ``wells`` = cpg0016's well table when
+              ``load_data`` has no compound column); its rows carry ``perturbation_type``;
             * a :class:`~cloome_hf.data.sources.SiteSource`.
         kind: ``"auto"``, ``"parquet"``, ``"hub"``, ``"bray_npz"``, ``"tiff"`` or ``"jump"``.
         split: a split name to return one ``Dataset`` / ``IterableDataset``; ``None`` returns a ``DatasetDict``
@@ -77,6 +80,8 @@ def load_cell_painting(
         cache_dir: ``datasets`` cache for the Arrow files of non-streaming loads.
         num_proc: processes for non-streaming conversion of raw sources.
         synthetic: keyword arguments of ``make_synthetic_dataset`` for ``source="synthetic"``.
+        source_options: options of the LoadData reader (:class:`~cloome_hf.data.jump.JumpSource`):
+            ``illumination``, ``storage_options``, ``plates``, ``extra_channels``, ``retries``, ``read_threads``.
 
     Returns:
         ``Dataset``, ``DatasetDict``, ``IterableDataset`` or ``IterableDatasetDict``; the channel order of the
@@ -96,13 +101,12 @@ def load_cell_painting(
         return out
     if isinstance(source, SiteSource):
         raw = source
-    elif kind in ("bray_npz", "tiff", "jump") or (
-            kind == "auto" and isinstance(source, (str, os.PathLike)) and os.path.isfile(source)):
+    elif kind in ("bray_npz", "tiff", "jump") or (kind == "auto" and is_table_location(source)):
         path = os.fspath(source)
         is_jump = kind == "jump" or (kind == "auto" and compounds is not None)
         raw = open_source(kind if kind != "auto" else ("jump" if is_jump else "auto"),
                           index=None if is_jump else path, load_data=path if is_jump else None,
-                          compounds=compounds, wells=wells, root=root, errors=errors)
+                          compounds=compounds, wells=wells, root=root, errors=errors, **(source_options or {}))
     else:
         raw = None
 
@@ -122,7 +126,7 @@ def load_cell_painting(
                 if isinstance(cause, ValueError):  # a bad site: surface the message naming file and row
                     raise cause from None
                 raise
-        ds = _with_channels(ds, CHANNELS)
+        ds = _with_channels(ds, raw.channels)
         if split is None:
             return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)({"train": ds})
         if split != "train":

@@ -12,6 +12,12 @@ and publishable as a Hub dataset as is)::
 Shards are written in parallel (``num_proc`` forked workers), each to a temporary file renamed on completion,
 so an interrupted run leaves only finished shards; rerunning with the same input and settings keeps them and
 writes the rest. A different input or shard plan in the same folder is refused (it would mix datasets).
+
+Across processes and machines (one shared ``output_dir``), process ``k`` of ``n`` writes the shards ``i`` with
+``i % n == k``: disjoint, deterministic, and together the shards one process writes alone (same names, same
+rows). ``k`` and ``n`` come from ``process_index`` / ``num_processes`` or, under ``accelerate launch`` /
+``torchrun``, from the ``RANK`` / ``WORLD_SIZE`` environment. The report counts every finished shard of the
+folder, so the last process to finish (or any rerun) writes the complete one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..channels import CHANNELS
+from .perturbations import type_counts
 from .sources import SiteSource
 
 MANIFEST = "cloome_data.json"
@@ -41,6 +47,29 @@ def _records_hash(source: SiteSource) -> str:
 def _shard_paths(output_dir: str, split: str, i: int, n: int) -> tuple[str, str]:
     return (os.path.join(output_dir, "data", f"{split}-{i:05d}-of-{n:05d}.parquet"),
             os.path.join(output_dir, "reports", f"{split}-{i:05d}.json"))
+
+
+def resolve_process(process_index: int | None = None, num_processes: int | None = None) -> tuple[int, int]:
+    """``(index, count)`` of this process: explicit values, else ``RANK`` / ``WORLD_SIZE`` (set by ``accelerate
+    launch`` and ``torchrun`` on every machine), else ``(0, 1)``."""
+    if (process_index is None) != (num_processes is None):
+        raise ValueError("give both process_index and num_processes, or neither")
+    if process_index is None:
+        try:
+            process_index, num_processes = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        except ValueError as err:
+            raise ValueError(f"RANK / WORLD_SIZE must be integers, got {os.environ.get('RANK')!r} / "
+                             f"{os.environ.get('WORLD_SIZE')!r}") from err
+    if num_processes < 1 or not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index must lie in [0, num_processes), got {process_index} of {num_processes}")
+    return int(process_index), int(num_processes)
+
+
+def _write_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)  # readers (and other processes) never see half a file
 
 
 def _write_shard(task: tuple[int, int, int, str, str, str, int]) -> tuple[int, int, list[dict[str, Any]]]:
@@ -76,6 +105,8 @@ def prepare_dataset(
     row_group_size: int = 32,
     progress: bool = True,
     max_shards: int | None = None,
+    process_index: int | None = None,
+    num_processes: int | None = None,
 ) -> dict[str, Any]:
     """Write ``source`` as Parquet shards under ``output_dir`` (see module docstring) and return the report.
 
@@ -87,20 +118,25 @@ def prepare_dataset(
         compression: Parquet codec of the shards (``"zstd"``, ``"snappy"``, ``"none"``).
         row_group_size: sites per Parquet row group (what a streaming reader holds in memory at once).
         max_shards: stop after writing this many new shards (to stage very large conversions; rerun to go on).
+        process_index, num_processes: this process's share of the shards (see the module docstring); default
+            from ``RANK`` / ``WORLD_SIZE``, else all shards.
 
     Returns:
         dict with ``num_sites``, ``num_written``, ``num_skipped``, ``skipped`` (row, sample_key, reason),
-        ``num_shards``, ``shards_reused`` and ``complete``.
+        ``num_shards``, ``shards_reused``, ``complete`` (every shard of the folder exists), ``perturbation_types``
+        (sites written per type), ``num_without_structure``, and ``process_index``, ``num_processes``,
+        ``process_complete`` (this process's shards exist).
     """
     global _SOURCE
     if shard_size < 1 or num_proc < 1:
         raise ValueError(f"shard_size and num_proc must be >= 1, got {shard_size} and {num_proc}")
+    rank, world = resolve_process(process_index, num_processes)
     out = os.fspath(output_dir)
     os.makedirs(os.path.join(out, "data"), exist_ok=True)
     os.makedirs(os.path.join(out, "reports"), exist_ok=True)
     n_sites = len(source)
     n_shards = max(1, -(-n_sites // shard_size))
-    manifest = {"format": "cloome_hf.cell_painting/1", "channels": list(CHANNELS), "source_kind": source.kind,
+    manifest = {"format": "cloome_hf.cell_painting/1", "channels": list(source.channels), "source_kind": source.kind,
                 "source": source.where, "split": split, "num_sites": n_sites, "shard_size": shard_size,
                 "num_shards": n_shards, "records_hash": _records_hash(source),
                 "features": source.features().to_dict()}
@@ -118,16 +154,18 @@ def prepare_dataset(
         splits = {}
     splits[split] = {k: manifest[k] for k in ("source_kind", "source", "num_sites", "shard_size", "num_shards",
                                               "records_hash")}
-    with open(manifest_path, "w") as f:
-        json.dump({"format": manifest["format"], "channels": manifest["channels"], "features": manifest["features"],
-                   "splits": splits}, f, indent=1)
+    _write_json(manifest_path, {"format": manifest["format"], "channels": manifest["channels"],
+                                "features": manifest["features"], "splits": splits})
 
-    for sub in ("data", "reports"):  # temporary files of workers killed mid-write
-        for name in os.listdir(os.path.join(out, sub)):
-            if ".tmp" in name:
-                os.remove(os.path.join(out, sub, name))
+    mine = [i for i in range(n_shards) if i % world == rank]
+    for i in mine:  # temporary files of this process's workers killed mid-write (others may be writing theirs)
+        for path in _shard_paths(out, split, i, n_shards):
+            folder, name = os.path.split(path)
+            for other in os.listdir(folder):
+                if other.startswith(name + ".tmp"):
+                    os.remove(os.path.join(folder, other))
     tasks, reused = [], 0
-    for i in range(n_shards):
+    for i in mine:
         parquet_path, report_path = _shard_paths(out, split, i, n_shards)
         if os.path.exists(parquet_path) and os.path.exists(report_path):
             reused += 1
@@ -154,7 +192,10 @@ def prepare_dataset(
     finally:
         _SOURCE = None
         source.skipped = list(getattr(source, "_invalid_molecules", []))
-    return _report(source, out, split, n_shards, reused)
+    report = _report(source, out, split, n_shards, reused)
+    report.update(process_index=rank, num_processes=world, process_complete=all(
+        os.path.exists(_shard_paths(out, split, i, n_shards)[0]) for i in mine))
+    return report
 
 
 def _report(source: SiteSource, out: str, split: str, n_shards: int, reused: int) -> dict[str, Any]:
@@ -162,18 +203,23 @@ def _report(source: SiteSource, out: str, split: str, n_shards: int, reused: int
     import pyarrow.parquet as pq
 
     skipped = [s.to_dict() for s in getattr(source, "_invalid_molecules", [])]
-    written, done = 0, 0
+    written, done, types, unstructured = 0, 0, [], 0
     for i in range(n_shards):
         parquet_path, report_path = _shard_paths(out, split, i, n_shards)
         if not os.path.exists(parquet_path):
             continue
         done += 1
-        written += pq.ParquetFile(parquet_path).metadata.num_rows
+        shard = pq.ParquetFile(parquet_path)
+        written += shard.metadata.num_rows
+        columns = [c for c in ("smiles", "perturbation_type") if c in shard.schema_arrow.names]
+        meta = shard.read(columns=columns).to_pydict()
+        types += meta.get("perturbation_type", [])
+        unstructured += sum(not s.strip() for s in meta["smiles"])
         with open(report_path) as f:
             skipped += json.load(f)
     report = {"split": split, "num_sites": len(source) + len(getattr(source, "_invalid_molecules", [])),
               "num_written": written, "num_skipped": len(skipped), "skipped": skipped, "num_shards": n_shards,
-              "shards_done": done, "shards_reused": reused, "complete": done == n_shards}
-    with open(os.path.join(out, REPORT if split == "train" else f"prepare_report_{split}.json"), "w") as f:
-        json.dump(report, f, indent=1)
+              "shards_done": done, "shards_reused": reused, "complete": done == n_shards,
+              "perturbation_types": type_counts(types), "num_without_structure": unstructured}
+    _write_json(os.path.join(out, REPORT if split == "train" else f"prepare_report_{split}.json"), report)
     return report

@@ -16,7 +16,11 @@ column            type        meaning
 ``image_shape``   int32[3]    ``(C, H, W)``
 ================  ==========  ==========================================================================
 
-plus any extra metadata columns of the source (``IMG_CNT_CELLS``, ``Metadata_Source``, ...).
+plus any extra metadata columns of the source (``IMG_CNT_CELLS``, ``Metadata_Source``, ...). Every raw source
+also writes ``perturbation_type`` (string, one of :data:`PERTURBATION_TYPES`: ``trt``, ``negcon``, ``poscon``,
+``unknown``; see :mod:`cloome_hf.data.perturbations`); datasets without it are read as ``trt`` wherever a site
+has a SMILES. JUMP sites without a structure (ORF / CRISPR plates, compounds without a SMILES) have
+``smiles == inchikey == ""`` and type ``unknown``: they are embedded, never trained on.
 
 Why raw bytes and not ``datasets.Array3D``: Parquet stores a fixed-shape nested list with one repetition
 level per value (1.8 M per Bray site), which is slow to write and read; one binary value per site is a
@@ -33,9 +37,9 @@ import numpy as np
 
 from ..channels import CHANNELS, JUMP_CHANNELS  # noqa: F401  (re-exported by cloome_hf.data)
 
-
-
 SCHEMA_COLUMNS: tuple[str, ...] = ("sample_key", "plate", "well", "site", "smiles", "inchikey", "image", "image_shape")
+#: Values of the optional ``perturbation_type`` column.
+PERTURBATION_TYPES: tuple[str, ...] = ("trt", "negcon", "poscon", "unknown")
 #: Columns that are not images: cheap to read for splits, fingerprint tables and samplers.
 METADATA_COLUMNS: tuple[str, ...] = ("sample_key", "plate", "well", "site", "smiles", "inchikey")
 

@@ -2,28 +2,33 @@
 
 * :class:`BrayNpzSource` - Bray 2017 pre-processed: index CSV + ``{SAMPLE_KEY}.npz`` (key ``sample``, uint8 HxWx5);
 * :class:`TiffSource` - raw: the same index with ``IMG_{channel}`` file stems/paths, one 16-bit TIFF per channel;
-* :class:`JumpSource` - JUMP cpg0016: ``load_data`` CSV + compound table joined by ``Metadata_JCP2022`` or
-  InChIKey.
+* :class:`~cloome_hf.data.jump.JumpSource` - JUMP cpg0016 / CellProfiler LoadData tables (``URL_Orig*`` or
+  ``FileName_Orig*`` + ``PathName_Orig*``, with illumination correction, any fsspec URL), see
+  :mod:`cloome_hf.data.jump`.
 
 A source holds the per-site metadata (``records``: a ``pandas.DataFrame`` in the common columns plus the
-source's extra metadata) and reads one site at a time through the processor
-(:meth:`CloomeImageProcessor.load_uint8_site`: channel ordering + the published 16 -> 8 bit rule). Every
-problem raises ``ValueError`` naming the row, sample key and file; with ``errors="skip"`` the site is left
-out and recorded in :attr:`SiteSource.skipped` instead. Rows whose SMILES RDKit rejects are excluded when the
-source is built (``errors="raise"`` aborts naming the first).
+source's extra metadata and ``perturbation_type``) and reads sites through the processor
+(:meth:`CloomeImageProcessor.load_uint8_site`: channel ordering + the published 16 -> 8 bit rule), on
+``read_threads`` threads at once. Every problem raises ``ValueError`` naming the row, sample, plate, well, site
+and file; with ``errors="skip"`` the site is left out and recorded in :attr:`SiteSource.skipped` instead. Rows
+whose SMILES RDKit rejects are excluded when the source is built (``errors="raise"`` aborts naming the first).
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..channels import CHANNELS
 from .molecules import inchikeys_from_smiles, invalid_smiles
-from ..channels import CHANNELS, JUMP_CHANNELS
+from .perturbations import perturbation_types
+from .remote import read_table
 from .schema import encode_image
 
 ERROR_POLICIES = ("raise", "skip")
@@ -39,16 +44,6 @@ class SkippedSite:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _read_table(table, what: str) -> tuple[pd.DataFrame, str]:
-    if isinstance(table, pd.DataFrame):
-        return table.reset_index(drop=True), f"{what} table"
-    path = os.fspath(table)
-    if not os.path.isfile(path):
-        raise ValueError(f"{what} file not found: {path}")
-    sep = "\t" if path.endswith((".tsv", ".tsv.gz")) else ","
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False).reset_index(drop=True), path
 
 
 def _require(table: pd.DataFrame, columns: Sequence[str], where: str) -> None:
@@ -76,17 +71,38 @@ def _typed_extras(table: pd.DataFrame) -> pd.DataFrame:
 
 
 class SiteSource:
-    """Base class: ``records`` (one row per site) + :meth:`read_image`. Subclasses fill ``_files``."""
+    """Base class: ``records`` (one row per site) + :meth:`read_image`. Subclasses fill ``_files``.
+
+    Args:
+        records: one row per site in the common columns (``sample_key, plate, well, site, smiles``, optionally
+            ``inchikey``) plus extra metadata.
+        files: per record, what :meth:`_load` reads (a path, or ``{channel: location}``).
+        where: the input's name for error messages.
+        errors: ``"raise"`` or ``"skip"``.
+        expected_shape: refuse sites of another ``(H, W)``.
+        processor: the :class:`~cloome_hf.image_processing_cloome.CloomeImageProcessor` converting to 8 bit.
+        keep_unstructured: keep rows without a SMILES (as ``smiles == inchikey == ""``, type ``unknown``) instead of
+            excluding them; rows with an invalid SMILES are excluded either way.
+        channels: channel order of the images read.
+        read_threads: sites read at once by :meth:`iter_rows` (network latency hides behind the others).
+        perturbation_options: keyword arguments of :func:`~cloome_hf.data.perturbations.perturbation_types`.
+    """
 
     kind = "base"
 
     def __init__(self, records: pd.DataFrame, files: list[Any], where: str, errors: str = "raise",
-                 expected_shape: Sequence[int] | None = None, processor=None):
+                 expected_shape: Sequence[int] | None = None, processor=None, keep_unstructured: bool = False,
+                 channels: Sequence[str] = CHANNELS, read_threads: int = 1,
+                 perturbation_options: Mapping[str, Any] | None = None):
         if errors not in ERROR_POLICIES:
             raise ValueError(f"errors must be one of {ERROR_POLICIES}, got {errors!r}")
+        if read_threads < 1:
+            raise ValueError(f"read_threads must be >= 1, got {read_threads}")
         self.where = where
         self.errors = errors
         self.expected_shape = tuple(expected_shape) if expected_shape is not None else None
+        self.channels = tuple(channels)
+        self.read_threads = int(read_threads)
         self._processor = processor
         self.skipped: list[SkippedSite] = []
         records = records.reset_index(drop=True)
@@ -95,23 +111,41 @@ class SiteSource:
         if len(dup):
             raise ValueError(f"{where}: sample key {dup.iloc[0]!r} appears more than once (row {dup.index[0]})")
         keep = np.ones(len(records), dtype=bool)
-        for i in invalid_smiles(records["smiles"].tolist()):
+        structured = (records["smiles"].astype(str).str.strip() != "").to_numpy()
+        checked = np.flatnonzero(structured) if keep_unstructured else np.arange(len(records))
+        for j in invalid_smiles(records["smiles"][checked].tolist()):
+            i = int(checked[j])
             smi = records.smiles[i]
-            self._fail(i, records.sample_key[i], f"invalid SMILES {smi!r}" if smi.strip() else "no SMILES")
+            self._fail(i, records.sample_key[i], f"invalid SMILES {smi!r}" if smi.strip() else "no SMILES",
+                       self._site_of(records, i))
             keep[i] = False
         if "inchikey" not in records:
             records["inchikey"] = ""
-        missing = np.flatnonzero(keep & (records["inchikey"].astype(str).str.strip() == "").to_numpy())
+        records.loc[~structured, "inchikey"] = ""
+        missing = np.flatnonzero(keep & structured & (records["inchikey"].astype(str).str.strip() == "").to_numpy())
         if len(missing):  # keys are computed only where the source gives none
             records.loc[missing, "inchikey"] = inchikeys_from_smiles(records.smiles[missing].tolist())
         self._invalid_molecules = list(self.skipped)  # rows excluded for their molecule, for the reports
         self.source_rows = np.flatnonzero(keep)  # row of the input table, for error messages
-        self.records = records[keep].reset_index(drop=True)
+        records = records[keep].reset_index(drop=True)
+        if "perturbation_type" not in records:
+            records["perturbation_type"] = perturbation_types(records, structured[keep], where,
+                                                              **(perturbation_options or {}))
+        self.records = records
         self._files = [files[i] for i in self.source_rows]
 
     # -------------------------------------------------------------- errors
-    def _fail(self, row: int, sample_key: str, reason: str) -> None:
-        message = f"{self.where}, row {row} (sample {sample_key!r}): {reason}"
+    @staticmethod
+    def _site_of(records: pd.DataFrame, i: int) -> str:
+        return f"plate {records.plate[i]}, well {records.well[i]}, site {records.site[i]}"
+
+    def site_label(self, i: int) -> str:
+        """``"{where}, row R (sample 'K') at plate P, well W, site S"`` of record ``i``, for error messages."""
+        return (f"{self.where}, row {self.source_rows[i]} (sample {self.records.sample_key[i]!r}) at "
+                f"{self._site_of(self.records, i)}")
+
+    def _fail(self, row: int, sample_key: str, reason: str, site: str = "") -> None:
+        message = f"{self.where}, row {row} (sample {sample_key!r}){' at ' + site if site else ''}: {reason}"
         if self.errors == "raise":
             raise ValueError(message)
         self.skipped.append(SkippedSite(int(row), str(sample_key), reason))
@@ -141,34 +175,56 @@ class SiteSource:
         return ", ".join(map(os.fspath, f.values())) if isinstance(f, Mapping) else os.fspath(f)
 
     def read_image(self, i: int) -> np.ndarray:
-        """uint8 ``(C, H, W)`` of record ``i``; ``ValueError`` naming row, sample and file(s) on any problem."""
-        key = self.records.sample_key[i]
-        prefix = f"{self.where}, row {self.source_rows[i]} (sample {key!r})"
+        """uint8 ``(C, H, W)`` of record ``i``; ``ValueError`` naming row, sample, plate, well, site and file(s)."""
+        prefix = self.site_label(i)
         try:
             image = self._load(i)
         except ValueError as err:
             raise ValueError(f"{prefix}, file(s) {self.describe_files(i)}: {err}") from err
-        if image.ndim != 3 or image.shape[0] != len(CHANNELS):
-            raise ValueError(f"{prefix}: image of shape {image.shape} is not {len(CHANNELS)} x H x W "
+        n = len(self.channels)
+        if image.ndim != 3 or image.shape[0] != n:
+            raise ValueError(f"{prefix}: image of shape {image.shape} is not {n} x H x W "
                              f"(file(s) {self.describe_files(i)})")
         if self.expected_shape is not None and tuple(image.shape[1:]) != self.expected_shape[-2:]:
             raise ValueError(f"{prefix}: image is {image.shape[1]}x{image.shape[2]}, expected "
                              f"{self.expected_shape[-2]}x{self.expected_shape[-1]} (file(s) {self.describe_files(i)})")
-        blank = [CHANNELS[c] for c in range(image.shape[0]) if not image[c].any()]
+        blank = [self.channels[c] for c in range(image.shape[0]) if not image[c].any()]
         if blank:
             raise ValueError(f"{prefix}: channel(s) {blank} are all zero (file(s) {self.describe_files(i)})")
         return image
 
+    def _try_read(self, i: int) -> np.ndarray | ValueError:
+        try:
+            return self.read_image(i)
+        except ValueError as err:
+            return err
+
+    def _images(self, rows: Sequence[int]) -> Iterator[tuple[int, np.ndarray | ValueError]]:
+        """``(record, image or error)`` in the order of ``rows``; ``read_threads`` sites in flight at once."""
+        if self.read_threads == 1:
+            for i in rows:
+                yield i, self._try_read(i)
+            return
+        with ThreadPoolExecutor(self.read_threads, thread_name_prefix="cloome-read") as pool:
+            pending: deque = deque()
+            for i in rows:
+                pending.append((i, pool.submit(self._try_read, i)))
+                if len(pending) >= 2 * self.read_threads:
+                    j, future = pending.popleft()
+                    yield j, future.result()
+            while pending:
+                j, future = pending.popleft()
+                yield j, future.result()
+
     def iter_rows(self, rows: Sequence[int] | None = None) -> Iterator[dict[str, Any]]:
         """Yield schema rows (dicts with ``image`` bytes and ``image_shape``); skips per the error policy."""
         cols = list(self.records.columns)
-        for i in range(len(self.records)) if rows is None else rows:
-            try:
-                image = self.read_image(i)
-            except ValueError as err:
+        for i, image in self._images(range(len(self.records)) if rows is None else rows):
+            if isinstance(image, ValueError):
                 if self.errors == "raise":
-                    raise
-                self.skipped.append(SkippedSite(int(self.source_rows[i]), str(self.records.sample_key[i]), str(err)))
+                    raise image
+                self.skipped.append(SkippedSite(int(self.source_rows[i]), str(self.records.sample_key[i]),
+                                                str(image)))
                 continue
             row = {c: self.records[c].iat[i] for c in cols}
             row = {c: (v.item() if isinstance(v, np.generic) else v) for c, v in row.items()}
@@ -195,7 +251,12 @@ class SiteSource:
 def _common(table: pd.DataFrame, mapping: Mapping[str, str], drop: Sequence[str]) -> pd.DataFrame:
     """Rename source columns to the common ones; keep the other columns as typed extras."""
     common = pd.DataFrame({new: table[old].astype(str) for new, old in mapping.items() if old in table})
-    common["site"] = pd.to_numeric(common["site"], errors="raise").astype(np.int32)
+    site = pd.to_numeric(common["site"], errors="coerce")
+    if site.isna().any() or (site % 1 != 0).any():
+        row = int(np.flatnonzero((site.isna() | (site % 1 != 0)).to_numpy())[0])
+        raise ValueError(f"row {row}: site {common['site'][row]!r} is not an integer (plate "
+                         f"{common['plate'][row]}, well {common['well'][row]})")
+    common["site"] = site.astype(np.int32)
     extras = table.drop(columns=[c for c in list(mapping.values()) + list(drop) if c in table])
     return pd.concat([common, _typed_extras(extras)], axis=1)
 
@@ -210,7 +271,7 @@ class BrayNpzSource(SiteSource):
     kind = "bray_npz"
 
     def __init__(self, index, root, errors: str = "raise", expected_shape=None, processor=None):
-        table, where = _read_table(index, "index")
+        table, where = read_table(index, "index")
         _require(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"], where)
         files = [os.path.join(os.fspath(root), f"{k}.npz") for k in table.SAMPLE_KEY]
         records = _common(table, _BRAY_MAPPING, [f"IMG_{c}" for c in CHANNELS])
@@ -240,7 +301,7 @@ class TiffSource(SiteSource):
     kind = "tiff"
 
     def __init__(self, index, root=None, errors: str = "raise", expected_shape=None, processor=None):
-        table, where = _read_table(index, "index")
+        table, where = read_table(index, "index")
         channel_cols = [f"IMG_{c}" for c in CHANNELS]
         _require(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"] + channel_cols, where)
         self.root = None if root is None else os.fspath(root)
@@ -260,93 +321,45 @@ class TiffSource(SiteSource):
         return self.processor.load_uint8_site(resolved)
 
 
-class JumpSource(SiteSource):
-    """JUMP cpg0016 layout: a ``load_data`` CSV joined with a compound table.
-
-    The join key is the first of ``Metadata_JCP2022``, ``Metadata_InChIKey``/``InChIKey``, ``Metadata_broad_sample``/
-    ``broad_sample`` present in both tables (give cpg0016's ``well.csv`` as ``wells`` to bring
-    ``Metadata_JCP2022`` in by plate and well); the compound table's SMILES column is ``Metadata_SMILES``, ``smiles``
-    or ``SMILES``. ``PathName_Orig*`` may be absolute, relative to ``root``, or ``s3://bucket/...`` (then the part
-    after the bucket is looked up under ``root``). Sites whose compound has no SMILES are skipped/raised.
-    """
-
-    kind = "jump"
-    _JOIN = (("Metadata_JCP2022", "Metadata_JCP2022"), ("Metadata_InChIKey", "Metadata_InChIKey"),
-             ("Metadata_InChIKey", "InChIKey"), ("Metadata_broad_sample", "Metadata_broad_sample"),
-             ("Metadata_broad_sample", "broad_sample"))
-
-    def __init__(self, load_data, compounds, root=None, errors: str = "raise", expected_shape=None, processor=None,
-                 wells=None):
-        table, where = _read_table(load_data, "load_data")
-        comp, comp_where = _read_table(compounds, "compound")
-        file_cols = [f"{k}_Orig{j}" for j in JUMP_CHANNELS for k in ("FileName", "PathName")]
-        _require(table, ["Metadata_Plate", "Metadata_Well", "Metadata_Site"] + file_cols, where)
-        if wells is not None:  # cpg0016's well.csv: (source,) plate, well -> Metadata_JCP2022
-            well_table, well_where = _read_table(wells, "well")
-            on = [c for c in ("Metadata_Source", "Metadata_Plate", "Metadata_Well") if c in well_table and c in table]
-            _require(well_table, ["Metadata_Plate", "Metadata_Well"], well_where)
-            extra = [c for c in well_table.columns if c not in table.columns]
-            table = table.merge(well_table[on + extra].drop_duplicates(on), on=on, how="left")
-            for c in extra:
-                table[c] = table[c].fillna("")
-        join = next(((a, b) for a, b in self._JOIN if a in table and b in comp), None)
-        if join is None:
-            raise ValueError(f"cannot join {where} with {comp_where}: no shared compound column among "
-                             f"{sorted({a for a, _ in self._JOIN})}")
-        smiles_col = next((c for c in ("Metadata_SMILES", "smiles", "SMILES") if c in comp), None)
-        if smiles_col is None:
-            raise ValueError(f"{comp_where} has no SMILES column (Metadata_SMILES, smiles or SMILES)")
-        inchi_col = next((c for c in ("Metadata_InChIKey", "InChIKey", "INCHIKEY") if c in comp), None)
-        comp = comp.drop_duplicates(join[1]).set_index(join[1])
-        ckeys = table[join[0]].astype(str)
-        table = table.copy()
-        table["_smiles"] = ckeys.map(comp[smiles_col]).fillna("")
-        table["_inchikey"] = ckeys.map(comp[inchi_col]).fillna("") if inchi_col else ""
-        source = table["Metadata_Source"].astype(str) + "-" if "Metadata_Source" in table else ""
-        table["_key"] = source + table.Metadata_Plate.astype(str) + "-" + table.Metadata_Well.astype(str) + "-" \
-            + table.Metadata_Site.astype(str)
-        self.root = None if root is None else os.fspath(root)
-        files = [{JUMP_CHANNELS[j]: self._path(table[f"PathName_Orig{j}"][i], table[f"FileName_Orig{j}"][i])
-                  for j in JUMP_CHANNELS} for i in range(len(table))]
-        mapping = {"sample_key": "_key", "plate": "Metadata_Plate", "well": "Metadata_Well", "site": "Metadata_Site",
-                   "smiles": "_smiles", "inchikey": "_inchikey"}
-        records = _common(table, mapping, file_cols + ([join[0]] if join[0] == "Metadata_InChIKey" else []))
-        super().__init__(records, files, where, errors, expected_shape, processor)
-
-    def _path(self, folder: str, name: str) -> str:
-        folder = str(folder)
-        if folder.startswith("s3://"):
-            folder = folder[5:].split("/", 1)[1] if "/" in folder[5:] else ""
-        path = os.path.join(folder, str(name))
-        return path if os.path.isabs(path) or self.root is None else os.path.join(self.root, path)
-
-    def _load(self, i: int) -> np.ndarray:
-        for c, path in self._files[i].items():
-            if not os.path.isfile(path):
-                raise ValueError(f"channel {c} file not found: {path}")
-        return super()._load(i)
+def looks_like_load_data(table: pd.DataFrame) -> bool:
+    """True for a CellProfiler LoadData table: ``Metadata_Plate`` and ``URL_Orig*`` or ``FileName_Orig*`` columns."""
+    return "Metadata_Plate" in table and any(str(c).startswith(("URL_Orig", "FileName_Orig")) for c in table.columns)
 
 
 def open_source(kind: str, *, index=None, root=None, load_data=None, compounds=None, wells=None,
-                errors: str = "raise", expected_shape=None, processor=None) -> SiteSource:
-    """Build a source by name: ``"bray_npz"`` (index, root), ``"tiff"`` (index, root), ``"jump"`` (load_data,
-    compounds, root) or ``"auto"`` (``jump`` if ``load_data`` is given, else ``bray_npz`` when
-    ``root/{first SAMPLE_KEY}.npz`` exists, else ``tiff``); ``wells``: JUMP well table (see :class:`JumpSource`)."""
+                errors: str = "raise", expected_shape=None, processor=None, **jump_options) -> SiteSource:
+    """Build a source by name.
+
+    ``"bray_npz"`` (index, root), ``"tiff"`` (index, root), ``"jump"`` (load_data, optional compounds / wells,
+    root) or ``"auto"``: ``jump`` if ``load_data`` is given or ``index`` is a LoadData table (``Metadata_Plate`` +
+    ``URL_Orig*`` / ``FileName_Orig*`` columns), else ``bray_npz`` when ``root/{first SAMPLE_KEY}.npz`` exists,
+    else ``tiff``. ``jump_options`` go to :class:`~cloome_hf.data.jump.JumpSource` (``plates``, ``illumination``,
+    ``extra_channels``, ``storage_options``, ``retries``, ``retry_wait``, ``read_threads``, controls).
+    """
     if kind == "auto":
         if load_data is not None:
             kind = "jump"
         else:
             if index is None:
-                raise ValueError("give index= (Bray / TIFF layouts) or load_data= (JUMP layout)")
-            first = (_read_table(index, "index")[0].get("SAMPLE_KEY", pd.Series([""]))).iloc[:1].tolist()
-            npz = root is not None and first and os.path.isfile(os.path.join(os.fspath(root), f"{first[0]}.npz"))
-            kind = "bray_npz" if npz else "tiff"
+                raise ValueError("give index= (Bray / TIFF layouts) or load_data= (JUMP / LoadData layout)")
+            table, _ = read_table(index, "index", jump_options.get("storage_options"))
+            if looks_like_load_data(table):
+                kind, load_data, index = "jump", table, None
+            else:
+                first = table.get("SAMPLE_KEY", pd.Series([""])).iloc[:1].tolist()
+                npz = root is not None and first and os.path.isfile(os.path.join(os.fspath(root),
+                                                                                  f"{first[0]}.npz"))
+                kind, index = ("bray_npz" if npz else "tiff"), table
+    if kind in ("bray_npz", "tiff") and jump_options:
+        raise ValueError(f"option(s) {sorted(jump_options)} apply to the 'jump' (LoadData) layout only, not {kind!r}")
     if kind == "bray_npz":
         return BrayNpzSource(index, root, errors, expected_shape, processor)
     if kind == "tiff":
         return TiffSource(index, root, errors, expected_shape, processor)
     if kind == "jump":
-        if load_data is None or compounds is None:
-            raise ValueError("the 'jump' layout needs load_data= and compounds=")
-        return JumpSource(load_data, compounds, root, errors, expected_shape, processor, wells)
+        from .jump import JumpSource
+
+        if load_data is None:
+            raise ValueError("the 'jump' layout needs load_data= (a CellProfiler LoadData table)")
+        return JumpSource(load_data, compounds, root, errors, expected_shape, processor, wells, **jump_options)
     raise ValueError(f"unknown source kind {kind!r}; expected 'bray_npz', 'tiff', 'jump' or 'auto'")
