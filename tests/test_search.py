@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloome_hf.inference.search import CloomeIndex, EmbeddingIndex, embeddings_from_arrow
+from cloome_hf.inference.search import CloomeIndex, EmbeddingIndex
+from cloome_hf.inference.store import embeddings_from_arrow
 
 
 def _clustered(n, d, n_clusters=50, seed=0):

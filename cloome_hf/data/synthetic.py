@@ -133,9 +133,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def render_site(
-    pheno: Phenotype, rng: np.random.Generator, image_size: tuple[int, int], plate_gain: np.ndarray
+    pheno: Phenotype,
+    rng: np.random.Generator,
+    image_size: tuple[int, int],
+    plate_gain: np.ndarray,
+    plate_offset: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Render one site: ``uint16 (5, H, W)`` in canonical channel order. ``plate_gain``: ``(5,)``."""
+    """Render one site: ``uint16 (5, H, W)`` in canonical channel order.
+
+    ``plate_gain``: ``(5,)`` multiplies each channel's signal; ``plate_offset``: optional ``(5,)`` background
+    counts added to each channel (a plate's or batch's uneven staining / exposure), 0 when omitted.
+    """
     h, w = image_size
     side = min(h, w)
     r = pheno.radius * side
@@ -182,6 +190,8 @@ def render_site(
     illum = 1.0 - 0.3 * (((yy / h - 0.5 - oy) ** 2 + (xx / w - 0.5 - ox) ** 2) / 0.5)
     gain = plate_gain * rng.lognormal(0.0, 0.04, 5)
     expected = (180.0 + 2600.0 * signal * gain[:, None, None]) * illum[None]
+    if plate_offset is not None:
+        expected = expected + np.asarray(plate_offset, dtype=np.float64)[:, None, None] * illum[None]
     noisy = rng.poisson(np.clip(expected, 0, None) / 2.0) * 2.0 + rng.normal(0.0, 6.0, expected.shape)
     return np.clip(noisy, 0, 4095).astype(np.uint16)
 
@@ -201,11 +211,13 @@ def _well_name(index: int) -> str:
 class SyntheticPlan:
     """Which molecule goes to which plate / well / site, and the plate effects. ``records``: one row per site."""
 
-    records: pd.DataFrame  # sample_key, plate, well, site, smiles, inchikey, name, molecule_index
+    records: pd.DataFrame  # sample_key, plate, well, site, smiles, inchikey, name, molecule_index (+ layout columns)
     latent: np.ndarray  # (num_molecules, LATENT_DIM)
-    plate_gains: np.ndarray  # (num_plates, 5)
+    plate_gains: np.ndarray  # (num_plates, 5), rows in sorted plate order
     image_size: tuple[int, int]
     seed: int
+    plate_offsets: np.ndarray | None = None  # (num_plates, 5) background counts, or none
+    annotations: pd.DataFrame | None = None  # per-compound table of a plate layout (see synthetic_plates)
 
 
 def plan_synthetic(
@@ -254,7 +266,9 @@ def iter_synthetic_sites(plan: SyntheticPlan, rows: Sequence[int] | None = None)
         rec = plan.records.iloc[row]
         rng = np.random.default_rng([plan.seed, int(row)])
         pheno = Phenotype.from_latent(plan.latent[rec.molecule_index])
-        yield row, render_site(pheno, rng, plan.image_size, plan.plate_gains[plate_index[rec.plate]])
+        p = plate_index[rec.plate]
+        offset = None if plan.plate_offsets is None else plan.plate_offsets[p]
+        yield row, render_site(pheno, rng, plan.image_size, plan.plate_gains[p], offset)
 
 
 def _to_uint8(site16: np.ndarray) -> np.ndarray:
@@ -276,25 +290,32 @@ def make_synthetic_dataset(
     Extra columns: ``name`` (compound name), ``molecule_index``, ``phenotype`` (the 12-d latent ``z`` that
     generated the site; for tests and diagnostics, never a model input).
     """
+    plan = plan_synthetic(num_molecules, sites_per_molecule, num_plates, image_size, seed, smiles)
+    return dataset_from_plan(plan)
+
+
+def dataset_from_plan(plan: SyntheticPlan, extra_columns: Sequence[str] = ()):
+    """Render every site of ``plan`` into a ``datasets.Dataset`` in the common schema, with ``name``,
+    ``molecule_index``, ``phenotype`` and the string ``extra_columns`` of ``plan.records``."""
     import datasets
 
     from .schema import features
 
-    plan = plan_synthetic(num_molecules, sites_per_molecule, num_plates, image_size, seed, smiles)
-    cols = {c: [] for c in ("sample_key", "plate", "well", "site", "smiles", "inchikey", "image", "image_shape",
-                            "name", "molecule_index", "phenotype")}
+    strings = ("sample_key", "plate", "well", "smiles", "inchikey", "name", *extra_columns)
+    extra = {c: datasets.Value("string") for c in ("name", *extra_columns)}
+    feats = features({**extra, "molecule_index": datasets.Value("int32"),
+                      "phenotype": datasets.List(datasets.Value("float32"))})
+    cols = {c: [] for c in feats}
     for row, site16 in iter_synthetic_sites(plan):
         rec = plan.records.iloc[row]
         data, shape = encode_image(_to_uint8(site16))
-        for c in ("sample_key", "plate", "well", "smiles", "inchikey", "name"):
-            cols[c].append(str(rec[c]))
+        for c in strings:
+            cols[c].append(None if pd.isna(rec[c]) else str(rec[c]))
         cols["site"].append(int(rec.site))
         cols["molecule_index"].append(int(rec.molecule_index))
         cols["image"].append(data)
         cols["image_shape"].append(shape)
         cols["phenotype"].append(plan.latent[rec.molecule_index].tolist())
-    feats = features({"name": datasets.Value("string"), "molecule_index": datasets.Value("int32"),
-                      "phenotype": datasets.List(datasets.Value("float32"))})
     info = datasets.DatasetInfo(description=dataset_description(CHANNELS), features=feats)
     return datasets.Dataset.from_dict(cols, features=feats, info=info)
 

@@ -1,4 +1,5 @@
-"""Evaluation suite of the CLOOME paper: retrieval, zero-shot classification, linear probing, replicate mAP.
+"""Evaluation suite of the CLOOME paper: retrieval, zero-shot classification, linear probing, replicate mAP; and
+the JUMP consortium's phenotypic activity and consistency (:mod:`.jump`).
 
 The plain functions are the primary API; each task is also an ``evaluate`` module shipped in
 ``cloome_hf/evaluation/metrics/`` and loadable offline with ``evaluate.load(metric_path(name))``.
@@ -7,6 +8,8 @@ The plain functions are the primary API; each task is also an ``evaluate`` modul
 from pathlib import Path
 
 from .figures import plot_embedding_tsne, plot_retrieval_gallery, rgb_composite
+from .jump import JUMP_TASKS, FeatureBaseline, jump_activity, jump_consistency, jump_profiles, jump_tasks
+from .jump_report import jump_report_sections, plot_map_vs_pvalue
 from .linear_probe import (
     DEFAULT_C_GRID,
     ActivityLabels,
@@ -30,7 +33,8 @@ from .stats import clopper_pearson, proportion_with_ci, random_retrieval_baselin
 from .zeroshot import select_prototypes, zeroshot_classification, zeroshot_query_mask
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-METRIC_NAMES = ("cloome_retrieval", "cloome_zeroshot", "cloome_linear_probe", "cloome_replicate_map")
+METRIC_NAMES = ("cloome_retrieval", "cloome_zeroshot", "cloome_linear_probe", "cloome_replicate_map",
+                "cloome_jump_activity", "cloome_jump_consistency")
 
 
 def metric_path(name: str) -> str:
@@ -42,17 +46,25 @@ def metric_path(name: str) -> str:
 
 __all__ = [
     "DEFAULT_C_GRID",
+    "JUMP_TASKS",
     "METRIC_NAMES",
     "TASKS",
     "ActivityLabels",
+    "FeatureBaseline",
     "aggregate_by_molecule",
     "clopper_pearson",
     "flatten_results",
+    "jump_activity",
+    "jump_consistency",
+    "jump_profiles",
+    "jump_report_sections",
+    "jump_tasks",
     "linear_probe",
     "load_activity_matrix",
     "metric_path",
     "metrics_from_ranks",
     "moa_labels",
+    "plot_map_vs_pvalue",
     "plot_embedding_tsne",
     "plot_retrieval_gallery",
     "proportion_with_ci",

@@ -32,6 +32,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from .store import embeddings_from_arrow, read_embeddings
+
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 INDEX_FILE = "index.faiss"
@@ -48,28 +50,6 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
         raise ValueError(f"embeddings must be a 2-D (N, D) array, got shape {x.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
-
-
-def embeddings_from_arrow(column) -> np.ndarray:
-    """(N, D) float32 array from an Arrow list / fixed_size_list column without a Python loop."""
-    import pyarrow as pa
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if len(column) == 0:
-        raise ValueError("the embedding column is empty")
-    if column.null_count:
-        raise ValueError(f"the embedding column has {column.null_count} null rows")
-    if pa.types.is_fixed_size_list(column.type):
-        dim = column.type.list_size
-    else:
-        lengths = np.asarray(column.value_lengths())
-        if (lengths != lengths[0]).any():
-            bad = int(np.flatnonzero(lengths != lengths[0])[0])
-            raise ValueError(f"embedding row {bad} has length {lengths[bad]}, row 0 has {lengths[0]}")
-        dim = int(lengths[0])
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.astype(np.float32, copy=False).reshape(len(column), dim)
 
 
 class EmbeddingIndex:
@@ -143,8 +123,6 @@ class EmbeddingIndex:
         """Build from an embeddings dataset: a ``datasets.Dataset``, a pandas DataFrame, or a path to a
         ``save_to_disk`` folder / Parquet file / folder of Parquet files (as written by ``scripts/embed.py``).
         Every column except ``embedding_column`` becomes metadata."""
-        from .store import read_embeddings
-
         table = read_embeddings(dataset, embedding_column)
         if embedding_column not in table.column_names:
             raise ValueError(f"column {embedding_column!r} not in the embeddings dataset (has {table.column_names})")

@@ -134,6 +134,28 @@ def write_store_readme(output_dir: str) -> None:
         f.write("\n".join(lines))
 
 
+def embeddings_from_arrow(column) -> np.ndarray:
+    """(N, D) float32 array from an Arrow list / fixed_size_list column without a Python loop."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if len(column) == 0:
+        raise ValueError("the embedding column is empty")
+    if column.null_count:
+        raise ValueError(f"the embedding column has {column.null_count} null rows")
+    if pa.types.is_fixed_size_list(column.type):
+        dim = column.type.list_size
+    else:
+        lengths = np.asarray(column.value_lengths())
+        if (lengths != lengths[0]).any():
+            bad = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise ValueError(f"embedding row {bad} has length {lengths[bad]}, row 0 has {lengths[0]}")
+        dim = int(lengths[0])
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=False).reshape(len(column), dim)
+
+
 def read_embeddings(source, embedding_column: str = "embedding"):
     """A ``pyarrow.Table`` of embeddings from a store's ``images`` / ``molecules`` folder, a Parquet file or
     folder, a ``save_to_disk`` folder, a ``datasets.Dataset``, a ``pyarrow.Table`` or a pandas DataFrame whose
@@ -185,5 +207,5 @@ def load_store(store: str | os.PathLike) -> dict[str, Any]:
 
 
 __all__ = ["CONFIGS", "IMAGE_METADATA", "INFO_FILE", "check_or_write_info", "embed_images_to_store",
-           "embed_molecules_to_store", "load_store", "read_embeddings", "read_info", "shard_ranges", "write_shard",
-           "write_store_readme"]
+           "embed_molecules_to_store", "embeddings_from_arrow", "load_store", "read_embeddings", "read_info",
+           "shard_ranges", "write_shard", "write_store_readme"]
