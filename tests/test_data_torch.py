@@ -159,3 +159,26 @@ def test_invalid_molecules_and_blank_images_never_reach_a_batch(syn):
         collate([dict(row, image=bytes(image))])
     with pytest.raises(ValueError, match="no fingerprint for molecule 'XYZ'"):
         FingerprintTable.from_dataset(syn, MoleculeFeaturizer(fingerprint_size=8)).lookup(["XYZ"])
+
+
+def test_training_loader_holds_one_fingerprint_row_per_molecule_not_per_site():
+    """20,000 sites of 10 molecules with 8,192-long fingerprints: a per-site fingerprint array would be 655 MB;
+    the loader keeps one row per molecule and looks fingerprints up per batch."""
+    import tracemalloc
+
+    keys = [f"mol{i % 10}" for i in range(20_000)]
+    smiles = ["C" * (i % 10 + 1) + "O" for i in range(20_000)]
+    image, shape = np.zeros((5, 4, 4), np.uint8) + 1, [5, 4, 4]
+    ds = datasets.Dataset.from_dict({"sample_key": [f"s{i}" for i in range(20_000)], "plate": ["p"] * 20_000,
+                                     "well": ["A01"] * 20_000, "site": [1] * 20_000, "smiles": smiles,
+                                     "inchikey": keys, "image": [image.tobytes()] * 20_000,
+                                     "image_shape": [shape] * 20_000})
+    featurizer = MoleculeFeaturizer(kind="morgan_count", fingerprint_size=8192)
+    tracemalloc.start()
+    loader = build_dataloader(ds, featurizer, batch_size=10, train=True, seed=0)
+    batch = next(iter(loader))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(loader.collate_fn.fingerprints) == 10 and loader.collate_fn.fingerprints.fingerprints.shape == (10, 8192)
+    assert batch["fingerprints"].shape == (10, 8192)
+    assert peak < 60e6, f"building the loader allocated {peak / 1e6:.0f} MB"

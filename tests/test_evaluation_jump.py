@@ -154,3 +154,47 @@ def test_evaluate_modules_load_offline_and_agree(synthetic):
                            by="label", null_size=500)
     assert got == pytest.approx(flatten_results(ref))
     assert got["n_labels"] == 3
+
+
+def test_cloome_evaluate_runs_the_protocol_on_the_models_embeddings(tmp_path):
+    """``cloome evaluate --tasks jump_activity,jump_consistency``: the model's site embeddings, recomputed here
+    (processor -> model -> normalise), through aggregate -> normalize -> copairs give the reported numbers."""
+    import torch
+
+    from cloome_hf import CloomeConfig, CloomeImageProcessor, CloomeModel, CloomeProcessor, MoleculeFeaturizer
+    from cloome_hf.cli import evaluate as evaluate_command
+    from cloome_hf.data.schema import decode_row
+    from cloome_hf.data.synthetic_plates import make_synthetic_plates
+
+    options = dict(num_compounds=10, num_moas=2, replicates=2, controls_per_plate=6, num_batches=1, image_size=32,
+                   seed=2)
+    ds = make_synthetic_plates(**options)
+    ds.save_to_disk(str(tmp_path / "plates"))
+    plan = plan_synthetic_plates(**options)
+    plan.annotations.rename(columns={"inchikey": "Metadata_InChIKey"}).to_csv(tmp_path / "moa.csv", index=False)
+    torch.manual_seed(0)
+    model = CloomeModel(CloomeConfig(vision_config={"layers": [1, 1, 1, 1], "base_width": 8, "head_pool_size": 1,
+                                                    "image_size": [32, 32]},
+                                     molecule_config={"fingerprint_size": 64, "hidden_size": 32,
+                                                      "num_hidden_layers": 2}, projection_dim=16))
+    processor = CloomeProcessor(CloomeImageProcessor(crop_size={"height": 32, "width": 32}),
+                                MoleculeFeaturizer(fingerprint_size=64))
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    results = evaluate_command.main([
+        "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "plates"), "--output_dir", str(tmp_path / "out"),
+        "--tasks", "jump_activity,jump_consistency", "--profile_pipeline", "mad_robustize", "--annotations",
+        str(tmp_path / "moa.csv"), "--consistency_by", "moa", "--map_null_size", "300"])
+
+    with torch.no_grad():
+        pixels = processor(images=[decode_row(r) for r in ds], return_tensors="pt")["pixel_values"]
+        embeddings = torch.nn.functional.normalize(model.eval().get_image_features(pixels), dim=-1).numpy()
+    meta = ds.select_columns(["sample_key", "plate", "well", "inchikey", "smiles", "perturbation_type"]).to_pandas()
+    activity = phenotypic_activity(normalize(aggregate(embeddings, metadata=meta), "mad_robustize"), null_size=300)
+    assert results["tasks"]["jump_activity"]["mean_map"] == pytest.approx(activity.mean_map, abs=1e-5)
+    assert results["tasks"]["jump_activity"]["fraction_retrieved"]["n"] == activity.n_groups == 10
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(saved["tasks"]) == {"jump_activity", "jump_consistency"}
+    for name in ("jump_activity", "jump_consistency"):
+        assert (tmp_path / "out" / results["figures"][name]).is_file()
+    assert "phenotypic activity" in (tmp_path / "out" / "report.md").read_text().lower()

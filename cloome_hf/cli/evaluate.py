@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split to evaluate (default: 'test' if the dataset has one, "
                    "else its first)")
     p.add_argument("--tasks", default=DEFAULT_TASKS,
-                   help="comma-separated: retrieval, zeroshot_molecule, zeroshot_moa, linear_probe, map "
-                   f"(default {DEFAULT_TASKS})")
+                   help="comma-separated: retrieval, zeroshot_molecule, zeroshot_moa, linear_probe, map, "
+                   f"jump_activity, jump_consistency (default {DEFAULT_TASKS})")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seeds prototypes, retrieval sites, non-matches, splits")
@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="C grid of the linear probe (default 1e-6 ... 1e6)")
     g.add_argument("--n_jobs", type=int, default=1, help="parallel linear-probe tasks (-1 = all cores)")
     g.add_argument("--map_null_size", type=int, default=10000, help="copairs permutation null size")
+    g = p.add_argument_group("JUMP protocol (jump_activity, jump_consistency)")
+    g.add_argument("--profile_pipeline", default="mad_robustize,sphering",
+                   help="normalisation steps of the well profiles, fitted on the controls ('' = raw profiles)")
+    g.add_argument("--controls", default=None,
+                   help="negative controls: a perturbation type ('negcon', the default) or a pandas query")
+    g.add_argument("--annotations", default=None,
+                   help="compound annotation table (CSV/Parquet) with --moa_key_column and the --consistency_by "
+                   "column, for jump_consistency")
+    g.add_argument("--consistency_by", default="target", help="annotation of phenotypic consistency: target or moa")
+    g.add_argument("--active_only", action="store_true",
+                   help="consistency only among the compounds jump_activity retrieves (the JUMP papers' choice)")
     g = p.add_argument_group("features baseline")
     g.add_argument("--baseline_features", default=None, help="CSV of per-site/per-well features + Metadata_*")
     g.add_argument("--baseline_name", default="CellProfiler features")
@@ -68,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--baseline_plate_column", default="Metadata_Plate")
     g.add_argument("--baseline_inchikey_column", default="Metadata_InChIKey14")
     g.add_argument("--baseline_moa_column", default="Metadata_moa")
+    g.add_argument("--baseline_controls", default=None,
+                   help="query of the baseline's negative controls for the JUMP tasks (default: --controls)")
     g = p.add_argument_group("figures")
     g.add_argument("--gallery_queries", type=int, default=4, help="query sites in the retrieval gallery")
     g.add_argument("--tsne_max_points", type=int, default=3000)
@@ -108,26 +121,79 @@ def _moa(args, emb, ds):
     return None
 
 
+def _split_tasks(args) -> tuple[list[str], list[str]]:
+    """``--tasks`` as (the paper's tasks, the JUMP protocol's tasks); refuses unknown tasks and missing inputs."""
+    from ..evaluation.jump import JUMP_TASKS
+    from ..evaluation.runner import TASKS
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS + JUMP_TASKS]
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r} in --tasks; choose from {', '.join(TASKS + JUMP_TASKS)}")
+    if "linear_probe" in tasks and (args.activity_labels is None or args.activity_row_index is None):
+        raise ValueError("--tasks linear_probe needs --activity_labels and --activity_row_index")
+    if "zeroshot_moa" in tasks and not (args.moa_column or args.moa_annotations):
+        raise ValueError("--tasks zeroshot_moa needs --moa_column or --moa_annotations")
+    if "jump_consistency" in tasks and args.annotations is None:
+        raise ValueError("--tasks jump_consistency needs --annotations")
+    return [t for t in tasks if t in TASKS], [t for t in tasks if t in JUMP_TASKS]
+
+
+def _baseline(args):
+    from ..evaluation.baseline import FeatureBaseline
+
+    if not args.baseline_features:
+        return None
+    return FeatureBaseline(args.baseline_features, name=args.baseline_name, controls=args.baseline_controls,
+                           compound_column=args.baseline_molecule_column, inchikey_column=args.baseline_inchikey_column,
+                           plate_column=args.baseline_plate_column, moa_column=args.baseline_moa_column)
+
+
+def _paper_results(args, tasks, emb, ds, baseline) -> dict:
+    """The paper's tasks on the model's embeddings and on the features baseline."""
+    from ..evaluation.baseline import evaluate_feature_table
+    from ..evaluation.runner import run_tasks
+
+    activity = _activity(args)
+    options = dict(activity=activity, seed=args.seed, linear_probe_Cs=args.linear_probe_C, n_jobs=args.n_jobs,
+                   map_null_size=args.map_null_size)
+    results = {
+        "model": args.model, "model_name": "CLOOME (this model)",
+        "dataset": args.dataset + (f" [{args.split}]" if args.split else ""),
+        "n_sites": int(len(emb.metadata)), "n_molecules": int(len(emb.molecules)), "seed": args.seed,
+        "tasks": run_tasks(tasks, emb.image, emb.metadata, molecule=emb.molecule, molecule_index=emb.molecule_index,
+                           moa=_moa(args, emb, ds), **options),
+        "baselines": {},
+    }
+    if baseline is not None:
+        results["baselines"][baseline.name] = evaluate_feature_table(baseline, tasks, **options)
+    return results
+
+
+def _add_protocol_results(args, tasks, emb, baseline, results: dict, output_dir) -> dict[str, str]:
+    """The JUMP protocol's tasks merged into ``results``; returns their figures."""
+    from ..evaluation.jump import jump_tasks
+
+    protocol = jump_tasks(tasks, emb.image, metadata=emb.metadata, pipeline=args.profile_pipeline,
+                          controls=args.controls, annotations=args.annotations, by=args.consistency_by,
+                          annotation_key=args.moa_key_column, active_only=args.active_only, baseline=baseline,
+                          output_dir=output_dir, null_size=args.map_null_size, seed=args.seed)
+    results["tasks"].update(protocol["tasks"])
+    for name, part in protocol["baselines"].items():
+        results["baselines"].setdefault(name, {"tasks": {}})["tasks"].update(part["tasks"])
+    return protocol["figures"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from accelerate import Accelerator
 
     from ..evaluation import write_report
-    from ..evaluation.baseline import BaselineColumns, evaluate_feature_table
     from ..evaluation.figures import evaluation_figures
-    from ..evaluation.runner import TASKS, run_tasks
     from ..inference.encode import encode_dataset
     from ..processing_cloome import load_model_and_processor
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task {unknown[0]!r} in --tasks; choose from {', '.join(TASKS)}")
-    if "linear_probe" in tasks and (args.activity_labels is None or args.activity_row_index is None):
-        raise ValueError("--tasks linear_probe needs --activity_labels and --activity_row_index")
-    if "zeroshot_moa" in tasks and not (args.moa_column or args.moa_annotations):
-        raise ValueError("--tasks zeroshot_moa needs --moa_column or --moa_annotations")
-
+    paper_tasks, protocol_tasks = _split_tasks(args)
     accelerator = Accelerator()
     model, processor = load_model_and_processor(args.model, revision=args.revision)
     model.to(accelerator.device)
@@ -138,30 +204,14 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    moa = _moa(args, emb, ds)
-    activity = _activity(args)
-    results = {
-        "model": args.model,
-        "model_name": "CLOOME (this model)",
-        "dataset": args.dataset + (f" [{args.split}]" if args.split else ""),
-        "n_sites": int(len(emb.metadata)),
-        "n_molecules": int(len(emb.molecules)),
-        "seed": args.seed,
-        "tasks": run_tasks(tasks, emb.image, emb.metadata, molecule=emb.molecule,
-                           molecule_index=emb.molecule_index, moa=moa, activity=activity, seed=args.seed,
-                           linear_probe_Cs=args.linear_probe_C, n_jobs=args.n_jobs,
-                           map_null_size=args.map_null_size),
-        "baselines": {},
-    }
-    if args.baseline_features:
-        columns = BaselineColumns(args.baseline_molecule_column, args.baseline_plate_column,
-                                  args.baseline_inchikey_column, args.baseline_moa_column)
-        results["baselines"][args.baseline_name] = evaluate_feature_table(
-            args.baseline_features, tasks, columns=columns, activity=activity, seed=args.seed,
-            linear_probe_Cs=args.linear_probe_C, n_jobs=args.n_jobs, map_null_size=args.map_null_size)
-    results["figures"] = evaluation_figures(emb, ds, output_dir, moa=moa, seed=args.seed,
-                                            gallery_queries=args.gallery_queries,
-                                            tsne_max_points=args.tsne_max_points)
+    baseline = _baseline(args)
+    results = _paper_results(args, paper_tasks, emb, ds, baseline)
+    figures = _add_protocol_results(args, protocol_tasks, emb, baseline, results, output_dir) if protocol_tasks else {}
+    if "retrieval" in paper_tasks or not protocol_tasks:  # the retrieval gallery and the embedding t-SNE
+        figures.update(evaluation_figures(emb, ds, output_dir, moa=_moa(args, emb, ds), seed=args.seed,
+                                          gallery_queries=args.gallery_queries,
+                                          tsne_max_points=args.tsne_max_points))
+    results["figures"] = figures
     np.save(output_dir / "image_embeddings.npy", emb.image)
     write_report(results, output_dir)
     print(json.dumps({t: _headline(t, r) for t, r in results["tasks"].items()}, indent=1))

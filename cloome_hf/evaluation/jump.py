@@ -28,6 +28,7 @@ from cloome_hf.profiling import aggregate, normalize, parse_pipeline, phenotypic
 from cloome_hf.profiling.consistency import annotation_column
 from cloome_hf.profiling.table import controls_query, metadata_column
 
+from .baseline import FeatureBaseline, load_feature_table
 from .stats import proportion_with_ci
 
 __all__ = ["JUMP_TASKS", "FeatureBaseline", "activity_task", "consistency_task", "jump_activity",
@@ -35,43 +36,6 @@ __all__ = ["JUMP_TASKS", "FeatureBaseline", "activity_task", "consistency_task",
 
 JUMP_TASKS = ("jump_activity", "jump_consistency")
 DEFAULT_PIPELINE = "mad_robustize,sphering"
-
-
-@dataclass
-class FeatureBaseline:
-    """A features table evaluated beside the model (e.g. CellProfiler well profiles).
-
-    ``features``: CSV / CSV.gz / Parquet path or DataFrame with ``Metadata_*`` columns and numeric features, one
-    row per site or well. ``controls``: query of its negative controls (default: the model's). ``compound_column``
-    names its compound for activity; ``inchikey_column`` its structure key (full or 14-character InChIKey), on
-    which consensus profiles are built for consistency. Consistency labels come from the table's own
-    ``Metadata_{by}`` column when it has one (CellProfiler LINCS / JUMP tables carry ``Metadata_moa``,
-    ``Metadata_target``), else from the annotation table matched on ``inchikey_column``.
-    """
-
-    features: str | os.PathLike | pd.DataFrame
-    name: str = "CellProfiler features"
-    controls: str | None = None
-    compound_column: str = "Metadata_broad_sample"
-    inchikey_column: str = "Metadata_InChIKey14"
-    plate_column: str = "Metadata_Plate"
-    well_column: str = "Metadata_Well"
-
-
-def load_feature_table(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """A features table from a DataFrame or a CSV / CSV.gz / TSV / Parquet file; refuses an unreadable file,
-    naming it."""
-    if isinstance(source, pd.DataFrame):
-        return source.copy()
-    path = os.fspath(source)
-    if not os.path.isfile(path):
-        raise ValueError(f"feature table {path} does not exist")
-    try:
-        if path.endswith(".parquet"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if path.endswith((".tsv", ".tsv.gz")) else ",", low_memory=False)
-    except Exception as err:  # pandas / pyarrow / gzip raise many types for a damaged or foreign file
-        raise ValueError(f"cannot read the feature table {path}: {err}") from err
 
 
 def jump_profiles(

@@ -24,7 +24,6 @@ def replicate_map(
     embeds,
     molecules,
     *,
-    controls=None,
     null_size: int = 10000,
     threshold: float = 0.05,
     seed: int = 0,
@@ -36,9 +35,9 @@ def replicate_map(
     Args:
         embeds: ``(N, D)`` site or well embeddings.
         molecules: ``(N,)`` molecule id of each row.
-        controls: optional ``(N,)`` bool, True for negative-control rows (e.g. DMSO). If given, the task is
-            *phenotypic activity*: each molecule's replicates are ranked against the controls only, and control
-            rows are not themselves scored. Otherwise (*replicate retrieval*) negatives are all other molecules.
+
+    Negatives are all other molecules (*replicate retrieval*). Phenotypic activity against negative controls, with
+    the JUMP recipe's same-plate rule, is :func:`cloome_hf.profiling.phenotypic_activity`.
         null_size: size of the permutation null per (positives, total) configuration.
         threshold: significance level on the BH-corrected p-values.
 
@@ -53,22 +52,7 @@ def replicate_map(
         raise ValueError(f"embeds {feats.shape} and molecules ({molecules.shape[0]}) must have one row per sample")
     meta = pd.DataFrame({"molecule": molecules})
     logging.getLogger("copairs").setLevel(logging.WARNING)
-    if controls is None:
-        mode = "replicate_retrieval"
-        ap = average_precision(meta, feats, ["molecule"], [], [], ["molecule"], progress_bar=show_progress)
-    else:
-        mode = "phenotypic_activity"
-        controls = np.asarray(controls, dtype=bool)
-        if controls.shape != molecules.shape:
-            raise ValueError(f"controls has {controls.shape[0]} entries, expected {molecules.shape[0]}")
-        if not controls.any():
-            raise ValueError("controls marks no row as a negative control; phenotypic activity needs some")
-        # Positives share the molecule; negatives are pairs that differ in control status, i.e. a treatment
-        # against a control. Control rows get scored too (against treatments) and are dropped afterwards.
-        meta["molecule"] = np.where(controls, "__control__", molecules)
-        meta["is_control"] = controls
-        ap = average_precision(meta, feats, ["molecule"], [], [], ["is_control"], progress_bar=show_progress)
-        ap = ap[~controls]
+    ap = average_precision(meta, feats, ["molecule"], [], [], ["molecule"], progress_bar=show_progress)
     ap = ap.dropna(subset=["average_precision"])
     ap = ap[ap["n_pos_pairs"] > 0]
     if ap.empty:
@@ -87,7 +71,7 @@ def replicate_map(
         for r in maps.itertuples()
     ]
     return {
-        "mode": mode,
+        "mode": "replicate_retrieval",
         "n_molecules": int(len(maps)),
         "mean_map": float(maps["mean_average_precision"].mean()),
         "fraction_retrieved": proportion_with_ci(retrieved, len(maps), confidence),

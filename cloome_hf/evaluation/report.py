@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from .jump_report import jump_report_sections
+
 __all__ = ["write_results_json", "render_report", "write_report", "flatten_results"]
 
 DIRECTIONS = (("image_to_molecule", "Structure retrieval"), ("molecule_to_image", "Image retrieval"))
@@ -177,6 +179,7 @@ def render_report(results: dict) -> str:
     lines += _zeroshot_section(results, "zeroshot_molecule", "Zero-shot molecule classification (Table 3)")
     lines += _zeroshot_section(results, "zeroshot_moa", "Zero-shot mechanism-of-action classification (Table 4)")
     lines += _map_section(results)
+    lines += jump_report_sections(results)
     skipped = [(name, task, why) for name, base in results.get("baselines", {}).items()
                for task, why in base.get("skipped", {}).items()]
     if skipped:

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 SITE_METADATA = ("sample_key", "plate", "well", "smiles", "inchikey")
+#: Carried along when a dataset has them: what profiling needs for controls, batch correction and layout.
+OPTIONAL_METADATA = ("site", "perturbation_type", "batch", "source")
 
 
 @dataclass
@@ -35,7 +37,8 @@ class Embeddings:
 
     ``image``: ``(N, D)`` L2-normalised site embeddings, in dataset order; ``molecule``: ``(M, D)`` L2-normalised
     embeddings of the unique molecules; ``molecule_index``: ``(N,)`` row of each site's molecule in ``molecule``;
-    ``metadata``: ``N`` rows ``sample_key, plate, well, smiles, inchikey``; ``molecules``: ``M`` rows
+    ``metadata``: ``N`` rows ``sample_key, plate, well, smiles, inchikey`` plus, where the dataset has them,
+    ``site, perturbation_type, batch, source`` and its ``Metadata_*`` columns; ``molecules``: ``M`` rows
     ``inchikey, smiles``.
     """
 
@@ -176,7 +179,8 @@ def encode_dataset(model, processor, ds, *, fingerprints=None, batch_size: int =
     ``fingerprints``: a :class:`~cloome_hf.data.molecules.FingerprintTable` holding the dataset's molecules, to
     skip featurising them again (e.g. during training); by default the processor featurises them.
     """
-    metadata = ds.select_columns(list(SITE_METADATA)).to_pandas()
+    extra = [c for c in ds.column_names if c in OPTIONAL_METADATA or c.startswith("Metadata_")]
+    metadata = ds.select_columns(list(SITE_METADATA) + extra).to_pandas()
     image = encode_sites(model, processor, ds, batch_size=batch_size, num_workers=num_workers,
                          autocast_dtype=autocast_dtype, accelerator=accelerator, show_progress=show_progress)
     molecules = metadata.drop_duplicates("inchikey")[["inchikey", "smiles"]].reset_index(drop=True)

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..data.schema import PERTURBATION_TYPES  # noqa: F401  (re-exported by cloome_hf.profiling)
+
 METADATA_PREFIX = "Metadata_"
 EMBEDDING_PREFIX = "emb_"
 #: Embeddings-dataset column -> profiles-table metadata column (JUMP / pycytominer spelling).
@@ -33,8 +35,6 @@ METADATA_NAMES = {
     "batch": "Metadata_Batch",
     "source": "Metadata_Source",
 }
-#: The values of ``perturbation_type`` (issue 15): treatment, negative control, positive control, no structure.
-PERTURBATION_TYPES = ("trt", "negcon", "poscon", "unknown")
 PERT_TYPE_COLUMN = METADATA_NAMES["perturbation_type"]
 DEFAULT_CONTROLS = f"{PERT_TYPE_COLUMN} == 'negcon'"
 _BARE_VALUE = re.compile(r"^[A-Za-z0-9_.\-]+$")

@@ -1,4 +1,4 @@
-"""`evaluate` module: replicate / phenotypic-activity mAP with copairs.
+"""`evaluate` module: replicate mAP with copairs.
 
 Load offline with ``evaluate.load(cloome_hf.evaluation.metric_path("cloome_replicate_map"))``. It wraps
 :func:`cloome_hf.evaluation.replicate_map` and returns its summary flattened to scalars.
@@ -11,14 +11,13 @@ from cloome_hf.evaluation.replicate_map import replicate_map
 from cloome_hf.evaluation.report import flatten_results
 
 _DESCRIPTION = """Mean average precision of retrieving a molecule's replicate sites (cosine similarity) against other
-molecules, or against negative controls (phenotypic activity), with copairs permutation p-values; reports mean mAP
-and the fraction of molecules with BH-corrected p below the threshold (Clopper-Pearson interval)."""
+molecules, with copairs permutation p-values; reports mean mAP and the fraction of molecules with BH-corrected p
+below the threshold (Clopper-Pearson interval). Phenotypic activity against controls is cloome_jump_activity."""
 
 _KWARGS_DESCRIPTION = """
 Args:
     embeds: N embeddings (lists of floats).
     molecules: N molecule ids.
-    controls: optional N booleans marking negative-control rows (switches to phenotypic activity).
     null_size: permutation null size (default 10000).
     threshold: significance level (default 0.05).
     seed: seed of the null.
@@ -39,8 +38,6 @@ class CloomeReplicateMap(evaluate.Metric):
             ),
         )
 
-    def _compute(self, embeds, molecules, controls=None, null_size=10000, threshold=0.05, seed=0):
-        result = replicate_map(
-            embeds, molecules, controls=controls, null_size=null_size, threshold=threshold, seed=seed
-        )
+    def _compute(self, embeds, molecules, null_size=10000, threshold=0.05, seed=0):
+        result = replicate_map(embeds, molecules, null_size=null_size, threshold=threshold, seed=seed)
         return flatten_results(result)
