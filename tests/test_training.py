@@ -159,7 +159,7 @@ def test_bioactivity_preset_reaches_model_optimizer_and_schedule(tmp_path, one_t
     lrs = [r["lr"] for r in read_log(out) if "lr" in r]
     # 20,000 warm-up steps at peak 5e-4: the t-th step uses 5e-4 * t / 20000
     np.testing.assert_allclose(lrs, [reference_lr(t, 5e-4, 20000, 4, 4) for t in range(4)], rtol=1e-9)
-    optimizer = torch.load(out / "checkpoints" / "checkpoint-4" / "optimizer.bin", weights_only=True)
+    optimizer = torch.load(out / "checkpoints" / "checkpoint-4" / "optimizer.pt", weights_only=True)
     assert [g["weight_decay"] for g in optimizer["param_groups"]] == [0.1, 0.0]
     assert [g["betas"] for g in optimizer["param_groups"]][0] == (0.9, 0.999)
 

@@ -14,9 +14,11 @@ and with ``--sync_batchnorm`` a step is numerically the same on any number of pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,10 +32,12 @@ from ..evaluation.retrieval import retrieval_accuracy
 from ..evaluation.stats import random_retrieval_baseline
 from ..inference.encode import Embeddings, encode_dataset
 from ..recipes import TRAINING_CONFIG_FILE, model_config
+from ..safe_io import OutputLock
 from .checkpoint import (
+    changed_settings,
     clean_incomplete_checkpoints,
+    load_checkpoint,
     parameter_digest,
-    read_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -42,6 +46,9 @@ from .optim import build_optimizer, build_scheduler
 from .params import parse_args, resolved_arguments
 
 TRAIN_LOG = "train_log.jsonl"
+#: What a finished or interrupted run leaves in its output folder (a fresh run refuses to mix with them).
+RUN_ARTIFACTS = (TRAIN_LOG, "checkpoints", "all_results.json", "model.safetensors", TRAINING_CONFIG_FILE, "best",
+                 "audit")
 
 
 class TrainingStopped(RuntimeError):
@@ -83,6 +90,8 @@ class Run:
     total_steps: int
     random_baseline: dict[str, float]
     log_path: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    lock: OutputLock | None = None
     audit: Any = None
     progress: Any = None
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -174,10 +183,18 @@ def setup_run(model_args, data_args, train_args, recipe_used: dict[str, Any]) ->
     from accelerate.utils import set_seed
 
     accelerator = build_accelerator(train_args)
+    _refuse_sharded_strategies(accelerator)
     set_seed(train_args.seed)
-    if accelerator.is_main_process:
-        os.makedirs(train_args.output_dir, exist_ok=True)
-        clean_incomplete_checkpoints(os.path.join(train_args.output_dir, "checkpoints"))
+    lock = _claim_output_dir(accelerator, train_args)
+    try:
+        return _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used) -> Run:
     processor = build_processor(model_args, data_args)
     log = tqdm.write if accelerator.is_main_process else (lambda message: None)
     log(f"preset {train_args.preset or 'demo'}: " + ", ".join(f"{k}={v}" for k, v in sorted(recipe_used.items())))
@@ -201,13 +218,13 @@ def setup_run(model_args, data_args, train_args, recipe_used: dict[str, Any]) ->
         model = torch.compile(model)
     # The scheduler is stepped by hand once per global step (not prepared: accelerate would step it per process).
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
     groups = np.asarray(list(data.validation["inchikey"]))
     run = Run(args=(model_args, data_args, train_args), recipe_used=recipe_used, accelerator=accelerator, data=data,
               processor=processor, model=model, raw_model=accelerator.unwrap_model(model), optimizer=optimizer,
               scheduler=scheduler, loader=loader, state=TrainState(), steps_per_epoch=steps_per_epoch,
               total_steps=total_steps, random_baseline=random_retrieval_baseline(groups),
-              log_path=os.path.join(train_args.output_dir, TRAIN_LOG))
+              log_path=os.path.join(train_args.output_dir, TRAIN_LOG), lock=lock)
+    run.settings = run_settings(run)
     _resume(run)
     _open_logs(run)
     return run
@@ -221,10 +238,66 @@ def _resume(run: Run) -> None:
     if path is None:
         run.log(f"no checkpoint in {run.checkpoint_dir}; starting from scratch")
         return
-    run.accelerator.load_state(path)
-    saved = read_trainer_state(path)
+    saved = load_checkpoint(run.accelerator, path, run.raw_model, run.optimizer, run.scheduler)
+    changed = changed_settings(saved["settings"], run.settings)
+    if changed and not run.train_args.allow_changed_settings:
+        raise ValueError(f"{path} was written by a run with other settings, so resuming would not continue it: "
+                         + "; ".join(changed) + ". Use the original settings, a new --output_dir, or "
+                         "--allow_changed_settings to continue anyway")
+    if changed:
+        run.log("resuming with changed settings (--allow_changed_settings): " + "; ".join(changed))
     run.state = TrainState(**{k: saved[k] for k in ("step", "epoch", "batch_in_epoch", "best_score")})
     run.log(f"resumed from {path} at step {run.state.step}")
+
+
+def run_settings(run: Run) -> dict[str, Any]:
+    """The settings that decide a run's result; a resume checks them against the checkpoint's."""
+    model_args, data_args, train_args = run.args
+    config = {k: v for k, v in run.raw_model.config.to_dict().items()
+              if not k.startswith("_") and k != "transformers_version"}
+    data = hashlib.sha256()
+    for part in (run.data.train, run.data.validation):
+        meta = part.select_columns(["sample_key", "inchikey"])
+        data.update(json.dumps([len(part), list(meta["sample_key"]), list(meta["inchikey"])]).encode())
+    keys = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "warmup_steps",
+            "restart_epochs", "max_grad_norm", "seed", "mixed_precision")
+    return {"preset": train_args.preset or "demo", "model_config": config, "data": data.hexdigest(),
+            "global_batch_size": train_args.per_device_train_batch_size * run.accelerator.num_processes,
+            "num_processes": run.accelerator.num_processes, "total_steps": run.total_steps,
+            "steps_per_epoch": run.steps_per_epoch, "image_size": list(data_args.image_size),
+            "random_resized_crop_scale": list(data_args.random_resized_crop_scale or []),
+            "augment": data_args.augment, "unique_molecules_per_batch": data_args.unique_molecules_per_batch,
+            **{k: getattr(train_args, k) for k in keys}}
+
+
+def _refuse_sharded_strategies(accelerator) -> None:
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError(f"cloome train checkpoints without pickle and supports data parallelism (DDP), not "
+                         f"{accelerator.distributed_type.value}: the published model has 29-37 M parameters, so "
+                         "sharding saves nothing; run accelerate config without FSDP / DeepSpeed")
+
+
+def _claim_output_dir(accelerator, train_args) -> OutputLock | None:
+    """Lock the output folder (main process) and refuse to mix with another run's files in it."""
+    out = train_args.output_dir
+    lock = None
+    if accelerator.is_main_process:
+        lock = OutputLock(out, "cloome train").acquire()
+        found = [name for name in RUN_ARTIFACTS if os.path.exists(os.path.join(out, name))]
+        if found and not (train_args.resume_from_checkpoint or train_args.overwrite_output_dir):
+            lock.release()
+            raise ValueError(f"{out} already holds a training run ({', '.join(found)}); resume it with "
+                             "--resume_from_checkpoint latest, replace it with --overwrite_output_dir, or use a new "
+                             "--output_dir")
+        if found and train_args.overwrite_output_dir and not train_args.resume_from_checkpoint:
+            for name in found:
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        clean_incomplete_checkpoints(os.path.join(out, "checkpoints"))
+    accelerator.wait_for_everyone()
+    return lock
 
 
 def _open_logs(run: Run) -> None:
@@ -343,8 +416,8 @@ def validate(run: Run) -> dict[str, float]:
 
 
 def checkpoint(run: Run) -> str:
-    return save_checkpoint(run.accelerator, run.checkpoint_dir, run.state.step, asdict(run.state),
-                           run.train_args.save_total_limit)
+    return save_checkpoint(run.accelerator, run.checkpoint_dir, {**asdict(run.state), "settings": run.settings},
+                           run.raw_model, run.optimizer, run.scheduler, run.train_args.save_total_limit)
 
 
 # ------------------------------------------------------------------------------------------------- outputs
@@ -413,11 +486,20 @@ def run_training(model_args, data_args, train_args, recipe_used: dict[str, Any])
     (one row per validation site, in dataset order).
     """
     run = setup_run(model_args, data_args, train_args, recipe_used)
+    try:
+        return _train(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _train(run: Run) -> dict[str, Any]:
+    model_args, data_args, train_args = run.args
     eval_every = train_args.eval_steps or run.steps_per_epoch
     save_every = train_args.save_steps or run.steps_per_epoch
-    global_batch = train_args.per_device_train_batch_size * run.accelerator.num_processes
-    run.log(f"{run.total_steps} steps of {global_batch} pairs ({run.steps_per_epoch} per epoch) on {run.accelerator.num_processes} process(es); random "
-            f"retrieval top-1: image->molecule {run.random_baseline['image_to_molecule_top1']:.4f}, "
+    processes = run.accelerator.num_processes
+    run.log(f"{run.total_steps} steps of {train_args.per_device_train_batch_size * processes} pairs "
+            f"({run.steps_per_epoch} per epoch) on {processes} process(es); random retrieval top-1: image->molecule {run.random_baseline['image_to_molecule_top1']:.4f}, "
             f"molecule->image {run.random_baseline['molecule_to_image_top1']:.4f}")
     run.progress = tqdm(total=run.total_steps, initial=run.state.step, desc="train", dynamic_ncols=True,
                         disable=not run.accelerator.is_main_process)

@@ -104,6 +104,10 @@ class TrainArguments:
     save_steps: int = _field(0, help="checkpoint every N steps (0 = every epoch) and at the end", preset=False)
     save_total_limit: int = _field(2, help="checkpoints to keep (0 = all)", preset=False)
     resume_from_checkpoint: str | None = _field(help="checkpoint folder, or 'latest' in output_dir", preset=False)
+    overwrite_output_dir: bool = _field(False, help="replace the training run already in output_dir (its checkpoints, "
+                                        "logs and model)", preset=False)
+    allow_changed_settings: bool = _field(False, help="resume although the batch size, schedule, recipe, data or "
+                                          "model differ from the checkpoint's (refused otherwise)", preset=False)
     report_to: str = _field("none", help="accelerate trackers: tensorboard, trackio, wandb, all or none",
                             preset=False)
     audit_log: bool = _field(False, help="write each process's sample ids per step and a final parameter "
