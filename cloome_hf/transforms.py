@@ -1,49 +1,185 @@
-"""Training-time augmentation for CLOOME: batched torch ops on 8-bit Cell Painting sites.
+"""Training-time augmentation for CLOOME: 8-bit Cell Painting sites -> normalised float32 pixel values.
 
-Inference uses `CloomeImageProcessor` (deterministic centre crop + normalisation); the data pipeline uses
-`CloomeTrainTransform` while training. In training mode, for every image independently:
+Inference uses `CloomeImageProcessor` (deterministic centre crop + normalisation); training uses
+`CloomeTrainTransform`. In training mode, for every image independently:
 
-1. random crop to `crop_size` (integer window, exact pixels), horizontal and vertical flips (each with
-   probability 1/2) and a rotation by a multiple of 90 degrees (k = 0..3 for square crops; 0 or 180 degrees for
-   non-square ones, so that every image of the batch keeps its shape) -- all fused into one uint8 gather;
-2. random resized crop: a box covering a fraction `random_resized_crop_scale` of the area, with aspect ratio in
-   `random_resized_crop_ratio` (log-uniform), resampled bilinearly to `output_size` (default: back to the same
-   size; `output_size=(320, 320)` without `crop_size` is the bioactivity recipe's random-resized crop of the whole
-   520 x 696 site to 320 x 320, torchvision `RandomResizedCrop` semantics). Applying it after the
-   flips/turns gives the same distribution as before them, because the box law is mirror-symmetric and, for a
-   ratio range symmetric in log space such as the default (3/4, 4/3), rotation-symmetric;
-3. normalisation `(x - image_mean) / image_std` per channel in float32 (the default, with mean = std = the
-   published channel means, is CLOOME's `x / m - 1`).
+1. a random window of `crop_size` (torchvision ``RandomCrop``: top and left uniform integers);
+2. optionally a random resized crop of that window (torchvision ``RandomResizedCrop`` box law: up to 10 tries of
+   an area fraction uniform in `random_resized_crop_scale` and a log-uniform aspect ratio w / h in
+   `random_resized_crop_ratio`, else the centred box of the extreme admissible ratio), resampled bilinearly
+   (``align_corners=False``, no antialiasing, as upstream CLOOME's tensor ``RandomResizedCrop``; upstream used
+   bicubic) to `output_size` (default: the window size). ``output_size=(320, 320)`` without `crop_size` is the
+   bioactivity recipe: the whole 520 x 696 site to 320 x 320;
+3. an orientation of the output, uniform over the flips (`flips`) and quarter turns (`rot90`) that keep its
+   shape: all 8 symmetries of the square for square outputs, 180 degrees as the only turn otherwise;
+4. normalisation ``(x - image_mean) / image_std`` per channel in float32 (the default, with mean = std = the
+   published channel means, is CLOOME's ``x / m - 1``).
 
-In eval mode (`transform.eval()`) only a centre crop to `crop_size` (then to `output_size`, as the published
-code evaluated its random-resized-crop models) and the normalisation are applied, which matches
-`CloomeImageProcessor` with that crop on the same 8-bit input. All randomness comes from a `torch.Generator`.
+All random draws happen on the CPU (:meth:`CloomeTrainTransform.draw_params`), from one generator per image when
+``seeds`` are given (so an image's pixels depend on its seed alone, not on the batch, worker or process), and the
+pixel work runs wherever the images are: on the CPU per image, through numpy views (crop, flips, turns: no index
+maps, no copy but the output) and one bilinear kernel; on an accelerator batched, through gathers of the uint8
+input. Both paths give the same pixels within float rounding (crops exactly).
+
+In eval mode (`transform.eval()`) only a centre crop to `crop_size` (then to `output_size`, as the published code
+evaluated its random-resized-crop models) and the normalisation are applied, which matches
+`CloomeImageProcessor` with that crop on the same 8-bit input.
 """
 
 from __future__ import annotations
 
 import math
+import operator
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .channels import CLOOME_CHANNEL_MEAN
 
+_SCRATCH = threading.local()  # per-thread float buffers of the CPU resampling, reused across calls
+
+
+@dataclass(frozen=True)
+class AugmentationParams:
+    """The augmentation of each image of a batch of N, drawn on the CPU.
+
+    Attributes:
+        top, left, height, width: (N,) int64, the box of each input image that becomes the output.
+        transpose, flip_rows, flip_cols: (N,) bool, the orientation of the output:
+            ``out = T^transpose(flip_rows(flip_cols(resampled box)))``.
+        output_size: (height, width) of every output.
+    """
+
+    top: np.ndarray
+    left: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    transpose: np.ndarray
+    flip_rows: np.ndarray
+    flip_cols: np.ndarray
+    output_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.top)
+
+    @property
+    def resamples(self) -> bool:
+        """Whether any box differs in size from the output (else the output is an exact crop)."""
+        return bool(((self.height != self.output_size[0]) | (self.width != self.output_size[1])).any())
+
+
+def _orientations(flips: bool, rot90: bool, square: bool) -> tuple[tuple[bool, bool, bool], ...]:
+    """The distinct (transpose, flip_rows, flip_cols) orientations generated by the enabled flips and turns."""
+    if flips:
+        return tuple((t, r, c) for t in ((False, True) if rot90 and square else (False,))
+                     for r in (False, True) for c in (False, True))
+    if rot90 and square:  # turns by 0, 90, 180 and 270 degrees (counter-clockwise, as torch.rot90)
+        return (False, False, False), (True, False, True), (False, True, True), (True, True, False)
+    if rot90:  # 0 and 180 degrees keep a non-square shape
+        return (False, False, False), (False, True, True)
+    return ((False, False, False),)
+
+
+def _seed(value) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"seeds must be integers, got {value!r}") from None
+
+
+class _Draws:
+    """Scalar draws from one generator, the same numbers torchvision's ``get_params`` draws from it (torch.randint
+    is ``random_`` on a fresh tensor, the box's scale and log-ratio are float32 ``uniform_``), into reused tensors."""
+
+    def __init__(self, generator: torch.Generator | None):
+        self.generator = generator
+        self._float = torch.empty(1)
+        self._int = torch.empty(1, dtype=torch.int64)
+
+    def randint(self, high: int) -> int:
+        return int(self._int.random_(0, high, generator=self.generator))
+
+    def uniform(self, low: float, high: float) -> float:
+        return float(self._float.uniform_(low, high, generator=self.generator))
+
+    def exp_uniform(self, low: float, high: float) -> float:
+        return float(self._float.uniform_(low, high, generator=self.generator).exp_())
+
+
+def _scratch(name: str, numel: int) -> np.ndarray:
+    buffer = getattr(_SCRATCH, name, None)
+    if buffer is None or buffer.size < numel:
+        buffer = np.empty(numel, dtype=np.float32)
+        setattr(_SCRATCH, name, buffer)
+    return buffer[:numel]
+
+
+def _resample_cpu(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) -> (C, *size) float32 bilinear (F.interpolate, align_corners=False), into reused buffers."""
+    c, h, w = box.shape
+    source = _scratch("box", c * h * w).reshape(1, c, h, w)
+    np.copyto(source, box, casting="unsafe")
+    resampled = _scratch("resampled", c * size[0] * size[1]).reshape(1, c, *size)
+    torch.ops.aten.upsample_bilinear2d.out(torch.from_numpy(source), list(size), False, None, None,
+                                           out=torch.from_numpy(resampled))
+    return resampled[0]
+
+
+def _linear_taps(starts: np.ndarray, lengths: np.ndarray, out_size: int, flip: np.ndarray):
+    """Per image, the two source indices and the weight of the second one for every output position along one
+    axis: bilinear with ``align_corners=False`` (F.interpolate's rule), reversed where ``flip``.
+
+    Returns (first, second) (N, out_size) int64 absolute indices and (N, out_size) float32 weights."""
+    scale = lengths.astype(np.float32)[:, None] / np.float32(out_size)  # float32, as torch's CPU kernel
+    # scale * (i + 0.5) - 0.5 with one rounding (torch's kernel compiles to a fused multiply-add)
+    centres = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+    position = np.maximum((scale.astype(np.float64) * centres - 0.5).astype(np.float32), 0)
+    first = position.astype(np.int64)  # floor: positions are >= 0
+    second = first + (first < lengths[:, None] - 1)
+    weight = (position - first).astype(np.float32)
+    taps = [np.where(flip[:, None], a[:, ::-1], a) for a in (first, second, weight)]
+    return taps[0] + starts[:, None], taps[1] + starts[:, None], taps[2]
+
+
+def _gather_bilinear(images: torch.Tensor, samples: torch.Tensor, rows, cols, transposed: bool,
+                     resamples: bool) -> torch.Tensor:
+    """Batched sampling of ``images`` (N, C, H, W) at per-image row/column taps -> (n, C, out_h, out_w) float32.
+
+    ``rows``/``cols``: (first, second, weight) tensors (n, out) on the images' device; ``transposed`` swaps the
+    output axes (square outputs only)."""
+    n, channels = len(samples), images.shape[1]
+    channel = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
+    samples = samples.view(n, 1, 1, 1)
+    row_axis, col_axis = ((n, 1, 1, -1), (n, 1, -1, 1)) if transposed else ((n, 1, -1, 1), (n, 1, 1, -1))
+    r0, r1, row_weight = (t.view(row_axis) for t in rows)
+    c0, c1, col_weight = (t.view(col_axis) for t in cols)
+
+    top_left = images[samples, channel, r0, c0].to(torch.float32)
+    if not resamples:
+        return top_left
+    # the order of F.interpolate's CPU kernel: columns first, then rows
+    upper = top_left * (1 - col_weight) + images[samples, channel, r0, c1] * col_weight
+    lower = images[samples, channel, r1, c0] * (1 - col_weight) + images[samples, channel, r1, c1] * col_weight
+    return upper * (1 - row_weight) + lower * row_weight
+
 
 class CloomeTrainTransform(nn.Module):
-    """Batched CLOOME augmentation, uint8 (N, C, H, W) or (C, H, W) -> float32 pixel values.
+    """CLOOME augmentation, uint8 (N, C, H, W) or (C, H, W) -> float32 pixel values (see the module docstring).
 
     Args:
-        crop_size: (height, width) of the output, or None to keep the input size.
+        crop_size: (height, width) of the random window, or None for the whole image.
         random_resized_crop_scale: (min, max) area fraction of the random resized crop, or None to disable it.
         random_resized_crop_ratio: (min, max) aspect ratio (width / height) of that crop box, sampled log-uniformly.
-        output_size: (height, width) the random resized crop is resampled to (default: its input size).
+        output_size: (height, width) the random resized crop is resampled to (default: the window size).
         flips: random horizontal and vertical flips.
         rot90: random rotations by multiples of 90 degrees.
         image_mean, image_std: per-channel normalisation (default: the published CLOOME channel means).
-        seed: seed of the transform's own generator (used when a call passes no generator).
+        seed: seed of the transform's own generator (used when a call passes neither seeds nor a generator).
+        batch_chunk: images per gather on an accelerator (bounds its temporary memory).
     """
 
     def __init__(
@@ -57,18 +193,15 @@ class CloomeTrainTransform(nn.Module):
         image_mean: Sequence[float] = CLOOME_CHANNEL_MEAN,
         image_std: Sequence[float] = CLOOME_CHANNEL_MEAN,
         seed: int | None = None,
+        batch_chunk: int = 64,
     ):
         super().__init__()
-        if crop_size is not None:
-            crop_size = (int(crop_size[0]), int(crop_size[1]))
-            if min(crop_size) <= 0:
-                raise ValueError(f"crop_size must be positive, got {crop_size}")
-        if output_size is not None:
-            output_size = (int(output_size[0]), int(output_size[1]))
-            if min(output_size) <= 0:
-                raise ValueError(f"output_size must be positive, got {output_size}")
-            if random_resized_crop_scale is None:
-                raise ValueError("output_size is the size of the random resized crop: set random_resized_crop_scale")
+        crop_size, output_size = (None if s is None else (int(s[0]), int(s[1])) for s in (crop_size, output_size))
+        for name, size in (("crop_size", crop_size), ("output_size", output_size)):
+            if size is not None and min(size) <= 0:
+                raise ValueError(f"{name} must be positive, got {size}")
+        if output_size is not None and random_resized_crop_scale is None:
+            raise ValueError("output_size is the size of the random resized crop: set random_resized_crop_scale")
         if random_resized_crop_scale is not None:
             low, high = random_resized_crop_scale
             if not 0 < low <= high <= 1:
@@ -83,15 +216,23 @@ class CloomeTrainTransform(nn.Module):
             raise ValueError(
                 f"image_mean/image_std must have equal length and no zero std, got {image_mean}, {image_std}"
             )
+        if batch_chunk <= 0:
+            raise ValueError(f"batch_chunk must be positive, got {batch_chunk}")
         self.crop_size = crop_size
         self.random_resized_crop_scale = random_resized_crop_scale
         self.random_resized_crop_ratio = (float(low), float(high))
+        # torchvision draws the log-ratio between float32 logs; the same numbers give the same boxes
+        self._log_ratio = tuple(float(v) for v in torch.log(torch.tensor(self.random_resized_crop_ratio)))
         self.output_size = output_size
         self.flips = bool(flips)
         self.rot90 = bool(rot90)
+        self.batch_chunk = int(batch_chunk)
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
             buffer = torch.tensor(value, dtype=torch.float32).view(-1, 1, 1)
             self.register_buffer(name, buffer, persistent=False)  # follows .to(device), not saved
+        # CPU copies for the numpy path, whatever device the module is on
+        self._mean_np = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1)
+        self._std_np = np.asarray(image_std, dtype=np.float32).reshape(-1, 1, 1)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def extra_repr(self) -> str:
@@ -99,82 +240,174 @@ class CloomeTrainTransform(nn.Module):
                 f"random_resized_crop_scale={self.random_resized_crop_scale}, "
                 f"random_resized_crop_ratio={self.random_resized_crop_ratio}, flips={self.flips}, rot90={self.rot90}")
 
-    # ------------------------------------------------------------------ steps
-    def _dihedral_grids(self, height: int, width: int) -> torch.Tensor:
-        """(num_ops, 2, height, width) source (row, col) of every output pixel, one map per flip/rotation combo."""
-        rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        base = torch.stack([rows, cols])
-        quarter_turns = (0, 1, 2, 3) if height == width else (0, 2)  # odd turns would change a non-square shape
-        grids = []
-        for flip_w in (False, True) if self.flips else (False,):
-            for flip_h in (False, True) if self.flips else (False,):
-                for k in quarter_turns if self.rot90 else (0,):
-                    grid = base.flip(-1) if flip_w else base
-                    grid = grid.flip(-2) if flip_h else grid
-                    grids.append(torch.rot90(grid, k, dims=(-2, -1)))
-        return torch.stack(grids)
+    # ------------------------------------------------------------------ random parameters (CPU)
+    def _window(self, height: int, width: int) -> tuple[int, int]:
+        window = self.crop_size if self.crop_size is not None else (height, width)
+        if window[0] > height or window[1] > width:
+            raise ValueError(f"crop_size {window[0]}x{window[1]} is larger than the images {height}x{width}")
+        return window
 
-    def _crop_flip_rotate(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Random window + flips + 90-degree turns, fused into one exact gather on the (uint8) input."""
-        n, channels, height, width = images.shape
-        ch, cw = self.crop_size if self.crop_size is not None else (height, width)
-        if ch > height or cw > width:
-            raise ValueError(f"crop_size {ch}x{cw} is larger than the images {height}x{width}")
-        tops = torch.randint(0, height - ch + 1, (n,), generator=generator)
-        lefts = torch.randint(0, width - cw + 1, (n,), generator=generator)
-        grids = self._dihedral_grids(ch, cw)
-        ops = torch.randint(0, len(grids), (n,), generator=generator)
-        source = grids[ops]  # (N, 2, ch, cw) positions inside each image's window
-        rows = source[:, 0] + tops.view(n, 1, 1)
-        cols = source[:, 1] + lefts.view(n, 1, 1)
-        flat = (rows * width + cols).view(n, 1, ch * cw).to(images.device)
-        # One gather over the flattened frame; every image gets its own window and orientation.
-        picked = images.reshape(n, channels, height * width).gather(2, flat.expand(n, channels, ch * cw))
-        return picked.view(n, channels, ch, cw)
+    def _resized_crop_box(self, height: int, width: int, draws: _Draws) -> tuple[int, int, int, int]:
+        """torchvision ``RandomResizedCrop.get_params`` on a height x width window."""
+        area = height * width
+        for _ in range(10):
+            target_area = area * draws.uniform(*self.random_resized_crop_scale)
+            aspect = draws.exp_uniform(*self._log_ratio)
+            w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                return draws.randint(height - h + 1), draws.randint(width - w + 1), h, w
+        low, high = self.random_resized_crop_ratio  # no try fitted: the centred box closest in ratio
+        h, w = height, width
+        if width / height < low:
+            h = round(width / low)
+        elif width / height > high:
+            w = round(height * high)
+        return (height - h) // 2, (width - w) // 2, h, w
 
-    @staticmethod
-    def _center_crop(images: torch.Tensor, crop_size: tuple[int, int] | None) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        if crop_size is None:
-            return images
-        ch, cw = crop_size
-        if ch > height or cw > width:
-            raise ValueError(f"crop_size {ch}x{cw} is larger than the images {height}x{width}")
-        top, left = (height - ch) // 2, (width - cw) // 2
-        return images[:, :, top : top + ch, left : left + cw]
+    def _draw_one(self, height: int, width: int, num_orientations: int, draws: _Draws) -> tuple[int, ...]:
+        """(top, left, height, width, orientation index) of one image: window, resized-crop box, orientation."""
+        window_h, window_w = self._window(height, width)
+        top = left = 0
+        if (window_h, window_w) != (height, width):  # torchvision RandomCrop: no draw for a full-size window
+            top, left = draws.randint(height - window_h + 1), draws.randint(width - window_w + 1)
+        box = (0, 0, window_h, window_w)
+        if self.random_resized_crop_scale is not None:
+            box = self._resized_crop_box(window_h, window_w, draws)
+        orientation = draws.randint(num_orientations) if num_orientations > 1 else 0
+        return top + box[0], left + box[1], box[2], box[3], orientation
 
-    def _random_resized_crop(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        n, _, height, width = images.shape
-        area = torch.empty(n).uniform_(*self.random_resized_crop_scale, generator=generator)
-        log_ratio = torch.empty(n).uniform_(*(math.log(r) for r in self.random_resized_crop_ratio), generator=generator)
-        ratio = torch.exp(log_ratio)
-        # Box size as fractions of the image; clamp so that extreme ratios still fit inside.
-        box_w = torch.sqrt(area * ratio * height / width).clamp(max=1.0)
-        box_h = (area / box_w).clamp(max=1.0)
-        center_x = box_w / 2 + torch.rand(n, generator=generator) * (1 - box_w)
-        center_y = box_h / 2 + torch.rand(n, generator=generator) * (1 - box_h)
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0], theta[:, 0, 2] = box_w, 2 * center_x - 1
-        theta[:, 1, 1], theta[:, 1, 2] = box_h, 2 * center_y - 1
-        out_h, out_w = self.output_size if self.output_size is not None else (height, width)
-        grid = F.affine_grid(theta.to(images.device), [n, images.shape[1], out_h, out_w], align_corners=False)
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    def _centre_box(self, height: int, width: int) -> tuple[int, int, int, int, int]:
+        """Eval mode: the centre of the centred window, of the output size, not turned."""
+        (window_h, window_w), (out_h, out_w) = self._window(height, width), self.output_shape(height, width)
+        if out_h > window_h or out_w > window_w:
+            raise ValueError(f"output_size {out_h}x{out_w} is larger than the window {window_h}x{window_w}")
+        top = (height - window_h) // 2 + (window_h - out_h) // 2
+        return top, (width - window_w) // 2 + (window_w - out_w) // 2, out_h, out_w, 0
 
-    # ------------------------------------------------------------------ call
+    def output_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the outputs for height x width inputs."""
+        window = self._window(height, width)
+        return self.output_size if self.output_size is not None else window
+
+    def draw_params(self, n: int, height: int, width: int, seeds: Sequence[int] | None = None,
+                    generator: torch.Generator | None = None) -> AugmentationParams:
+        """The augmentation of N images of height x width (the centre crop in eval mode).
+
+        Args:
+            seeds: one seed per image: image i's draws come from a generator seeded with ``seeds[i]``.
+            generator: else, one CPU generator for the whole batch (default: the transform's own, else torch's).
+        """
+        if seeds is not None and generator is not None:
+            raise ValueError("pass seeds (one per image) or a generator, not both")
+        if seeds is not None and len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} images")
+        out_h, out_w = self.output_shape(height, width)
+        if not self.training:
+            rows, table = [self._centre_box(height, width)] * n, _orientations(False, False, True)
+        else:
+            table = _orientations(self.flips, self.rot90, out_h == out_w)
+            if seeds is None:
+                draws = _Draws(generator if generator is not None else self.generator)
+                rows = [self._draw_one(height, width, len(table), draws) for _ in range(n)]
+            else:
+                rows = [self._draw_one(height, width, len(table), _Draws(torch.Generator().manual_seed(_seed(s))))
+                        for s in seeds]
+        drawn = np.asarray(rows, dtype=np.int64).reshape(n, 5)
+        orientation = np.asarray(table, dtype=bool)[drawn[:, 4]]
+        return AugmentationParams(*drawn[:, :4].T.copy(), *orientation.T.copy(), output_size=(out_h, out_w))
+
+    # ------------------------------------------------------------------ pixels
+    def _apply_per_image(self, images: torch.Tensor, params: AugmentationParams, out: torch.Tensor) -> None:
+        """CPU: each box (a numpy view) is written once into its output seen through the inverse orientation (flips
+        and transpose as strides: the input is read row by row), then normalised in place."""
+        source, target = images.detach().numpy(), out.numpy()
+        resamples = (params.height != params.output_size[0]) | (params.width != params.output_size[1])
+        columns = zip(params.top.tolist(), params.left.tolist(), params.height.tolist(), params.width.tolist(),
+                      params.transpose.tolist(), params.flip_rows.tolist(), params.flip_cols.tolist(),
+                      resamples.tolist())
+        for i, (top, left, h, w, transpose, flip_rows, flip_cols, resample) in enumerate(columns):
+            box = source[i, :, top:top + h, left:left + w]
+            if resample:
+                box = _resample_cpu(box, params.output_size)
+            # out = T(FR(FC(box)))  <=>  FC(FR(T(out))) = box, flips and transposes being involutions
+            view = target[i].swapaxes(1, 2) if transpose else target[i]
+            view = view[:, ::-1] if flip_rows else view
+            view = view[:, :, ::-1] if flip_cols else view
+            np.subtract(box, self._mean_np, out=view)
+            np.divide(target[i], self._std_np, out=target[i])
+
+    def batched_taps(self, params: AugmentationParams, device: torch.device | str = "cpu"):
+        """The CPU side of the batched path: per-image source rows and columns (and bilinear weights), ordered
+        plain outputs first, then transposed ones, as two tensors on ``device``.
+
+        Returns ``(num_plain, indices, weights)``: indices (N, 1 + 2 out_h + 2 out_w) int64 = (image, first rows,
+        second rows, first columns, second columns); weights (N, out_h + out_w) float32 of the second taps."""
+        out_h, out_w = params.output_size
+        rows = _linear_taps(params.top, params.height, out_h, params.flip_rows)
+        cols = _linear_taps(params.left, params.width, out_w, params.flip_cols)
+        order = np.argsort(params.transpose, kind="stable")
+        indices = np.concatenate([order[:, None], rows[0][order], rows[1][order], cols[0][order], cols[1][order]], 1)
+        weights = np.concatenate([rows[2][order], cols[2][order]], axis=1)
+        num_plain = int((~params.transpose).sum())
+        return num_plain, torch.as_tensor(indices, device=device), torch.as_tensor(weights, device=device)
+
+    def _apply_batched(self, images: torch.Tensor, params: AugmentationParams, out: torch.Tensor) -> None:
+        """Any device: gathers of the input at the taps of :meth:`batched_taps`, ``batch_chunk`` images at a time."""
+        (out_h, out_w), resamples = params.output_size, params.resamples
+        num_plain, indices, weights = self.batched_taps(params, images.device)
+        mean, std = self.image_mean.to(images.device), self.image_std.to(images.device)
+        for start, stop in ((0, num_plain), (num_plain, len(params))):
+            for begin in range(start, stop, self.batch_chunk):
+                chunk = slice(begin, min(begin + self.batch_chunk, stop))
+                samples, r0, r1, c0, c1 = indices[chunk].split([1, out_h, out_h, out_w, out_w], dim=1)
+                row_weight, col_weight = weights[chunk].split([out_h, out_w], dim=1)
+                pixels = _gather_bilinear(images, samples.reshape(-1), (r0, r1, row_weight), (c0, c1, col_weight),
+                                          transposed=begin >= num_plain, resamples=resamples)
+                out.index_copy_(0, samples.reshape(-1), pixels.sub_(mean).div_(std))
+
+    def apply(self, images: torch.Tensor, params: AugmentationParams, batched: bool | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        """Crop, resample, orient and normalise (N, C, H, W) ``images`` as ``params`` say -> (N, C, h, w) float32.
+
+        Args:
+            batched: gather the whole batch on the images' device (default: on accelerators); otherwise each image
+                is processed through numpy views (CPU tensors only).
+            out: (N, C, h, w) float32 tensor on the images' device to write into (e.g. in shared memory in a
+                DataLoader worker, which then hands it over without a copy).
+        """
+        n, channels = images.shape[:2]
+        if len(params) != n:
+            raise ValueError(f"params describe {len(params)} images, got {n}")
+        if channels != self.image_mean.shape[0]:
+            raise ValueError(f"images have {channels} channels, the normalisation has {self.image_mean.shape[0]}")
+        if batched is None:  # numpy has no bfloat16
+            batched = images.device.type != "cpu" or images.dtype == torch.bfloat16
+        shape = (n, channels, *params.output_size)
+        if out is None:
+            out = torch.empty(shape, dtype=torch.float32, device=images.device)
+        elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != images.device:
+            raise ValueError(f"out must be a float32 tensor of shape {shape} on {images.device}, got "
+                             f"{out.dtype} {tuple(out.shape)} on {out.device}")
+        if n:
+            (self._apply_batched if batched else self._apply_per_image)(images, params, out)
+        return out
+
     def forward(self, images: torch.Tensor, seeds: Sequence[int] | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """Augment (training mode) or centre-crop (eval mode) and normalise.
 
         Args:
-            images: (N, C, H, W) or (C, H, W), uint8 (or any real dtype, used as is).
-            seeds: one seed per image (training mode): image i's crop, flips and turns are drawn from a generator
-                seeded with ``seeds[i]``, so its pixels depend on that seed alone, not on the batch it is in, the
-                worker or the process.
+            images: (N, C, H, W) or (C, H, W), uint8 (or any real dtype, used as is), on any device.
+            seeds: one seed per image (training mode): image i's window, resized crop and orientation are drawn
+                from a generator seeded with ``seeds[i]``, so its pixels depend on that seed alone, not on the
+                batch it is in, the worker, the process or the device.
             generator: CPU `torch.Generator` for the draws of the whole batch when no ``seeds`` are given
-                (default: the transform's own).
+                (default: the transform's own). A single image drawn with ``torch.Generator().manual_seed(s)``
+                gets the same pixels as with ``seeds=[s]``.
+            out: optional output tensor of the returned shape (see :meth:`apply`, :meth:`output_shape`).
 
         Returns:
-            float32 tensor of the input's rank: (N, C, crop_h, crop_w) or (C, crop_h, crop_w).
+            float32 tensor of the input's rank on the input's device: (N, C, h, w) or (C, h, w).
         """
         if not isinstance(images, torch.Tensor):
             images = torch.as_tensor(images)
@@ -183,29 +416,11 @@ class CloomeTrainTransform(nn.Module):
             images = images.unsqueeze(0)
         if images.dim() != 4:
             raise ValueError(f"expected (N, C, H, W) or (C, H, W) images, got shape {tuple(images.shape)}")
-        if images.shape[1] != self.image_mean.shape[0]:
-            raise ValueError(
-                f"images have {images.shape[1]} channels, the normalisation has {self.image_mean.shape[0]}"
-            )
-        if seeds is not None and len(seeds) != images.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for {images.shape[0]} images")
-        if not self.training:
-            images = self._center_crop(self._center_crop(images, self.crop_size), self.output_size).to(torch.float32)
-        elif seeds is not None:
-            images = torch.cat([self._augment(images[i:i + 1], torch.Generator().manual_seed(int(seed)))
-                                for i, seed in enumerate(seeds)])
-        else:
-            images = self._augment(images, generator if generator is not None else self.generator)
-        images = (images - self.image_mean.to(images.device)) / self.image_std.to(images.device)
-        return images[0] if single else images
-
-    def _augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        # Flips/turns commute in distribution with the resized crop (its box law is symmetric), so they are
-        # fused with the random window into one exact uint8 gather before the float resampling.
-        images = self._crop_flip_rotate(images, generator).to(torch.float32)
-        if self.random_resized_crop_scale is not None:
-            images = self._random_resized_crop(images, generator)
-        return images
+        if images.dtype.is_complex or images.dtype == torch.bool:
+            raise ValueError(f"expected real-valued images, got {images.dtype}")
+        params = self.draw_params(images.shape[0], *images.shape[-2:], seeds=seeds, generator=generator)
+        result = self.apply(images, params, out=out.unsqueeze(0) if single and out is not None else out)
+        return result[0] if single else result
 
 
-__all__ = ["CloomeTrainTransform"]
+__all__ = ["AugmentationParams", "CloomeTrainTransform"]

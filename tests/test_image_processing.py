@@ -1,4 +1,5 @@
-"""CloomeImageProcessor, rescale_to_uint8 and CloomeTrainTransform against independent reference code."""
+"""CloomeImageProcessor and rescale_to_uint8 against independent reference code (the training transform:
+test_transforms.py)."""
 
 from pathlib import Path
 
@@ -6,7 +7,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import torch.nn.functional as F
 
 from cloome_hf.image_processing_cloome import (
     CHANNELS,
@@ -14,7 +14,6 @@ from cloome_hf.image_processing_cloome import (
     CloomeImageProcessor,
     rescale_to_uint8,
 )
-from cloome_hf.transforms import CloomeTrainTransform
 
 
 SITE_DIR = Path(__file__).parent / "data" / "example_site"
@@ -205,83 +204,6 @@ def test_image_processor_save_load_round_trip(tmp_path, raw_site):
     loaded = CloomeImageProcessor.from_pretrained(tmp_path)
     assert loaded.to_dict() == processor.to_dict()
     np.testing.assert_array_equal(loaded(raw_site)["pixel_values"], processor(raw_site)["pixel_values"])
-
-
-# ---------------------------------------------------------------- training transform
-def test_train_transform_eval_matches_processor(processor):
-    u8 = processor.load_uint8_site(SITE_FILES)
-    transform = CloomeTrainTransform(crop_size=(520, 520)).eval()
-    expected = processor(u8, crop_size={"height": 520, "width": 520})["pixel_values"]
-    np.testing.assert_array_equal(transform(torch.from_numpy(u8)).numpy(), expected[0])
-
-
-def _dihedral(image):
-    """All 8 flips/rotations of a (C, H, W) tensor."""
-    out = []
-    for base in (image, image.flip(-1)):
-        out += [torch.rot90(base, k, dims=(-2, -1)) for k in range(4)]
-    return out
-
-
-def test_train_transform_crops_flips_rotations_are_exact():
-    images = torch.randint(0, 256, (6, 5, 40, 50), dtype=torch.uint8)
-    mean = torch.tensor(CLOOME_CHANNEL_MEAN).view(-1, 1, 1)
-    transform = CloomeTrainTransform(crop_size=(16, 16), random_resized_crop_scale=None, seed=3)
-    out = transform(images)
-    assert out.shape == (6, 5, 16, 16) and out.dtype == torch.float32
-    seen = set()
-    for image, result in zip(images, out):
-        pixels = torch.round(result * mean + mean).to(torch.uint8)
-        matches = [
-            (top, left, k)
-            for top in range(40 - 16 + 1) for left in range(50 - 16 + 1)
-            for k, candidate in enumerate(_dihedral(image[:, top : top + 16, left : left + 16]))
-            if torch.equal(candidate, pixels)
-        ]
-        assert matches, "output is not a flipped/rotated window of its input"
-        seen.add(matches[0])
-    assert len(seen) > 1  # windows/orientations vary across the batch
-    # non-square crops only turn by 0 or 180 degrees, so the batch keeps one shape
-    wide = CloomeTrainTransform(crop_size=(8, 12), random_resized_crop_scale=None, seed=1)(images)
-    assert wide.shape == (6, 5, 8, 12)
-    # seeded: same generator state -> same output; eval is deterministic centre crop
-    again = CloomeTrainTransform(crop_size=(16, 16), random_resized_crop_scale=None, seed=3)(images)
-    torch.testing.assert_close(again, out, rtol=0, atol=0)
-    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    torch.testing.assert_close(transform(images, generator=g1), transform(images, generator=g2), rtol=0, atol=0)
-
-
-def test_train_transform_resized_crop():
-    images = torch.randint(0, 256, (4, 5, 32, 32), dtype=torch.uint8)
-    identity = CloomeTrainTransform(random_resized_crop_scale=(1.0, 1.0), random_resized_crop_ratio=(1.0, 1.0),
-                                    flips=False, rot90=False)
-    expected = (images.float() - identity.image_mean) / identity.image_std
-    torch.testing.assert_close(identity(images), expected, atol=1e-4, rtol=0)
-    # a 0.9-1.0 area crop keeps the size and only zooms in slightly: values stay within the input range
-    zoom = CloomeTrainTransform(random_resized_crop_scale=(0.9, 0.9), flips=False, rot90=False, seed=0)
-    out = zoom(images)
-    assert out.shape == images.shape and not torch.allclose(out, expected)
-    low, high = expected.amin(dim=(2, 3), keepdim=True), expected.amax(dim=(2, 3), keepdim=True)
-    assert bool(((out >= low - 1e-4) & (out <= high + 1e-4)).all())
-    with pytest.raises(ValueError, match="random_resized_crop_scale"):
-        CloomeTrainTransform(random_resized_crop_scale=(0.5, 1.5))
-
-
-def test_train_transform_resized_crop_of_whole_site_to_output_size():
-    """The bioactivity recipe: a random resized crop of the whole (non-square) site resampled to 320 x 320."""
-    images = torch.randint(0, 256, (2, 5, 40, 60), dtype=torch.uint8)
-    whole = CloomeTrainTransform(random_resized_crop_scale=(1.0, 1.0), random_resized_crop_ratio=(1.5, 1.5),
-                                 output_size=(20, 20), flips=False, rot90=False)
-    resized = F.interpolate(images.float(), size=(20, 20), mode="bilinear", align_corners=False)
-    expected = (resized - whole.image_mean) / whole.image_std
-    torch.testing.assert_close(whole(images), expected, atol=1e-4, rtol=0)
-    bioactivity = CloomeTrainTransform(random_resized_crop_scale=(0.9, 1.0), output_size=(32, 32), seed=0)
-    assert bioactivity(images).shape == (2, 5, 32, 32)
-    # Eval mode: the published code's centre crop of the requested size.
-    centre = bioactivity.eval()(images)
-    torch.testing.assert_close(centre, (images[:, :, 4:36, 14:46].float() - whole.image_mean) / whole.image_std)
-    with pytest.raises(ValueError, match="set random_resized_crop_scale"):
-        CloomeTrainTransform(random_resized_crop_scale=None, output_size=(32, 32))
 
 
 def test_tiff_variants_read_identically(processor, raw_site, tmp_path):
