@@ -2,14 +2,19 @@
 
     cloome embed --model DIR_OR_HUB_ID --dataset DATASET --output_dir OUT [--molecules library.csv] [--bf16]
     accelerate launch -m cloome_hf.cli embed ...            # every process takes its share of shards
+    cloome embed --model DIR --dataset s3://.../load_data_with_illum.parquet \
+        --wells well.csv.gz --compounds compound.csv.gz --output_dir OUT     # a JUMP plate, no prepare step
 
 ``--dataset``: anything ``load_cell_painting`` reads ('synthetic', a prepared or save_to_disk folder, Parquet
-shards, a Hub dataset id, a raw index / load_data table); ``--split`` picks a split. The store (see
+shards, a Hub dataset id, a raw index / load_data table, local or a URL); ``--split`` picks a split. A raw
+table is read shard by shard, straight from its files (illumination-corrected, with the table options of
+``cloome prepare``: ``--root --compounds --wells --plates --illumination --storage_options``): only the
+missing shards' sites are read on a rerun, each process reads only its own shards. The store (see
 :mod:`cloome_hf.inference.store`) is readable by ``load_dataset(OUT, "images")`` / ``load_dataset(OUT,
 "molecules")`` and by ``CloomeIndex.from_store(OUT)``. Image rows carry ``sample_key, plate, well, site,
-inchikey, smiles`` (plus ``--keep_columns``) and ``embedding``; molecule rows the table's columns and
-``embedding``. A rerun after an interruption computes only the missing shards; a rerun with other settings is
-refused.
+inchikey, smiles``, ``perturbation_type`` when the dataset has it (plus ``--keep_columns``) and ``embedding``;
+molecule rows the table's columns and ``embedding``. A rerun after an interruption computes only the missing
+shards; a rerun with other settings (or a changed table) is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import argparse
 import json
 import os
 from typing import Any
+
+from ..data.options import add_table_arguments, table_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding_dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--keep_columns", nargs="*", default=[], help="extra dataset columns to copy to the output")
     p.add_argument("--max_samples", type=int, default=None, help="embed only the first N rows (smoke tests)")
+    add_table_arguments(p)
     return p
 
 
@@ -51,11 +59,14 @@ def load_molecule_table(path: str):
     return table.drop_duplicates("smiles").reset_index(drop=True)
 
 
-def _settings(args, processor) -> dict[str, Any]:
+def _settings(args, processor, sites) -> dict[str, Any]:
     """What determines the output: a rerun into the same folder must match this exactly."""
     import cloome_hf
 
-    return {
+    from ..data.prepare import records_hash
+    from ..data.sources import SiteSource
+
+    out = {
         "model_id": str(args.model), "revision": args.revision,
         "processor": json.loads(json.dumps(processor.to_dict(), default=str)),
         "embedding_dtype": args.embedding_dtype, "bf16": bool(args.bf16), "shard_size": args.shard_size,
@@ -63,6 +74,30 @@ def _settings(args, processor) -> dict[str, Any]:
         "max_samples": args.max_samples, "keep_columns": list(args.keep_columns),
         "cloome_hf_version": cloome_hf.__version__,
     }
+    # A raw table's shards are its rows: a changed table (or compound join) must not be resumed into. The
+    # storage options say how to reach the files, not which (and may hold credentials): not recorded.
+    table = table_arguments(args)
+    recorded = {k: table[k] for k in ("root", "compounds", "wells") if table[k] is not None}
+    recorded.update({k: v for k, v in table["source_options"].items() if k in ("plates", "illumination")})
+    if recorded:
+        out["table_options"] = recorded
+    if isinstance(sites, SiteSource):
+        out["records_hash"] = records_hash(sites)
+    return out
+
+
+def _open_sites(args):
+    """``--dataset`` as a ``SiteSource`` (a raw table, whose images are read per output shard) or a dataset."""
+    from ..data import load_cell_painting
+    from ..data.loading import open_table_source
+
+    table = table_arguments(args)
+    sites = open_table_source(args.dataset, **table)
+    if sites is None:
+        return load_cell_painting(args.dataset, split=args.split, **table)  # refuses table options
+    if args.split != "train":
+        raise ValueError(f"{args.dataset} is a site table with the single split 'train', not {args.split!r}")
+    return sites
 
 
 def main(argv=None) -> str:
@@ -72,14 +107,14 @@ def main(argv=None) -> str:
     import torch
     from accelerate import Accelerator
 
-    from ..data import load_cell_painting
     from ..inference import store
     from ..processing_cloome import load_model_and_processor
 
     accelerator = Accelerator()
     model, processor = load_model_and_processor(args.model, revision=args.revision)
     model.to(accelerator.device)
-    settings = _settings(args, processor)
+    sites = _open_sites(args) if args.dataset is not None else None
+    settings = _settings(args, processor, sites)
     settings["model_info"] = {"commit_hash": getattr(model.config, "_commit_hash", None),
                               "projection_dim": model.config.projection_dim}
     if accelerator.is_main_process:
@@ -88,12 +123,10 @@ def main(argv=None) -> str:
     store.check_or_write_info(args.output_dir, settings, write=False)
     common = dict(accelerator=accelerator, shard_size=args.shard_size, batch_size=args.batch_size,
                   dtype=args.embedding_dtype, autocast_dtype=torch.bfloat16 if args.bf16 else None)
-    if args.dataset is not None:
-        ds = load_cell_painting(args.dataset, split=args.split)
-        if args.max_samples is not None:
-            ds = ds.select(range(min(args.max_samples, len(ds))))
-        store.embed_images_to_store(ds, model, processor, os.path.join(args.output_dir, "images"),
-                                    keep_columns=args.keep_columns, num_workers=args.num_workers, **common)
+    if sites is not None:
+        store.embed_images_to_store(sites, model, processor, os.path.join(args.output_dir, "images"),
+                                    keep_columns=args.keep_columns, num_workers=args.num_workers,
+                                    max_rows=args.max_samples, **common)
     if args.molecules is not None:
         store.embed_molecules_to_store(load_molecule_table(args.molecules), model, processor,
                                        os.path.join(args.output_dir, "molecules"), **common)

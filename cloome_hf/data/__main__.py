@@ -23,6 +23,8 @@ import json
 import os
 import sys
 
+from .options import add_table_arguments, table_arguments
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cloome_hf.data", description=__doc__,
@@ -31,19 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="convert a Bray npz / raw TIFF / JUMP source into Parquet shards")
     pr.add_argument("--layout", choices=["auto", "bray_npz", "tiff", "jump"], default="auto")
     pr.add_argument("--index", help="index CSV (Bray npz / raw TIFF layouts)")
-    pr.add_argument("--root", help="npz folder, TIFF root folder, or JUMP image root")
     pr.add_argument("--load_data", help="CellProfiler LoadData table (CSV, CSV.gz or Parquet; path or URL)")
-    pr.add_argument("--compounds", help="JUMP compound table (Metadata_JCP2022 / InChIKey -> SMILES)")
-    pr.add_argument("--wells", help="JUMP well table (plate, well -> Metadata_JCP2022) when load_data lacks it")
-    pr.add_argument("--plates", help="JUMP plate table (plate -> Metadata_Batch, Metadata_PlateType)")
-    pr.add_argument("--illumination", choices=["auto", "true", "false"], default="auto",
-                    help="divide by the plate's illumination functions (auto: when the table has Illum columns)")
     pr.add_argument("--extra_channels", nargs="*", default=[], help="e.g. Brightfield (ignored unless named)")
-    pr.add_argument("--storage_options", type=json.loads, default=None,
-                    help='fsspec options as JSON, e.g. \'{"anon": false}\' or \'{"client_kwargs": '
-                         '{"endpoint_url": "http://..."}}\'')
-    pr.add_argument("--read_threads", type=int, default=8, help="sites read at once per process (JUMP layout)")
-    pr.add_argument("--retries", type=int, default=3, help="retries of transient read errors (JUMP layout)")
+    add_table_arguments(pr)
     pr.add_argument("--output_dir", required=True)
     pr.add_argument("--split", default="train")
     pr.add_argument("--shard_size", type=int, default=500, help="sites per Parquet shard")
@@ -74,13 +66,13 @@ def main(argv=None) -> dict:
         from .prepare import prepare_dataset
         from .sources import open_source
 
-        jump = args.layout == "jump" or args.load_data is not None
-        options = {"plates": args.plates, "illumination": {"true": True, "false": False}.get(args.illumination,
-                                                                                                "auto"),
-                   "extra_channels": args.extra_channels, "storage_options": args.storage_options,
-                   "read_threads": args.read_threads, "retries": args.retries} if jump else {}
-        source = open_source(args.layout, index=args.index, root=args.root, load_data=args.load_data,
-                             compounds=args.compounds, wells=args.wells, errors=args.errors, **options)
+        table = table_arguments(args)
+        options = dict(table.pop("source_options"))
+        if args.extra_channels:
+            options["extra_channels"] = args.extra_channels
+        # options of the LoadData layout reach open_source only when given: it refuses them for other layouts
+        source = open_source(args.layout, index=args.index, load_data=args.load_data, errors=args.errors,
+                             **table, **options)
         report = prepare_dataset(source, args.output_dir, split=args.split, shard_size=args.shard_size,
                                  num_proc=args.num_proc, compression=args.compression, max_shards=args.max_shards,
                                  process_index=args.process_index, num_processes=args.num_processes)

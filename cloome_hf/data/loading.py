@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .prepare import MANIFEST
 from ..channels import CHANNELS
@@ -55,6 +55,7 @@ def load_cell_painting(
     num_proc: int | None = None,
     synthetic: Mapping[str, Any] | None = None,
     source_options: dict[str, Any] | None = None,
+    rows: Sequence[int] | None = None,
     **load_dataset_kwargs,
 ):
     """Load Cell Painting sites as a ``datasets`` object in the common schema (:mod:`cloome_hf.data.schema`).
@@ -82,6 +83,12 @@ def load_cell_painting(
         synthetic: keyword arguments of ``make_synthetic_dataset`` for ``source="synthetic"``.
         source_options: options of the LoadData reader (:class:`~cloome_hf.data.jump.JumpSource`):
             ``illumination``, ``storage_options``, ``plates``, ``extra_channels``, ``retries``, ``read_threads``.
+        rows: raw sources only: read just these sites (record indices of the source, in this order), e.g. one
+            output shard of ``cloome embed``.
+
+    ``root``, ``compounds``, ``wells``, ``source_options`` and ``rows`` apply to index / load_data tables and
+    :class:`~cloome_hf.data.sources.SiteSource` objects; given with any other source they are refused, not
+    ignored.
 
     Returns:
         ``Dataset``, ``DatasetDict``, ``IterableDataset`` or ``IterableDatasetDict``; the channel order of the
@@ -89,6 +96,11 @@ def load_cell_painting(
     """
     import datasets
 
+    raw = open_table_source(source, kind=kind, root=root, compounds=compounds, wells=wells, errors=errors,
+                            source_options=source_options)
+    if raw is None:
+        _refuse_table_options(source, root=root, compounds=compounds, wells=wells, source_options=source_options,
+                              rows=rows)
     if isinstance(source, str) and source == "synthetic":
         from .synthetic import make_synthetic_dataset
 
@@ -99,24 +111,18 @@ def load_cell_painting(
         for part in out.values() if isinstance(out, datasets.DatasetDict) else [out]:
             check_schema(part.column_names, where=os.fspath(source))
         return out
-    if isinstance(source, SiteSource):
-        raw = source
-    elif kind in ("bray_npz", "tiff", "jump") or (kind == "auto" and is_table_location(source)):
-        path = os.fspath(source)
-        is_jump = kind == "jump" or (kind == "auto" and compounds is not None)
-        raw = open_source(kind if kind != "auto" else ("jump" if is_jump else "auto"),
-                          index=None if is_jump else path, load_data=path if is_jump else None,
-                          compounds=compounds, wells=wells, root=root, errors=errors, **(source_options or {}))
-    else:
-        raw = None
 
     if raw is not None:
+        selected = list(range(len(raw))) if rows is None else [int(i) for i in rows]
+        if selected and not 0 <= min(selected) <= max(selected) < len(raw):
+            raise ValueError(f"rows {min(selected)}..{max(selected)} are outside the {len(raw)} sites of "
+                             f"{raw.where}")
         if streaming:
             ds = datasets.IterableDataset.from_generator(_generate, features=raw.features(),
-                                                         gen_kwargs={"source": raw, "shards": [None]})
+                                                         gen_kwargs={"source": raw, "shards": [selected]})
         else:
-            n = max(1, min(num_proc or 1, len(raw)))
-            chunks = [list(range(len(raw)))[i::n] for i in range(n)]
+            n = max(1, min(num_proc or 1, len(selected)))
+            chunks = [selected[i::n] for i in range(n)]
             try:
                 ds = datasets.Dataset.from_generator(
                     _generate, features=raw.features(), gen_kwargs={"source": raw, "shards": chunks},
@@ -157,6 +163,34 @@ def load_cell_painting(
         check_schema(names, where=path)
         _with_channels(part, channels or _hub_channels(part))
     return out
+
+
+def open_table_source(source: Any, *, kind: str = "auto", root=None, compounds=None, wells=None,
+                      errors: str = "raise", source_options: dict[str, Any] | None = None) -> SiteSource | None:
+    """The :class:`~cloome_hf.data.sources.SiteSource` of an index / load_data table (``source`` itself when it
+    is one), reading only the tables, no image; ``None`` for every other source (synthetic, datasets folders,
+    Parquet shards, Hub ids). :func:`load_cell_painting` reads its sites; ``cloome embed`` reads them one
+    output shard at a time (``rows=``)."""
+    if isinstance(source, SiteSource):
+        if root is not None or compounds is not None or wells is not None or source_options:
+            raise ValueError(f"root / compounds / wells / source_options apply when a table is opened, not to "
+                             f"the already opened {source.kind} source {source.where}")
+        return source
+    if not (kind in ("bray_npz", "tiff", "jump") or (kind == "auto" and is_table_location(source))):
+        return None
+    path = os.fspath(source)
+    is_jump = kind == "jump" or (kind == "auto" and compounds is not None)
+    return open_source(kind if kind != "auto" else ("jump" if is_jump else "auto"),
+                       index=None if is_jump else path, load_data=path if is_jump else None,
+                       compounds=compounds, wells=wells, root=root, errors=errors, **(source_options or {}))
+
+
+def _refuse_table_options(source, **given) -> None:
+    """Options of site tables given with another source would be ignored: refuse them, naming them."""
+    named = sorted(name for name, value in given.items() if value is not None and value != {})
+    if named:
+        raise ValueError(f"{', '.join(named)} apply to index / load_data tables (a local table file or a URL "
+                         f"ending in .csv, .csv.gz, .tsv or .parquet), but {source!r} is not one")
 
 
 def _is_saved_dataset(path) -> bool:

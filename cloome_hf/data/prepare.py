@@ -38,7 +38,8 @@ REPORT = "prepare_report.json"
 _SOURCE: SiteSource | None = None  # the source of the forked workers (inherited, not pickled per task)
 
 
-def _records_hash(source: SiteSource) -> str:
+def records_hash(source: SiteSource) -> str:
+    """A digest of a source's site records and files: a rerun into the same output must see the same sites."""
     digest = hashlib.sha256(pd.util.hash_pandas_object(source.records, index=True).values.tobytes())
     digest.update(json.dumps([source.describe_files(i) for i in range(len(source))]).encode())
     return digest.hexdigest()[:16]
@@ -138,7 +139,7 @@ def prepare_dataset(
     n_shards = max(1, -(-n_sites // shard_size))
     manifest = {"format": "cloome_hf.cell_painting/1", "channels": list(source.channels), "source_kind": source.kind,
                 "source": source.where, "split": split, "num_sites": n_sites, "shard_size": shard_size,
-                "num_shards": n_shards, "records_hash": _records_hash(source),
+                "num_shards": n_shards, "records_hash": records_hash(source),
                 "features": source.features().to_dict()}
     manifest_path = os.path.join(out, MANIFEST)
     if os.path.exists(manifest_path):

@@ -26,9 +26,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-SITE_METADATA = ("sample_key", "plate", "well", "smiles", "inchikey")
-#: Carried along when a dataset has them: what profiling needs for controls, batch correction and layout.
-OPTIONAL_METADATA = ("site", "perturbation_type", "batch", "source")
+#: The metadata every site embedding carries (the common schema's columns) ...
+SITE_METADATA = ("sample_key", "plate", "well", "site", "inchikey", "smiles")
+#: ... and what it carries when the dataset has it: what profiling needs for controls and batch correction.
+OPTIONAL_METADATA = ("perturbation_type", "batch", "source", "Metadata_Batch", "Metadata_Source")
+
+
+def site_metadata_columns(column_names: Sequence[str], keep_columns: Sequence[str] = ()) -> list[str]:
+    """The metadata columns of site embeddings: :data:`SITE_METADATA`, the :data:`OPTIONAL_METADATA` the dataset
+    has (datasets prepared before JUMP support have none), then ``keep_columns``."""
+    optional = [c for c in OPTIONAL_METADATA if c in column_names and c not in keep_columns]
+    return list(SITE_METADATA) + optional + [c for c in keep_columns if c not in SITE_METADATA]
 
 
 @dataclass
@@ -37,8 +45,8 @@ class Embeddings:
 
     ``image``: ``(N, D)`` L2-normalised site embeddings, in dataset order; ``molecule``: ``(M, D)`` L2-normalised
     embeddings of the unique molecules; ``molecule_index``: ``(N,)`` row of each site's molecule in ``molecule``;
-    ``metadata``: ``N`` rows ``sample_key, plate, well, smiles, inchikey`` plus, where the dataset has them,
-    ``site, perturbation_type, batch, source`` and its ``Metadata_*`` columns; ``molecules``: ``M`` rows
+    ``metadata``: ``N`` rows of :func:`site_metadata_columns` (``sample_key, plate, well, site, inchikey, smiles``
+    and, where the dataset has them, ``perturbation_type``, batch and source); ``molecules``: ``M`` rows
     ``inchikey, smiles``.
     """
 
@@ -179,8 +187,7 @@ def encode_dataset(model, processor, ds, *, fingerprints=None, batch_size: int =
     ``fingerprints``: a :class:`~cloome_hf.data.molecules.FingerprintTable` holding the dataset's molecules, to
     skip featurising them again (e.g. during training); by default the processor featurises them.
     """
-    extra = [c for c in ds.column_names if c in OPTIONAL_METADATA or c.startswith("Metadata_")]
-    metadata = ds.select_columns(list(SITE_METADATA) + extra).to_pandas()
+    metadata = ds.select_columns(site_metadata_columns(ds.column_names)).to_pandas()
     image = encode_sites(model, processor, ds, batch_size=batch_size, num_workers=num_workers,
                          autocast_dtype=autocast_dtype, accelerator=accelerator, show_progress=show_progress)
     molecules = metadata.drop_duplicates("inchikey")[["inchikey", "smiles"]].reset_index(drop=True)
@@ -191,5 +198,5 @@ def encode_dataset(model, processor, ds, *, fingerprints=None, batch_size: int =
     return Embeddings(image=image, molecule=molecule, molecule_index=index, metadata=metadata, molecules=molecules)
 
 
-__all__ = ["Embeddings", "embed_fingerprints", "embed_pixel_values", "encode_dataset", "encode_molecules",
-           "encode_sites"]
+__all__ = ["OPTIONAL_METADATA", "SITE_METADATA", "Embeddings", "embed_fingerprints", "embed_pixel_values", "encode_dataset", "encode_molecules",
+           "encode_sites", "site_metadata_columns"]

@@ -3,7 +3,8 @@
 Layout of a store folder::
 
     embedding_info.json          model id / revision, processor settings, dtype: what made the embeddings
-    images/shard-00000.parquet   one row per site: sample_key, plate, well, site, inchikey, smiles, embedding
+    images/shard-00000.parquet   one row per site: sample_key, plate, well, site, inchikey, smiles,
+                                 perturbation_type (when the dataset has it), embedding
     molecules/shard-00000.parquet  one row per library molecule: smiles, inchikey, ..., embedding
     README.md                    ``configs`` metadata, so ``datasets.load_dataset(folder, "images")`` works
 
@@ -14,6 +15,7 @@ ones. A rerun with other settings is refused (it would mix embeddings of two mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -22,7 +24,6 @@ import numpy as np
 
 INFO_FILE = "embedding_info.json"
 CONFIGS = ("images", "molecules")
-IMAGE_METADATA = ("sample_key", "plate", "well", "site", "inchikey", "smiles")
 
 
 def shard_ranges(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
@@ -77,29 +78,63 @@ def _my_shards(num_shards: int, accelerator) -> list[int]:
     return [i for i in range(num_shards) if i % accelerator.num_processes == accelerator.process_index]
 
 
-def embed_images_to_store(ds, model, processor, folder: str, *, accelerator, shard_size: int, batch_size: int,
+def _column_names(sites) -> list[str]:
+    from ..data.sources import SiteSource
+
+    if isinstance(sites, SiteSource):  # a raw table: its records, plus the image columns reading adds
+        return list(sites.records.columns) + ["image", "image_shape"]
+    return list(sites.column_names)
+
+
+@contextlib.contextmanager
+def _shard_sites(sites, start: int, stop: int, folder: str):
+    """Rows ``start:stop`` of ``sites`` as a ``datasets.Dataset``. A raw table's sites are read through
+    :func:`~cloome_hf.data.load_cell_painting` into a temporary Arrow cache inside ``folder`` (the disk of the
+    store, not the memory; removed after the shard), so only this shard's images are read."""
+    from ..data.sources import SiteSource
+
+    if not isinstance(sites, SiteSource):
+        yield sites.select(range(start, stop))
+        return
+    import tempfile
+
+    from ..data import load_cell_painting
+
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".reading-") as cache:
+        yield load_cell_painting(sites, split="train", rows=range(start, stop), cache_dir=cache)
+
+
+def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, shard_size: int, batch_size: int,
                           dtype: str = "float32", autocast_dtype=None, keep_columns: Sequence[str] = (),
-                          num_workers: int = 0) -> None:
-    """Embed the sites of ``ds`` (common schema) into ``folder``'s shards through :func:`encode_sites`."""
+                          num_workers: int = 0, max_rows: int | None = None) -> None:
+    """Embed the sites of ``sites`` into ``folder``'s shards through :func:`encode_sites`.
+
+    ``sites``: a ``datasets.Dataset`` in the common schema, or a :class:`~cloome_hf.data.sources.SiteSource`
+    (an index / load_data table opened by :func:`~cloome_hf.data.loading.open_table_source`), whose images are
+    read shard by shard: a rerun reads only the missing shards' sites, each process only its own.
+    ``max_rows``: embed only the first rows.
+    """
     from tqdm.auto import tqdm
 
-    from .encode import encode_sites
+    from .encode import encode_sites, site_metadata_columns
 
-    meta_cols = list(IMAGE_METADATA) + list(keep_columns)
-    missing = [c for c in meta_cols + ["image", "image_shape"] if c not in ds.column_names]
+    columns = _column_names(sites)
+    meta_cols = site_metadata_columns(columns, keep_columns)
+    missing = [c for c in meta_cols + ["image", "image_shape"] if c not in columns]
     if missing:
-        raise ValueError(f"the dataset lacks column(s) {missing}; it has {ds.column_names}")
+        raise ValueError(f"the dataset lacks column(s) {missing}; it has {columns}")
     os.makedirs(folder, exist_ok=True)
-    shards = shard_ranges(len(ds), shard_size)
+    num_rows = len(sites) if max_rows is None else min(max_rows, len(sites))
+    shards = shard_ranges(num_rows, shard_size)
     todo = [i for i in _my_shards(len(shards), accelerator) if not os.path.isfile(_shard_path(folder, i))]
     bar = tqdm(total=sum(shards[i][1] - shards[i][0] for i in todo), unit="site",
                desc=f"images (process {accelerator.process_index})", disable=not accelerator.is_local_main_process)
     for i in todo:
-        part = ds.select(range(*shards[i]))
-        emb = encode_sites(model, processor, part, batch_size=batch_size, num_workers=num_workers,
-                           autocast_dtype=autocast_dtype)
-        write_shard(_shard_path(folder, i), part.select_columns(meta_cols)[:], emb, dtype)
-        bar.update(len(part))
+        with _shard_sites(sites, *shards[i], folder) as part:
+            emb = encode_sites(model, processor, part, batch_size=batch_size, num_workers=num_workers,
+                               autocast_dtype=autocast_dtype)
+            write_shard(_shard_path(folder, i), part.select_columns(meta_cols)[:], emb, dtype)
+            bar.update(len(part))
     bar.close()
 
 
@@ -206,6 +241,5 @@ def load_store(store: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-__all__ = ["CONFIGS", "IMAGE_METADATA", "INFO_FILE", "check_or_write_info", "embed_images_to_store",
-           "embed_molecules_to_store", "embeddings_from_arrow", "load_store", "read_embeddings", "read_info",
-           "shard_ranges", "write_shard", "write_store_readme"]
+__all__ = ["CONFIGS", "INFO_FILE", "check_or_write_info", "embed_images_to_store", "embed_molecules_to_store",
+           "embeddings_from_arrow", "load_store", "read_embeddings", "read_info", "shard_ranges", "write_shard", "write_store_readme"]

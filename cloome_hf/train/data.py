@@ -1,6 +1,7 @@
 """The data of a training run: the train / validation sites, their molecules and the training loader.
 
-Sites come from :func:`cloome_hf.data.load_cell_painting` (every source a command accepts) and reach the model
+Sites come from :func:`cloome_hf.data.load_cell_painting` (every source a command accepts), less the negative
+controls (unless ``--include_controls``) and the sites without a structure, and reach the model
 through :func:`cloome_hf.data.build_dataloader`, the one input path: global batches from ``(seed, epoch)``, one
 augmentation seed per site, no molecule twice in a batch, fingerprints looked up per batch from one table of
 the unique molecules.
@@ -8,26 +9,61 @@ the unique molecules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 
-from ..data import FingerprintTable, build_dataloader, load_cell_painting, split_by_molecule
+from ..data import (
+    FingerprintTable,
+    build_dataloader,
+    contrastive_training_sites,
+    load_cell_painting,
+    split_by_molecule,
+)
 from ..transforms import CloomeTrainTransform
 
 
 @dataclass
 class TrainingData:
-    """``train`` / ``validation`` datasets and the fingerprint table of all their molecules."""
+    """``train`` / ``validation`` datasets, the fingerprint table of all their molecules, and what the site
+    selection left out: ``site_selection[split]`` is the :meth:`~cloome_hf.data.TrainingSites.report` of each
+    split of the source dataset (before the held-out molecules are split off, when it has no validation split)."""
 
     train: datasets.Dataset
     validation: datasets.Dataset
     fingerprints: FingerprintTable
+    site_selection: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def results(self) -> dict[str, int]:
+        """The selection counts as flat ``sites/{split}/{count}`` entries (for ``all_results.json``)."""
+        return {f"sites/{split}/{name}": value for split, report in self.site_selection.items()
+                for name, value in report.items()}
+
+
+def select_training_sites(ds: datasets.Dataset, split: str, include_controls: bool, where: str,
+                          log) -> tuple[datasets.Dataset, dict[str, int]]:
+    """The sites of one split that contrastive training uses (:func:`~cloome_hf.data.contrastive_training_sites`:
+    never a site without a structure; no negative control unless ``include_controls``), and the counts."""
+    selected = contrastive_training_sites(ds, include_controls=include_controls)
+    report = selected.report()
+    log(f"{split}: {report['num_sites']} of {len(ds)} sites kept; left out "
+        f"{report['num_negative_controls_left_out']} negative controls"
+        f"{'' if include_controls else ' (--include_controls keeps them)'} and "
+        f"{report['num_without_structure_left_out']} sites without a structure")
+    if not report["num_sites"]:
+        raise ValueError(f"split {split!r} of {where} has no site to train on: all {len(ds)} sites are negative "
+                         "controls or have no structure")
+    return selected.dataset, report
 
 
 def load_training_data(data_args, featurizer, log) -> TrainingData:
     """The train / validation split of ``data_args.dataset`` (its own ``validation`` split, else held-out
-    molecules), featurised once per unique molecule."""
+    molecules), featurised once per unique molecule.
+
+    Both splits hold only the sites contrastive training uses (see :func:`select_training_sites`): validation
+    retrieval of DMSO, or of a site without a molecule, would be meaningless too. Held-out molecules are drawn
+    after that selection, so the validation fraction is one of trainable molecules.
+    """
     synthetic = dict(num_molecules=data_args.synthetic_molecules,
                      sites_per_molecule=data_args.synthetic_sites_per_molecule,
                      image_size=data_args.synthetic_image_size, seed=data_args.split_seed)
@@ -37,19 +73,23 @@ def load_training_data(data_args, featurizer, log) -> TrainingData:
     ds = load_cell_painting(data_args.dataset, synthetic=synthetic)
     if "train" not in ds:
         raise ValueError(f"dataset {data_args.dataset!r} has no 'train' split; it has {list(ds)}")
-    if "validation" in ds:
-        train, validation = ds["train"], ds["validation"]
+    parts, selection = {}, {}
+    for split in [s for s in ("train", "validation") if s in ds]:
+        parts[split], selection[split] = select_training_sites(ds[split], split, data_args.include_controls,
+                                                               repr(data_args.dataset), log)
+    if "validation" in parts:
+        train, validation = parts["train"], parts["validation"]
     else:
         fraction = data_args.validation_fraction
         if not 0 < fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
-        split = split_by_molecule(ds["train"], {"train": 1 - fraction, "validation": fraction},
+        split = split_by_molecule(parts["train"], {"train": 1 - fraction, "validation": fraction},
                                   seed=data_args.split_seed)
         train, validation = split["train"], split["validation"]
     meta = [part.select_columns(["inchikey", "smiles"]) for part in (train, validation)]
     table = FingerprintTable.from_molecules(list(meta[0]["inchikey"]) + list(meta[1]["inchikey"]),
                                             list(meta[0]["smiles"]) + list(meta[1]["smiles"]), featurizer)
-    return TrainingData(train, validation, table)
+    return TrainingData(train, validation, table, selection)
 
 
 def training_transform(data_args, image_processor) -> CloomeTrainTransform:
@@ -74,4 +114,5 @@ def training_loader(data: TrainingData, data_args, image_processor, global_batch
     )
 
 
-__all__ = ["TrainingData", "load_training_data", "training_loader", "training_transform"]
+__all__ = ["TrainingData", "load_training_data", "select_training_sites", "training_loader",
+           "training_transform"]

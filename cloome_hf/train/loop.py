@@ -467,8 +467,8 @@ def finish(run: Run) -> dict[str, Any]:
         out = run.train_args.output_dir
         save_model_folder(run, out, metrics)
         with open(os.path.join(out, "all_results.json"), "w", encoding="utf-8") as f:
-            json.dump({"global_step": run.state.step, **metrics, **{f"random/{k}": v for k, v in baseline.items()}},
-                      f, indent=2)
+            json.dump({"global_step": run.state.step, **metrics, **{f"random/{k}": v for k, v in baseline.items()},
+                       **run.data.results()}, f, indent=2)
         run.log("final validation retrieval (random in brackets): " + ", ".join(
             f"{k[5:]}={v:.3f} [{baseline[k[5:]]:.3f}]" for k, v in metrics.items()))
     run.accelerator.wait_for_everyone()

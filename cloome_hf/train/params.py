@@ -65,6 +65,9 @@ class DataArguments:
     random_resized_crop_scale: list[float] | None = _field(help="area range of random resized crops of the "
                                                            "whole site (empty = plain random crop)", nargs="*")
     augment: bool | None = _field(help="random crops, flips and 90-degree rotations")
+    include_controls: bool = _field(False, help="train on the negative controls (DMSO) too; by default they "
+                                    "are left out of training and validation (sites without a structure are "
+                                    "never trained on)", preset=False)
     unique_molecules_per_batch: bool = _field(True, help="never put two sites of one molecule in a batch "
                                               "(they would be false negatives)", preset=False)
     synthetic_molecules: int = _field(1200, help="synthetic data: number of molecules", preset=False)
