@@ -29,7 +29,7 @@ def image_embeddings_from_pixels(model, pixel_values: torch.Tensor, autocast_dty
     """(N, C, H, W) pixel values -> (N, projection_dim) float32 L2-normalised torch tensor (on CPU)."""
     device = _device(model)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        feats = model.get_image_features(pixel_values.to(device))
+        feats = model.get_image_features(pixel_values.to(device)).pooler_output
     return F.normalize(feats.float(), dim=-1).cpu()
 
 
@@ -38,7 +38,7 @@ def molecule_embeddings_from_fingerprints(model, fingerprints: torch.Tensor, aut
     """(N, F) fingerprints -> (N, projection_dim) float32 L2-normalised torch tensor (on CPU)."""
     device = _device(model)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        feats = model.get_molecule_features(fingerprints.to(device))
+        feats = model.get_molecule_features(fingerprints.to(device)).pooler_output
     return F.normalize(feats.float(), dim=-1).cpu()
 
 

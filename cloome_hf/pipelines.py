@@ -81,7 +81,7 @@ class CellPaintingFeatureExtractionPipeline(_CloomePipeline):
         return self.processor(images=list(sites), return_tensors="pt")
 
     def _forward(self, model_inputs):
-        return {"features": self.model.get_image_features(model_inputs["pixel_values"].to(self.model.dtype))}
+        return {"features": self.model.get_image_features(model_inputs["pixel_values"].to(self.model.dtype)).pooler_output}
 
     def postprocess(self, model_outputs, normalize: bool = True):
         feats = model_outputs["features"].float()
@@ -111,7 +111,7 @@ class MoleculeImageRetrievalPipeline(_CloomePipeline):
         return self.processor(smiles=list(smiles), return_tensors="pt")  # invalid SMILES -> ValueError naming it
 
     def _forward(self, model_inputs):
-        return {"features": self.model.get_molecule_features(model_inputs["fingerprints"])}
+        return {"features": self.model.get_molecule_features(model_inputs["fingerprints"]).pooler_output}
 
     def postprocess(self, model_outputs, top_k: int = 10):
         queries = F.normalize(model_outputs["features"].float(), dim=-1).cpu().numpy()

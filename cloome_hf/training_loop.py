@@ -73,8 +73,8 @@ def embed_validation(model, processor, val_ds, fingerprints, accelerator, batch_
             pixels = processor.image_processor(sites, return_tensors="pt")["pixel_values"].to(accelerator.device)
             fps = torch.as_tensor(fingerprints[chunk], device=accelerator.device)
             with accelerator.autocast():
-                img = model.get_image_features(pixels)
-                mol = model.get_molecule_features(fps)
+                img = model.get_image_features(pixels).pooler_output
+                mol = model.get_molecule_features(fps).pooler_output
             results.append((chunk, img.float().cpu().numpy(), mol.float().cpu().numpy()))
     model.train()
     gathered = gather_object(results) if accelerator.num_processes > 1 else results

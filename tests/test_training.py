@@ -228,8 +228,8 @@ def test_from_pretrained_output_reproduces_validation_embeddings(trained_demo):
     sites = np.stack([decode_row(val[i]) for i in range(len(val))])
     inputs = processor(images=sites, smiles=list(val["smiles"]), return_tensors="pt")
     with torch.no_grad():
-        images = model.get_image_features(inputs["pixel_values"]).numpy()
-        molecules = model.get_molecule_features(inputs["fingerprints"]).numpy()
+        images = model.get_image_features(inputs["pixel_values"]).pooler_output.numpy()
+        molecules = model.get_molecule_features(inputs["fingerprints"]).pooler_output.numpy()
     np.testing.assert_allclose(images, result["validation_image_embeds"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(molecules, result["validation_molecule_embeds"], rtol=1e-4, atol=1e-5)
 
