@@ -161,11 +161,9 @@ class CloomeResNet(nn.Module):
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             hidden = stage(hidden)
             hidden_states.append(hidden)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden,
-            pooler_output=cloome_head_pool(hidden, self.head_pool_size),
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
-        )
+        states = tuple(hidden_states) if output_hidden_states else None
+        pooled = cloome_head_pool(hidden, self.head_pool_size)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=states)
 
 
 def build_vision_backbone(config: CloomeVisionConfig) -> nn.Module:
@@ -195,11 +193,8 @@ def timm_backbone_outputs(
         hidden_states = tuple(intermediates)
     else:
         features, hidden_states = backbone.forward_features(pixel_values), None
-    return BaseModelOutputWithPooling(
-        last_hidden_state=features,
-        pooler_output=backbone.forward_head(features, pre_logits=True),
-        hidden_states=hidden_states,
-    )
+    pooled = backbone.forward_head(features, pre_logits=True)
+    return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=pooled, hidden_states=hidden_states)
 
 
 class CloomeMoleculeBlock(nn.Module):
@@ -231,11 +226,8 @@ class CloomeMoleculeEncoder(nn.Module):
         for layer in self.layers:
             hidden = layer(hidden)
             hidden_states.append(hidden)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden,
-            pooler_output=hidden,
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
-        )
+        states = tuple(hidden_states) if output_hidden_states else None
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden, hidden_states=states)
 
 
 class CloomePreTrainedModel(PreTrainedModel):
@@ -314,14 +306,13 @@ class CloomeModel(CloomePreTrainedModel):
         """Project images into the joint space.
 
         Args:
-            pixel_values: ``(N, num_channels, H, W)`` float tensor from :class:`CloomeImageProcessor`; cast to the
-                model's dtype, so float32 processor output feeds a bf16/fp16 model.
-            output_hidden_states: also return the trunk's per-stage feature maps.
-            return_dict: ``False`` returns the fields as a tuple.
+            pixel_values: ``(N, num_channels, H, W)`` float tensor from :class:`CloomeImageProcessor`, cast to the
+                model's dtype (float32 processor output feeds a bf16/fp16 model).
+            output_hidden_states: also return the trunk's per-stage feature maps. ``return_dict=False``: a tuple.
 
         Returns:
-            ``BaseModelOutputWithPooling`` whose ``pooler_output`` is the ``(N, projection_dim)`` image features,
-            **not** normalised; ``last_hidden_state`` is the trunk's final feature map.
+            ``BaseModelOutputWithPooling``: ``pooler_output`` the ``(N, projection_dim)`` image features, **not**
+            normalised; ``last_hidden_state`` the trunk's final feature map.
         """
         output_hidden_states = self._output_hidden_states(kwargs)
         expected = self.config.vision_config.num_channels
@@ -348,18 +339,16 @@ class CloomeModel(CloomePreTrainedModel):
         Args:
             fingerprints: ``(N, fingerprint_size)`` tensor from :class:`MoleculeFeaturizer`, cast to the model's dtype.
             output_hidden_states: also return the input and every MLP block's activations.
-            return_dict: ``False`` returns the fields as a tuple.
+                ``return_dict=False``: a tuple.
 
         Returns:
-            ``BaseModelOutputWithPooling`` whose ``pooler_output`` is the ``(N, projection_dim)`` molecule features,
-            **not** normalised; ``last_hidden_state`` is the last block's ``(N, hidden_size)`` activations.
+            ``BaseModelOutputWithPooling``: ``pooler_output`` the ``(N, projection_dim)`` molecule features, **not**
+            normalised; ``last_hidden_state`` the last block's ``(N, hidden_size)`` activations.
         """
         output_hidden_states = self._output_hidden_states(kwargs)
         expected = self.config.molecule_config.fingerprint_size
         if fingerprints.ndim != 2 or fingerprints.shape[1] != expected:
-            raise ValueError(
-                f"fingerprints must have shape (batch, {expected}), got {tuple(fingerprints.shape)}"
-            )
+            raise ValueError(f"fingerprints must have shape (batch, {expected}), got {tuple(fingerprints.shape)}")
         if self.training and fingerprints.shape[0] == 1:
             raise ValueError("BatchNorm needs more than one molecule per batch in training mode, got a batch of 1")
         fingerprints = fingerprints.to(self.molecule_projection.weight.dtype)

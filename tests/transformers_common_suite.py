@@ -125,9 +125,13 @@ def fetch(version: str | None = None) -> Path:
         manifest = {"version": version, "sdist_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
                     "files": digests}
         (staging / "suite" / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if target.exists():  # a half-written or stale folder: replace it as a whole
+        if target.exists() and not _is_complete(target, version):  # half-written or stale: replace it whole
             shutil.rmtree(target)
-        os.replace(staging / "suite", target)
+        try:
+            os.replace(staging / "suite", target)
+        except OSError:
+            if not _is_complete(target, version):  # another run may have finished the same fetch meanwhile
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not _is_complete(target, version):
