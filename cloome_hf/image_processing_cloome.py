@@ -13,13 +13,13 @@ Steps 3 and 5 are fused into one 65,536-entry lookup table per channel, so each 
 and the result is bit-identical to running the steps one after another.
 """
 
-from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 import numpy as np
+from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .channels import (
@@ -38,6 +38,8 @@ DEFAULT_CROP_SIZE = {"height": SITE_SIZE[0], "width": SITE_SIZE[1]}
 _NPZ_KEY = "sample"
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _UINT16_VALUES = 65536
+# PIL modes that hold one intensity band: 8 bit, 16 bit (any byte order), 32-bit integer and float.
+PIL_CHANNEL_MODES = ("L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def _clip_rank(num_pixels: int, clip_fraction: float) -> int:
@@ -113,18 +115,58 @@ def rescale_to_uint8(
     return np.maximum(out, 0.0).astype(np.uint8)
 
 
+def _pil_band(image: Image.Image, what: str) -> np.ndarray:
+    """The current page of a single-band PIL image as an (H, W) array; other modes are refused, naming them."""
+    if image.mode not in PIL_CHANNEL_MODES:
+        raise ValueError(
+            f"{what}: PIL image mode {image.mode!r} ({len(image.getbands())} band(s)) is not one fluorescence channel; "
+            f"a channel must be a single-band image of mode {', '.join(PIL_CHANNEL_MODES)}"
+        )
+    return np.asarray(image)
+
+
+def _pil_pages(image: Image.Image) -> int:
+    return getattr(image, "n_frames", 1)
+
+
+def pil_channel(image: Image.Image, what: str) -> np.ndarray:
+    """One channel given as a single-page, single-band PIL image -> (H, W) array."""
+    if _pil_pages(image) != 1:
+        raise ValueError(f"{what}: a channel must be a single-page image, got one with {_pil_pages(image)} pages")
+    return _pil_band(image, what)
+
+
+def pil_site(image: Image.Image, what: str) -> np.ndarray:
+    """A whole site given as a multi-page PIL image (one single-band page per channel) -> (C, H, W) array."""
+    position = image.tell()
+    try:
+        pages = []
+        for page in range(_pil_pages(image)):
+            image.seek(page)
+            pages.append(_pil_band(image, f"{what}, page {page}"))
+    finally:
+        image.seek(position)  # leave the caller's image where it was
+    if len({p.shape for p in pages}) != 1:
+        raise ValueError(f"{what}: the pages have different sizes {[p.shape for p in pages]}")
+    return np.stack(pages)
+
+
 class CloomeImageProcessorKwargs(TypedDict, total=False):
-    """Call-time overrides accepted by `CloomeImageProcessor.__call__` (same names as the constructor)."""
+    """Call-time overrides accepted by `CloomeImageProcessor.__call__` (same names as the constructor).
+
+    The types are checked when the processor routes `images_kwargs` (transformers' strict validation), so they
+    admit every form the constructor accepts (ints where floats are meant, a scalar mean for all channels).
+    """
 
     channel_order: Sequence[str]
     do_rescale_to_uint8: bool
-    intensity_clip_fraction: float
-    intensity_scale: float
+    intensity_clip_fraction: int | float
+    intensity_scale: int | float
     do_center_crop: bool
     crop_size: dict[str, int]
     do_normalize: bool
-    image_mean: Sequence[float]
-    image_std: Sequence[float]
+    image_mean: int | float | Sequence[int | float]
+    image_std: int | float | Sequence[int | float]
     do_per_image_standardize: bool
     input_data_format: str | None
 
@@ -140,7 +182,10 @@ class CloomeImageProcessor(BaseImageProcessor):
     - a path to a pre-processed Bray 2017 `.npz` site (key `sample`, uint8 H x W x C in the canonical order;
       other keys are never unpickled), or to a multi-channel `.tif`/`.npy`;
     - a numpy array / torch tensor, C x H x W (or H x W x C, see `input_data_format`), in `channel_order`,
-      uint16 (raw), uint8 (already 8 bit: the 16->8-bit step is skipped) or another real dtype (raw intensities).
+      uint16 (raw), uint8 (already 8 bit: the 16->8-bit step is skipped) or another real dtype (raw intensities);
+    - `PIL.Image` objects: one single-band image per channel (in a mapping or a list, as for files), or one
+      multi-page image with a page per channel in `channel_order` (modes L, I;16, I or F; RGB and other
+      multi-band modes are refused).
 
     Args:
         channel_order: channel names of the output, in order (default the canonical CLOOME order).
@@ -286,6 +331,8 @@ class CloomeImageProcessor(BaseImageProcessor):
     def _as_array(value: Any, what: str) -> np.ndarray:
         if isinstance(value, (str, os.PathLike)):
             return CloomeImageProcessor._read_file(value)
+        if isinstance(value, Image.Image):
+            return pil_channel(value, what)
         if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
             value = value.detach().cpu().numpy()
         try:
@@ -301,7 +348,11 @@ class CloomeImageProcessor(BaseImageProcessor):
         """True when `item` is one site (as opposed to a batch of sites)."""
         if isinstance(item, (Mapping, str, os.PathLike)):
             return True
+        if isinstance(item, Image.Image):  # a multi-page image is a whole site (a single page is refused there)
+            return True
         if isinstance(item, (list, tuple)):
+            if len(item) > 0 and all(isinstance(x, Image.Image) and _pil_pages(x) == 1 for x in item):
+                return True  # one single-page image per channel
             return len(item) > 0 and all(isinstance(x, (str, os.PathLike)) for x in item) and not any(
                 os.fspath(x).lower().endswith(".npz") for x in item
             )
@@ -327,6 +378,12 @@ class CloomeImageProcessor(BaseImageProcessor):
             for c, array in zip(order, channels):
                 if array.ndim != 2:
                     raise ValueError(f"{where}: channel {c!r} must be a 2-D image, got shape {array.shape}")
+        elif isinstance(site, Image.Image):
+            array = pil_site(site, f"{where} (PIL image)")
+            if array.shape[0] != len(order):
+                raise ValueError(f"{where}: the PIL image has {array.shape[0]} page(s), expected one per channel "
+                                 f"of {order}")
+            channels = list(array)
         elif isinstance(site, (list, tuple)):
             if len(site) != len(order):
                 raise ValueError(f"{where}: got {len(site)} channel files, expected {len(order)} ({order})")

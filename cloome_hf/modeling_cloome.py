@@ -18,12 +18,18 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_cloome import CLOOME_RESNET50, CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig
+from .distributed import is_distributed
 from .losses import cloob_loss, infonce_loss
 
 MAX_LOGIT_SCALE = math.log(100.0)
+# The transformers keyword arguments a CNN + MLP can honour; any other one is refused, not silently dropped.
+SUPPORTED_KWARGS = frozenset({"output_hidden_states", "output_attentions"})
 
 
 @dataclass
@@ -36,6 +42,9 @@ class CloomeOutput(ModelOutput):
         logits_per_molecule: ``(n_molecules, n_images)``, the transpose.
         image_embeds: ``(n_images, projection_dim)`` L2-normalised image embeddings.
         molecule_embeds: ``(n_molecules, projection_dim)`` L2-normalised molecule embeddings.
+        vision_model_output: what :meth:`CloomeModel.get_image_features` returned (feature maps, and per-stage
+            ``hidden_states`` with ``output_hidden_states=True``).
+        molecule_model_output: what :meth:`CloomeModel.get_molecule_features` returned.
     """
 
     loss: torch.Tensor | None = None
@@ -43,6 +52,11 @@ class CloomeOutput(ModelOutput):
     logits_per_molecule: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
     molecule_embeds: torch.Tensor | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    molecule_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
 def resnet_output_size(size: int) -> int:
@@ -133,7 +147,9 @@ class CloomeResNet(nn.Module):
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
         self.num_features = in_channels
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> BaseModelOutputWithPooling:
+        """``last_hidden_state`` ``(N, C, h, w)`` final map, ``pooler_output`` ``(N, C)`` head-pooled features and,
+        with ``output_hidden_states``, the stem and the four stage outputs (transformers' ``ResNetModel`` layout)."""
         height, width = pixel_values.shape[-2:]
         if min(height, width) < self.min_input_size:
             raise ValueError(
@@ -141,12 +157,17 @@ class CloomeResNet(nn.Module):
                 f"{self.min_input_size}x{self.min_input_size} pixels, got {height}x{width}"
             )
         hidden = self.maxpool(self.relu(self.bn1(self.conv1(pixel_values))))
-        hidden = self.layer4(self.layer3(self.layer2(self.layer1(hidden))))
-        return cloome_head_pool(hidden, self.head_pool_size)
+        hidden_states = [hidden]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            hidden = stage(hidden)
+            hidden_states.append(hidden)
+        states = tuple(hidden_states) if output_hidden_states else None
+        pooled = cloome_head_pool(hidden, self.head_pool_size)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=states)
 
 
 def build_vision_backbone(config: CloomeVisionConfig) -> nn.Module:
-    """The image trunk named by ``config.backbone``; it has ``num_features`` and returns ``(N, num_features)``."""
+    """The image trunk named by ``config.backbone``; it has ``num_features`` (the pooled feature size)."""
     if config.backbone == CLOOME_RESNET50:
         return CloomeResNet(config)
     import timm
@@ -154,6 +175,26 @@ def build_vision_backbone(config: CloomeVisionConfig) -> nn.Module:
     return timm.create_model(
         config.backbone, pretrained=config.timm_pretrained, in_chans=config.num_channels, num_classes=0
     )
+
+
+def timm_backbone_outputs(
+    backbone: nn.Module, pixel_values: torch.Tensor, output_hidden_states: bool = False
+) -> BaseModelOutputWithPooling:
+    """Run a timm trunk built with ``num_classes=0``: its unpooled features, pooled features and, with
+    ``output_hidden_states``, the per-stage maps of ``forward_intermediates``."""
+    if output_hidden_states:
+        if not hasattr(backbone, "forward_intermediates"):
+            name = getattr(backbone, "default_cfg", {}).get("architecture", type(backbone).__name__)
+            raise ValueError(
+                f"the timm backbone {name!r} has no forward_intermediates, so it cannot return hidden states; "
+                "call without output_hidden_states"
+            )
+        features, intermediates = backbone.forward_intermediates(pixel_values)
+        hidden_states = tuple(intermediates)
+    else:
+        features, hidden_states = backbone.forward_features(pixel_values), None
+    pooled = backbone.forward_head(features, pre_logits=True)
+    return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=pooled, hidden_states=hidden_states)
 
 
 class CloomeMoleculeBlock(nn.Module):
@@ -177,11 +218,16 @@ class CloomeMoleculeEncoder(nn.Module):
         sizes = [config.fingerprint_size] + [config.hidden_size] * config.num_hidden_layers
         self.layers = nn.ModuleList(CloomeMoleculeBlock(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
-    def forward(self, fingerprints: torch.Tensor) -> torch.Tensor:
+    def forward(self, fingerprints: torch.Tensor, output_hidden_states: bool = False) -> BaseModelOutputWithPooling:
+        """``last_hidden_state`` = ``pooler_output`` = the last block's ``(N, hidden_size)`` activations; with
+        ``output_hidden_states``, the input and every block's activations (``num_hidden_layers + 1`` tensors)."""
         hidden = fingerprints
+        hidden_states = [hidden]
         for layer in self.layers:
             hidden = layer(hidden)
-        return hidden
+            hidden_states.append(hidden)
+        states = tuple(hidden_states) if output_hidden_states else None
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden, hidden_states=states)
 
 
 class CloomePreTrainedModel(PreTrainedModel):
@@ -217,7 +263,12 @@ class CloomeModel(CloomePreTrainedModel):
         >>> from cloome_hf import CloomeConfig, CloomeModel
         >>> model = CloomeModel(CloomeConfig())
         >>> out = model(pixel_values=images, fingerprints=fps, return_loss=True)  # images (N,5,H,W), fps (N,F)
+        >>> features = model.get_image_features(images).pooler_output  # (N, projection_dim), not normalised
     """
+
+    # The loss is a mean over the batch's pairs and ignores `num_items_in_batch`, so `Trainer` must scale it for
+    # gradient accumulation itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: CloomeConfig):
         super().__init__(config)
@@ -235,67 +286,124 @@ class CloomeModel(CloomePreTrainedModel):
         if hasattr(self.vision_model, "set_grad_checkpointing"):  # timm backbones
             self.vision_model.set_grad_checkpointing(enable)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _output_hidden_states(self, kwargs: dict) -> bool:
+        """``output_hidden_states`` from the call, else the config; refuse what the encoders cannot honour."""
+        unknown = sorted(set(kwargs) - SUPPORTED_KWARGS)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s) {unknown}; besides its inputs it accepts "
+                f"{sorted(SUPPORTED_KWARGS | {'return_dict'})}"
+            )
+        if kwargs.get("output_attentions"):
+            raise ValueError("output_attentions=True: CLOOME's encoders (a CNN and an MLP) have no attention layers")
+        value = kwargs.get("output_hidden_states")
+        return bool(self.config.output_hidden_states if value is None else value)
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | BaseModelOutputWithPooling:
         """Project images into the joint space.
 
         Args:
-            pixel_values: ``(N, num_channels, H, W)`` float tensor from :class:`CloomeImageProcessor`.
+            pixel_values: ``(N, num_channels, H, W)`` float tensor from :class:`CloomeImageProcessor`, cast to the
+                model's dtype (float32 processor output feeds a bf16/fp16 model).
+            output_hidden_states: also return the trunk's per-stage feature maps. ``return_dict=False``: a tuple.
 
         Returns:
-            ``(N, projection_dim)`` image features, **not** normalised.
+            ``BaseModelOutputWithPooling``: ``pooler_output`` the ``(N, projection_dim)`` image features, **not**
+            normalised; ``last_hidden_state`` the trunk's final feature map.
         """
+        output_hidden_states = self._output_hidden_states(kwargs)
         expected = self.config.vision_config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != expected:
             raise ValueError(
                 f"pixel_values must have shape (batch, {expected}, height, width), got {tuple(pixel_values.shape)}"
             )
-        return self.visual_projection(self.vision_model(pixel_values))
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"pixel_values must be a floating-point tensor, got {pixel_values.dtype}")
+        pixel_values = pixel_values.to(self.visual_projection.weight.dtype)
+        if isinstance(self.vision_model, CloomeResNet):
+            outputs = self.vision_model(pixel_values, output_hidden_states=output_hidden_states)
+        else:
+            outputs = timm_backbone_outputs(self.vision_model, pixel_values, output_hidden_states)
+        outputs.pooler_output = self.visual_projection(outputs.pooler_output)
+        return outputs
 
-    def get_molecule_features(self, fingerprints: torch.Tensor) -> torch.Tensor:
+    @can_return_tuple
+    def get_molecule_features(
+        self, fingerprints: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | BaseModelOutputWithPooling:
         """Project molecule fingerprints into the joint space.
 
         Args:
-            fingerprints: ``(N, fingerprint_size)`` float tensor from :class:`MoleculeFeaturizer`.
+            fingerprints: ``(N, fingerprint_size)`` tensor from :class:`MoleculeFeaturizer`, cast to the model's dtype.
+            output_hidden_states: also return the input and every MLP block's activations.
+                ``return_dict=False``: a tuple.
 
         Returns:
-            ``(N, projection_dim)`` molecule features, **not** normalised.
+            ``BaseModelOutputWithPooling``: ``pooler_output`` the ``(N, projection_dim)`` molecule features, **not**
+            normalised; ``last_hidden_state`` the last block's ``(N, hidden_size)`` activations.
         """
+        output_hidden_states = self._output_hidden_states(kwargs)
         expected = self.config.molecule_config.fingerprint_size
         if fingerprints.ndim != 2 or fingerprints.shape[1] != expected:
-            raise ValueError(
-                f"fingerprints must have shape (batch, {expected}), got {tuple(fingerprints.shape)}"
-            )
+            raise ValueError(f"fingerprints must have shape (batch, {expected}), got {tuple(fingerprints.shape)}")
         if self.training and fingerprints.shape[0] == 1:
             raise ValueError("BatchNorm needs more than one molecule per batch in training mode, got a batch of 1")
         fingerprints = fingerprints.to(self.molecule_projection.weight.dtype)
-        return self.molecule_projection(self.molecule_model(fingerprints))
+        outputs = self.molecule_model(fingerprints, output_hidden_states=output_hidden_states)
+        outputs.pooler_output = self.molecule_projection(outputs.pooler_output)
+        return outputs
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
         """Keep ln(1/tau) in [0, ln 100]; call after every optimiser step."""
         self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
 
+    def _contrastive_loss(self, image_embeds: torch.Tensor, molecule_embeds: torch.Tensor, inv_tau: torch.Tensor):
+        if image_embeds.shape[0] != molecule_embeds.shape[0]:
+            raise ValueError(
+                f"return_loss=True needs matched pairs, got {image_embeds.shape[0]} images and "
+                f"{molecule_embeds.shape[0]} molecules"
+            )
+        if self.config.loss != "infonce":  # InfoLOOB refuses a single pair: leaving it out leaves no negative
+            return cloob_loss(image_embeds, molecule_embeds, inv_tau, self.config.hopfield_beta)
+        if image_embeds.shape[0] == 1 and not is_distributed():
+            # One pair: each softmax runs over a single candidate, so InfoNCE is well defined (and 0), as in CLIP.
+            logits = inv_tau * (image_embeds.float() @ molecule_embeds.float().T)
+            label = torch.zeros(1, dtype=torch.long, device=logits.device)
+            return 0.5 * (F.cross_entropy(logits, label) + F.cross_entropy(logits.T, label))
+        return infonce_loss(image_embeds, molecule_embeds, inv_tau)
+
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         fingerprints: torch.Tensor | None = None,
-        return_loss: bool = False,
-        **kwargs,
-    ) -> CloomeOutput:
+        return_loss: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | CloomeOutput:
         """Embed images and/or molecules; with both, also their scaled similarities and optionally the loss.
 
         Args:
             pixel_values: ``(N, num_channels, H, W)`` images.
             fingerprints: ``(M, fingerprint_size)`` molecules; with ``return_loss`` row i matches image i.
             return_loss: compute ``config.loss`` over the (global, when distributed) batch.
+            output_hidden_states: fill ``vision_model_output.hidden_states`` / ``molecule_model_output.hidden_states``.
+            return_dict: ``False`` (here or in the config) returns a tuple of the non-None fields.
         """
         if pixel_values is None and fingerprints is None:
             raise ValueError("pass pixel_values, fingerprints or both")
-        image_embeds = molecule_embeds = logits_per_image = logits_per_molecule = loss = None
+        self._output_hidden_states(kwargs)  # refuse unknown keyword arguments before any work
+        vision_outputs = molecule_outputs = image_embeds = molecule_embeds = None
+        logits_per_image = logits_per_molecule = loss = None
         if pixel_values is not None:
-            image_embeds = F.normalize(self.get_image_features(pixel_values), dim=-1)
+            vision_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+            image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         if fingerprints is not None:
-            molecule_embeds = F.normalize(self.get_molecule_features(fingerprints), dim=-1)
+            molecule_outputs = self.get_molecule_features(fingerprints, return_dict=True, **kwargs)
+            molecule_embeds = F.normalize(molecule_outputs.pooler_output, dim=-1)
         inv_tau = self.logit_scale.exp()
         if image_embeds is not None and molecule_embeds is not None:
             logits_per_image = inv_tau * image_embeds @ molecule_embeds.T
@@ -303,22 +411,24 @@ class CloomeModel(CloomePreTrainedModel):
         if return_loss:
             if logits_per_image is None:
                 raise ValueError("return_loss=True needs both pixel_values and fingerprints")
-            if image_embeds.shape[0] != molecule_embeds.shape[0]:
-                raise ValueError(
-                    f"return_loss=True needs matched pairs, got {image_embeds.shape[0]} images and "
-                    f"{molecule_embeds.shape[0]} molecules"
-                )
-            if self.config.loss == "infonce":
-                loss = infonce_loss(image_embeds, molecule_embeds, inv_tau)
-            else:
-                loss = cloob_loss(image_embeds, molecule_embeds, inv_tau, self.config.hopfield_beta)
+            loss = self._contrastive_loss(image_embeds, molecule_embeds, inv_tau)
         return CloomeOutput(
             loss=loss,
             logits_per_image=logits_per_image,
             logits_per_molecule=logits_per_molecule,
             image_embeds=image_embeds,
             molecule_embeds=molecule_embeds,
+            vision_model_output=vision_outputs,
+            molecule_model_output=molecule_outputs,
         )
 
 
-__all__ = ["CloomeModel", "CloomeOutput", "CloomePreTrainedModel", "CloomeResNet", "cloome_head_pool", "resnet_min_input_size"]
+__all__ = [
+    "CloomeModel",
+    "CloomeOutput",
+    "CloomePreTrainedModel",
+    "CloomeResNet",
+    "cloome_head_pool",
+    "resnet_min_input_size",
+    "timm_backbone_outputs",
+]

@@ -13,21 +13,35 @@ Compatibility with a model is checked in two places:
   together; `load_model_and_processor(path)` loads both and checks them against each other.
 """
 
-from __future__ import annotations
 
 import json
 import os
 from typing import Any
 
 import numpy as np
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import AutoImageProcessor, AutoProcessor
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
-from transformers.utils import CONFIG_NAME, cached_file
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.utils import CONFIG_NAME, TensorType, cached_file
 
 from .configuration_cloome import CloomeConfig
 from .featurization_cloome import MoleculeFeaturizer
-from .image_processing_cloome import CloomeImageProcessor
+from .image_processing_cloome import CloomeImageProcessor, CloomeImageProcessorKwargs
+
+_MODALITY_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs")
+
+
+class CloomeImagesKwargs(CloomeImageProcessorKwargs, total=False):
+    """The image processor's call-time settings, plus the output tensor type."""
+
+    return_tensors: str | TensorType | None
+
+
+class CloomeProcessorKwargs(ProcessingKwargs, total=False):
+    """`processor(..., images_kwargs={...})`, or the same names flat; `return_tensors` flat or in `common_kwargs`."""
+
+    images_kwargs: CloomeImagesKwargs
 
 
 class CloomeProcessor(ProcessorMixin):
@@ -40,6 +54,8 @@ class CloomeProcessor(ProcessorMixin):
     Call: `processor(images=..., smiles=..., return_tensors="pt")` -> `BatchFeature` with `pixel_values`
     (N, C, H, W) float32 and/or `fingerprints` (M, fingerprint_size) float32, ready for `CloomeModel(**batch)`.
     """
+
+    valid_processor_kwargs = CloomeProcessorKwargs
 
     def __init__(
         self,
@@ -67,31 +83,53 @@ class CloomeProcessor(ProcessorMixin):
         output["featurizer"] = self.featurizer.to_dict()  # a plain object: ProcessorMixin cannot serialise it
         return output
 
-    def __call__(
-        self,
-        images: Any = None,
-        smiles: Any = None,
-        return_tensors: str | None = None,
-        **image_kwargs,
-    ) -> BatchFeature:
+    def __call__(self, images: Any = None, smiles: Any = None, **kwargs: Unpack[CloomeProcessorKwargs]) -> BatchFeature:
         """Process images and/or molecules.
 
         Args:
             images: anything `CloomeImageProcessor` accepts (one site or a batch).
             smiles: one SMILES/InChI string or a list of them.
             return_tensors: "pt", "np" or None (numpy).
-            **image_kwargs: call-time overrides for the image processor (e.g. `crop_size`).
+            images_kwargs: call-time overrides for the image processor (e.g. `{"crop_size": ...}`); the same names
+                are also accepted flat (`crop_size=...`), as transformers' processors do. Passing one twice, or a
+                name no sub-processor knows, raises a ValueError.
         """
         if images is None and smiles is None:
             raise ValueError("CloomeProcessor needs images, smiles or both")
+        try:
+            merged = self._merge_kwargs(CloomeProcessorKwargs, **self._checked_kwargs(kwargs))
+        except StrictDataclassFieldValidationError as err:  # a wrongly typed option: a ValueError like the rest
+            raise ValueError(f"CloomeProcessor: {err}") from err
+        images_kwargs = merged["images_kwargs"]
+        return_tensors = images_kwargs.pop("return_tensors", None)
         data: dict[str, np.ndarray] = {}
         if images is not None:
-            data["pixel_values"] = self.image_processor(images, **image_kwargs)["pixel_values"]
-        elif image_kwargs:
-            raise ValueError(f"image options {sorted(image_kwargs)} given without images")
+            data["pixel_values"] = self.image_processor(images, **images_kwargs)["pixel_values"]
+        elif images_kwargs:
+            raise ValueError(f"image options {sorted(images_kwargs)} given without images")
         if smiles is not None:
             data["fingerprints"] = self.featurizer(smiles)
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _checked_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Refuse what `_merge_kwargs` would only warn about: names no part of this processor knows, and options
+        for the modalities it has no sub-processor for (text, video, audio)."""
+        image_names = set(CloomeImagesKwargs.__annotations__)
+        known = image_names | set(CloomeProcessorKwargs.__annotations__) | {"common_kwargs"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"Unknown CloomeProcessor argument(s): {unknown}; image options are {sorted(image_names)}")
+        for name in _MODALITY_KWARGS:
+            if name == "images_kwargs" or not kwargs.get(name):
+                continue
+            options = sorted(set(kwargs[name]) - {"return_tensors"})
+            if options:
+                raise ValueError(f"CloomeProcessor has no {name.split('_')[0]} sub-processor; got {name} {options}")
+        unknown = sorted(set(kwargs.get("images_kwargs") or {}) - image_names)
+        if unknown:
+            raise ValueError(f"Unknown images_kwargs for CloomeImageProcessor: {unknown}")
+        return kwargs
 
     def check_model_compatibility(self, config: CloomeConfig) -> None:
         """Raise a ValueError if this processor does not produce what a model with `config` expects."""
@@ -113,7 +151,7 @@ class CloomeProcessor(ProcessorMixin):
             raise ValueError("Processor and model are incompatible: " + "; ".join(problems))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> CloomeProcessor:
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "CloomeProcessor":
         """Load a processor; if the same location holds a CLOOME model config, check that they match."""
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         config = _load_cloome_config(pretrained_model_name_or_path, **kwargs)
@@ -170,4 +208,4 @@ AutoImageProcessor.register(
 AutoProcessor.register(CloomeConfig, CloomeProcessor, exist_ok=True)
 
 
-__all__ = ["CloomeProcessor", "load_model_and_processor"]
+__all__ = ["CloomeProcessor", "CloomeProcessorKwargs", "load_model_and_processor"]

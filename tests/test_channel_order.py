@@ -64,7 +64,7 @@ def test_encoder_path(folders):
     root, ds, model, processor = folders
     with torch.no_grad():  # independent: the processor on the canonical arrays, then the model
         pixels = processor(images=[decode_row(r) for r in ds], return_tensors="pt")["pixel_values"]
-        reference = torch.nn.functional.normalize(model.get_image_features(pixels), dim=-1).numpy()
+        reference = torch.nn.functional.normalize(model.get_image_features(pixels).pooler_output, dim=-1).numpy()
     permuted = datasets.load_from_disk(str(root / "permuted"))
     np.testing.assert_allclose(encode_sites(model, processor, permuted, batch_size=5), reference, atol=1e-6)
     np.testing.assert_allclose(encode_sites(model, processor, ds, batch_size=7), reference, atol=1e-6)

@@ -169,7 +169,7 @@ def test_image_parity_reduced_layers(size):
     model = _convert_to_model(sd)
     x = torch.randn(1 if size == (520, 696) else 2, 5, *size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        _assert_close(model.get_image_features(pixel_values=x), reference_image_features(sd, x))
+        _assert_close(model.get_image_features(pixel_values=x).pooler_output, reference_image_features(sd, x))
 
 
 @pytest.mark.parametrize("fingerprint_size", [1024, 8192])
@@ -179,7 +179,7 @@ def test_molecule_parity_both_fingerprint_sizes(fingerprint_size):
     assert model.config.molecule_config.fingerprint_size == fingerprint_size
     fp = (torch.rand(6, fingerprint_size, generator=torch.Generator().manual_seed(4)) < 0.05).float()
     with torch.no_grad():
-        _assert_close(model.get_molecule_features(fingerprints=fp), reference_molecule_features(sd, fp))
+        _assert_close(model.get_molecule_features(fingerprints=fp).pooler_output, reference_molecule_features(sd, fp))
 
 
 def test_parity_published_architecture_full_size(tmp_path):
@@ -198,8 +198,8 @@ def test_parity_published_architecture_full_size(tmp_path):
     x = torch.randn(1, 5, 520, 696, generator=torch.Generator().manual_seed(6))
     fp = (torch.rand(3, 8192, generator=torch.Generator().manual_seed(7)) < 0.02).float()
     with torch.no_grad():
-        _assert_close(model.get_image_features(pixel_values=x), reference_image_features(sd, x))
-        _assert_close(model.get_molecule_features(fingerprints=fp), reference_molecule_features(sd, fp))
+        _assert_close(model.get_image_features(pixel_values=x).pooler_output, reference_image_features(sd, x))
+        _assert_close(model.get_molecule_features(fingerprints=fp).pooler_output, reference_molecule_features(sd, fp))
     assert math.isclose(model.logit_scale.item(), sd["module.logit_inv_tau"].item(), rel_tol=0, abs_tol=1e-6)
 
 

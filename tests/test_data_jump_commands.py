@@ -171,7 +171,7 @@ def _reference_embeddings(model_dir, layout, sample_keys):
         _, plate, well, site = k.split("-")
         sites.append(expected_site(layout, plate, well, int(site)))
     with torch.no_grad():
-        features = model.get_image_features(processor(images=sites, return_tensors="pt")["pixel_values"])
+        features = model.get_image_features(processor(images=sites, return_tensors="pt")["pixel_values"]).pooler_output
     return torch.nn.functional.normalize(features, dim=-1).numpy()
 
 

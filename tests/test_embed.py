@@ -102,7 +102,7 @@ def test_output_format_and_values(synthetic, embedded, tmp_path):
     model, proc = synthetic["model"], synthetic["processor"]
     sites = [decode_row(synthetic["ds"][i]) for i in (0, 41, 79)]
     with torch.no_grad():
-        ref = torch.nn.functional.normalize(model.get_image_features(proc(images=sites, return_tensors="pt")["pixel_values"]), dim=-1)
+        ref = torch.nn.functional.normalize(model.get_image_features(proc(images=sites, return_tensors="pt")["pixel_values"]).pooler_output, dim=-1)
     np.testing.assert_allclose(emb[[0, 41, 79]], ref.numpy(), atol=1e-5)
     molecules = datasets.load_dataset(str(embedded), "molecules", split="train", cache_dir=str(tmp_path))
     assert molecules["smiles"] == synthetic["library"]["smiles"].tolist()

@@ -188,7 +188,7 @@ def test_cloome_evaluate_runs_the_protocol_on_the_models_embeddings(tmp_path):
 
     with torch.no_grad():
         pixels = processor(images=[decode_row(r) for r in ds], return_tensors="pt")["pixel_values"]
-        embeddings = torch.nn.functional.normalize(model.eval().get_image_features(pixels), dim=-1).numpy()
+        embeddings = torch.nn.functional.normalize(model.eval().get_image_features(pixels).pooler_output, dim=-1).numpy()
     meta = ds.select_columns(["sample_key", "plate", "well", "inchikey", "smiles", "perturbation_type"]).to_pandas()
     activity = phenotypic_activity(normalize(aggregate(embeddings, metadata=meta), "mad_robustize"), null_size=300)
     assert results["tasks"]["jump_activity"]["mean_map"] == pytest.approx(activity.mean_map, abs=1e-5)

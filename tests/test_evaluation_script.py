@@ -85,9 +85,9 @@ def _recompute_embeddings(model_dir):
     ip = CloomeImageProcessor(crop_size={"height": 64, "width": 64})
     with torch.no_grad():
         pix = ip([decode_row(r) for r in ds], return_tensors="pt")["pixel_values"]
-        img = torch.nn.functional.normalize(model.get_image_features(pix), dim=-1).numpy()
+        img = torch.nn.functional.normalize(model.get_image_features(pix).pooler_output, dim=-1).numpy()
         fps = torch.as_tensor(MoleculeFeaturizer(fingerprint_size=64)(ds["smiles"]))
-        mol = torch.nn.functional.normalize(model.get_molecule_features(fps), dim=-1).numpy()
+        mol = torch.nn.functional.normalize(model.get_molecule_features(fps).pooler_output, dim=-1).numpy()
     return ds, img, mol
 
 

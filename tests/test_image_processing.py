@@ -3,10 +3,13 @@ test_transforms.py)."""
 
 from pathlib import Path
 
+import io
+
 import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image
 
 from cloome_hf.image_processing_cloome import (
     CHANNELS,
@@ -144,6 +147,46 @@ def test_array_tensor_and_batch_inputs(processor, raw_site):
     np.testing.assert_array_equal(batch[0], reference[0])
     np.testing.assert_array_equal(batch[1], reference[0][:, ::-1])  # the threshold ignores pixel order
     np.testing.assert_array_equal(processor(np.stack([raw_site, raw_site]))["pixel_values"][1], reference[0])
+
+
+def _multipage(channels, mode=None):
+    buffer = io.BytesIO()
+    pages = [Image.fromarray(c) if mode is None else Image.fromarray(c).convert(mode) for c in channels]
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+def test_pil_sites_match_files(processor, raw_site):
+    reference = processor(SITE_FILES)["pixel_values"]
+    by_name = {JUMP_NAMES[c]: Image.fromarray(channel) for c, channel in zip(CHANNELS, raw_site)}
+    assert {image.mode for image in by_name.values()} == {"I;16"}
+    np.testing.assert_array_equal(processor(by_name)["pixel_values"], reference)
+    in_order = [Image.fromarray(channel) for channel in raw_site]
+    np.testing.assert_array_equal(processor(in_order)["pixel_values"], reference)
+    multipage = _multipage(raw_site)
+    multipage.seek(2)
+    batch = processor([multipage, _multipage(raw_site[:, ::-1].copy())])["pixel_values"]
+    assert multipage.tell() == 2  # the caller's page position is left alone
+    np.testing.assert_array_equal(batch[0], reference[0])
+    np.testing.assert_array_equal(batch[1], reference[0][:, ::-1])
+    # 8-bit pages skip the 16 -> 8-bit step, as uint8 arrays do.
+    site8 = processor.load_uint8_site(SITE_FILES)
+    np.testing.assert_array_equal(processor(_multipage(site8))["pixel_values"], processor(site8)["pixel_values"])
+
+
+def test_pil_images_of_the_wrong_kind_are_refused(processor, raw_site):
+    rgb = Image.fromarray(np.zeros((520, 696, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"channel 'Mito'.*mode 'RGB' \(3 band"):
+        processor(dict(zip(CHANNELS, [rgb] + [Image.fromarray(c) for c in raw_site[1:]])))
+    with pytest.raises(ValueError, match=r"page 0: PIL image mode 'RGB'"):
+        processor(_multipage([np.zeros((64, 64, 3), np.uint8)] * 5))
+    with pytest.raises(ValueError, match="mode 'P'"):
+        processor([Image.fromarray(c).convert("P") if i == 0 else Image.fromarray(c) for i, c in enumerate(raw_site)])
+    with pytest.raises(ValueError, match=r"has 4 page\(s\), expected one per channel"):
+        processor(_multipage(raw_site[:4]))
+    with pytest.raises(ValueError, match="channel 'Hoechst': a channel must be a single-page image, got one with 5"):
+        processor({**{c: Image.fromarray(raw_site[i]) for i, c in enumerate(CHANNELS)}, "Hoechst": _multipage(raw_site)})
 
 
 def test_uint8_and_npz_inputs(processor, tmp_path):

@@ -48,7 +48,7 @@ def test_feature_extraction_by_name_matches_model(model_dir, reference):
     sites = _sites(5)
     model, proc = reference
     with torch.no_grad():
-        ref = torch.nn.functional.normalize(model.get_image_features(proc(images=sites, return_tensors="pt")["pixel_values"]), dim=-1)
+        ref = torch.nn.functional.normalize(model.get_image_features(proc(images=sites, return_tensors="pt")["pixel_values"]).pooler_output, dim=-1)
     batched = extractor(list(sites), batch_size=2)  # 3 chunks
     assert len(batched) == 5 and batched[0].shape == (16,) and batched[0].dtype == np.float32
     np.testing.assert_allclose(np.stack(batched), ref.numpy(), atol=1e-5)
@@ -66,7 +66,7 @@ def test_npz_path_input(model_dir, reference, tmp_path):
     extractor = pipeline("cell-painting-feature-extraction", model=str(model_dir))
     model, proc = reference
     with torch.no_grad():
-        ref = torch.nn.functional.normalize(model.get_image_features(proc(images=site, return_tensors="pt")["pixel_values"]), dim=-1)
+        ref = torch.nn.functional.normalize(model.get_image_features(proc(images=site, return_tensors="pt")["pixel_values"]).pooler_output, dim=-1)
     np.testing.assert_allclose(extractor(str(tmp_path / "site.npz")), ref[0].numpy(), atol=1e-5)
 
 
@@ -81,7 +81,7 @@ def test_molecule_image_retrieval_by_name(model_dir, reference, tmp_path):
     CloomeIndex(EmbeddingIndex.load(tmp_path / "ix")).save(tmp_path / "cindex")
     smiles = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O"]
     with torch.no_grad():
-        q = torch.nn.functional.normalize(model.get_molecule_features(proc(smiles=smiles, return_tensors="pt")["fingerprints"]), dim=-1).numpy()
+        q = torch.nn.functional.normalize(model.get_molecule_features(proc(smiles=smiles, return_tensors="pt")["fingerprints"]).pooler_output, dim=-1).numpy()
     unit = db / np.linalg.norm(db, axis=1, keepdims=True)
     ref_ids = np.argsort(-(q @ unit.T), axis=1)[:, :4]
     for index in (str(tmp_path / "cindex"), meta.assign(embedding=list(db))):

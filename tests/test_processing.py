@@ -97,3 +97,35 @@ def test_model_and_processor_saved_together_refuse_a_mismatch(tiny_config, tmp_p
     alone = tmp_path / "alone"
     tiny_processor(128).save_pretrained(alone)
     assert CloomeProcessor.from_pretrained(alone).featurizer.fingerprint_size == 128
+
+
+def test_structured_and_flat_kwargs_reach_the_image_processor():
+    processor = tiny_processor()
+    crop = {"height": 48, "width": 40}
+    expected = processor.image_processor(SITE_FILES, crop_size=crop, intensity_scale=255)["pixel_values"]
+    structured = processor(images=SITE_FILES, images_kwargs={"crop_size": crop, "intensity_scale": 255},
+                           return_tensors="pt")
+    flat = processor(images=SITE_FILES, crop_size=crop, intensity_scale=255, common_kwargs={"return_tensors": "pt"})
+    nested_tensors = processor(images=SITE_FILES, smiles=SMILES, intensity_scale=255,
+                               images_kwargs={"crop_size": crop, "return_tensors": "pt"})
+    for batch in (structured, flat, nested_tensors):
+        assert isinstance(batch["pixel_values"], torch.Tensor)
+        np.testing.assert_array_equal(batch["pixel_values"].numpy(), expected)
+    assert isinstance(nested_tensors["fingerprints"], torch.Tensor)  # one BatchFeature, one tensor type
+    assert processor(images=SITE_FILES)["pixel_values"].shape == (1, 5, 64, 64)  # the call changed no setting
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"crop_size": {"height": 8, "width": 8}, "images_kwargs": {"crop_size": {"height": 8, "width": 8}}},
+         "crop_size was passed two times"),
+        ({"do_resize": True}, r"Unknown CloomeProcessor argument\(s\): \['do_resize'\]"),
+        ({"images_kwargs": {"do_convert_rgb": True}}, r"Unknown images_kwargs .*\['do_convert_rgb'\]"),
+        ({"text_kwargs": {"padding": "max_length"}}, r"no text sub-processor; got text_kwargs \['padding'\]"),
+        ({"crop_size": "large"}, "crop_size"),
+    ],
+)
+def test_bad_processor_kwargs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_processor()(images=SITE_FILES, **kwargs)

@@ -233,8 +233,8 @@ def test_from_pretrained_output_reproduces_validation_embeddings(trained_demo):
     inputs = processor(images=sites, smiles=list(val["smiles"]), return_tensors="pt")
     normalize = torch.nn.functional.normalize
     with torch.no_grad():
-        images = normalize(model.get_image_features(inputs["pixel_values"]), dim=-1).numpy()
-        molecules = normalize(model.get_molecule_features(inputs["fingerprints"]), dim=-1).numpy()
+        images = normalize(model.get_image_features(inputs["pixel_values"]).pooler_output, dim=-1).numpy()
+        molecules = normalize(model.get_molecule_features(inputs["fingerprints"]).pooler_output, dim=-1).numpy()
     np.testing.assert_allclose(images, result["validation_image_embeds"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(molecules, result["validation_molecule_embeds"], rtol=1e-4, atol=1e-5)
 

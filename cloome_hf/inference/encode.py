@@ -73,16 +73,11 @@ def _inference(model):
         model.train(was_training)
 
 
-def _pooled(output) -> torch.Tensor:
-    """The projected features of a ``get_*_features`` call (``pooler_output`` of its model output)."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
 def embed_pixel_values(model, pixel_values: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``(N, C, H, W)`` pixel values -> ``(N, projection_dim)`` float32 L2-normalised embeddings on the CPU."""
     device = _device(model)
     with _inference(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        features = _pooled(model.get_image_features(pixel_values=pixel_values.to(device, non_blocking=True)))
+        features = model.get_image_features(pixel_values=pixel_values.to(device, non_blocking=True)).pooler_output
     return F.normalize(features.float(), dim=-1).cpu()
 
 
@@ -90,7 +85,7 @@ def embed_fingerprints(model, fingerprints: torch.Tensor, autocast_dtype: torch.
     """``(N, fingerprint_size)`` -> ``(N, projection_dim)`` float32 L2-normalised embeddings on the CPU."""
     device = _device(model)
     with _inference(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        features = _pooled(model.get_molecule_features(fingerprints=fingerprints.to(device)))
+        features = model.get_molecule_features(fingerprints=fingerprints.to(device)).pooler_output
     return F.normalize(features.float(), dim=-1).cpu()
 
 

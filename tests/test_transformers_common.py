@@ -1,0 +1,279 @@
+"""transformers' own common tests, run against CloomeConfig, CloomeModel, CloomeImageProcessor and CloomeProcessor.
+
+The mixins come from the sdist of the installed transformers (see ``transformers_common_suite``). They are plugged
+in the way transformers' ``tests/models/clip/test_modeling_clip.py`` plugs CLIP in: a model tester with a tiny
+config, and overrides where a test reads outputs through a layout CLOOME does not have (hidden states live in the
+two towers' outputs, as for ``CLIPModel``; images are 5 named fluorescence channels, not RGB). Skips are limited to
+what cannot apply to a CNN + MLP: attention, SDPA, tokenizers/chat templates, embedding resizing, RGB conversion.
+If the mixins cannot be fetched, ``test_transformers_common_tests_were_fetched`` fails; nothing is skipped.
+"""
+
+import io
+import shutil
+import tarfile
+import unittest
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import transformers_common_suite
+from conftest import TINY_MOLECULE, TINY_VISION
+
+from cloome_hf import CloomeConfig, CloomeModel, CloomeProcessor
+from cloome_hf.featurization_cloome import MoleculeFeaturizer
+from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
+
+try:
+    SUITE = transformers_common_suite.load()
+    LOAD_ERROR = None
+except transformers_common_suite.SuiteUnavailable as err:  # no skip: the test below fails loudly
+    SUITE, LOAD_ERROR = None, err
+
+CROP = {"height": 64, "width": 64}
+SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"]
+
+
+def test_transformers_common_tests_were_fetched():
+    if LOAD_ERROR is not None:
+        pytest.fail(f"transformers' common tests are unavailable: {LOAD_ERROR}", pytrace=False)
+    assert SUITE.folder.name == transformers_common_suite.installed_version()
+
+
+def test_suite_cache_refuses_damaged_archives_and_edited_files(tmp_path):
+    version = "0.0.0"
+    package = tmp_path / "package"
+    package.mkdir()
+    (tmp_path / "damaged.tar.gz").write_bytes(b"\x1f\x8b not gzip")
+    with pytest.raises(transformers_common_suite.SuiteUnavailable, match="damaged.tar.gz: damaged transformers sdist"):
+        transformers_common_suite._unpack_mixins(tmp_path / "damaged.tar.gz", version, package)
+    partial = tmp_path / "partial.tar.gz"
+    with tarfile.open(partial, "w:gz") as tar:
+        member = tarfile.TarInfo(f"transformers-{version}/tests/test_modeling_common.py")
+        tar.addfile(member, io.BytesIO(b""))
+    with pytest.raises(transformers_common_suite.SuiteUnavailable, match="has no transformers-0.0.0/tests/test_config"):
+        transformers_common_suite._unpack_mixins(partial, version, package)
+    if SUITE is not None:  # an edited cached file no longer matches its manifest, so it would be fetched again
+        assert transformers_common_suite._is_complete(SUITE.folder, SUITE.folder.name)
+        copy = tmp_path / "copy"
+        shutil.copytree(SUITE.folder, copy)
+        (copy / transformers_common_suite.PACKAGE / "test_modeling_common.py").write_text("# edited\n")
+        assert not transformers_common_suite._is_complete(copy, SUITE.folder.name)
+
+
+def skip_inherited(test_class, reasons):
+    """Skip inherited mixin tests (and their parameterized expansions ``name_0``, ``name_1``...) with a reason each.
+
+    Used for tests that cannot apply and would otherwise pass vacuously, looping over nothing; a name that matches
+    no test fails here, so a renamed mixin test cannot slip through unnoticed."""
+    for name, reason in reasons.items():
+        # (parameterized leaves the expanded test's own name bound to None)
+        matches = [n for n in dir(test_class) if callable(getattr(test_class, n))
+                   and (n == name or (n.startswith(f"{name}_") and n[len(name) + 1:].isdigit()))]
+        if not matches:
+            raise AssertionError(f"{test_class.__name__} inherits no test named {name}")
+        for match in matches:
+            setattr(test_class, match, unittest.skip(reason)(getattr(test_class, match)))
+    return test_class
+
+
+def random_site(rng, height, width, dtype=np.uint16):
+    """(C, H, W) raw intensities."""
+    return rng.integers(0, np.iinfo(dtype).max, size=(len(CHANNELS), height, width), dtype=dtype)
+
+
+def multipage_pil(site):
+    """A site as one multi-page PIL image, a page per channel (how a multi-page TIFF opens)."""
+    buffer = io.BytesIO()
+    pages = [Image.fromarray(channel) for channel in site]
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+if SUITE is not None:
+    ConfigTester = SUITE.test_configuration_common.ConfigTester
+    common = SUITE.test_modeling_common
+    ImageProcessingTester = SUITE.test_image_processing_common.ImageProcessingTester
+    ImageProcessingTestMixin = SUITE.test_image_processing_common.ImageProcessingTestMixin
+    ProcessorTesterMixin = SUITE.test_processing_common.ProcessorTesterMixin
+
+    class CloomeModelTester:
+        """The InfoNCE objective: its loss is defined for one pair, so test_batching_equivalence can run with
+        return_loss=True (InfoLOOB's refusal of one pair is tested in test_modeling.py)."""
+
+        def __init__(self, parent, batch_size=4):
+            self.parent = parent
+            self.batch_size = batch_size
+            self.is_training = True
+            self.image_size = TINY_VISION["image_size"][0]
+            self.num_channels = TINY_VISION["num_channels"]
+            self.fingerprint_size = TINY_MOLECULE["fingerprint_size"]
+            self.expected_num_hidden_layers = 5  # stem + 4 stages, transformers' ResNetModel layout
+            self.num_hidden_layers = TINY_MOLECULE["num_hidden_layers"]  # the MLP's depth, for test_num_layers_is_small
+
+        def get_config(self):
+            return CloomeConfig(vision_config=dict(TINY_VISION), molecule_config=dict(TINY_MOLECULE),
+                                projection_dim=16, loss="infonce")
+
+        def prepare_config_and_inputs_for_common(self):
+            pixel_values = common.floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
+            fingerprints = (common.floats_tensor([self.batch_size, self.fingerprint_size]) > 0.7).float()
+            inputs = {"pixel_values": pixel_values, "fingerprints": fingerprints, "return_loss": True}
+            return self.get_config(), inputs
+
+    class CloomeModelTest(common.ModelTesterMixin, unittest.TestCase):
+        all_model_classes = (CloomeModel,)
+        test_resize_embeddings = False
+        test_mismatched_shapes = False  # those tests load classification heads (num_labels); CLOOME has none
+        has_attentions = False
+        _is_composite = True
+        # get_image_features' last_hidden_state is a (N, C, h, w) feature map: its last axis is a width, not the
+        # hidden size the generic shape check looks for. The hidden-state tests below check the shapes.
+        skip_test_image_features_output_shape = True
+
+        def setUp(self):
+            self.model_tester = CloomeModelTester(self)
+            self.config_tester = ConfigTester(
+                self, config_class=CloomeConfig, has_text_modality=False,
+                common_properties=["projection_dim", "logit_scale_init_value"],
+            )
+
+        def test_config(self):
+            self.config_tester.run_common_tests()
+
+        def test_tower_configs(self):
+            config = self.model_tester.get_config()
+            for tower, properties in ((config.vision_config, ["num_channels", "image_size", "layers"]),
+                                      (config.molecule_config, ["hidden_size", "num_hidden_layers"])):
+                ConfigTester(self, config_class=type(tower), has_text_modality=False,
+                             common_properties=properties).run_common_tests()
+
+        def _expected_hidden_shapes(self, config):
+            """Per-stage shapes from the architecture: the stem quarters the side, stages 2-4 halve it."""
+            vision, molecule, n = config.vision_config, config.molecule_config, self.model_tester.batch_size
+            side, width = self.model_tester.image_size // 4, vision.base_width
+            image_shapes = [(n, width, side, side)]
+            for stage in range(4):
+                side = side if stage == 0 else side // 2
+                image_shapes.append((n, 4 * width * 2**stage, side, side))
+            molecule_shapes = [(n, molecule.fingerprint_size)]
+            molecule_shapes += [(n, molecule.hidden_size)] * molecule.num_hidden_layers
+            return image_shapes, molecule_shapes
+
+        def test_hidden_states_output(self):
+            """Overridden as for CLIPModel: CLOOME's hidden states are in its two towers' outputs."""
+            config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+            image_shapes, molecule_shapes = self._expected_hidden_shapes(config)
+            for in_config in (False, True):
+                run_config = self.model_tester.get_config()
+                run_config.output_hidden_states = in_config
+                model = CloomeModel(run_config).eval()
+                with torch.no_grad():
+                    outputs = model(**inputs, **({} if in_config else {"output_hidden_states": True}))
+                got_image = [tuple(h.shape) for h in outputs.vision_model_output.hidden_states]
+                got_molecule = [tuple(h.shape) for h in outputs.molecule_model_output.hidden_states]
+                self.assertEqual(got_image, image_shapes)
+                self.assertEqual(got_molecule, molecule_shapes)
+            with torch.no_grad():
+                plain = CloomeModel(self.model_tester.get_config()).eval()(**inputs)
+            self.assertIsNone(plain.vision_model_output.hidden_states)
+            self.assertIsNone(plain.molecule_model_output.hidden_states)
+
+        def test_retain_grad_hidden_states_attentions(self):
+            """Overridden as for CLIPModel: gradients reach the towers' hidden states (there are no attentions)."""
+            config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+            config.output_hidden_states = True
+            outputs = CloomeModel(config).train()(**inputs)
+            image_hidden = outputs.vision_model_output.hidden_states[0]
+            molecule_hidden = outputs.molecule_model_output.hidden_states[1]
+            image_hidden.retain_grad()
+            molecule_hidden.retain_grad()
+            outputs[0].backward()
+            self.assertIsNotNone(image_hidden.grad)
+            self.assertIsNotNone(molecule_hidden.grad)
+
+    NO_TOWER = {"text": "no text tower or tokenizer: molecules enter as fingerprints", "audio": "no audio tower",
+                "video": "no video tower"}
+    skip_inherited(CloomeModelTest, {
+        "test_model_get_set_embeddings": "no token or patch embeddings to get or set: a CNN stem and an MLP",
+        "test_inputs_embeds_matches_input_ids": "no input_ids or inputs_embeds: the inputs are images and fingerprints",
+        "test_can_set_attention_dynamically_composite_model": "no attention layers, so no SDPA/eager to switch",
+        "test_get_image_features_attentions": "no attention layers, so get_image_features has no attentions",
+        **{f"test_get_{tower}_features_{test}": reason for tower, reason in NO_TOWER.items()
+           for test in ("output", "hidden_states", "attentions")},
+        "test_get_video_features_pooler_output": NO_TOWER["video"],
+        "test_get_image_features_pooler_output": "the layout generate() needs (image-text-to-text); no generation",
+        "test_model_base_model_prefix": "for generative models (a base model under an LM head); no generation",
+        "test_torch_save_load": "compares a head model with its base class; CloomeModel is the base class itself",
+        "test_problem_types": "exercises classification heads (problem_type, num_labels); CLOOME has none",
+    })
+
+    class CloomeImageProcessingTester(ImageProcessingTester):
+        def __init__(self, parent):
+            super().__init__(parent, batch_size=3, num_channels=len(CHANNELS), min_resolution=CROP["height"],
+                             max_resolution=CROP["height"] + 32, crop_size=dict(CROP), do_center_crop=True,
+                             channel_order=list(CHANNELS), intensity_clip_fraction=1e-4)
+
+        def _get_image_processing_classes(self):
+            return {"torchvision": CloomeImageProcessor}  # one backend, registered under AutoImageProcessor
+
+        def prepare_image_inputs(self, batch_size=None, min_resolution=None, max_resolution=None, num_channels=None,
+                                 size_divisor=None, equal_resolution=False, numpify=False, torchify=False):
+            """Raw 16-bit sites: multi-page PIL images (a page per channel), H x W x C arrays or C x H x W tensors."""
+            rng = np.random.default_rng(0)
+            low, high = min_resolution or self.min_resolution, max_resolution or self.max_resolution
+            sites = []
+            for _ in range(batch_size or self.batch_size):
+                height, width = (high, high) if equal_resolution else rng.integers(low, high, size=2)
+                sites.append(random_site(rng, height, width))
+            if numpify:
+                return [np.moveaxis(site, 0, -1) for site in sites]
+            if torchify:
+                return [torch.from_numpy(site.astype(np.int32)) for site in sites]
+            return [multipage_pil(site) for site in sites]
+
+        def expected_output_image_shape(self, images):
+            return len(CHANNELS), CROP["height"], CROP["width"]
+
+    class CloomeImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
+        image_processor_tester_class = CloomeImageProcessingTester
+        test_cast_dtype = True
+
+    skip_inherited(CloomeImageProcessingTest, {
+        "test_image_processor_from_dict_with_kwargs_has_attributes": "RGB-only conversion: sets do_convert_rgb",
+        "test_call_numpy_4_channels": "RGB-only conversion: do_convert_rgb on 4 unnamed channels; sites are named",
+        "test_convert_to_rgb_mixed_input_batch": "RGB-only conversion: converts RGB/RGBA/grey images to RGB",
+    })
+
+    class CloomeProcessorTest(ProcessorTesterMixin, unittest.TestCase):
+        processor_class = CloomeProcessor
+
+        @classmethod
+        def _setup_image_processor(cls):
+            return CloomeImageProcessor(crop_size=dict(CROP), intensity_clip_fraction=1e-4)
+
+        def prepare_images_inputs(self, batch_size=None, nested=False):
+            """Cell Painting sites as one single-band PIL image per channel, by channel name."""
+            rng = np.random.default_rng(1)
+            sites = [{name: Image.fromarray(channel) for name, channel in zip(CHANNELS, random_site(rng, 80, 72))}
+                     for _ in range(batch_size or 1)]
+            if batch_size is None:
+                return sites[0]
+            return [[site] for site in sites] if nested else sites
+
+        def test_model_input_names(self):
+            """Overridden: molecules enter as `smiles`, a modality the generic test's input list does not name."""
+            processor = self.get_processor()
+            inputs = processor(images=self.prepare_images_inputs(), smiles=SMILES, return_tensors="pt")
+            self.assertSetEqual(set(inputs.keys()), set(processor.model_input_names))
+
+        def test_processor_with_multiple_inputs(self):
+            """Overridden: the two modalities are images and `smiles` (the generic test counts sub-processors)."""
+            processor = self.get_processor()
+            inputs = processor(images=self.prepare_images_inputs(batch_size=2), smiles=SMILES, return_tensors="pt")
+            self.assertEqual(tuple(inputs["pixel_values"].shape), (2, len(CHANNELS), CROP["height"], CROP["width"]))
+            self.assertEqual(tuple(inputs["fingerprints"].shape), (2, processor.featurizer.fingerprint_size))
+            with self.assertRaises(ValueError):
+                processor()
