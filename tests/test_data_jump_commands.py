@@ -180,7 +180,8 @@ def test_embed_reads_a_load_data_table_and_keeps_every_site_with_its_type(plates
 
     images = store.load_store(embedded)["images"].to_pandas()
     assert sorted(images.sample_key) == sorted(key(p, w) for p in PLATES for w in WELLS)  # DMSO, reagent too
-    assert list(images.columns) == list(SITE_METADATA) + ["perturbation_type", "embedding"]
+    assert list(images.columns) == list(SITE_METADATA) + ["perturbation_type", "Metadata_Batch", "Metadata_Source",
+                                                          "embedding"]
     for row in images.itertuples():
         assert row.perturbation_type == TYPE_OF[WELLS[row.well]]
     assert (images.perturbation_type == "negcon").sum() == 2 and (images.smiles[images.well == "A04"] == "").all()

@@ -37,8 +37,8 @@ from .synthetic import bundled_molecules, make_synthetic_dataset, molecule_laten
 
 
 _TORCH_SIDE = {"build_dataloader": "loader", "CellPaintingCollator": "loader", "CellPaintingDataLoader": "loader",
-               "CellPaintingTorchDataset": "loader", "UniqueMoleculeBatchSampler": "sampling",
-               "unique_molecule_batches": "sampling"}
+               "CellPaintingTorchDataset": "loader", "trainer_inputs": "loader",
+               "UniqueMoleculeBatchSampler": "sampling", "unique_molecule_batches": "sampling"}
 
 
 def __getattr__(name):
@@ -58,5 +58,5 @@ __all__ = [
     "decode_image", "decode_row", "features", "inchikeys_from_smiles", "load_cell_painting",
     "make_synthetic_dataset", "molecule_latent", "murcko_scaffold", "one_site_per_molecule", "open_source",
     "perturbation_types", "prepare_dataset", "retrieval_subsets", "split_by_molecule", "split_by_scaffold",
-    "split_from_files", "unique_molecule_batches", "write_synthetic_layout",
+    "split_from_files", "trainer_inputs", "unique_molecule_batches", "write_synthetic_layout",
 ]

@@ -117,7 +117,9 @@ class CellPaintingCollator:
 
     def _decode(self, batch) -> tuple[torch.Tensor, list[str], list[str], list[int] | None]:
         seeds = None
-        if isinstance(batch, tuple):  # (pyarrow.Table, seeds) from CellPaintingTorchDataset.__getitems__
+        # (pyarrow.Table, seeds) from CellPaintingTorchDataset.__getitems__ (a list once Trainer's column filter
+        # has passed over it)
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], pa.Table):
             batch, seeds = batch
         if isinstance(batch, pa.Table):
             image_views = _binary_views(batch.column("image"))
@@ -260,6 +262,26 @@ def build_dataloader(
                                   **dataloader_kwargs)
 
 
+def trainer_inputs(ds, fingerprints, transform=None, channel_order: Sequence[str] | None = None):
+    """``(train_dataset, data_collator)`` for ``transformers.Trainer``: batches of exactly ``pixel_values``,
+    ``fingerprints`` and ``return_loss=True``, so ``Trainer`` trains :class:`~cloome_hf.CloomeModel` on its loss.
+
+    ``fingerprints``: a :class:`FingerprintTable` or a featuriser; ``transform``: the training augmentation
+    (default: flips and 90-degree turns of the whole site). ``Trainer``'s own random sampler does not keep
+    molecules unique within a batch, and its augmentation draws are not seeded per site; ``cloome train`` (the
+    same data path with :class:`~cloome_hf.data.sampling.UniqueMoleculeBatchSampler`) does both.
+    """
+    from cloome_hf.transforms import CloomeTrainTransform
+
+    table = _fingerprint_table(ds, fingerprints, streaming=False)
+    keys = list(ds.select_columns(["inchikey"])["inchikey"])
+    rows = np.flatnonzero(np.fromiter((k in table for k in keys), dtype=bool, count=len(keys)))
+    permutation = channel_permutation(channels_of(ds), channel_order or CHANNELS)
+    transform = transform or CloomeTrainTransform(crop_size=None, random_resized_crop_scale=None)
+    collator = CellPaintingCollator(table, transform, channel_permutation=permutation, return_loss=True)
+    return CellPaintingTorchDataset(ds, rows if len(rows) != len(keys) else None), collator
+
+
 def _fingerprint_table(ds, fingerprints, streaming: bool) -> FingerprintTable | None:
     """A :class:`FingerprintTable` of ``ds``'s unique molecules, built once from a featuriser if needed."""
     if fingerprints is None or isinstance(fingerprints, FingerprintTable):
@@ -293,5 +315,5 @@ def _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, 
 
 __all__ = [
     "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset", "UniqueMoleculeBatchSampler",
-    "build_dataloader", "unique_molecule_batches",
+    "build_dataloader", "trainer_inputs", "unique_molecule_batches",
 ]
