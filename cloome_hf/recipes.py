@@ -19,7 +19,6 @@ embedded synthetic data on a laptop CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -146,17 +145,10 @@ TRAINING_CONFIG_FILE = "training_config.json"
 def read_training_config(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The ``training_config.json`` of a saved model folder, ``None`` when it has none; a malformed file is a
     ``ValueError`` naming it."""
+    from .safe_io import read_json
+
     path = os.path.join(os.fspath(folder), TRAINING_CONFIG_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read the training configuration {path}: {err}") from err
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(values).__name__}")
-    return values
+    return read_json(path, "training configuration") if os.path.isfile(path) else None
 
 
 def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):

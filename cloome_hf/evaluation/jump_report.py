@@ -39,22 +39,10 @@ def plot_map_vs_pvalue(results: dict, path, task: str, *, dpi: int = 100) -> Pat
     return path
 
 
-def _methods(results: dict, task: str):
-    out = []
-    if task in results.get("tasks", {}):
-        out.append((results.get("model_name", "CLOOME (this model)"), results["tasks"][task]))
-    for name, base in results.get("baselines", {}).items():
-        if task in base.get("tasks", {}):
-            out.append((name, base["tasks"][task]))
-    return out
-
-
-def _pct(entry) -> str:
-    return f"{100 * entry['value']:.1f} [{100 * entry['ci_low']:.1f}, {100 * entry['ci_high']:.1f}]"
-
-
 def jump_report_sections(results: dict) -> list[str]:
     """Markdown lines of the JUMP tables (empty when neither task ran), for :func:`.report.render_report`."""
+    from .report import _methods, _pct
+
     lines: list[str] = []
     for task, title in _TITLES.items():
         methods = _methods(results, task)
