@@ -187,17 +187,17 @@ def test_bad_inputs(synthetic, tmp_path):
         embed.main(["--model", str(root / "model"), "--output_dir", str(tmp_path / "o2")])
 
 
-@pytest.mark.parametrize("command", ["embed", "search", "convert", "evaluate", "push"])
+@pytest.mark.parametrize("command", ["train", "prepare", "embed", "evaluate", "search", "convert", "push"])
 def test_cli_help_everywhere(command, capsys):
     from cloome_hf import cli
 
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])
     assert exc.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: ")  # the command's own parser answered
+    assert capsys.readouterr().out.startswith("usage: ")  # the command's own parser answered
     cli.main(["--help"])
     listing = capsys.readouterr().out
-    assert all(c in listing for c in ("embed", "search", "convert", "evaluate", "push"))
+    assert all(c in listing for c in ("train", "prepare", "embed", "evaluate", "search", "convert", "push"))
 
 
 def test_cli_search_matches_library_calls(synthetic, embedded, tmp_path):
