@@ -58,19 +58,20 @@ def test_the_wheel_is_imported_not_the_checkout(installed):
 
 def test_every_command_runs_from_the_installed_wheel(installed):
     env_dir, work = installed
-    for command in ("train", "prepare", "embed", "evaluate", "search", "convert", "push"):
-        assert "usage: " in _cloome(env_dir, work, command, "--help").stdout
-
     _cloome(env_dir, work, "train", "--output_dir", "run", "--synthetic_molecules", "24",
             "--synthetic_sites_per_molecule", "2", "--base_width", "8", "--molecule_hidden_size", "32",
             "--projection_dim", "16", "--fingerprint_size", "128", "--per_device_train_batch_size", "8",
             "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2")
     assert (work / "run" / "model.safetensors").is_file() and (work / "run" / "training_config.json").is_file()
 
-    _cloome(env_dir, work, "prepare", "--help")
-    subprocess.run([str(env_dir / "bin" / "python"), "-m", "cloome_hf.data", "synthetic", "--output_dir", "sites",
-                    "--num_molecules", "12", "--sites_per_molecule", "2", "--num_plates", "2"],
-                   cwd=work, env=_env(), check=True, capture_output=True, timeout=300)
+    raw = subprocess.run([str(env_dir / "bin" / "python"), "-m", "cloome_hf.data", "synthetic", "--output_dir", "raw",
+                          "--layout", "bray_npz", "--num_molecules", "12", "--sites_per_molecule", "2",
+                          "--num_plates", "2"], cwd=work, env=_env(), check=True, capture_output=True, text=True,
+                         timeout=300)
+    layout = json.loads(raw.stdout.strip().splitlines()[-1])
+    _cloome(env_dir, work, "prepare", "--layout", "bray_npz", "--index", layout["index"], "--root", layout["root"],
+            "--output_dir", "sites")
+    assert json.loads((work / "sites" / "prepare_report.json").read_text())["num_written"] == 24
     pd.DataFrame({"smiles": ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O"]}).to_csv(work / "library.csv", index=False)
     _cloome(env_dir, work, "embed", "--model", "run", "--dataset", "sites", "--molecules", "library.csv",
             "--output_dir", "emb", "--batch_size", "8")
