@@ -320,6 +320,14 @@ def test_damaged_side_files_are_named(tmp_path):
     from cloome_hf.data.molecules import FingerprintTable
     from cloome_hf.processing_cloome import CloomeProcessor
 
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "shard-00000.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(ValueError, match=r"cannot read the embeddings file .*shard-00000\.parquet"):
+        store.read_embeddings(tmp_path / "images")
+    (tmp_path / "library.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(ValueError, match=r"cannot read the molecule table .*library\.parquet"):
+        embed.load_molecule_table(str(tmp_path / "library.parquet"))
+
     (tmp_path / "table.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match=rf"cannot read the fingerprint table {tmp_path / 'table.npz'}"):
         FingerprintTable.load(tmp_path / "table.npz")

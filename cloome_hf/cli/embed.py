@@ -59,7 +59,10 @@ def load_molecule_table(path: str):
 
     if not os.path.isfile(path):
         raise ValueError(f"molecule table {path} does not exist")
-    table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    try:
+        table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001 - pandas / pyarrow raise many types for damaged files
+        raise ValueError(f"cannot read the molecule table {path}: {type(err).__name__}: {err}") from err
     if "smiles" not in table.columns:
         raise ValueError(f"molecule table {path} has no 'smiles' column (has {list(table.columns)})")
     return table.drop_duplicates("smiles").reset_index(drop=True)

@@ -231,13 +231,21 @@ def embeddings_from_arrow(column) -> np.ndarray:
     return values.astype(np.float32, copy=False).reshape(len(column), dim)
 
 
+def _read_parquet(path: str):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - a damaged file raises ArrowInvalid, OSError, ...
+        raise ValueError(f"cannot read the embeddings file {path}: {type(err).__name__}: {err}") from err
+
+
 def read_embeddings(source, embedding_column: str = "embedding"):
     """A ``pyarrow.Table`` of embeddings from a store's ``images`` / ``molecules`` folder, a Parquet file or
     folder, a ``save_to_disk`` folder, a ``datasets.Dataset``, a ``pyarrow.Table`` or a pandas DataFrame whose
     ``embedding_column`` holds one vector per row. The one reader of embeddings in the package."""
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if isinstance(source, pa.Table):
         return source
@@ -259,7 +267,7 @@ def read_embeddings(source, embedding_column: str = "embedding"):
                 os.path.join(root, f) for root, _, fs in os.walk(path) for f in fs if f.endswith(".parquet"))
             if not files:
                 raise ValueError(f"no Parquet files under {path}")
-            return pa.concat_tables([pq.read_table(f) for f in files])
+            return pa.concat_tables([_read_parquet(f) for f in files])
         raise ValueError(f"embeddings dataset path {path} does not exist")
     if hasattr(source, "data") and hasattr(source.data, "table"):  # datasets.Dataset
         if getattr(source, "_indices", None) is not None:  # a shuffled/selected view: materialise its rows
