@@ -134,14 +134,21 @@ def test_prepare_refuses_a_folder_another_writer_holds(tmp_path, npz_layout):
     assert report["complete"] and not (out / LOCK_FILE).exists()
 
 
-def test_prepare_refuses_a_new_split_with_other_channels(tmp_path, npz_layout):
+def test_prepare_refuses_a_new_split_with_other_channels_or_columns(tmp_path, npz_layout):
     out = tmp_path / "out"
     prepare_dataset(_source(npz_layout), out, shard_size=4, progress=False)
-    manifest = json.loads((out / "cloome_data.json").read_text())
-    manifest["channels"] = manifest["channels"][::-1]
+    original = json.loads((out / "cloome_data.json").read_text())
+    manifest = dict(original, channels=original["channels"][::-1])
     (out / "cloome_data.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="holds sites with channels"):
         prepare_dataset(_source(npz_layout), out, split="test", shard_size=4, progress=False)
+    manifest = dict(original, features={**original["features"], "dose": {"dtype": "float64", "_type": "Value"}})
+    (out / "cloome_data.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"holds sites with other columns \(\[.*'dose'"):
+        prepare_dataset(_source(npz_layout), out, split="test", shard_size=4, progress=False)
+    (out / "cloome_data.json").write_text(json.dumps(original))
+    prepare_dataset(_source(npz_layout), out, split="test", shard_size=4, progress=False)  # the same columns: fine
+    assert set(load_cell_painting(out, cache_dir=str(tmp_path / "cache"))) == {"train", "test"}
 
 
 # ---------------------------------------------------------------------------------------------- paths in tables

@@ -226,6 +226,9 @@ def _prepare(source, out, split, shard_size, num_proc, compression, row_group_si
         if old["channels"] != manifest["channels"]:
             raise ValueError(f"{out} holds sites with channels {old['channels']}, this source has "
                              f"{manifest['channels']}; use a new output_dir")
+        if old.get("features") != json.loads(json.dumps(manifest["features"])):
+            raise ValueError(f"{out} holds sites with other columns ({sorted(old.get('features') or {})}) than this "
+                             f"source ({sorted(manifest['features'])}); use a new output_dir")
         olds = old["splits"].get(split)
         if olds is not None and any(olds.get(k) != manifest[k] for k in ("records_hash", "shard_size", "num_shards")):
             raise ValueError(f"{out} already holds split {split!r} of a different input or shard plan "
