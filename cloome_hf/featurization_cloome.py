@@ -31,12 +31,36 @@ _DEFAULT_SIZES = {"morgan": 1024, "morgan_count": 1024, "rdkit_count": 1024, "mo
 _CHUNK_SIZE = 500
 
 
-def _parse(text: Any):
-    """SMILES or InChI (``InChI=`` prefix) -> sanitised RDKit Mol, or None when it cannot be parsed."""
+def molecule_text_problem(text: Any) -> str | None:
+    """Why ``text`` is no SMILES / InChI this package reads before RDKit sees it, or ``None``.
+
+    RDKit stops reading a SMILES at the first whitespace (the rest is taken as a name) and so would silently
+    featurise a *different* molecule for ``"CC O"``; SMILES and InChI are ASCII, so a non-ASCII character (a
+    Greek Omicron looking like O, a combining accent, a zero-width space) is refused as well. Whitespace
+    around the string is allowed (stripped).
+    """
+    if not isinstance(text, str):
+        return f"not a string but {type(text).__name__}"
+    stripped = text.strip()
+    if not stripped:
+        return "empty"
+    for j, char in enumerate(stripped):
+        if not char.isascii():
+            return (f"non-ASCII character {char!r} (U+{ord(char):04X}) at character {j}: SMILES and InChI are "
+                    "ASCII, this is a look-alike or a stray mark")
+        if char.isspace():
+            return f"whitespace at character {j}: RDKit would read only {stripped[:j]!r}"
+    return None
+
+
+def parse_molecule(text: Any):
+    """SMILES or InChI (``InChI=`` prefix) -> sanitised RDKit Mol, or ``None`` when it cannot be parsed or
+    :func:`molecule_text_problem` refuses it. The one parsing rule of the package (featuriser, sources,
+    InChIKeys, splits)."""
     from rdkit import Chem
     from rdkit.rdBase import BlockLogs
 
-    if not isinstance(text, str) or not text.strip():
+    if molecule_text_problem(text) is not None:
         return None
     blocker = BlockLogs()  # parse failures are reported by us, with their position, not printed by RDKit
     try:
@@ -44,6 +68,12 @@ def _parse(text: Any):
         return Chem.MolFromInchi(text) if text.startswith("InChI=") else Chem.MolFromSmiles(text)
     finally:
         del blocker
+
+
+def invalid_message(text: Any, position: int) -> str:
+    """``"Invalid SMILES '...' at position i"``, with the reason when the string itself is malformed."""
+    problem = molecule_text_problem(text)
+    return f"Invalid SMILES {text!r} at position {position}" + (f" ({problem})" if problem else "")
 
 
 class MoleculeFeaturizer:
@@ -146,7 +176,7 @@ class MoleculeFeaturizer:
         out = np.zeros((len(strings), self.fingerprint_size), dtype=np.float32)
         failed = []
         for i, text in enumerate(strings):
-            mol = _parse(text)
+            mol = parse_molecule(text)
             if mol is None:
                 failed.append(i)
             else:
@@ -189,7 +219,12 @@ class MoleculeFeaturizer:
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-        strings = [smiles] if isinstance(smiles, str) else list(smiles)
+        if isinstance(smiles, str):
+            strings = [smiles]
+        elif smiles is None or isinstance(smiles, (bytes, bytearray)) or not isinstance(smiles, Iterable):
+            raise ValueError(invalid_message(smiles, 0) + ": expected a string or a list of strings")
+        else:
+            strings = list(smiles)
         # Featurise each distinct string once; `inverse` maps input positions back to the unique rows.
         unique: dict[Any, int] = {}
         inverse = np.empty(len(strings), dtype=np.int64)
@@ -208,7 +243,7 @@ class MoleculeFeaturizer:
         if failed and errors == "raise":
             first = failed[0]
             more = f" (and {len(failed) - 1} more invalid entries)" if len(failed) > 1 else ""
-            raise ValueError(f"Invalid SMILES {strings[first]!r} at position {first}{more}")
+            raise ValueError(invalid_message(strings[first], first) + more)
         keep = inverse if not failed else inverse[~bad_unique[inverse]]
         return rows[keep], failed
 
@@ -231,4 +266,4 @@ def _featurize_chunk(config: dict[str, Any], strings: Sequence[str]) -> tuple[np
     return rows, failed
 
 
-__all__ = ["FINGERPRINT_KINDS", "MoleculeFeaturizer"]
+__all__ = ["FINGERPRINT_KINDS", "MoleculeFeaturizer", "invalid_message", "molecule_text_problem", "parse_molecule"]

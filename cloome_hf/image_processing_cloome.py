@@ -14,6 +14,7 @@ and the result is bit-identical to running the steps one after another.
 """
 
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
@@ -32,7 +33,7 @@ from .channels import (
     canonical_channel_name,
     published_channel_means,
 )
-from .fast_tiff import read_plain_tiff
+from .fast_tiff import read_tiff
 
 DEFAULT_CROP_SIZE = {"height": SITE_SIZE[0], "width": SITE_SIZE[1]}
 _NPZ_KEY = "sample"
@@ -151,6 +152,41 @@ def pil_site(image: Image.Image, what: str) -> np.ndarray:
     return np.stack(pages)
 
 
+def _real(value: Any, what: str) -> float:
+    """``float(value)`` for a real number (not a bool, string or container); ``ValueError`` naming ``what``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{what} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _checked_crop(crop: Any) -> dict[str, int]:
+    """``{"height": h, "width": w}`` with positive integer sides (the default site size when ``None``)."""
+    crop = DEFAULT_CROP_SIZE if crop is None else crop
+    if not isinstance(crop, Mapping) or set(crop) != {"height", "width"}:
+        raise ValueError(f"crop_size must be a dict with keys 'height' and 'width', got {crop!r}")
+    sides = {k: _real(crop[k], f"crop_size[{k!r}]") for k in ("height", "width")}
+    if not all(v >= 1 and v == int(v) for v in sides.values()):
+        raise ValueError(f"crop_size sides must be positive integers, got {dict(crop)!r}")
+    return {k: int(v) for k, v in sides.items()}
+
+
+def _checked_channel_values(key: str, value: Any, order: Sequence[str]) -> list[float]:
+    """One finite value per channel of ``order`` (a scalar applies to every channel; ``None``: the published
+    channel means)."""
+    if value is None:
+        value = published_channel_means(order)
+    if np.ndim(value) == 0:
+        value = [value] * len(order)
+    elif np.ndim(value) != 1:
+        raise ValueError(f"{key} must be a number or one number per channel, got {value!r}")
+    value = [_real(v, key) for v in value]
+    if len(value) != len(order):
+        raise ValueError(f"{key} has {len(value)} entries but channel_order has {len(order)} channels")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"{key} must be finite, got {value}")
+    return value
+
+
 class CloomeImageProcessorKwargs(TypedDict, total=False):
     """Call-time overrides accepted by `CloomeImageProcessor.__call__` (same names as the constructor).
 
@@ -245,20 +281,11 @@ class CloomeImageProcessor(BaseImageProcessor):
         if len(set(order)) != len(order):
             raise ValueError(f"channel_order has duplicate channels after alias mapping: {order}")
         settings["channel_order"] = order
-        crop = settings["crop_size"] if settings["crop_size"] is not None else DEFAULT_CROP_SIZE
-        if not isinstance(crop, Mapping) or set(crop) != {"height", "width"}:
-            raise ValueError(f"crop_size must be a dict with keys 'height' and 'width', got {crop!r}")
-        settings["crop_size"] = {"height": int(crop["height"]), "width": int(crop["width"])}
+        settings["crop_size"] = _checked_crop(settings["crop_size"])
         for key in ("image_mean", "image_std"):
-            value = settings[key]
-            if value is None:
-                value = published_channel_means(order)
-            value = [float(value)] * len(order) if np.ndim(value) == 0 else [float(v) for v in value]
-            if len(value) != len(order):
-                raise ValueError(f"{key} has {len(value)} entries but channel_order has {len(order)} channels")
-            settings[key] = value
-        if any(s == 0 for s in settings["image_std"]):
-            raise ValueError(f"image_std must not contain 0, got {settings['image_std']}")
+            settings[key] = _checked_channel_values(key, settings[key], order)
+        if not all(s > 0 for s in settings["image_std"]):
+            raise ValueError(f"image_std must be positive (it divides), got {settings['image_std']}")
         fmt = settings["input_data_format"]
         fmt = getattr(fmt, "value", fmt)
         if fmt not in (None, "channels_first", "channels_last"):
@@ -266,7 +293,10 @@ class CloomeImageProcessor(BaseImageProcessor):
         settings["input_data_format"] = fmt
         _clip_rank(1, settings["intensity_clip_fraction"])  # validates the range
         settings["intensity_clip_fraction"] = float(settings["intensity_clip_fraction"])
-        settings["intensity_scale"] = float(settings["intensity_scale"])
+        scale = _real(settings["intensity_scale"], "intensity_scale")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"intensity_scale must be a positive finite number, got {settings['intensity_scale']!r}")
+        settings["intensity_scale"] = scale
         for key in ("do_rescale_to_uint8", "do_center_crop", "do_normalize", "do_per_image_standardize"):
             settings[key] = bool(settings[key])
         return settings
@@ -308,11 +338,7 @@ class CloomeImageProcessor(BaseImageProcessor):
             if suffix == ".npy":
                 return np.load(path, allow_pickle=False)
             if suffix in _TIFF_SUFFIXES:
-                import tifffile
-
-                array = read_plain_tiff(path)
-                if array is None:
-                    array = tifffile.imread(path)
+                array = read_tiff(path)
                 if array.size == 0:  # tifffile returns an empty array for some corrupt files
                     raise ValueError(f"Could not read image file {path}: no image data")
                 return array

@@ -238,6 +238,30 @@ class CloomePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["CloomeBottleneck", "CloomeMoleculeBlock"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, refusing a checkpoint that does not fill the model exactly.
+
+        transformers only logs missing weights (initialised at random) and unexpected ones; a CLOOME tower half
+        random is a wrong model, so both are a ``ValueError`` naming the checkpoint and the weights. Shape
+        mismatches pass only with ``ignore_mismatched_sizes=True``; ``output_loading_info=True`` returns
+        ``(model, info)`` unchecked, for callers that inspect the loading themselves.
+        """
+        if kwargs.pop("output_loading_info", False):
+            return super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                              **kwargs)
+        problems = {kind: sorted(map(str, info.get(kind) or ())) for kind in ("missing_keys", "unexpected_keys")}
+        if not kwargs.get("ignore_mismatched_sizes"):
+            problems["mismatched_keys"] = sorted(str(k[0]) for k in info.get("mismatched_keys") or ())
+        problems = {kind: keys for kind, keys in problems.items() if keys}
+        if problems or info.get("error_msgs"):
+            detail = "; ".join(f"{kind.replace('_keys', '')} weights {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+                               f" ({len(keys)})" for kind, keys in problems.items())
+            raise ValueError(f"the checkpoint {pretrained_model_name_or_path} does not match {cls.__name__}: "
+                             f"{detail or '; '.join(map(str, info['error_msgs']))}")
+        return model
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -14,7 +14,6 @@ Compatibility with a model is checked in two places:
 """
 
 
-import json
 import os
 from typing import Any
 
@@ -28,6 +27,7 @@ from transformers.utils import CONFIG_NAME, TensorType, cached_file
 from .configuration_cloome import CloomeConfig
 from .featurization_cloome import MoleculeFeaturizer
 from .image_processing_cloome import CloomeImageProcessor, CloomeImageProcessorKwargs
+from .safe_io import read_json
 
 _MODALITY_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs")
 
@@ -153,8 +153,8 @@ class CloomeProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "CloomeProcessor":
         """Load a processor; if the same location holds a CLOOME model config, check that they match."""
+        config = _load_cloome_config(pretrained_model_name_or_path, **kwargs)  # first: a damaged one is named
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        config = _load_cloome_config(pretrained_model_name_or_path, **kwargs)
         if config is not None:
             processor.check_model_compatibility(config)
         return processor
@@ -170,8 +170,7 @@ def _load_cloome_config(path, **kwargs) -> CloomeConfig | None:
         return None
     if config_file is None:
         return None
-    with open(config_file, encoding="utf-8") as f:
-        config_dict = json.load(f)
+    config_dict = read_json(config_file, "model config")
     if config_dict.get("model_type") != CloomeConfig.model_type:
         return None
     return CloomeConfig.from_dict(config_dict)

@@ -21,7 +21,7 @@ from cloome_hf.publish.convert import (
     convert_original_checkpoint,
     convert_state_dict,
     processor_settings,
-    upload_folder,
+    upload_files,
 )
 
 TOL = 1e-4  # max |delta| <= TOL * max |y|
@@ -355,10 +355,10 @@ class RecordingHfApi:
     def create_repo(self, repo_id, **kwargs):
         RecordingHfApi.calls.append(("create_repo", repo_id, kwargs))
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
-        contents = {f: (Path(folder_path) / f).read_bytes() for f in files}
-        RecordingHfApi.calls.append(("upload_folder", repo_id, {**kwargs, "files": files, "contents": contents}))
+    def create_commit(self, *, repo_id, operations, **kwargs):
+        contents = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        RecordingHfApi.calls.append(("create_commit", repo_id, {**kwargs, "files": sorted(contents),
+                                                                "contents": contents}))
 
 
 def test_push_to_hub_commits_exact_files(tmp_path, monkeypatch):
@@ -371,7 +371,7 @@ def test_push_to_hub_commits_exact_files(tmp_path, monkeypatch):
                                       preset="bioactivity", push_to_hub="someone/cloome-bioactivity-hf")
     (kind0, repo0, kw0), (kind1, repo1, kw1) = RecordingHfApi.calls
     assert (kind0, repo0, kw0["repo_type"], kw0["exist_ok"]) == ("create_repo", "someone/cloome-bioactivity-hf", "model", True)
-    assert (kind1, repo1, kw1["repo_type"]) == ("upload_folder", "someone/cloome-bioactivity-hf", "model")
+    assert (kind1, repo1, kw1["repo_type"]) == ("create_commit", "someone/cloome-bioactivity-hf", "model")
     local = sorted(p.name for p in out.iterdir())
     assert kw1["files"] == local
     assert {"README.md", "config.json", "model.safetensors", "processor_config.json"} <= set(kw1["files"])
@@ -379,11 +379,12 @@ def test_push_to_hub_commits_exact_files(tmp_path, monkeypatch):
     assert "someone/cloome-bioactivity-hf" in kw1["contents"]["README.md"].decode()
 
 
-def test_upload_folder_uses_given_api(tmp_path):
+def test_upload_files_commits_only_the_given_files(tmp_path):
     (tmp_path / "a.txt").write_text("x")
+    (tmp_path / ".env").write_text("HF_TOKEN=hf_secret")
     RecordingHfApi.calls = []
-    upload_folder(tmp_path, "org/repo", "msg", api=RecordingHfApi())
-    assert [c[0] for c in RecordingHfApi.calls] == ["create_repo", "upload_folder"]
+    upload_files(tmp_path, ["a.txt"], "org/repo", "msg", api=RecordingHfApi())
+    assert [c[0] for c in RecordingHfApi.calls] == ["create_repo", "create_commit"]
     assert RecordingHfApi.calls[1][2]["files"] == ["a.txt"] and RecordingHfApi.calls[1][2]["commit_message"] == "msg"
 
 

@@ -99,8 +99,8 @@ def test_inchi_input_matches_smiles():
 
 def test_duplicates_are_featurised_once(smiles, monkeypatch):
     calls = []
-    original = featurization._parse
-    monkeypatch.setattr(featurization, "_parse", lambda text: calls.append(text) or original(text))
+    original = featurization.parse_molecule
+    monkeypatch.setattr(featurization, "parse_molecule", lambda text: calls.append(text) or original(text))
     batch = smiles[:10] + smiles[:5] + smiles[3:8]
     fingerprints = MoleculeFeaturizer()(batch)
     assert len(calls) == 10

@@ -14,12 +14,16 @@ missing shards' sites are read on a rerun, each process reads only its own shard
 "molecules")`` and by ``CloomeIndex.from_store(OUT)``. Image rows carry ``sample_key, plate, well, site,
 inchikey, smiles``, ``perturbation_type`` when the dataset has it (plus ``--keep_columns``) and ``embedding``;
 molecule rows the table's columns and ``embedding``. A rerun after an interruption computes only the missing
-shards; a rerun with other settings (or a changed table) is refused.
+shards; a rerun with other settings (a changed table, or another model or changed weights at the same path)
+is refused, naming them; ``--overwrite_output_dir`` replaces the store instead. A store is created only in a
+new or empty folder, and the main process holds the folder's lock (``.cloome.lock``) while embedding.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 from typing import Any
@@ -43,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding_dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--keep_columns", nargs="*", default=[], help="extra dataset columns to copy to the output")
     p.add_argument("--max_samples", type=int, default=None, help="embed only the first N rows (smoke tests)")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="replace a store made with other settings (removes only the store's own files)")
     add_table_arguments(p)
     return p
 
@@ -53,21 +59,34 @@ def load_molecule_table(path: str):
 
     if not os.path.isfile(path):
         raise ValueError(f"molecule table {path} does not exist")
-    table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    try:
+        table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001 - pandas / pyarrow raise many types for damaged files
+        raise ValueError(f"cannot read the molecule table {path}: {type(err).__name__}: {err}") from err
     if "smiles" not in table.columns:
         raise ValueError(f"molecule table {path} has no 'smiles' column (has {list(table.columns)})")
     return table.drop_duplicates("smiles").reset_index(drop=True)
 
 
-def _settings(args, processor, sites) -> dict[str, Any]:
+def _dataset_hash(sites) -> str:
+    """A digest of a dataset's sites (count, keys, molecules): a changed dataset at the same path is a change."""
+    meta = sites.select_columns([c for c in ("sample_key", "smiles") if c in sites.column_names])
+    digest = hashlib.sha256(json.dumps([len(sites), *(list(meta[c]) for c in meta.column_names)]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _settings(args, model, processor, sites, molecules) -> dict[str, Any]:
     """What determines the output: a rerun into the same folder must match this exactly."""
+    import pandas as pd
+
     import cloome_hf
 
     from ..data.prepare import records_hash
     from ..data.sources import SiteSource
+    from ..train.checkpoint import parameter_digest
 
     out = {
-        "model_id": str(args.model), "revision": args.revision,
+        "model_id": str(args.model), "revision": args.revision, "model_weights": parameter_digest(model),
         "processor": json.loads(json.dumps(processor.to_dict(), default=str)),
         "embedding_dtype": args.embedding_dtype, "bf16": bool(args.bf16), "shard_size": args.shard_size,
         "dataset": args.dataset, "split": args.split if args.dataset else None, "molecules": args.molecules,
@@ -83,6 +102,10 @@ def _settings(args, processor, sites) -> dict[str, Any]:
         out["table_options"] = recorded
     if isinstance(sites, SiteSource):
         out["records_hash"] = records_hash(sites)
+    elif sites is not None:
+        out["dataset_hash"] = _dataset_hash(sites)
+    if molecules is not None:
+        out["molecules_hash"] = hashlib.sha256(pd.util.hash_pandas_object(molecules).values.tobytes()).hexdigest()[:16]
     return out
 
 
@@ -109,28 +132,34 @@ def main(argv=None) -> str:
 
     from ..inference import store
     from ..processing_cloome import load_model_and_processor
+    from ..safe_io import OutputLock
 
     accelerator = Accelerator()
     model, processor = load_model_and_processor(args.model, revision=args.revision)
     model.to(accelerator.device)
     sites = _open_sites(args) if args.dataset is not None else None
-    settings = _settings(args, processor, sites)
+    molecules = load_molecule_table(args.molecules) if args.molecules is not None else None
+    settings = _settings(args, model, processor, sites, molecules)
     settings["model_info"] = {"commit_hash": getattr(model.config, "_commit_hash", None),
                               "projection_dim": model.config.projection_dim}
-    if accelerator.is_main_process:
-        store.check_or_write_info(args.output_dir, settings, write=True)
-    accelerator.wait_for_everyone()
-    store.check_or_write_info(args.output_dir, settings, write=False)
-    common = dict(accelerator=accelerator, shard_size=args.shard_size, batch_size=args.batch_size,
-                  dtype=args.embedding_dtype, autocast_dtype=torch.bfloat16 if args.bf16 else None)
-    if sites is not None:
-        store.embed_images_to_store(sites, model, processor, os.path.join(args.output_dir, "images"),
-                                    keep_columns=args.keep_columns, num_workers=args.num_workers,
-                                    max_rows=args.max_samples, **common)
-    if args.molecules is not None:
-        store.embed_molecules_to_store(load_molecule_table(args.molecules), model, processor,
-                                       os.path.join(args.output_dir, "molecules"), **common)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        store.write_store_readme(args.output_dir)
+    main_process = accelerator.is_main_process
+    with OutputLock(args.output_dir, "cloome embed") if main_process else contextlib.nullcontext():
+        if main_process:
+            if args.overwrite_output_dir:
+                store.remove_store(args.output_dir)
+            store.check_or_write_info(args.output_dir, settings, write=True)
+        accelerator.wait_for_everyone()
+        store.check_or_write_info(args.output_dir, settings, write=False)
+        common = dict(accelerator=accelerator, shard_size=args.shard_size, batch_size=args.batch_size,
+                      dtype=args.embedding_dtype, autocast_dtype=torch.bfloat16 if args.bf16 else None)
+        if sites is not None:
+            store.embed_images_to_store(sites, model, processor, os.path.join(args.output_dir, "images"),
+                                        keep_columns=args.keep_columns, num_workers=args.num_workers,
+                                        max_rows=args.max_samples, **common)
+        if molecules is not None:
+            store.embed_molecules_to_store(molecules, model, processor, os.path.join(args.output_dir, "molecules"),
+                                           **common)
+        accelerator.wait_for_everyone()
+        if main_process:
+            store.write_store_readme(args.output_dir)
     return args.output_dir

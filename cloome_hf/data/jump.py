@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from ..channels import CHANNELS, JUMP_CHANNELS
+from ..fast_tiff import read_tiff
 from .illumination import IlluminationCache, correct_illumination
 from .perturbations import CONTROL_TYPE_COLUMNS, JUMP_POSITIVE_CONTROLS, NEGATIVE_CONTROLS, PERT_TYPE_COLUMNS
 from .remote import is_url, read_bytes, read_table, resolve_location
-from .sources import SiteSource, _common, _require
+from .sources import SiteSource, _common, _refuse_outside, _require
 
 #: Extra channels some sources image; read only when asked for (``extra_channels``).
 BRIGHTFIELD_CHANNELS = ("Brightfield", "Brightfield_H", "Brightfield_L")
@@ -50,14 +51,21 @@ def location_columns(table: pd.DataFrame, stage: str, channel: str) -> tuple[str
     return (folder, name) if folder in table and name in table else None
 
 
-def _locations(table: pd.DataFrame, columns: Sequence[str], root: str | None) -> list[str]:
-    """Per row, where the file is (``""`` where the table gives none), mapped under ``root``."""
+def _locations(table: pd.DataFrame, columns: Sequence[str], root: str | None, where: str) -> list[str]:
+    """Per row, where the file is (``""`` where the table gives none), mapped under ``root``; a relative path or
+    URL key that ``..`` leads out of ``root`` is refused, naming the row (an absolute local path is the table's
+    explicit choice and kept)."""
     if len(columns) == 1:
         raw = [v.strip() for v in table[columns[0]].astype(str)]
     else:
         raw = [("" if not n.strip() else (f"{p.strip().rstrip('/')}/{n.strip()}" if p.strip() else n.strip()))
                for p, n in zip(table[columns[0]].astype(str), table[columns[1]].astype(str))]
-    return [resolve_location(v, root) if v else "" for v in raw]
+    out = [resolve_location(v, root) if v else "" for v in raw]
+    if root is not None:
+        for row, (value, location) in enumerate(zip(raw, out)):
+            if value and not value.startswith("file://") and (is_url(value) or not os.path.isabs(value)):
+                _refuse_outside(where, row, " + ".join(columns), value, root, location)
+    return out
 
 
 def _first_site(table: pd.DataFrame, rows=None) -> str:
@@ -143,7 +151,7 @@ class JumpSource(SiteSource):
         source = table["Metadata_Source"].astype(str) + "-" if "Metadata_Source" in table else ""
         table["_key"] = source + table.Metadata_Plate.astype(str) + "-" + table.Metadata_Well.astype(str) + "-" \
             + table.Metadata_Site.astype(str)
-        files = self._files_of(table, orig, illum)
+        files = self._files_of(table, orig, illum, where)
         self._columns = {"orig": orig, "illum": illum}
         self._illumination = IlluminationCache()
         location_cols = [c for c in table.columns if c.startswith(("URL_", "FileName_", "PathName_"))]
@@ -222,9 +230,9 @@ class JumpSource(SiteSource):
                 table[names[0]] = keys.map(comp[col]).fillna("")
         return table, join[0]
 
-    def _files_of(self, table, orig, illum) -> list[dict[str, dict[str, str]]]:
-        orig_loc = {c: _locations(table, cols, self.root) for c, cols in orig.items()}
-        illum_loc = {c: _locations(table, cols, self.root) for c, cols in illum.items()}
+    def _files_of(self, table, orig, illum, where) -> list[dict[str, dict[str, str]]]:
+        orig_loc = {c: _locations(table, cols, self.root, where) for c, cols in orig.items()}
+        illum_loc = {c: _locations(table, cols, self.root, where) for c, cols in illum.items()}
         return [{"orig": {c: v[i] for c, v in orig_loc.items()}, "illum": {c: v[i] for c, v in illum_loc.items()}}
                 for i in range(len(table))]
 
@@ -244,9 +252,7 @@ class JumpSource(SiteSource):
         data = self._read(location)
         try:
             if location.lower().endswith((".tif", ".tiff")):
-                import tifffile
-
-                return tifffile.imread(io.BytesIO(data))
+                return read_tiff(data, location)
             if location.lower().endswith(".npy"):
                 return np.load(io.BytesIO(data), allow_pickle=False)
             from PIL import Image

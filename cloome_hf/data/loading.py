@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
+import re
 from typing import Any, Mapping, Sequence
 
-from .prepare import MANIFEST
+from .prepare import MANIFEST, verify_prepared
 from ..channels import CHANNELS
 from .schema import check_schema, dataset_description
 from .remote import is_table_location
@@ -21,18 +21,35 @@ def _with_channels(ds, channels):
     return ds
 
 
+_NUMBERED_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.parquet$")
+
+
 def _parquet_files(folder: str) -> dict[str, list[str]]:
-    """``{split: files}`` of a prepared folder (``data/{split}-*.parquet``) or any folder of Parquet files."""
+    """``{split: files}`` of a folder of Parquet shards (``data/{split}-*.parquet``, else any ``*.parquet``)
+    without a ``prepare`` manifest. Shards named ``...-00003-of-00012.parquet`` (the Hub convention) must all
+    be there: a missing one is refused, naming it."""
     files = sorted(glob.glob(os.path.join(folder, "data", "*.parquet")))
     if files:
         by_split: dict[str, list[str]] = {}
         for f in files:
             by_split.setdefault(os.path.basename(f).split("-")[0], []).append(f)
-        return by_split
-    files = sorted(glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True))
-    if not files:
-        raise ValueError(f"no Parquet files under {folder}")
-    return {"train": files}
+    else:
+        files = sorted(glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True))
+        if not files:
+            raise ValueError(f"no Parquet files under {folder}")
+        by_split = {"train": files}
+    for split, names in by_split.items():
+        numbered: dict[tuple[str, int], set[int]] = {}
+        for f in names:
+            match = _NUMBERED_SHARD.search(f)
+            if match:
+                numbered.setdefault((f[:match.start()], int(match.group(2))), set()).add(int(match.group(1)))
+        for (stem, total), present in numbered.items():
+            absent = sorted(set(range(total)) - present)
+            if absent:
+                raise ValueError(f"{folder}: split {split!r} lacks shard(s) {absent[:5]} of the {total} shards "
+                                 f"{os.path.basename(stem)}-NNNNN-of-{total:05d}.parquet (an incomplete copy)")
+    return by_split
 
 
 def _generate(source: SiteSource, shards):
@@ -142,13 +159,19 @@ def load_cell_painting(
     path = os.fspath(source)
     if kind == "parquet" or (kind == "auto" and os.path.isdir(path)):
         channels = CHANNELS
-        manifest = os.path.join(path, MANIFEST)
-        if os.path.exists(manifest):
-            with open(manifest) as f:
-                channels = tuple(json.load(f).get("channels", CHANNELS))
-        files = _parquet_files(path)
-        if split is not None and split not in files:
-            raise ValueError(f"{path} has no split {split!r}; splits: {sorted(files)}")
+        if os.path.exists(os.path.join(path, MANIFEST)):  # a prepare folder: its shards must match its plan
+            channels, files = verify_prepared(path, None if split is None else [split])
+            channels = tuple(channels)
+        else:
+            files = _parquet_files(path)
+        if split is not None:
+            if split not in files:
+                raise ValueError(f"{path} has no split {split!r}; splits: {sorted(files)}")
+            files = {split: files[split]}  # only the asked split is read (and had to be complete)
+        empty = sorted(s for s, f in files.items() if not f)
+        if empty:
+            raise ValueError(f"split(s) {empty} of {path} hold no sites: every site was skipped (see the "
+                             "prepare report)")
         out = datasets.load_dataset("parquet", data_files=files, split=split, streaming=streaming,
                                     cache_dir=cache_dir, **load_dataset_kwargs)
     elif kind in ("hub", "auto"):

@@ -8,49 +8,50 @@ the loaders join sites to it by key.
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Iterable, Sequence
 
 import numpy as np
 
-
-def _quiet_rdkit():
-    from rdkit import RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
+from ..featurization_cloome import molecule_text_problem, parse_molecule
 
 
 def inchikeys_from_smiles(smiles: Sequence[str], errors: str = "raise") -> list[str | None]:
-    """InChIKey of each SMILES (RDKit). ``errors="raise"``: ``ValueError`` naming the first invalid SMILES and
-    its position; ``"skip"``: ``None`` for invalid entries."""
+    """InChIKey of each SMILES (parsed by :func:`~cloome_hf.featurization_cloome.parse_molecule`, the
+    featuriser's rule). ``errors="raise"``: ``ValueError`` naming the first invalid SMILES and its position;
+    ``"skip"``: ``None`` for invalid entries."""
     from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
 
-    _quiet_rdkit()
     out: list[str | None] = []
-    for i, s in enumerate(smiles):
-        mol = Chem.MolFromSmiles(s) if isinstance(s, str) and s.strip() else None
-        key = Chem.MolToInchiKey(mol) if mol is not None else ""
-        if not key:
-            if errors == "raise":
-                raise ValueError(f"invalid SMILES {s!r} at position {i}")
-            out.append(None)
-        else:
-            out.append(key)
+    blocker = BlockLogs()  # RDKit's InChI warnings off: problems are reported here, naming the SMILES
+    try:
+        for i, s in enumerate(smiles):
+            mol = parse_molecule(s)
+            key = Chem.MolToInchiKey(mol) if mol is not None else ""
+            if not key:
+                if errors == "raise":
+                    problem = molecule_text_problem(s)
+                    raise ValueError(f"invalid SMILES {s!r} at position {i}" + (f" ({problem})" if problem else ""))
+                out.append(None)
+            else:
+                out.append(key)
+    finally:
+        del blocker
     return out
 
 
 def invalid_smiles(smiles: Iterable[str]) -> list[int]:
-    """Positions of SMILES RDKit cannot parse (each distinct string parsed once)."""
-    from rdkit import Chem
-
-    _quiet_rdkit()
+    """Positions of the strings the featuriser refuses (:func:`~cloome_hf.featurization_cloome.parse_molecule`:
+    unparsable, empty, not a string, internal whitespace, non-ASCII); each distinct string parsed once."""
     seen: dict[str, bool] = {}
     bad = []
     for i, s in enumerate(smiles):
-        if not isinstance(s, str) or not s.strip():
+        if not isinstance(s, str):
             bad.append(i)
             continue
         if s not in seen:
-            seen[s] = Chem.MolFromSmiles(s) is not None
+            seen[s] = parse_molecule(s) is not None
         if not seen[s]:
             bad.append(i)
     return bad
@@ -130,5 +131,17 @@ class FingerprintTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FingerprintTable":
-        with np.load(path, allow_pickle=False) as f:
-            return cls(f["keys"].tolist(), f["smiles"].tolist(), f["fingerprints"])
+        """Read a :meth:`save` file (never unpickling); ``ValueError`` naming a damaged or foreign one."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                missing = [k for k in ("keys", "smiles", "fingerprints") if k not in f.files]
+                if missing:
+                    raise ValueError(f"the fingerprint table {os.fspath(path)} lacks {missing}")
+                return cls(f["keys"].tolist(), f["smiles"].tolist(), f["fingerprints"])
+        except ValueError as err:
+            if os.fspath(path) in str(err):
+                raise
+            raise ValueError(f"cannot read the fingerprint table {os.fspath(path)}: {err}") from err
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"cannot read the fingerprint table {os.fspath(path)}: {type(err).__name__}: {err}") \
+                from err

@@ -11,7 +11,10 @@ and publishable as a Hub dataset as is)::
 
 Shards are written in parallel (``num_proc`` forked workers), each to a temporary file renamed on completion,
 so an interrupted run leaves only finished shards; rerunning with the same input and settings keeps them and
-writes the rest. A different input or shard plan in the same folder is refused (it would mix datasets).
+writes the rest. A different input or shard plan in the same folder is refused (it would mix datasets), and so
+is a second run writing into the folder at the same time (process 0 holds its :class:`~cloome_hf.safe_io.OutputLock`).
+:func:`verify_prepared` (what :func:`~cloome_hf.data.load_cell_painting` runs) refuses a folder whose shards do
+not match its manifest: missing shards (an interrupted run), rows missing from a shard, files of another plan.
 
 Across processes and machines (one shared ``output_dir``), process ``k`` of ``n`` writes the shards ``i`` with
 ``i % n == k``: disjoint, deterministic, and together the shards one process writes alone (same names, same
@@ -22,6 +25,7 @@ folder, so the last process to finish (or any rerun) writes the complete one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -30,11 +34,14 @@ from typing import Any
 
 import pandas as pd
 
+from ..safe_io import OutputLock, atomic_write_json, read_json, require_keys, temporary_name
 from .perturbations import type_counts
 from .sources import SiteSource
 
 MANIFEST = "cloome_data.json"
 REPORT = "prepare_report.json"
+FORMAT = "cloome_hf.cell_painting/1"
+_SPLIT_KEYS = ("source_kind", "source", "num_sites", "shard_size", "num_shards", "records_hash")
 _SOURCE: SiteSource | None = None  # the source of the forked workers (inherited, not pickled per task)
 
 
@@ -48,6 +55,77 @@ def records_hash(source: SiteSource) -> str:
 def _shard_paths(output_dir: str, split: str, i: int, n: int) -> tuple[str, str]:
     return (os.path.join(output_dir, "data", f"{split}-{i:05d}-of-{n:05d}.parquet"),
             os.path.join(output_dir, "reports", f"{split}-{i:05d}.json"))
+
+
+def _read_manifest(path: str) -> dict[str, Any]:
+    """The manifest of a prepared folder; ``ValueError`` naming it when damaged or foreign."""
+    manifest = read_json(path, "prepare manifest")
+    require_keys(manifest, ("format", "channels", "splits"), path, "prepare manifest")
+    if manifest["format"] != FORMAT or not isinstance(manifest["splits"], dict):
+        raise ValueError(f"the prepare manifest {path} is of format {manifest['format']!r}, expected {FORMAT!r}")
+    for split, plan in manifest["splits"].items():
+        if not isinstance(plan, dict):
+            raise ValueError(f"the prepare manifest {path}: split {split!r} is not a JSON object")
+        require_keys(plan, _SPLIT_KEYS, path, f"prepare manifest (split {split!r})")
+    return manifest
+
+
+def _shard_rows(parquet_path: str) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(parquet_path).metadata.num_rows
+    except Exception as err:  # noqa: BLE001 - a damaged footer raises ArrowInvalid, OSError, ...
+        raise ValueError(f"cannot read the shard {parquet_path}: {type(err).__name__}: {err}") from err
+
+
+def verify_prepared(folder: str | os.PathLike, splits: list[str] | None = None
+                    ) -> tuple[list[str], dict[str, list[str]]]:
+    """Check the ``splits`` (default: all) of a ``prepare`` folder against its manifest; return
+    ``(channels, {split: shards with rows})``.
+
+    Refused (``ValueError`` naming the folder and the shards): a missing shard or shard report (an interrupted
+    or unfinished run: rerun ``prepare`` with the same input to finish it), a shard whose row count is not its
+    sites minus those its report lists as skipped, and Parquet files under ``data/`` that the manifest's plan
+    does not name (another run's shards). Shards whose sites were all skipped are left out of the result.
+    """
+    out = os.fspath(folder)
+    manifest = _read_manifest(os.path.join(out, MANIFEST))
+    unknown = sorted(set(splits or ()) - set(manifest["splits"]))
+    if unknown:
+        raise ValueError(f"{out} has no split {unknown[0]!r}; splits: {sorted(manifest['splits'])}")
+    planned = {os.path.basename(_shard_paths(out, split, i, int(plan["num_shards"]))[0])
+               for split, plan in manifest["splits"].items() for i in range(int(plan["num_shards"]))}
+    files, problems = {}, []
+    for split in sorted(manifest["splits"]) if splits is None else splits:
+        plan = manifest["splits"][split]
+        n, size, sites = int(plan["num_shards"]), int(plan["shard_size"]), int(plan["num_sites"])
+        missing, files[split] = [], []
+        for i in range(n):
+            parquet_path, report_path = _shard_paths(out, split, i, n)
+            if not (os.path.isfile(parquet_path) and os.path.isfile(report_path)):
+                missing.append(os.path.basename(parquet_path))
+                continue
+            expected = min((i + 1) * size, sites) - i * size - len(read_json(report_path, "shard report", list))
+            rows = _shard_rows(parquet_path)
+            if rows != expected:
+                problems.append(f"{os.path.basename(parquet_path)} has {rows} rows, its plan and report say "
+                                f"{expected}")
+            elif rows:
+                files[split].append(parquet_path)
+        if missing:
+            problems.append(f"split {split!r} lacks {len(missing)} of its {n} shards ({', '.join(missing[:5])}"
+                            f"{', ...' if len(missing) > 5 else ''}): an interrupted or unfinished prepare; rerun "
+                            "it with the same input to finish")
+    data = os.path.join(out, "data")
+    foreign = sorted(f for f in (os.listdir(data) if os.path.isdir(data) else []) if f.endswith(".parquet")
+                     and f not in planned)
+    if foreign:
+        problems.append(f"data/ holds Parquet files its manifest does not plan ({', '.join(foreign[:5])}): "
+                        "another run's shards")
+    if problems:
+        raise ValueError(f"{out} does not match its manifest {MANIFEST}: " + "; ".join(problems))
+    return list(manifest["channels"]), files
 
 
 def resolve_process(process_index: int | None = None, num_processes: int | None = None) -> tuple[int, int]:
@@ -66,13 +144,6 @@ def resolve_process(process_index: int | None = None, num_processes: int | None 
     return int(process_index), int(num_processes)
 
 
-def _write_json(path: str, value: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)  # readers (and other processes) never see half a file
-
-
 def _write_shard(task: tuple[int, int, int, str, str, str, int]) -> tuple[int, int, list[dict[str, Any]]]:
     """Write shard ``i`` (rows ``start:stop`` of the source); returns (i, sites written, skipped sites)."""
     import pyarrow as pa
@@ -84,14 +155,14 @@ def _write_shard(task: tuple[int, int, int, str, str, str, int]) -> tuple[int, i
     features = source.features()
     schema = features.arrow_schema
     rows = list(source.iter_rows(range(start, stop)))
-    table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
     skipped = [s.to_dict() for s in source.skipped]
-    tmp = report_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(skipped, f)
-    os.replace(tmp, report_path)
-    tmp = parquet_path + f".tmp{os.getpid()}"
-    pq.write_table(table, tmp, compression=compression, row_group_size=row_group_size)
+    atomic_write_json(report_path, skipped)
+    tmp = temporary_name(parquet_path)
+    if rows:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, compression=compression,
+                       row_group_size=row_group_size)
+    else:  # no row group at all: an empty row group makes datasets' Parquet reader fail (batch size 0)
+        pq.ParquetWriter(tmp, schema, compression=compression).close()
     os.replace(tmp, parquet_path)  # the shard exists only once complete: resumability hinges on this
     return i, len(rows), skipped
 
@@ -128,35 +199,47 @@ def prepare_dataset(
         (sites written per type), ``num_without_structure``, and ``process_index``, ``num_processes``,
         ``process_complete`` (this process's shards exist).
     """
-    global _SOURCE
     if shard_size < 1 or num_proc < 1:
         raise ValueError(f"shard_size and num_proc must be >= 1, got {shard_size} and {num_proc}")
     rank, world = resolve_process(process_index, num_processes)
     out = os.fspath(output_dir)
+    # one run per folder: process 0 of a run holds the lock (the others write their disjoint shares)
+    with OutputLock(out, "cloome prepare") if rank == 0 else contextlib.nullcontext():
+        return _prepare(source, out, split, shard_size, num_proc, compression, row_group_size, progress,
+                        max_shards, rank, world)
+
+
+def _prepare(source, out, split, shard_size, num_proc, compression, row_group_size, progress, max_shards,
+             rank, world) -> dict[str, Any]:
+    global _SOURCE
     os.makedirs(os.path.join(out, "data"), exist_ok=True)
     os.makedirs(os.path.join(out, "reports"), exist_ok=True)
     n_sites = len(source)
     n_shards = max(1, -(-n_sites // shard_size))
-    manifest = {"format": "cloome_hf.cell_painting/1", "channels": list(source.channels), "source_kind": source.kind,
+    manifest = {"format": FORMAT, "channels": list(source.channels), "source_kind": source.kind,
                 "source": source.where, "split": split, "num_sites": n_sites, "shard_size": shard_size,
                 "num_shards": n_shards, "records_hash": records_hash(source),
                 "features": source.features().to_dict()}
     manifest_path = os.path.join(out, MANIFEST)
     if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            old = json.load(f)
-        olds = old.get("splits", {}).get(split)
+        old = _read_manifest(manifest_path)
+        if old["channels"] != manifest["channels"]:
+            raise ValueError(f"{out} holds sites with channels {old['channels']}, this source has "
+                             f"{manifest['channels']}; use a new output_dir")
+        if old.get("features") != json.loads(json.dumps(manifest["features"])):
+            raise ValueError(f"{out} holds sites with other columns ({sorted(old.get('features') or {})}) than this "
+                             f"source ({sorted(manifest['features'])}); use a new output_dir")
+        olds = old["splits"].get(split)
         if olds is not None and any(olds.get(k) != manifest[k] for k in ("records_hash", "shard_size", "num_shards")):
             raise ValueError(f"{out} already holds split {split!r} of a different input or shard plan "
                              f"(records hash {olds.get('records_hash')} vs {manifest['records_hash']}); "
                              "use a new output_dir")
-        splits = old.get("splits", {})
+        splits = old["splits"]
     else:
         splits = {}
-    splits[split] = {k: manifest[k] for k in ("source_kind", "source", "num_sites", "shard_size", "num_shards",
-                                              "records_hash")}
-    _write_json(manifest_path, {"format": manifest["format"], "channels": manifest["channels"],
-                                "features": manifest["features"], "splits": splits})
+    splits[split] = {k: manifest[k] for k in _SPLIT_KEYS}
+    atomic_write_json(manifest_path, {"format": manifest["format"], "channels": manifest["channels"],
+                                      "features": manifest["features"], "splits": splits})
 
     mine = [i for i in range(n_shards) if i % world == rank]
     for i in mine:  # temporary files of this process's workers killed mid-write (others may be writing theirs)
@@ -216,11 +299,10 @@ def _report(source: SiteSource, out: str, split: str, n_shards: int, reused: int
         meta = shard.read(columns=columns).to_pydict()
         types += meta.get("perturbation_type", [])
         unstructured += sum(not s.strip() for s in meta["smiles"])
-        with open(report_path) as f:
-            skipped += json.load(f)
+        skipped += read_json(report_path, "shard report", expect=list)
     report = {"split": split, "num_sites": len(source) + len(getattr(source, "_invalid_molecules", [])),
               "num_written": written, "num_skipped": len(skipped), "skipped": skipped, "num_shards": n_shards,
               "shards_done": done, "shards_reused": reused, "complete": done == n_shards,
               "perturbation_types": type_counts(types), "num_without_structure": unstructured}
-    _write_json(os.path.join(out, REPORT if split == "train" else f"prepare_report_{split}.json"), report)
+    atomic_write_json(os.path.join(out, REPORT if split == "train" else f"prepare_report_{split}.json"), report)
     return report

@@ -17,6 +17,7 @@ whose SMILES RDKit rejects are excluded when the source is built (``errors="rais
 from __future__ import annotations
 
 import os
+import posixpath
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ import pandas as pd
 from ..channels import CHANNELS
 from .molecules import inchikeys_from_smiles, invalid_smiles
 from .perturbations import perturbation_types
-from .remote import read_table
+from .remote import is_url, read_table
 from .schema import encode_image
 
 ERROR_POLICIES = ("raise", "skip")
@@ -248,6 +249,21 @@ class SiteSource:
         return features(self.extra_features())
 
 
+def stays_under(root: str, path: str) -> bool:
+    """True when ``path`` (``root`` joined with a table's value) stays inside ``root`` once ``..`` and ``.`` are
+    resolved: a table cannot reach files outside the folder it was given (``../../etc/passwd``). Lexical, so a
+    symlink inside ``root`` (a mirror on another disk) is followed as the user set it up."""
+    norm = posixpath.normpath if is_url(root) else os.path.normpath
+    root, path = norm(os.fspath(root)), norm(os.fspath(path))
+    return path == root or path.startswith(root.rstrip("/" + os.sep) + ("/" if is_url(root) else os.sep))
+
+
+def _refuse_outside(where: str, row: int, column: str, value: str, root: str, path: str) -> None:
+    if not stays_under(root, path):
+        raise ValueError(f"{where}, row {row}: {column} {value!r} resolves to {path}, outside the root folder "
+                         f"{root}; refusing to read files outside it")
+
+
 def _common(table: pd.DataFrame, mapping: Mapping[str, str], drop: Sequence[str]) -> pd.DataFrame:
     """Rename source columns to the common ones; keep the other columns as typed extras."""
     common = pd.DataFrame({new: table[old].astype(str) for new, old in mapping.items() if old in table})
@@ -274,6 +290,8 @@ class BrayNpzSource(SiteSource):
         table, where = read_table(index, "index")
         _require(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"], where)
         files = [os.path.join(os.fspath(root), f"{k}.npz") for k in table.SAMPLE_KEY]
+        for row, (key, path) in enumerate(zip(table.SAMPLE_KEY, files)):
+            _refuse_outside(where, row, "SAMPLE_KEY", str(key), os.fspath(root), path)
         records = _common(table, _BRAY_MAPPING, [f"IMG_{c}" for c in CHANNELS])
         super().__init__(records, files, where, errors, expected_shape, processor)
 
@@ -306,6 +324,12 @@ class TiffSource(SiteSource):
         _require(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"] + channel_cols, where)
         self.root = None if root is None else os.fspath(root)
         files = [{c: str(table[f"IMG_{c}"][i]) for c in CHANNELS} for i in range(len(table))]
+        for row, channels in enumerate(files if self.root is not None else []):
+            plate = str(table.PLATE_ID[row])
+            for c, value in channels.items():  # absolute paths are the table's explicit choice; relative stay in
+                if not os.path.isabs(value):
+                    for path in (os.path.join(self.root, value), os.path.join(self.root, plate, value)):
+                        _refuse_outside(where, row, f"IMG_{c}", value, self.root, path)
         records = _common(table, _BRAY_MAPPING, channel_cols)
         super().__init__(records, files, where, errors, expected_shape, processor)
 

@@ -98,10 +98,11 @@ def split_by_molecule(ds, fractions=(0.8, 0.1, 0.1), seed: int = 0, key: str = "
 def murcko_scaffold(smiles: str) -> str:
     """Bemis-Murcko scaffold SMILES (RDKit, no chirality); ``""`` for acyclic molecules.
     ``ValueError`` naming the SMILES if RDKit cannot parse it."""
-    from rdkit import Chem
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
-    mol = Chem.MolFromSmiles(smiles) if isinstance(smiles, str) else None
+    from ..featurization_cloome import parse_molecule
+
+    mol = parse_molecule(smiles)
     if mol is None:
         raise ValueError(f"invalid SMILES {smiles!r}: cannot compute its scaffold")
     return MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)

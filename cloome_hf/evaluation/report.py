@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from ..safe_io import atomic_write_text
 from .jump_report import jump_report_sections
 
 __all__ = ["write_results_json", "render_report", "write_report", "flatten_results"]
@@ -36,7 +37,7 @@ def write_results_json(results: dict, path) -> Path:
     """Write ``results`` as strict JSON (NaN becomes null) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(results), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(_clean(results), indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -195,7 +196,7 @@ def write_report(results: dict, output_dir) -> tuple[Path, Path]:
     output_dir = Path(output_dir)
     json_path = write_results_json(results, output_dir / "results.json")
     md_path = output_dir / "report.md"
-    md_path.write_text(render_report(results) + "\n")
+    atomic_write_text(md_path, render_report(results) + "\n")
     return json_path, md_path
 
 

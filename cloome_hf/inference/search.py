@@ -23,7 +23,6 @@ naming the model that produced the embeddings.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Sequence
@@ -32,10 +31,12 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ..safe_io import atomic_write_json, read_json, require_keys, temporary_name
 from .store import embeddings_from_arrow, read_embeddings
 
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
+_FAISS_CLASSES = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.parquet"
 CONFIG_FILE = "index_config.json"
@@ -191,25 +192,57 @@ class EmbeddingIndex:
         return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
 
     def save(self, directory: str | os.PathLike) -> None:
+        """Write the folder (see the module docstring); each file atomically, the config last."""
         os.makedirs(directory, exist_ok=True)
-        faiss.write_index(self.index, os.path.join(directory, INDEX_FILE))
-        self.metadata.to_parquet(os.path.join(directory, METADATA_FILE), index=False)
-        with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-            json.dump(self.config, f, indent=2)
+        index_path, metadata_path = os.path.join(directory, INDEX_FILE), os.path.join(directory, METADATA_FILE)
+        faiss.write_index(self.index, temporary_name(index_path))
+        os.replace(temporary_name(index_path), index_path)
+        self.metadata.to_parquet(temporary_name(metadata_path), index=False)
+        os.replace(temporary_name(metadata_path), metadata_path)
+        atomic_write_json(os.path.join(directory, CONFIG_FILE), self.config)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "EmbeddingIndex":
+        """Load a saved folder; ``ValueError`` naming it when its files disagree: the FAISS index's vector count,
+        dimension, type or metric against ``index_config.json``, or the metadata rows against the vectors."""
         for name in (INDEX_FILE, METADATA_FILE, CONFIG_FILE):
             if not os.path.isfile(os.path.join(directory, name)):
                 raise ValueError(f"{directory!s} is not a saved EmbeddingIndex: {name} is missing")
-        with open(os.path.join(directory, CONFIG_FILE)) as f:
-            config = json.load(f)
-        index = faiss.read_index(os.path.join(directory, INDEX_FILE))
+        config_path = os.path.join(directory, CONFIG_FILE)
+        config = read_json(config_path, "index config")
+        require_keys(config, ("index_type", "dim", "num_rows"), config_path, "index config")
+        kind = config["index_type"]
+        if kind not in INDEX_TYPES:
+            raise ValueError(f"{config_path}: unknown index_type {kind!r}; expected one of {INDEX_TYPES}")
+        require_keys(config, {"ivf": ("nprobe",), "hnsw": ("ef_search",)}.get(kind, ()), config_path, "index config")
+        index_path, metadata_path = os.path.join(directory, INDEX_FILE), os.path.join(directory, METADATA_FILE)
+        try:
+            index = faiss.read_index(index_path)
+        except RuntimeError as err:  # FAISS reports a damaged file as a RuntimeError
+            raise ValueError(f"cannot read the FAISS index {index_path}: {err}") from err
+        try:
+            metadata = pd.read_parquet(metadata_path)
+        except Exception as err:  # noqa: BLE001 - a damaged Parquet file raises ArrowInvalid, OSError, ...
+            raise ValueError(f"cannot read the index metadata {metadata_path}: {type(err).__name__}: {err}") from err
+        if not len(metadata.columns):  # an index without metadata: Parquet keeps no row count for no columns
+            metadata = pd.DataFrame(index=range(index.ntotal))
+        problems = []
+        if not isinstance(index, _FAISS_CLASSES[kind]) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            problems.append(f"{INDEX_FILE} is a {type(index).__name__} (metric {index.metric_type}), not the "
+                            f"inner-product {kind!r} index the config names")
+        if index.d != config["dim"]:
+            problems.append(f"{INDEX_FILE} has dimension {index.d}, the config {config['dim']}")
+        if index.ntotal != config["num_rows"]:
+            problems.append(f"{INDEX_FILE} holds {index.ntotal} vectors, the config {config['num_rows']}")
+        if len(metadata) != index.ntotal:
+            problems.append(f"{METADATA_FILE} has {len(metadata)} rows for {index.ntotal} vectors")
+        if problems:
+            raise ValueError(f"the saved index {directory!s} is inconsistent (tampered with, or files of two "
+                             f"indexes): {'; '.join(problems)}")
         if isinstance(index, faiss.IndexIVF):
             index.nprobe = config["nprobe"]  # nprobe is a search-time setting, not serialised by FAISS
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = config["ef_search"]
-        metadata = pd.read_parquet(os.path.join(directory, METADATA_FILE))
         return cls._from_parts(index, metadata, config)
 
 
@@ -311,9 +344,9 @@ class CloomeIndex:
         self.images.save(os.path.join(directory, "images"))
         if self.molecules is not None:
             self.molecules.save(os.path.join(directory, "molecules"))
-        with open(os.path.join(directory, CLOOME_INDEX_FILE), "w") as f:
-            json.dump({"model_id": self.model_id, "revision": self.revision,
-                       "has_molecules": self.molecules is not None}, f, indent=2)
+        atomic_write_json(os.path.join(directory, CLOOME_INDEX_FILE),
+                          {"model_id": self.model_id, "revision": self.revision,
+                           "has_molecules": self.molecules is not None})
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model=None, processor=None, load_model: bool = False) -> "CloomeIndex":
@@ -321,10 +354,13 @@ class CloomeIndex:
         path = os.path.join(directory, CLOOME_INDEX_FILE)
         if not os.path.isfile(path):
             raise ValueError(f"{directory!s} is not a saved CloomeIndex: {CLOOME_INDEX_FILE} is missing")
-        with open(path) as f:
-            info = json.load(f)
+        info = read_json(path, "CloomeIndex file")
+        require_keys(info, ("model_id", "has_molecules"), path, "CloomeIndex file")
         images = EmbeddingIndex.load(os.path.join(directory, "images"))
         molecules = EmbeddingIndex.load(os.path.join(directory, "molecules")) if info["has_molecules"] else None
+        if molecules is not None and molecules.dim != images.dim:
+            raise ValueError(f"the saved index {directory!s} pairs {images.dim}-dimensional image embeddings with "
+                             f"{molecules.dim}-dimensional molecule embeddings: not one model's")
         index = cls(images, molecules, model=model, processor=processor, model_id=info.get("model_id"),
                     revision=info.get("revision"))
         if load_model and model is None:

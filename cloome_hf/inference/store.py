@@ -10,20 +10,27 @@ Layout of a store folder::
 
 Rows are cut into shards of ``shard_size``; shard ``i`` is computed by process ``i % num_processes`` and
 written atomically, so a rerun after an interruption keeps the finished shards and computes only the missing
-ones. A rerun with other settings is refused (it would mix embeddings of two models in one store).
+ones. A rerun with other settings is refused (it would mix embeddings of two models in one store): the
+settings include a digest of the model's weights and of the input tables, so a model retrained in place is a
+change, not a resume. A store is only created in an empty or new folder (never over a model folder's
+``README.md``), and ``overwrite=True`` removes only a store's own files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import shutil
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..safe_io import LOCK_FILE, atomic_write_json, atomic_write_text, read_json, temporary_name
+
 INFO_FILE = "embedding_info.json"
 CONFIGS = ("images", "molecules")
+README = "README.md"
+_CARD_MARKER = "CLOOME embeddings written by `cloome embed`"
 
 
 def shard_ranges(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
@@ -35,30 +42,59 @@ def _shard_path(folder: str, index: int) -> str:
     return os.path.join(folder, f"shard-{index:05d}.parquet")
 
 
+def _own_card(path: str) -> bool:
+    """True when ``path`` is a store card written by :func:`write_store_readme`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return _CARD_MARKER in f.read()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def remove_store(output_dir: str) -> None:
+    """Remove a store's own files (shards, info, its card); a folder without ``embedding_info.json`` is not a
+    store and is left untouched."""
+    if not os.path.isfile(os.path.join(output_dir, INFO_FILE)):
+        return
+    for name in CONFIGS:
+        shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+    readme = os.path.join(output_dir, README)
+    if _own_card(readme):
+        os.remove(readme)
+    os.remove(os.path.join(output_dir, INFO_FILE))
+
+
 def check_or_write_info(output_dir: str, settings: Mapping[str, Any], write: bool) -> None:
-    """Record ``settings`` in a new store, or refuse a store made with different ones (naming them)."""
+    """Record ``settings`` in a new store, or refuse a store made with different ones (naming them).
+
+    ``write=True`` (the main process) creates the store; the folder must then be new or empty (besides the
+    lock file): a model folder or any other non-empty folder is refused, naming what it holds. ``write=False``
+    (the other processes, afterwards) only checks."""
     path = os.path.join(output_dir, INFO_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        old = read_info(output_dir)
         changed = sorted(k for k in set(old) | set(settings) if k != "model_info" and old.get(k) != settings.get(k))
         if changed:
             raise ValueError(f"{output_dir} holds embeddings made with different settings ({', '.join(changed)}); "
-                             "use a new --output_dir")
+                             "use a new --output_dir, or --overwrite_output_dir to replace them")
     elif write:
         os.makedirs(output_dir, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=2)
-        os.replace(path + ".tmp", path)
+        held = sorted(n for n in os.listdir(output_dir) if n != LOCK_FILE)
+        if held:
+            raise ValueError(f"{output_dir} is not an embedding store and not empty (it holds "
+                             f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); a store goes into a new "
+                             "or empty --output_dir")
+        atomic_write_json(path, settings)
+    else:
+        raise ValueError(f"{output_dir} has no {INFO_FILE}: the main process did not create the store")
 
 
 def read_info(store: str | os.PathLike) -> dict[str, Any]:
-    """The ``embedding_info.json`` of a store (``{}`` when it has none)."""
+    """The ``embedding_info.json`` of a store (``{}`` when it has none; ``ValueError`` naming a damaged one)."""
     path = os.path.join(os.fspath(store), INFO_FILE)
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, "embedding store info")
 
 
 def write_shard(path: str, columns: Mapping[str, Sequence], embeddings: np.ndarray, dtype: str = "float32") -> None:
@@ -70,8 +106,9 @@ def write_shard(path: str, columns: Mapping[str, Sequence], embeddings: np.ndarr
     emb = np.ascontiguousarray(embeddings, dtype=np.float16 if half else np.float32)
     values = pa.array(emb.reshape(-1), type=pa.float16() if half else pa.float32())
     table = pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(values, emb.shape[1])})
-    pq.write_table(table, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    tmp = temporary_name(path)
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
 
 
 def _my_shards(num_shards: int, accelerator) -> list[int]:
@@ -159,14 +196,17 @@ def embed_molecules_to_store(table, model, processor, folder: str, *, accelerato
 
 
 def write_store_readme(output_dir: str) -> None:
-    """The ``configs`` metadata that makes ``load_dataset(output_dir, "images")`` work."""
+    """The ``configs`` metadata that makes ``load_dataset(output_dir, "images")`` work; a ``README.md`` that
+    is not a store card (a model's card, say) is never overwritten."""
+    path = os.path.join(output_dir, README)
+    if os.path.exists(path) and not _own_card(path):
+        raise ValueError(f"{path} is not a card written by cloome embed; refusing to overwrite it")
     configs = [c for c in CONFIGS if os.path.isdir(os.path.join(output_dir, c))]
     lines = ["---", "configs:"]
     for c in configs:
         lines += [f"- config_name: {c}", "  data_files:", "  - split: train", f"    path: {c}/shard-*.parquet"]
-    lines += ["---", "", f"CLOOME embeddings written by `cloome embed`; see `{INFO_FILE}`.", ""]
-    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    lines += ["---", "", f"{_CARD_MARKER}; see `{INFO_FILE}`.", ""]
+    atomic_write_text(path, "\n".join(lines))
 
 
 def embeddings_from_arrow(column) -> np.ndarray:
@@ -191,13 +231,21 @@ def embeddings_from_arrow(column) -> np.ndarray:
     return values.astype(np.float32, copy=False).reshape(len(column), dim)
 
 
+def _read_parquet(path: str):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except Exception as err:  # noqa: BLE001 - a damaged file raises ArrowInvalid, OSError, ...
+        raise ValueError(f"cannot read the embeddings file {path}: {type(err).__name__}: {err}") from err
+
+
 def read_embeddings(source, embedding_column: str = "embedding"):
     """A ``pyarrow.Table`` of embeddings from a store's ``images`` / ``molecules`` folder, a Parquet file or
     folder, a ``save_to_disk`` folder, a ``datasets.Dataset``, a ``pyarrow.Table`` or a pandas DataFrame whose
     ``embedding_column`` holds one vector per row. The one reader of embeddings in the package."""
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if isinstance(source, pa.Table):
         return source
@@ -219,7 +267,7 @@ def read_embeddings(source, embedding_column: str = "embedding"):
                 os.path.join(root, f) for root, _, fs in os.walk(path) for f in fs if f.endswith(".parquet"))
             if not files:
                 raise ValueError(f"no Parquet files under {path}")
-            return pa.concat_tables([pq.read_table(f) for f in files])
+            return pa.concat_tables([_read_parquet(f) for f in files])
         raise ValueError(f"embeddings dataset path {path} does not exist")
     if hasattr(source, "data") and hasattr(source.data, "table"):  # datasets.Dataset
         if getattr(source, "_indices", None) is not None:  # a shuffled/selected view: materialise its rows
@@ -242,4 +290,5 @@ def load_store(store: str | os.PathLike) -> dict[str, Any]:
 
 
 __all__ = ["CONFIGS", "INFO_FILE", "check_or_write_info", "embed_images_to_store", "embed_molecules_to_store",
-           "embeddings_from_arrow", "load_store", "read_embeddings", "read_info", "shard_ranges", "write_shard", "write_store_readme"]
+           "embeddings_from_arrow", "load_store", "read_embeddings", "read_info", "remove_store", "shard_ranges",
+           "write_shard", "write_store_readme"]

@@ -21,7 +21,6 @@ exactly what the Hub parses.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from huggingface_hub import DatasetCardData, EvalResult, ModelCardData
 
 from ..channels import CHANNELS
 from ..recipes import get_recipe
+from ..safe_io import read_json
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "model_cards"  # also reachable as the top-level model_cards/
 TAGS = ("cell-painting", "microscopy", "contrastive-learning", "drug-discovery", "feature-extraction")
@@ -249,11 +249,7 @@ def eval_results_from_json(
         :func:`render_model_card`.
     """
     if not isinstance(results, Mapping):
-        path = Path(results)
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read evaluation results from {str(path)!r}: {err}") from err
+        results = read_json(results, "evaluation results")
     entries: list[dict[str, Any]] = []
 
     def add(path: list[str], value: float, name: str | None = None) -> None:

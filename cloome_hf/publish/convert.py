@@ -20,8 +20,10 @@ chosen preset and a rendered ``README.md`` model card.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,6 +33,7 @@ import torch
 from ..channels import CHANNELS, CLOOME_CHANNEL_MEAN, DEFAULT_CLIP_FRACTION, DEFAULT_INTENSITY_SCALE, SITE_SIZE
 from ..configuration_cloome import CLOOME_RESNET50, CloomeConfig
 from ..recipes import get_recipe, recipe_names
+from ..safe_io import atomic_write_text
 
 HUB_REPO_ID = "anasanchezf/cloome"
 #: Presets that convert a published checkpoint.
@@ -245,6 +248,8 @@ def load_upstream_checkpoint(checkpoint_path: str | Path) -> dict[str, torch.Ten
             f"{str(path)!r} contains objects other than tensors and plain containers; refusing to unpickle "
             f"it (torch.load weights_only=True): {err}"
         ) from err
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file raises EOFError, RuntimeError, ...
+        raise ValueError(f"cannot read the checkpoint {str(path)!r}: {type(err).__name__}: {err}") from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{str(path)!r} holds a {type(checkpoint).__name__}, not a dict")
     state_dict = checkpoint.get("state_dict", checkpoint)
@@ -328,11 +333,8 @@ def convert_original_checkpoint(
     model = CloomeModel(config)
     model.load_state_dict(state_dict, strict=True)
     model.eval()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir, safe_serialization=True)
     fingerprint_size = config.molecule_config.fingerprint_size
     processor = build_processor(preset, fingerprint_size)
-    processor.save_pretrained(output_dir)
     card = render_model_card(
         "model",
         model_id=push_to_hub or output_dir.name,
@@ -342,19 +344,33 @@ def convert_original_checkpoint(
         config=config,
         processor=processor_settings(preset, fingerprint_size),
     )
-    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Written into a fresh folder first, so that exactly the files of this conversion are known (and uploaded):
+    # nothing else in output_dir (a `.env`, notes, an older conversion's extras) ever reaches the Hub.
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".converting-") as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+        atomic_write_text(os.path.join(staging, "README.md"), card)
+        written = sorted(os.path.relpath(os.path.join(d, f), staging) for d, _, fs in os.walk(staging) for f in fs)
+        for name in written:
+            os.makedirs(os.path.dirname(output_dir / name), exist_ok=True)
+            os.replace(os.path.join(staging, name), output_dir / name)
     if push_to_hub:
-        upload_folder(output_dir, push_to_hub, commit_message=f"Convert {Path(checkpoint_path).name} to cloome-hf")
+        upload_files(output_dir, written, push_to_hub,
+                     commit_message=f"Convert {Path(checkpoint_path).name} to cloome-hf")
     return output_dir
 
 
-def upload_folder(folder: str | Path, repo_id: str, commit_message: str, api=None) -> Any:
-    """Create ``repo_id`` (if needed) and upload every file of ``folder`` to its root in one commit."""
-    from huggingface_hub import HfApi
+def upload_files(folder: str | Path, files: list[str], repo_id: str, commit_message: str, api=None) -> Any:
+    """Create ``repo_id`` (if needed) and commit exactly ``files`` (paths relative to ``folder``) to its root
+    in one commit; nothing else in ``folder`` is uploaded."""
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     api = api or HfApi()
     api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message)
+    operations = [CommitOperationAdd(path_in_repo=name.replace(os.sep, "/"), path_or_fileobj=str(Path(folder) / name))
+                  for name in files]
+    return api.create_commit(repo_id=repo_id, operations=operations, repo_type="model", commit_message=commit_message)
 
 
 __all__ = [
@@ -369,5 +385,5 @@ __all__ = [
     "load_upstream_checkpoint",
     "processor_settings",
     "strip_ddp_prefix",
-    "upload_folder",
+    "upload_files",
 ]

@@ -8,7 +8,9 @@
   ``model_cards/dataset.md`` with the ``configs`` / ``dataset_info`` metadata ``datasets`` maintains.
 
 ``local_dir`` variants write the exact repo layout to a folder instead, so that
-``CloomeModel.from_pretrained(folder)`` and ``load_dataset(folder, "images")`` read it back::
+``CloomeModel.from_pretrained(folder)`` and ``load_dataset(folder, "images")`` read it back. Writing into a
+folder of an earlier layout first removes the files that layout owns (its shards, card, side files), so a
+smaller store never leaves older shards to be served next to the new ones::
 
     model_repo/                          dataset_repo/
       README.md                            README.md
@@ -20,6 +22,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -29,6 +32,7 @@ from typing import Any, Mapping
 
 from ..inference.store import CONFIGS, load_store, read_info
 from ..inference.store import INFO_FILE as EMBEDDING_INFO
+from ..safe_io import atomic_write_json, atomic_write_text
 SPLIT = "train"
 MAX_SHARD_BYTES = 500 << 20  # datasets' push_to_hub default shard size
 
@@ -62,7 +66,10 @@ def write_model_repo(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *
 
     model, processor = load_model_and_processor(model_dir)
     os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)  # safetensors by default
+    stale_config = os.path.join(out_dir, TRAINING_CONFIG_FILE)
+    if os.path.isfile(stale_config):  # an earlier layout's; copied again below when this model has one
+        os.remove(stale_config)
+    model.save_pretrained(out_dir)  # safetensors by default; removes weight shards of an earlier save
     processor.save_pretrained(out_dir)
     if training_config is None:
         training_config = read_training_config(model_dir)
@@ -78,8 +85,7 @@ def write_model_repo(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         processor={"image_processor": proc.get("image_processor"), "featurizer": proc.get("featurizer")},
         training_config=training_config, eval_results=eval_results, datasets=datasets,
     )
-    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(card)
+    atomic_write_text(os.path.join(out_dir, "README.md"), card)
     return _list_files(out_dir)
 
 
@@ -140,6 +146,7 @@ def write_dataset_repo(embeddings_dir: str | os.PathLike, out_dir: str | os.Path
     embeddings = load_store(embeddings_dir)
     info = read_info(embeddings_dir)
     os.makedirs(out_dir, exist_ok=True)
+    _remove_dataset_layout(out_dir)
     for name, ds in embeddings.items():
         n = _num_shards(ds)
         os.makedirs(os.path.join(out_dir, name), exist_ok=True)
@@ -148,12 +155,22 @@ def write_dataset_repo(embeddings_dir: str | os.PathLike, out_dir: str | os.Path
             shard.to_parquet(os.path.join(out_dir, name, f"{SPLIT}-{i:05d}-of-{n:05d}.parquet"))
     card = render_dataset_card(embeddings, info, dataset_id=dataset_id, source_dataset=source_dataset,
                                description=description)
-    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(_with_configs(card, embeddings))
     if info:
-        with open(os.path.join(out_dir, EMBEDDING_INFO), "w") as f:
-            json.dump(info, f, indent=2)
+        atomic_write_json(os.path.join(out_dir, EMBEDDING_INFO), info)
+    atomic_write_text(os.path.join(out_dir, "README.md"), _with_configs(card, embeddings))  # last: the repo is whole
     return _list_files(out_dir)
+
+
+def _remove_dataset_layout(out_dir: str) -> None:
+    """Remove what a dataset layout written here before owns: the card first (a half-rewritten folder then has
+    no ``configs`` and does not load), its side file, and every config's shards (a smaller store must not leave
+    older shards next to the new ones)."""
+    for name in ("README.md", EMBEDDING_INFO):
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    for name in CONFIGS:
+        for shard in glob.glob(os.path.join(glob.escape(out_dir), name, f"{SPLIT}-*.parquet")):
+            os.remove(shard)
 
 
 def push_embeddings(embeddings_dir: str | os.PathLike, repo_id: str, *, private: bool = False,

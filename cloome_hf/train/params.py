@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from ..recipes import get_recipe, recipe_names
+from ..safe_io import read_json
 
 _PRESET_HELP = " (default: from --preset)"
 
@@ -122,13 +122,15 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+    if not path.endswith((".yaml", ".yml")):
+        return read_json(path, "training config file")
+    import yaml
 
+    try:
+        with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
-        else:
-            values = json.load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read the training config file {path}: {err}") from err
     if not isinstance(values, dict):
         raise ValueError(f"config file {path!r} must hold a mapping of argument names to values")
     return values
