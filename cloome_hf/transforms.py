@@ -393,7 +393,8 @@ class CloomeTrainTransform(nn.Module):
         return out
 
     def forward(self, images: torch.Tensor, seeds: Sequence[int] | None = None,
-                generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, out: torch.Tensor | None = None,
+                batched: bool | None = None) -> torch.Tensor:
         """Augment (training mode) or centre-crop (eval mode) and normalise.
 
         Args:
@@ -405,6 +406,8 @@ class CloomeTrainTransform(nn.Module):
                 (default: the transform's own). A single image drawn with ``torch.Generator().manual_seed(s)``
                 gets the same pixels as with ``seeds=[s]``.
             out: optional output tensor of the returned shape (see :meth:`apply`, :meth:`output_shape`).
+            batched: the batched gathers an accelerator runs, also for CPU tensors (see :meth:`apply`; default:
+                batched on accelerators, per image on the CPU).
 
         Returns:
             float32 tensor of the input's rank on the input's device: (N, C, h, w) or (C, h, w).
@@ -419,7 +422,8 @@ class CloomeTrainTransform(nn.Module):
         if images.dtype.is_complex or images.dtype == torch.bool:
             raise ValueError(f"expected real-valued images, got {images.dtype}")
         params = self.draw_params(images.shape[0], *images.shape[-2:], seeds=seeds, generator=generator)
-        result = self.apply(images, params, out=out.unsqueeze(0) if single and out is not None else out)
+        result = self.apply(images, params, batched=batched,
+                            out=out.unsqueeze(0) if single and out is not None else out)
         return result[0] if single else result
 
 
