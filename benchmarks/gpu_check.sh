@@ -6,8 +6,10 @@
 #     520 x 520 (random crop of a 520 x 696 site) and 320 x 320 (random resized crop of the whole site), fed by
 #       - in-memory batches already normalised on the GPU (the GPU's own ceiling),
 #       - in-memory uint8 sites on the GPU, augmented there by CloomeTrainTransform (the device-augment cost),
-#       - the real input pipeline (Parquet shards -> loader with N workers), once augmenting in the workers
-#         and once yielding uint8 that is augmented on the GPU -- so one sees whether the loader starves it;
+#       - the real input pipeline, cloome train's training_loader (Parquet shards -> build_dataloader with N
+#         persistent workers, pinned batches, non-blocking copies), once augmenting in the workers and once
+#         (--augment_on_device) yielding uint8 sites + seeds augmented on the GPU -- so one sees whether the
+#         loader starves it;
 #   * inference images/s of get_image_features on whole 520 x 696 sites.
 # Sites are generated on the fly from the bundled real site (rolled, flipped, speckled).
 #

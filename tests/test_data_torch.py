@@ -219,21 +219,23 @@ def test_training_batches_do_not_depend_on_workers_or_where_they_are_augmented(s
     transform = CloomeTrainTransform(output_size=(24, 24), random_resized_crop_scale=(0.5, 1.0))
     fz = MoleculeFeaturizer(fingerprint_size=64)
 
-    def epoch(workers, output, epoch_index):
-        loader = build_dataloader(syn, fz, batch_size=8, train=True, transform=transform, num_workers=workers,
-                                  seed=3, output=output)
-        loader.set_epoch(epoch_index)
+    def pixels_by_site(loader, output, epoch_index):
+        loader.set_epoch(epoch_index)  # persistent workers: the epoch reaches the sampler in the main process
         batches = list(loader)
         if output == "uint8":
             return {k: p for b in batches for k, p in zip(b["sample_key"],
                                                            transform(b["images"], seeds=b["seeds"], batched=True))}
         return {k: p for b in batches for k, p in zip(b["sample_key"], b["pixel_values"])}
 
+    loaders = {(workers, output): build_dataloader(syn, fz, batch_size=8, train=True, transform=transform,
+                                                   num_workers=workers, seed=3, output=output)
+               for workers, output in ((0, "pixel_values"), (2, "pixel_values"), (2, "uint8"))}
     mains = []
     for epoch_index in (0, 1):
-        mains.append(epoch(0, "pixel_values", epoch_index))
+        seen = {key: pixels_by_site(loader, key[1], epoch_index) for key, loader in loaders.items()}
+        mains.append(seen.pop((0, "pixel_values")))
         assert len(mains[-1]) == len(syn)  # 72 sites, 9 full batches of 8
-        for other in (epoch(2, "pixel_values", epoch_index), epoch(2, "uint8", epoch_index)):
+        for other in seen.values():
             assert list(other) == list(mains[-1])  # the same sites in the same order
             torch.testing.assert_close(torch.stack(list(other.values())), torch.stack(list(mains[-1].values())),
                                        rtol=0, atol=1e-5)

@@ -380,6 +380,7 @@ def _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, 
 
 
 __all__ = [
-    "PREFETCH_BATCHES", "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset", "UniqueMoleculeBatchSampler",
+    "PREFETCH_BATCHES", "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset",
+    "UniqueMoleculeBatchSampler",
     "build_dataloader", "column_values", "trainer_inputs", "unique_molecule_batches",
 ]

@@ -33,6 +33,7 @@ from ..evaluation.stats import random_retrieval_baseline
 from ..inference.encode import Embeddings, encode_dataset
 from ..recipes import TRAINING_CONFIG_FILE, model_config
 from ..safe_io import OutputLock
+from ..transforms import CloomeTrainTransform
 from .checkpoint import (
     changed_settings,
     clean_incomplete_checkpoints,
@@ -41,7 +42,6 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from ..transforms import CloomeTrainTransform
 from .data import TrainingData, load_training_data, training_loader, training_transform
 from .guard import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
