@@ -6,8 +6,10 @@
 #     520 x 520 (random crop of a 520 x 696 site) and 320 x 320 (random resized crop of the whole site), fed by
 #       - in-memory batches already normalised on the GPU (the GPU's own ceiling),
 #       - in-memory uint8 sites on the GPU, augmented there by CloomeTrainTransform (the device-augment cost),
-#       - the real input pipeline (Parquet shards -> loader with N workers), once augmenting in the workers
-#         and once yielding uint8 that is augmented on the GPU -- so one sees whether the loader starves it;
+#       - the real input pipeline, cloome train's training_loader (Parquet shards -> build_dataloader with N
+#         persistent workers, pinned batches, non-blocking copies), once augmenting in the workers and once
+#         (--augment_on_device) yielding uint8 sites + seeds augmented on the GPU -- so one sees whether the
+#         loader starves it;
 #   * inference images/s of get_image_features on whole 520 x 696 sites.
 # Sites are generated on the fly from the bundled real site (rolled, flipped, speckled).
 #
@@ -16,6 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# torch backs large CPU tensors with transparent huge pages (read when torch is imported; see cloome_hf.data.loader)
+export THP_MEM_ALLOC_ENABLE="${THP_MEM_ALLOC_ENABLE:-1}"
 
 python - "$@" <<'PY'
 import argparse, json, os, sys, tempfile, time
@@ -25,7 +29,9 @@ import torch
 
 sys.path.insert(0, "benchmarks")
 from cloome_hf import CloomeConfig, CloomeModel
-from cloome_hf.transforms import CloomeTrainTransform
+from cloome_hf.image_processing_cloome import CloomeImageProcessor
+from cloome_hf.train.data import training_transform
+from cloome_hf.train.params import DataArguments
 
 p = argparse.ArgumentParser()
 p.add_argument("--workers", type=int, default=8)
@@ -51,12 +57,13 @@ if args.smoke:
                                              base_width=8, head_pool_size=2, image_size=[64, 64]),
                           molecule_config=dict(fingerprint_size=1024, hidden_size=32, num_hidden_layers=2),
                           projection_dim=16)
-    SETTINGS = {"520x520": dict(crop_size=(64, 64), random_resized_crop_scale=None),
-                "320x320": dict(output_size=(64, 64))}
+    SETTINGS = {"520x520": dict(image_size=[64, 64], random_resized_crop_scale=[]),
+                "320x320": dict(image_size=[64, 64], random_resized_crop_scale=[0.9, 1.0])}
 else:
     config = CloomeConfig()
-    SETTINGS = {"520x520": dict(crop_size=(520, 520), random_resized_crop_scale=None),
-                "320x320": dict(output_size=(320, 320))}
+    # as cloome train's arguments: a random 520 x 520 crop; a random resized crop of the whole site to 320 x 320
+    SETTINGS = {"520x520": dict(image_size=[520, 520], random_resized_crop_scale=[]),
+                "320x320": dict(image_size=[320, 320], random_resized_crop_scale=[0.9, 1.0])}
 BATCH = {"520x520": args.batch_520, "320x320": args.batch_320}
 FP = config.molecule_config.fingerprint_size
 if cuda:
@@ -115,7 +122,7 @@ g = torch.Generator().manual_seed(0)
 for name, kwargs in SETTINGS.items():
     if over_budget(f"in-memory {name}"):
         break
-    transform = CloomeTrainTransform(**kwargs).to(device)
+    transform = training_transform(DataArguments(**kwargs, augment=True), CloomeImageProcessor()).to(device)
     b = BATCH[name]
     fingerprints = (torch.rand(b, FP, generator=g) < 0.05).float().to(device)
     ready = transform(site_batch(b, g), seeds=range(b)).to(device)  # normalised, already on the GPU
@@ -123,7 +130,8 @@ for name, kwargs in SETTINGS.items():
         repeat(ready), lambda x, step: (x, fingerprints), b)
     sites = site_batch(b, g).to(device)
     results["train_images_per_s"][f"{name} in-memory uint8 + GPU augment"] = timed(
-        repeat(sites), lambda x, step: (transform(x, seeds=range(step * b, (step + 1) * b)), fingerprints), b)
+        repeat(sites), lambda x, step: (transform(x, seeds=range(step * b, (step + 1) * b), batched=True),
+                                        fingerprints), b)
     del ready, sites
 
 # ------------------------------------------------------------------ inference
@@ -143,15 +151,15 @@ if not over_budget("inference"):
 
 
 # ------------------------------------------------------------------ the real input pipeline
-# This part calls the package's training input path; adjust it when that API changes (kept separate on purpose).
-def pipeline_batches(ds, fingerprints, transform, batch_size, output):
-    """Endless batches from the real loader: Parquet -> workers -> (uint8 | augmented) batches, pinned."""
-    from cloome_hf.data import build_dataloader
+# cloome train's input path: training_loader (Parquet shards -> build_dataloader with persistent, prefetching
+# workers, pinned batches), then, with --augment_on_device, the augmentation of loop.batch_pixel_values on the GPU.
+def pipeline_batches(data, kwargs, batch_size, augment_on_device):
+    """Endless batches from the training loader: augmented in the workers, or uint8 sites + seeds."""
+    from cloome_hf.train.data import training_loader
 
-    loader = build_dataloader(ds, fingerprints, batch_size=batch_size, train=True, transform=transform,
-                              num_workers=args.workers, unique_molecules=False, output=output,
-                              pin_memory=cuda, persistent_workers=args.workers > 0,
-                              prefetch_factor=4 if args.workers > 0 else None)
+    data_args = DataArguments(**kwargs, augment=True, dataloader_num_workers=args.workers,
+                              augment_on_device=augment_on_device)
+    loader = training_loader(data, data_args, CloomeImageProcessor(), batch_size, seed=0)
     epoch = 0
     while True:
         loader.set_epoch(epoch)
@@ -159,20 +167,21 @@ def pipeline_batches(ds, fingerprints, transform, batch_size, output):
         epoch += 1
 
 
-def pipeline_inputs(transform, batch_size):
+def pipeline_inputs(device_transform):
     def make(batch, step):
         fingerprints = batch["fingerprints"].to(device, non_blocking=True)
-        if "pixel_values" in batch:
+        if device_transform is None:
             return batch["pixel_values"].to(device, non_blocking=True), fingerprints
-        seeds = batch.get("seeds", range(step * batch_size, (step + 1) * batch_size))  # the loader's, once it has them
-        return transform(batch["images"].to(device, non_blocking=True), seeds=seeds), fingerprints
+        images = batch["images"].to(device, non_blocking=True)
+        return device_transform(images, seeds=batch["seeds"], batched=True), fingerprints
     return make
 
 
 if not over_budget("pipeline"):
     from bench_data import make_sites  # real-size sites from the bundled one, Bray .npz layout
-    from cloome_hf.data import load_cell_painting, open_source, prepare_dataset
+    from cloome_hf.data import FingerprintTable, load_cell_painting, open_source, prepare_dataset
     from cloome_hf.featurization_cloome import MoleculeFeaturizer
+    from cloome_hf.train.data import TrainingData
 
     with tempfile.TemporaryDirectory() as tmp:
         index = make_sites(tmp, args.num_sites)
@@ -180,17 +189,18 @@ if not over_budget("pipeline"):
                         os.path.join(tmp, "parquet"), shard_size=128, num_proc=min(8, os.cpu_count()),
                         progress=False)
         ds = load_cell_painting(os.path.join(tmp, "parquet"), split="train", cache_dir=os.path.join(tmp, "cache"))
-        featurizer = MoleculeFeaturizer(fingerprint_size=FP)
+        data = TrainingData(ds, ds, FingerprintTable.from_dataset(ds, MoleculeFeaturizer(fingerprint_size=FP)))
         for name, kwargs in SETTINGS.items():
-            for output, label in (("pixel_values", "CPU augment"), ("uint8", "uint8 + GPU augment")):
+            for on_device, label in ((False, "CPU augment"), (True, "uint8 + GPU augment")):
                 if over_budget(f"pipeline {name} {label}"):
                     continue
-                transform = CloomeTrainTransform(**kwargs)
-                device_transform = CloomeTrainTransform(**kwargs).to(device)
-                batches = pipeline_batches(ds, featurizer, transform, BATCH[name], output)
+                device_transform = None
+                if on_device:
+                    device_transform = training_transform(DataArguments(**kwargs, augment=True),
+                                                          CloomeImageProcessor()).to(device)
+                batches = pipeline_batches(data, kwargs, BATCH[name], on_device)
                 key = f"{name} pipeline {args.workers} workers, {label}"
-                results["train_images_per_s"][key] = timed(batches, pipeline_inputs(device_transform, BATCH[name]),
-                                                           BATCH[name])
+                results["train_images_per_s"][key] = timed(batches, pipeline_inputs(device_transform), BATCH[name])
                 batches.close()
 
 results["elapsed_s"] = round(time.perf_counter() - START, 1)

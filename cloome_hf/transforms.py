@@ -129,6 +129,15 @@ def _resample_cpu(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resampled[0]
 
 
+def _to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """``array`` on ``device``; to a CUDA device through pinned memory without blocking, because copying pageable
+    memory makes the host wait until the device has finished all the work queued before."""
+    tensor, device = torch.from_numpy(np.ascontiguousarray(array)), torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)  # the pinned block is kept until the copy is done
+    return tensor.to(device)
+
+
 def _linear_taps(starts: np.ndarray, lengths: np.ndarray, out_size: int, flip: np.ndarray):
     """Per image, the two source indices and the weight of the second one for every output position along one
     axis: bilinear with ``align_corners=False`` (F.interpolate's rule), reversed where ``flip``.
@@ -349,7 +358,7 @@ class CloomeTrainTransform(nn.Module):
         indices = np.concatenate([order[:, None], rows[0][order], rows[1][order], cols[0][order], cols[1][order]], 1)
         weights = np.concatenate([rows[2][order], cols[2][order]], axis=1)
         num_plain = int((~params.transpose).sum())
-        return num_plain, torch.as_tensor(indices, device=device), torch.as_tensor(weights, device=device)
+        return num_plain, _to_device(indices, device), _to_device(weights, device)
 
     def _apply_batched(self, images: torch.Tensor, params: AugmentationParams, out: torch.Tensor) -> None:
         """Any device: gathers of the input at the taps of :meth:`batched_taps`, ``batch_chunk`` images at a time."""
@@ -393,7 +402,8 @@ class CloomeTrainTransform(nn.Module):
         return out
 
     def forward(self, images: torch.Tensor, seeds: Sequence[int] | None = None,
-                generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, out: torch.Tensor | None = None,
+                batched: bool | None = None) -> torch.Tensor:
         """Augment (training mode) or centre-crop (eval mode) and normalise.
 
         Args:
@@ -405,6 +415,8 @@ class CloomeTrainTransform(nn.Module):
                 (default: the transform's own). A single image drawn with ``torch.Generator().manual_seed(s)``
                 gets the same pixels as with ``seeds=[s]``.
             out: optional output tensor of the returned shape (see :meth:`apply`, :meth:`output_shape`).
+            batched: the batched gathers an accelerator runs, also for CPU tensors (see :meth:`apply`; default:
+                batched on accelerators, per image on the CPU).
 
         Returns:
             float32 tensor of the input's rank on the input's device: (N, C, h, w) or (C, h, w).
@@ -419,7 +431,8 @@ class CloomeTrainTransform(nn.Module):
         if images.dtype.is_complex or images.dtype == torch.bool:
             raise ValueError(f"expected real-valued images, got {images.dtype}")
         params = self.draw_params(images.shape[0], *images.shape[-2:], seeds=seeds, generator=generator)
-        result = self.apply(images, params, out=out.unsqueeze(0) if single and out is not None else out)
+        result = self.apply(images, params, batched=batched,
+                            out=out.unsqueeze(0) if single and out is not None else out)
         return result[0] if single else result
 
 

@@ -182,3 +182,62 @@ def test_training_loader_holds_one_fingerprint_row_per_molecule_not_per_site():
     assert len(loader.collate_fn.fingerprints) == 10 and loader.collate_fn.fingerprints.fingerprints.shape == (10, 8192)
     assert batch["fingerprints"].shape == (10, 8192)
     assert peak < 60e6, f"building the loader allocated {peak / 1e6:.0f} MB"
+
+
+def test_worker_loaders_are_persistent_prefetching_and_pinned_only_on_cuda(syn, tmp_path):
+    from cloome_hf.data.loader import PREFETCH_BATCHES
+
+    loader = build_dataloader(syn, None, batch_size=4, num_workers=2)
+    assert loader.persistent_workers and loader.prefetch_factor == PREFETCH_BATCHES
+    assert loader.pin_memory == torch.cuda.is_available()
+    assert not build_dataloader(syn, None, batch_size=4).persistent_workers  # no workers to keep
+    assert not build_dataloader(syn, None, batch_size=4, num_workers=2, persistent_workers=False).persistent_workers
+    syn.to_parquet(str(tmp_path / "s.parquet"))
+    stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "s.parquet"), split="train", streaming=True)
+    # a persistent worker would keep the shuffle of the epoch it started in
+    assert not build_dataloader(stream, None, batch_size=4, num_workers=2, train=False).persistent_workers
+
+
+def test_worker_batches_are_written_straight_into_shared_memory(syn, monkeypatch):
+    """Inside a worker the augmented pixels (and uint8 sites) are made in shared memory, so handing them to the
+    main process copies nothing; in the main process they are ordinary memory."""
+    from cloome_hf.data import loader as loader_module
+
+    transform = CloomeTrainTransform(crop_size=(24, 24), random_resized_crop_scale=None)
+    rows = [dict(syn[i]) for i in range(4)]
+    for in_worker in (False, True):
+        monkeypatch.setattr(loader_module, "_in_worker", lambda: in_worker)
+        augmented = CellPaintingCollator(None, transform)(rows)["pixel_values"]
+        sites = CellPaintingCollator(None, transform, output="uint8")(rows)["images"]
+        assert augmented.shape == (4, 5, 24, 24) and sites.dtype == torch.uint8
+        assert augmented.is_shared() == sites.is_shared() == in_worker
+
+
+def test_training_batches_do_not_depend_on_workers_or_where_they_are_augmented(syn):
+    """The same (seed, epoch) gives the same sites with the same pixels with 0 or 2 workers, and the uint8 batches
+    augmented by the batched (accelerator) path of the transform on the CPU device match the loader's."""
+    transform = CloomeTrainTransform(output_size=(24, 24), random_resized_crop_scale=(0.5, 1.0))
+    fz = MoleculeFeaturizer(fingerprint_size=64)
+
+    def pixels_by_site(loader, output, epoch_index):
+        loader.set_epoch(epoch_index)  # persistent workers: the epoch reaches the sampler in the main process
+        batches = list(loader)
+        if output == "uint8":
+            return {k: p for b in batches for k, p in zip(b["sample_key"],
+                                                           transform(b["images"], seeds=b["seeds"], batched=True))}
+        return {k: p for b in batches for k, p in zip(b["sample_key"], b["pixel_values"])}
+
+    loaders = {(workers, output): build_dataloader(syn, fz, batch_size=8, train=True, transform=transform,
+                                                   num_workers=workers, seed=3, output=output)
+               for workers, output in ((0, "pixel_values"), (2, "pixel_values"), (2, "uint8"))}
+    mains = []
+    for epoch_index in (0, 1):
+        seen = {key: pixels_by_site(loader, key[1], epoch_index) for key, loader in loaders.items()}
+        mains.append(seen.pop((0, "pixel_values")))
+        assert len(mains[-1]) == len(syn)  # 72 sites, 9 full batches of 8
+        for other in seen.values():
+            assert list(other) == list(mains[-1])  # the same sites in the same order
+            torch.testing.assert_close(torch.stack(list(other.values())), torch.stack(list(mains[-1].values())),
+                                       rtol=0, atol=1e-5)
+    assert list(mains[0]) != list(mains[1])  # a new epoch: a new order ...
+    assert not torch.equal(mains[0]["SYN0001-A01-1"], mains[1]["SYN0001-A01-1"])  # ... and new augmentations

@@ -40,14 +40,20 @@ def _audit(folder, rank):
 
 
 
-def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, one_thread):
+# Augmenting on the device: uint8 batches, the transform in the step; the two processes also decode in 2 workers
+# each, the single process in the main process, so the same numbers show determinism across workers too.
+@pytest.mark.parametrize("two_process_extra,common_extra", [
+    ([], []), (["--dataloader_num_workers", "2"], ["--augment_on_device", "--random_resized_crop_scale", "0.5", "1"])],
+    ids=["loader_augments", "device_augments"])
+def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, one_thread, two_process_extra,
+                                                                     common_extra):
     common = [*TINY_ARGS[:-4], "--max_steps", "4", "--logging_steps", "1", "--save_steps", "100",
-              "--sync_batchnorm", "--audit_log", "--eval_steps", "100"]
+              "--sync_batchnorm", "--audit_log", "--eval_steps", "100", *common_extra]
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), SCRIPT, "--output_dir", str(two),
-           "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", *common]
+           "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", *common, *two_process_extra]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = tmp_path / "one"

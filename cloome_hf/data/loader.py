@@ -14,6 +14,17 @@ Training, validation, evaluation, ``cloome embed`` and the pipelines all read si
   (:class:`~cloome_hf.image_processing_cloome.CloomeImageProcessor`: centre crop + normalisation); fingerprints
   looked up per batch from a :class:`~cloome_hf.data.molecules.FingerprintTable` of the unique molecules, so
   memory grows with molecules x bits, not with sites x bits.
+
+Worker processes (``num_workers > 0``) are persistent and prefetch :data:`PREFETCH_BATCHES` batches each;
+batches are pinned when CUDA is present. What a worker hands over (the augmented ``pixel_values``, or the uint8
+``images`` for augmentation on the accelerator) is written straight into shared memory, so it crosses to the
+main process without a copy; the sites are decoded into one reused buffer per worker, so a worker allocates
+nothing per batch beyond what it hands over and its memory does not grow over an epoch.
+
+Large batch tensors fault in 4 kB pages; with ``THP_MEM_ALLOC_ENABLE=1`` in the environment *before torch is
+imported*, torch backs its large CPU tensors with transparent huge pages, which speeds up augmentation in the main
+process (``scripts/*.py`` and the benchmarks set it; with the ``cloome`` command, export it). Shared memory is not
+affected by it.
 """
 
 from __future__ import annotations
@@ -32,6 +43,27 @@ from .sampling import UniqueMoleculeBatchSampler, _StreamingUniqueBatches, uniqu
 from .schema import channels_of, decode_image
 
 OUTPUTS = ("pixel_values", "uint8")
+#: Batches each worker process prepares ahead (``DataLoader(prefetch_factor=...)``).
+PREFETCH_BATCHES = 2
+
+
+def _batch_tensor(shape: Sequence[int], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor, in shared memory when ``shared`` (``Tensor.share_memory_`` would first allocate
+    private memory and copy it): a worker's batch then reaches the main process without a copy."""
+    if not shared:
+        return torch.empty(tuple(shape), dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
+
+
+def column_values(ds, name: str) -> list:
+    """Every value of column ``name`` of a ``datasets.Dataset`` (in row order, its indices mapping applied), read
+    as one Arrow column: iterating ``ds[name]`` would format each row on its own (about 10x slower)."""
+    return ds.select_columns([name]).with_format("arrow")[:].column(name).to_pylist()
+
+
+def _in_worker() -> bool:
+    return torch.utils.data.get_worker_info() is not None
 
 
 class CellPaintingTorchDataset(torch.utils.data.Dataset):
@@ -83,8 +115,10 @@ class CellPaintingCollator:
 
     Args:
         fingerprints: a :class:`FingerprintTable` (fingerprints joined by ``inchikey``) or ``None``.
-        transform: training augmentation, called as ``transform(uint8 (N, C, H, W), seeds=...)``; when ``None``,
-            ``image_processor`` turns the sites into ``pixel_values`` (centre crop + normalisation, inference).
+        transform: training augmentation, called as ``transform(uint8 (N, C, H, W), seeds=...)``, plus ``out=``
+            (a float32 batch in shared memory inside a worker) when it has ``output_shape(H, W)``, as
+            :class:`~cloome_hf.transforms.CloomeTrainTransform` does; when ``None``, ``image_processor`` turns the
+            sites into ``pixel_values`` (centre crop + normalisation, inference).
         image_processor: a :class:`~cloome_hf.image_processing_cloome.CloomeImageProcessor` (default: no crop,
             the published normalisation).
         channel_permutation: index of each output channel in the stored image (``None``: stored order).
@@ -114,6 +148,19 @@ class CellPaintingCollator:
         self.channel_permutation = None if channel_permutation is None else list(channel_permutation)
         self.output = output
         self.return_loss = bool(return_loss)
+        self._sites: torch.Tensor | None = None  # the decode buffer reused while the sites are not handed out
+
+    def __getstate__(self):
+        return {**self.__dict__, "_sites": None}  # each worker makes its own buffer
+
+    def _site_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Where a batch's uint8 sites are decoded: a fresh tensor (in shared memory in a worker) when the batch
+        hands them out (``output="uint8"``), else one buffer reused across batches."""
+        if self.output == "uint8":
+            return _batch_tensor(shape, torch.uint8, shared=_in_worker())
+        if self._sites is None or self._sites.numel() < np.prod(shape):
+            self._sites = torch.empty(int(np.prod(shape)), dtype=torch.uint8)
+        return self._sites[:int(np.prod(shape))].view(shape)
 
     def _decode(self, batch) -> tuple[torch.Tensor, list[str], list[str], list[int] | None]:
         seeds = None
@@ -134,9 +181,7 @@ class CellPaintingCollator:
             raise ValueError(f"sites of different shapes {sorted(shapes)} in one batch (samples {keys})")
         stored = next(iter(shapes))
         channels = len(self.channel_permutation) if self.channel_permutation is not None else stored[0]
-        buffer = torch.empty((len(keys), channels) + stored[1:], dtype=torch.uint8)
-        if torch.utils.data.get_worker_info() is not None:
-            buffer.share_memory_()  # stack straight into shared memory: no extra copy to hand it to the main process
+        buffer = self._site_buffer((len(keys), channels) + tuple(stored[1:]))
         images = buffer.numpy()
         for i, view in enumerate(image_views):
             site = decode_image(view, stored)
@@ -147,6 +192,14 @@ class CellPaintingCollator:
             raise ValueError(f"sample {keys[n]!r}: channel {c} is all zero")
         return buffer, keys, list(batch["inchikey"]), seeds
 
+    def _augment(self, images: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
+        output_shape = getattr(self.transform, "output_shape", None)
+        if output_shape is None:
+            return self.transform(images, seeds=seeds)
+        out = _batch_tensor(images.shape[:2] + tuple(output_shape(*images.shape[2:])), torch.float32,
+                            shared=_in_worker())
+        return self.transform(images, seeds=seeds, out=out)
+
     def __call__(self, batch) -> dict[str, Any]:
         """``batch``: ``(pyarrow.Table, seeds)``, a ``pyarrow.Table``, a dict of columns, or a list of row dicts."""
         images, keys, inchikeys, seeds = self._decode(batch)
@@ -155,7 +208,7 @@ class CellPaintingCollator:
             out["images"] = images
             out["seeds"] = seeds
         elif self.transform is not None:
-            out["pixel_values"] = self.transform(images, seeds=seeds)
+            out["pixel_values"] = self._augment(images, seeds)
         else:
             out["pixel_values"] = torch.from_numpy(self.image_processor(images.numpy())["pixel_values"])
         if self.fingerprints is not None:
@@ -219,6 +272,9 @@ def build_dataloader(
         shuffle_buffer: shuffle buffer of streaming datasets.
         output: ``"pixel_values"`` or ``"uint8"`` (``images`` and ``seeds``; augment on the accelerator).
         return_loss: batches of exactly the model's keyword arguments plus ``return_loss=True`` (Trainer).
+        dataloader_kwargs: passed to the ``DataLoader``; by default workers are persistent (except for a streaming
+            dataset, whose epoch must reach them), prefetch :data:`PREFETCH_BATCHES` batches each, and batches are
+            pinned when CUDA is present.
     """
     import datasets
 
@@ -238,10 +294,11 @@ def build_dataloader(
     collator = CellPaintingCollator(fingerprints, transform if train else None, image_processor, permutation,
                                     output, return_loss)
     drop_last = train if drop_last is None else drop_last
+    dataloader_kwargs = _loader_options(num_workers, streaming, dataloader_kwargs)
     if streaming:
         return _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, unique_molecules, seed,
                                  num_replicas, rank, shuffle_buffer, num_workers, dataloader_kwargs)
-    keys = list(ds.select_columns(["inchikey"])["inchikey"])
+    keys = column_values(ds, "inchikey")
     rows = None
     if fingerprints is not None:
         ok = np.fromiter((k in fingerprints for k in keys), dtype=bool, count=len(keys))
@@ -262,6 +319,15 @@ def build_dataloader(
                                   **dataloader_kwargs)
 
 
+def _loader_options(num_workers: int, streaming: bool, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``DataLoader`` options: the caller's, else persistent prefetching workers and pinned batches on CUDA."""
+    options = {"pin_memory": torch.cuda.is_available()}
+    if num_workers > 0:
+        # a streaming dataset's epoch (its shuffle) is set on the copy each worker gets when it starts
+        options.update(persistent_workers=not streaming, prefetch_factor=PREFETCH_BATCHES)
+    return {**options, **given}
+
+
 def trainer_inputs(ds, fingerprints, transform=None, channel_order: Sequence[str] | None = None):
     """``(train_dataset, data_collator)`` for ``transformers.Trainer``: batches of exactly ``pixel_values``,
     ``fingerprints`` and ``return_loss=True``, so ``Trainer`` trains :class:`~cloome_hf.CloomeModel` on its loss.
@@ -274,7 +340,7 @@ def trainer_inputs(ds, fingerprints, transform=None, channel_order: Sequence[str
     from cloome_hf.transforms import CloomeTrainTransform
 
     table = _fingerprint_table(ds, fingerprints, streaming=False)
-    keys = list(ds.select_columns(["inchikey"])["inchikey"])
+    keys = column_values(ds, "inchikey")
     rows = np.flatnonzero(np.fromiter((k in table for k in keys), dtype=bool, count=len(keys)))
     permutation = channel_permutation(channels_of(ds), channel_order or CHANNELS)
     transform = transform or CloomeTrainTransform(crop_size=None, random_resized_crop_scale=None)
@@ -287,8 +353,8 @@ def _fingerprint_table(ds, fingerprints, streaming: bool) -> FingerprintTable | 
     if fingerprints is None or isinstance(fingerprints, FingerprintTable):
         return fingerprints
     meta = ds.select_columns(["inchikey", "smiles"])
-    pairs = [(r["inchikey"], r["smiles"]) for r in meta] if streaming else list(zip(meta["inchikey"],
-                                                                                    meta["smiles"]))
+    pairs = [(r["inchikey"], r["smiles"]) for r in meta] if streaming else list(zip(column_values(meta, "inchikey"),
+                                                                                    column_values(meta, "smiles")))
     table = FingerprintTable.from_molecules([p[0] for p in pairs], [p[1] for p in pairs], fingerprints,
                                             errors="skip")
     if table.invalid:
@@ -314,6 +380,7 @@ def _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, 
 
 
 __all__ = [
-    "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset", "UniqueMoleculeBatchSampler",
-    "build_dataloader", "trainer_inputs", "unique_molecule_batches",
+    "PREFETCH_BATCHES", "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset",
+    "UniqueMoleculeBatchSampler",
+    "build_dataloader", "column_values", "trainer_inputs", "unique_molecule_batches",
 ]

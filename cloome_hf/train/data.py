@@ -20,6 +20,7 @@ from ..data import (
     load_cell_painting,
     split_by_molecule,
 )
+from ..data.loader import column_values
 from ..transforms import CloomeTrainTransform
 
 
@@ -86,9 +87,9 @@ def load_training_data(data_args, featurizer, log) -> TrainingData:
         split = split_by_molecule(parts["train"], {"train": 1 - fraction, "validation": fraction},
                                   seed=data_args.split_seed)
         train, validation = split["train"], split["validation"]
-    meta = [part.select_columns(["inchikey", "smiles"]) for part in (train, validation)]
-    table = FingerprintTable.from_molecules(list(meta[0]["inchikey"]) + list(meta[1]["inchikey"]),
-                                            list(meta[0]["smiles"]) + list(meta[1]["smiles"]), featurizer)
+    inchikeys, smiles = ([v for part in (train, validation) for v in column_values(part, name)]
+                         for name in ("inchikey", "smiles"))
+    table = FingerprintTable.from_molecules(inchikeys, smiles, featurizer)
     return TrainingData(train, validation, table, selection)
 
 
@@ -105,12 +106,16 @@ def training_transform(data_args, image_processor) -> CloomeTrainTransform:
 
 
 def training_loader(data: TrainingData, data_args, image_processor, global_batch: int, seed: int):
-    """The training ``DataLoader``: global batches of ``global_batch`` sites, cut per process by accelerate."""
+    """The training ``DataLoader``: global batches of ``global_batch`` sites, cut per process by accelerate.
+
+    With ``--augment_on_device`` its batches hold uint8 ``images`` and their ``seeds`` instead of
+    ``pixel_values``: the training step applies :func:`training_transform` to them on the accelerator."""
     return build_dataloader(
         data.train, data.fingerprints, batch_size=global_batch, train=True,
         transform=training_transform(data_args, image_processor), channel_order=image_processor.channel_order,
         unique_molecules=data_args.unique_molecules_per_batch, seed=seed,
         num_workers=data_args.dataloader_num_workers,
+        output="uint8" if data_args.augment_on_device else "pixel_values",
     )
 
 

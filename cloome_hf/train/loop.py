@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -27,12 +26,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.loader import column_values
 from ..distributed import convert_sync_batchnorm
 from ..evaluation.retrieval import retrieval_accuracy
 from ..evaluation.stats import random_retrieval_baseline
 from ..inference.encode import Embeddings, encode_dataset
 from ..recipes import TRAINING_CONFIG_FILE, model_config
 from ..safe_io import OutputLock
+from ..transforms import CloomeTrainTransform
 from .checkpoint import (
     changed_settings,
     clean_incomplete_checkpoints,
@@ -41,7 +42,8 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .data import TrainingData, load_training_data, training_loader
+from .data import TrainingData, load_training_data, training_loader, training_transform
+from .guard import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
 from .params import parse_args, resolved_arguments
 
@@ -70,6 +72,13 @@ class TrainState:
         if self.batch_in_epoch == steps_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
+    def rewind(self, steps: int, steps_per_epoch: int) -> None:
+        """Undo ``steps`` calls of :meth:`advance`."""
+        self.step -= steps
+        self.batch_in_epoch -= steps
+        while self.batch_in_epoch < 0:
+            self.epoch, self.batch_in_epoch = self.epoch - 1, self.batch_in_epoch + steps_per_epoch
+
 
 @dataclass
 class Run:
@@ -90,8 +99,11 @@ class Run:
     total_steps: int
     random_baseline: dict[str, float]
     log_path: str
+    guard: NonFiniteGuard
+    device_transform: CloomeTrainTransform | None = None  # --augment_on_device: the augmentation, on the device
     settings: dict[str, Any] = field(default_factory=dict)
     lock: OutputLock | None = None
+    last_checkpoint: tuple[int, str] | None = None  # (step, folder) of the last checkpoint this process wrote
     audit: Any = None
     progress: Any = None
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -110,6 +122,22 @@ class Run:
     def log(self, message: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(message)
+
+    @property
+    def eval_every(self) -> int:
+        return self.train_args.eval_steps or self.steps_per_epoch
+
+    @property
+    def save_every(self) -> int:
+        return self.train_args.save_steps or self.steps_per_epoch
+
+    def is_check_step(self) -> bool:
+        """Whether the step just taken logs, evaluates, checkpoints or ends an epoch (or the run): the steps at
+        which the host reads the device's numbers."""
+        step = self.state.step
+        return (step == self.total_steps or self.state.batch_in_epoch == 0
+                or any(step % every == 0 for every in (self.train_args.logging_steps, self.eval_every,
+                                                       self.save_every)))
 
     def epoch_batches(self):
         """The batches left in the current epoch (all of them, or the rest after a mid-epoch resume)."""
@@ -141,7 +169,8 @@ def build_accelerator(train_args):
     return Accelerator(
         cpu=_cpu_only_multiprocess(), mixed_precision=train_args.mixed_precision, log_with=report_to,
         project_config=ProjectConfiguration(project_dir=out, logging_dir=os.path.join(out, "logs")),
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # non_blocking: host-to-device copies of the (pinned) batches overlap the step before
+        dataloader_config=DataLoaderConfiguration(split_batches=True, non_blocking=True),
     )
 
 
@@ -200,8 +229,8 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
     log(f"preset {train_args.preset or 'demo'}: " + ", ".join(f"{k}={v}" for k, v in sorted(recipe_used.items())))
     with accelerator.main_process_first():
         data = load_training_data(data_args, processor.featurizer, log)
-    log(f"{len(data.train)} training sites ({len(set(data.train['inchikey']))} molecules), {len(data.validation)} "
-        f"validation sites ({len(set(data.validation['inchikey']))} molecules)")
+    log(f"{len(data.train)} training sites ({len(set(column_values(data.train, 'inchikey')))} molecules), "
+        f"{len(data.validation)} validation sites ({len(set(column_values(data.validation, 'inchikey')))} molecules)")
     global_batch = train_args.per_device_train_batch_size * accelerator.num_processes
     loader = training_loader(data, data_args, processor.image_processor, global_batch, train_args.seed)
     steps_per_epoch = len(loader)
@@ -218,12 +247,18 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
         model = torch.compile(model)
     # The scheduler is stepped by hand once per global step (not prepared: accelerate would step it per process).
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    groups = np.asarray(list(data.validation["inchikey"]))
+    raw_model = accelerator.unwrap_model(model)
+    device_transform = None
+    if data_args.augment_on_device:
+        device_transform = training_transform(data_args, processor.image_processor).to(accelerator.device)
+    groups = np.asarray(column_values(data.validation, "inchikey"))
     run = Run(args=(model_args, data_args, train_args), recipe_used=recipe_used, accelerator=accelerator, data=data,
-              processor=processor, model=model, raw_model=accelerator.unwrap_model(model), optimizer=optimizer,
+              processor=processor, model=model, raw_model=raw_model, optimizer=optimizer,
               scheduler=scheduler, loader=loader, state=TrainState(), steps_per_epoch=steps_per_epoch,
               total_steps=total_steps, random_baseline=random_retrieval_baseline(groups),
-              log_path=os.path.join(train_args.output_dir, TRAIN_LOG), lock=lock)
+              log_path=os.path.join(train_args.output_dir, TRAIN_LOG),
+              guard=NonFiniteGuard(raw_model, optimizer, accelerator.device), device_transform=device_transform,
+              lock=lock)
     run.settings = run_settings(run)
     _resume(run)
     _open_logs(run)
@@ -257,8 +292,8 @@ def run_settings(run: Run) -> dict[str, Any]:
               if not k.startswith("_") and k != "transformers_version"}
     data = hashlib.sha256()
     for part in (run.data.train, run.data.validation):
-        meta = part.select_columns(["sample_key", "inchikey"])
-        data.update(json.dumps([len(part), list(meta["sample_key"]), list(meta["inchikey"])]).encode())
+        data.update(json.dumps([len(part), column_values(part, "sample_key"),
+                                column_values(part, "inchikey")]).encode())
     keys = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "warmup_steps",
             "restart_epochs", "max_grad_norm", "seed", "mixed_precision")
     return {"preset": train_args.preset or "demo", "model_config": config, "data": data.hexdigest(),
@@ -327,36 +362,38 @@ def _truncate_log(path: str, step: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- one step
-def train_step(run: Run, batch: dict[str, Any]) -> float:
-    """Forward, backward and update on one global batch; returns the global loss.
-
-    A non-finite loss or gradient undoes the step's batch-norm updates, saves the last good state and raises
-    :class:`TrainingStopped` naming the step.
-    """
-    accelerator, model, raw_model = run.accelerator, run.model, run.raw_model
-    pixels = batch["pixel_values"]
+def batch_pixel_values(run: Run, batch: dict[str, Any]) -> torch.Tensor:
+    """The batch's ``pixel_values``: augmented by the loader, or (``--augment_on_device``) here, on the device, from
+    its uint8 ``images`` and per-site ``seeds`` by the same transform's batched path."""
+    if run.device_transform is None:
+        pixels = batch["pixel_values"]
+    else:
+        pixels = run.device_transform(batch["images"], seeds=batch["seeds"], batched=True)
     if run.train_args.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
-    # BatchNorm updates its running statistics in the forward pass: keep them to undo a bad step.
-    buffers = [t.detach().clone() for t in raw_model.buffers()]
+    return pixels
+
+
+def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
+    """Forward, backward and update on one global batch; returns the global loss (a device scalar).
+
+    Nothing here waits for the device except on logging, evaluation, checkpoint and epoch-end steps: a non-finite
+    loss or gradient is caught on the device (:class:`~cloome_hf.train.guard.NonFiniteGuard` undoes that step and
+    every later one), and at the next such step the run saves the last good state and raises
+    :class:`TrainingStopped` naming the bad step.
+    """
+    accelerator, model, raw_model = run.accelerator, run.model, run.raw_model
+    pixels = batch_pixel_values(run, batch)
+    buffers = run.guard.snapshot_buffers()  # the forward pass updates the batch-norm running statistics
     with accelerator.autocast():
         loss = model(pixel_values=pixels, fingerprints=batch["fingerprints"], return_loss=True).loss
-    global_loss = accelerator.reduce(loss.detach(), "mean").item()
-    problem = None if math.isfinite(global_loss) else "loss"
-    if problem is None:
-        accelerator.backward(loss)
-        norm = accelerator.clip_grad_norm_(model.parameters(), run.train_args.max_grad_norm or float("inf"))
-        if accelerator.mixed_precision != "fp16" and not math.isfinite(float(norm)):  # fp16's scaler skips by itself
-            problem = "gradient"
-    if problem is not None:
-        run.optimizer.zero_grad()
-        with torch.no_grad():  # undo this step's forward; the state is then exactly that after the previous step
-            for t, saved in zip(raw_model.buffers(), buffers):
-                t.copy_(saved)
-        path = checkpoint(run)
-        raise TrainingStopped(f"non-finite {problem} at step {run.state.step + 1}; the last good state "
-                              f"(step {run.state.step}) is in {path}")
+    global_loss = accelerator.reduce(loss.detach(), "mean")
+    accelerator.backward(loss)
+    norm = accelerator.clip_grad_norm_(model.parameters(), run.train_args.max_grad_norm or float("inf"))
+    run.guard.record(global_loss, None if accelerator.mixed_precision == "fp16" else norm)  # fp16: the scaler skips
+    state = run.guard.snapshot_state()
     run.optimizer.step()
+    run.guard.undo_if_skipped(buffers, state)
     run.scheduler.step()
     run.optimizer.zero_grad()
     raw_model.clamp_logit_scale()
@@ -364,15 +401,32 @@ def train_step(run: Run, batch: dict[str, Any]) -> float:
     run._seen += pixels.shape[0] * accelerator.num_processes
     if run.audit is not None:
         run.audit.write(json.dumps({"step": run.state.step, "rows": list(batch["sample_key"])}) + "\n")
-    _log_step(run, global_loss)
+    run.progress.update(1)
+    if run.is_check_step():
+        _stop_if_non_finite(run)
+        _log_step(run, global_loss)
     return global_loss
 
 
-def _log_step(run: Run, loss: float) -> None:
+def _stop_if_non_finite(run: Run) -> None:
+    """At a check step: if a step was non-finite, rewind to the last good state, save it and stop."""
+    problem, skipped = run.guard.read()
+    if problem is None:
+        return
+    run.guard.rewind_host_state(skipped, run.scheduler)
+    run.state.rewind(skipped, run.steps_per_epoch)
+    saved = run.last_checkpoint  # this run's checkpoint of that very step, if it wrote one
+    path = saved[1] if saved is not None and saved[0] == run.state.step and os.path.isdir(saved[1]) \
+        else checkpoint(run)
+    raise TrainingStopped(f"non-finite {problem} at step {run.state.step + 1}; the last good state "
+                          f"(step {run.state.step}) is in {path}")
+
+
+def _log_step(run: Run, loss: torch.Tensor) -> None:
     step = run.state.step
-    run.progress.update(1)
     if step % run.train_args.logging_steps and step != run.total_steps:
         return
+    loss = loss.item()
     inv_tau = run.raw_model.logit_scale.exp().item()
     rate = run._seen / (time.perf_counter() - run._tick)
     write_log(run, {"step": step, "epoch": step / run.steps_per_epoch, "loss": loss, "lr": _lr_used(run.scheduler),
@@ -416,8 +470,10 @@ def validate(run: Run) -> dict[str, float]:
 
 
 def checkpoint(run: Run) -> str:
-    return save_checkpoint(run.accelerator, run.checkpoint_dir, {**asdict(run.state), "settings": run.settings},
+    path = save_checkpoint(run.accelerator, run.checkpoint_dir, {**asdict(run.state), "settings": run.settings},
                            run.raw_model, run.optimizer, run.scheduler, run.train_args.save_total_limit)
+    run.last_checkpoint = (run.state.step, path)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------- outputs
@@ -495,8 +551,6 @@ def run_training(model_args, data_args, train_args, recipe_used: dict[str, Any])
 
 def _train(run: Run) -> dict[str, Any]:
     model_args, data_args, train_args = run.args
-    eval_every = train_args.eval_steps or run.steps_per_epoch
-    save_every = train_args.save_steps or run.steps_per_epoch
     processes = run.accelerator.num_processes
     run.log(f"{run.total_steps} steps of {train_args.per_device_train_batch_size * processes} pairs "
             f"({run.steps_per_epoch} per epoch) on {processes} process(es); random retrieval top-1: image->molecule {run.random_baseline['image_to_molecule_top1']:.4f}, "
@@ -508,9 +562,9 @@ def _train(run: Run) -> dict[str, Any]:
         for batch in run.epoch_batches():
             train_step(run, batch)
             step = run.state.step
-            if step % eval_every == 0 or step == run.total_steps:
+            if step % run.eval_every == 0 or step == run.total_steps:
                 validate(run)
-            if step % save_every == 0 or step == run.total_steps:
+            if step % run.save_every == 0 or step == run.total_steps:
                 checkpoint(run)
             if step >= run.total_steps:
                 break

@@ -73,7 +73,12 @@ class DataArguments:
     synthetic_molecules: int = _field(1200, help="synthetic data: number of molecules", preset=False)
     synthetic_sites_per_molecule: int = _field(2, help="synthetic data: sites per molecule", preset=False)
     synthetic_image_size: int = _field(64, help="synthetic data: site size in pixels", preset=False)
-    dataloader_num_workers: int = _field(0, help="DataLoader worker processes", preset=False)
+    dataloader_num_workers: int = _field(0, help="DataLoader worker processes (persistent, one thread each)",
+                                         preset=False)
+    augment_on_device: bool = _field(False, help="the loader hands over uint8 sites and the training step crops, "
+                                     "flips, turns, resizes and normalises them on the accelerator (the same "
+                                     "augmentation and seeds: the same pixels within float rounding); frees the "
+                                     "loader's CPUs", preset=False)
 
 
 @dataclass
