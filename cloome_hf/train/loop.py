@@ -351,12 +351,19 @@ def _open_logs(run: Run) -> None:
         run.accelerator.init_trackers("cloome", config=flat)
 
 
+def _log_step_of(line: str, path: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} has a line that is not a cloome train log record: {line[:80]!r}") from err
+
+
 def _truncate_log(path: str, step: int) -> None:
     """Keep the records of steps <= ``step`` (the resumed step): later steps are redone, not repeated."""
     kept = []
     if step and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", step + 1) <= step]
+            kept = [line for line in f if line.strip() and _log_step_of(line, path) <= step]
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(kept)
 
