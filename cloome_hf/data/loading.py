@@ -115,65 +115,23 @@ def load_cell_painting(
 
     raw = open_table_source(source, kind=kind, root=root, compounds=compounds, wells=wells, errors=errors,
                             source_options=source_options)
-    if raw is None:
-        _refuse_table_options(source, root=root, compounds=compounds, wells=wells, source_options=source_options,
-                              rows=rows)
+    if raw is not None:
+        return _load_raw(raw, split, streaming, rows, num_proc, cache_dir)
+    _refuse_table_options(source, root=root, compounds=compounds, wells=wells, source_options=source_options,
+                          rows=rows)
     if isinstance(source, str) and source == "synthetic":
         from .synthetic import make_synthetic_dataset
 
         return _pick_split(datasets.DatasetDict({"train": make_synthetic_dataset(**dict(synthetic or {}))}),
                            split, "synthetic")
-    if isinstance(source, (str, os.PathLike)) and _is_saved_dataset(source):
-        out = _pick_split(datasets.load_from_disk(os.fspath(source)), split, os.fspath(source))
-        for part in out.values() if isinstance(out, datasets.DatasetDict) else [out]:
-            check_schema(part.column_names, where=os.fspath(source))
-        return out
-
-    if raw is not None:
-        selected = list(range(len(raw))) if rows is None else [int(i) for i in rows]
-        if selected and not 0 <= min(selected) <= max(selected) < len(raw):
-            raise ValueError(f"rows {min(selected)}..{max(selected)} are outside the {len(raw)} sites of "
-                             f"{raw.where}")
-        if streaming:
-            ds = datasets.IterableDataset.from_generator(_generate, features=raw.features(),
-                                                         gen_kwargs={"source": raw, "shards": [selected]})
-        else:
-            n = max(1, min(num_proc or 1, len(selected)))
-            chunks = [selected[i::n] for i in range(n)]
-            try:
-                ds = datasets.Dataset.from_generator(
-                    _generate, features=raw.features(), gen_kwargs={"source": raw, "shards": chunks},
-                    cache_dir=cache_dir, num_proc=n if n > 1 else None)
-            except datasets.exceptions.DatasetGenerationError as err:
-                cause = err.__cause__ or err.__context__
-                if isinstance(cause, ValueError):  # a bad site: surface the message naming file and row
-                    raise cause from None
-                raise
-        ds = _with_channels(ds, raw.channels)
-        if split is None:
-            return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)({"train": ds})
-        if split != "train":
-            raise ValueError(f"a {raw.kind} source has only the split 'train', not {split!r}")
-        return ds
-
     path = os.fspath(source)
+    if _is_saved_dataset(path):
+        out = _pick_split(datasets.load_from_disk(path), split, path)
+        for part in out.values() if isinstance(out, datasets.DatasetDict) else [out]:
+            check_schema(part.column_names, where=path)
+        return out
     if kind == "parquet" or (kind == "auto" and os.path.isdir(path)):
-        channels = CHANNELS
-        if os.path.exists(os.path.join(path, MANIFEST)):  # a prepare folder: its shards must match its plan
-            channels, files = verify_prepared(path, None if split is None else [split])
-            channels = tuple(channels)
-        else:
-            files = _parquet_files(path)
-        if split is not None:
-            if split not in files:
-                raise ValueError(f"{path} has no split {split!r}; splits: {sorted(files)}")
-            files = {split: files[split]}  # only the asked split is read (and had to be complete)
-        empty = sorted(s for s, f in files.items() if not f)
-        if empty:
-            raise ValueError(f"split(s) {empty} of {path} hold no sites: every site was skipped (see the "
-                             "prepare report)")
-        out = datasets.load_dataset("parquet", data_files=files, split=split, streaming=streaming,
-                                    cache_dir=cache_dir, **load_dataset_kwargs)
+        out, channels = _load_parquet(path, split, streaming, cache_dir, load_dataset_kwargs)
     elif kind in ("hub", "auto"):
         out = datasets.load_dataset(path, split=split, streaming=streaming, cache_dir=cache_dir,
                                     **load_dataset_kwargs)
@@ -186,6 +144,59 @@ def load_cell_painting(
         check_schema(names, where=path)
         _with_channels(part, channels or _hub_channels(part))
     return out
+
+
+def _load_raw(raw: SiteSource, split, streaming: bool, rows, num_proc, cache_dir):
+    """The sites of an index / load_data table (all, or ``rows``), read through its source."""
+    import datasets
+
+    selected = list(range(len(raw))) if rows is None else [int(i) for i in rows]
+    if selected and not 0 <= min(selected) <= max(selected) < len(raw):
+        raise ValueError(f"rows {min(selected)}..{max(selected)} are outside the {len(raw)} sites of {raw.where}")
+    if streaming:
+        ds = datasets.IterableDataset.from_generator(_generate, features=raw.features(),
+                                                     gen_kwargs={"source": raw, "shards": [selected]})
+    else:
+        n = max(1, min(num_proc or 1, len(selected)))
+        chunks = [selected[i::n] for i in range(n)]
+        try:
+            ds = datasets.Dataset.from_generator(
+                _generate, features=raw.features(), gen_kwargs={"source": raw, "shards": chunks},
+                cache_dir=cache_dir, num_proc=n if n > 1 else None)
+        except datasets.exceptions.DatasetGenerationError as err:
+            cause = err.__cause__ or err.__context__
+            if isinstance(cause, ValueError):  # a bad site: surface the message naming file and row
+                raise cause from None
+            raise
+    ds = _with_channels(ds, raw.channels)
+    if split is None:
+        return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)({"train": ds})
+    if split != "train":
+        raise ValueError(f"a {raw.kind} source has only the split 'train', not {split!r}")
+    return ds
+
+
+def _load_parquet(path: str, split, streaming: bool, cache_dir, load_dataset_kwargs):
+    """``(datasets object, channels)`` of a ``prepare`` folder (checked against its manifest) or Parquet shards."""
+    import datasets
+
+    channels = CHANNELS
+    if os.path.exists(os.path.join(path, MANIFEST)):  # a prepare folder: its shards must match its plan
+        channels, files = verify_prepared(path, None if split is None else [split])
+        channels = tuple(channels)
+    else:
+        files = _parquet_files(path)
+    if split is not None:
+        if split not in files:
+            raise ValueError(f"{path} has no split {split!r}; splits: {sorted(files)}")
+        files = {split: files[split]}  # only the asked split is read (and had to be complete)
+    empty = sorted(s for s, f in files.items() if not f)
+    if empty:
+        raise ValueError(f"split(s) {empty} of {path} hold no sites: every site was skipped (see the prepare "
+                         "report)")
+    out = datasets.load_dataset("parquet", data_files=files, split=split, streaming=streaming, cache_dir=cache_dir,
+                                **load_dataset_kwargs)
+    return out, channels
 
 
 def open_table_source(source: Any, *, kind: str = "auto", root=None, compounds=None, wells=None,
