@@ -7,8 +7,14 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from .losses import CWCL_THRESHOLD, available_losses, get_loss
+
 CLOOME_RESNET50 = "cloome_resnet50"
-LOSSES = ("infonce", "infoloob")
+#: How the molecule tower may take the dose: a one-hot of log-concentration buckets, or log10(c / 1 uM) itself.
+CONCENTRATION_ENCODINGS = ("one_hot", "linear")
+#: Bucket edges (uM) of the one-hot dose encoding: half-log steps, so the usual dose series (e.g. LINCS's 0.04,
+#: 0.12, 0.37, 1.11, 3.33, 10 uM) fall into distinct buckets.
+DEFAULT_CONCENTRATION_BUCKETS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -74,25 +80,59 @@ class CloomeVisionConfig(PreTrainedConfig):
 
 
 class CloomeMoleculeConfig(PreTrainedConfig):
-    """Configuration of the molecule encoder, an MLP over a fingerprint vector.
+    """Configuration of the molecule encoder, an MLP over a fingerprint vector (and optionally the dose).
 
     Args:
         fingerprint_size: length of the input fingerprint (1024 Morgan bits, or 8192 Morgan/RDKit counts).
         hidden_size: units of every hidden layer.
         num_hidden_layers: number of Linear -> BatchNorm1d -> ReLU blocks before the projection.
+        concentration_encoding: ``None`` (the published architecture: no dose input), ``"one_hot"`` (a one-hot of
+            the log-concentration bucket) or ``"linear"`` (``log10(c / 1 uM)`` and a known-dose flag), concatenated
+            to the fingerprint (see :class:`~cloome_hf.modeling_cloome.CloomeConcentrationEncoding`).
+        concentration_buckets: ascending bucket edges in uM of the one-hot encoding (default
+            :data:`DEFAULT_CONCENTRATION_BUCKETS`); ``len + 1`` buckets. Only with ``"one_hot"``.
     """
 
     model_type = "cloome_molecule_model"
     base_config_key = "molecule_config"
 
-    def __init__(self, fingerprint_size: int = 1024, hidden_size: int = 1024, num_hidden_layers: int = 4, **kwargs):
+    def __init__(self, fingerprint_size: int = 1024, hidden_size: int = 1024, num_hidden_layers: int = 4,
+                 concentration_encoding: str | None = None, concentration_buckets: list[float] | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("fingerprint_size", fingerprint_size)
         _check_positive_int("hidden_size", hidden_size)
         _check_positive_int("num_hidden_layers", num_hidden_layers)
+        if concentration_encoding is not None and concentration_encoding not in CONCENTRATION_ENCODINGS:
+            raise ValueError(f"concentration_encoding must be None or one of {CONCENTRATION_ENCODINGS}, got "
+                             f"{concentration_encoding!r}")
+        if concentration_encoding == "one_hot":
+            concentration_buckets = _checked_buckets(
+                DEFAULT_CONCENTRATION_BUCKETS if concentration_buckets is None else concentration_buckets)
+        elif concentration_buckets is not None:
+            raise ValueError(f"concentration_buckets apply to concentration_encoding='one_hot' only, not "
+                             f"{concentration_encoding!r}")
         self.fingerprint_size = fingerprint_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
+        self.concentration_encoding = concentration_encoding
+        self.concentration_buckets = concentration_buckets
+
+    @property
+    def num_concentration_features(self) -> int:
+        """Inputs the dose adds to the fingerprint: 0, the number of buckets, or 2 (log-dose and known-dose flag)."""
+        if self.concentration_encoding == "one_hot":
+            return len(self.concentration_buckets) + 1
+        return 2 if self.concentration_encoding == "linear" else 0
+
+
+def _checked_buckets(edges) -> list[float]:
+    values = [float(v) for v in edges] if isinstance(edges, (list, tuple)) else None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values) or any(
+            b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"concentration_buckets must be a non-empty ascending list of positive concentrations "
+                         f"(uM), got {edges!r}")
+    return values
 
 
 class CloomeConfig(PreTrainedConfig):
@@ -102,11 +142,18 @@ class CloomeConfig(PreTrainedConfig):
         vision_config: dict or :class:`CloomeVisionConfig`.
         molecule_config: dict or :class:`CloomeMoleculeConfig`.
         projection_dim: dimension ``d`` of the joint embedding space (512 in the paper).
-        logit_scale_init_value: initial ``ln(1/tau)``; ``ln 14.3`` for the retrieval model, ``ln 30`` for
-            the bioactivity model.
-        learnable_logit_scale: train ``ln(1/tau)`` (clamped to ``[0, ln 100]``) or keep it fixed.
-        loss: ``"infonce"`` (CLIP) or ``"infoloob"`` (CLOOB: InfoLOOB with Hopfield retrieval).
+        logit_scale_init_value: initial ``logit_scale``, the log of the logit multiplier: ``ln(1/tau)`` for the
+            softmax losses (``ln 14.3`` for the retrieval model, ``ln 30`` for the bioactivity model), SigLIP's
+            ``t'`` for the sigmoid losses. ``None``: the loss's own (``ln 14.3``; ``ln 10`` for siglip / s2l).
+        learnable_logit_scale: train ``logit_scale`` (clamped per loss, see
+            :meth:`~cloome_hf.modeling_cloome.CloomeModel.clamp_logit_scale`) or keep it fixed.
+        loss: a name of :func:`cloome_hf.losses.available_losses` (aliases included): ``"infonce"`` (CLIP),
+            ``"cloob"`` / ``"infoloob"`` (InfoLOOB with Hopfield retrieval), ``"siglip"``, ``"s2l"`` (MolPhenix)
+            or ``"cwcl"`` (chemically weighted CWCL).
         hopfield_beta: inverse temperature ``beta`` of the Hopfield retrieval (22 for the bioactivity model).
+        logit_bias_init_value: initial ``logit_bias`` ``b`` of the sigmoid losses (``None``: SigLIP's -10); the
+            model has a ``logit_bias`` parameter only for them, so it must stay ``None`` for the others.
+        cwcl_threshold: Tanimoto similarity from which two molecules are partial positives of ``"cwcl"``.
     """
 
     model_type = "cloome"
@@ -117,10 +164,12 @@ class CloomeConfig(PreTrainedConfig):
         vision_config: dict | CloomeVisionConfig | None = None,
         molecule_config: dict | CloomeMoleculeConfig | None = None,
         projection_dim: int = 512,
-        logit_scale_init_value: float = math.log(14.3),
+        logit_scale_init_value: float | None = None,
         learnable_logit_scale: bool = True,
         loss: str = "infonce",
         hopfield_beta: float = 22.0,
+        logit_bias_init_value: float | None = None,
+        cwcl_threshold: float = CWCL_THRESHOLD,
         **kwargs,
     ):
         if vision_config is None:
@@ -135,21 +184,49 @@ class CloomeConfig(PreTrainedConfig):
         self.molecule_config = molecule_config
 
         _check_positive_int("projection_dim", projection_dim)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if not math.isfinite(logit_scale_init_value) or not 0.0 <= logit_scale_init_value <= math.log(100.0):
-            raise ValueError(
-                f"logit_scale_init_value is ln(1/tau) and must lie in [0, ln 100 = {math.log(100.0):.4f}], "
-                f"got {logit_scale_init_value!r}"
-            )
+        if loss not in available_losses(include_aliases=True):
+            raise ValueError(f"loss must be one of {available_losses(include_aliases=True)}, got {loss!r}")
+        objective = get_loss(loss)
         if not (isinstance(hopfield_beta, (int, float)) and math.isfinite(hopfield_beta) and hopfield_beta > 0):
             raise ValueError(f"hopfield_beta must be a positive finite number, got {hopfield_beta!r}")
+        if isinstance(cwcl_threshold, bool) or not isinstance(cwcl_threshold, (int, float)) or not (
+                0 < cwcl_threshold <= 1):
+            raise ValueError(f"cwcl_threshold is a Tanimoto similarity in (0, 1], got {cwcl_threshold!r}")
         self.projection_dim = projection_dim
-        self.logit_scale_init_value = float(logit_scale_init_value)
+        self.logit_scale_init_value = _checked_logit_scale(logit_scale_init_value, objective)
         self.learnable_logit_scale = bool(learnable_logit_scale)
         self.loss = loss
         self.hopfield_beta = float(hopfield_beta)
+        self.logit_bias_init_value = _checked_logit_bias(logit_bias_init_value, objective)
+        self.cwcl_threshold = float(cwcl_threshold)
         super().__init__(**kwargs)
 
 
-__all__ = ["CloomeConfig", "CloomeMoleculeConfig", "CloomeVisionConfig", "CLOOME_RESNET50"]
+def _checked_logit_scale(value: float | None, objective) -> float:
+    """The loss's initial ``logit_scale`` for ``None``; otherwise ``value``, inside the range it is clamped to."""
+    if value is None:
+        return objective.logit_scale_init
+    bounds = objective.logit_scale_range
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            bounds is not None and not bounds[0] <= value <= bounds[1]):
+        where = "a finite number" if bounds is None else f"in [{bounds[0]:g}, ln 100 = {bounds[1]:.4f}]"
+        raise ValueError(f"logit_scale_init_value of loss {objective.name!r} must lie {where}, got {value!r}")
+    return float(value)
+
+
+def _checked_logit_bias(value: float | None, objective) -> float | None:
+    """The loss's initial ``logit_bias`` (``None`` for losses without one); a value for those is refused."""
+    if objective.logit_bias_init is None:
+        if value is not None:
+            raise ValueError(f"loss {objective.name!r} has no logit bias; logit_bias_init_value must be None, got "
+                             f"{value!r}")
+        return None
+    if value is None:
+        return objective.logit_bias_init
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"logit_bias_init_value must be a finite number, got {value!r}")
+    return float(value)
+
+
+__all__ = ["CONCENTRATION_ENCODINGS", "CloomeConfig", "CloomeMoleculeConfig", "CloomeVisionConfig", "CLOOME_RESNET50",
+           "DEFAULT_CONCENTRATION_BUCKETS"]

@@ -12,6 +12,10 @@ current `rdFingerprintGenerator` API. Other kinds:
 
 Duplicate strings in a batch are featurised once; more than `parallel_threshold` unique strings are featurised in a
 process pool with a progress bar.
+
+Doses travel next to the fingerprints as concentrations in uM (`check_concentrations` is the one check of them, for
+the processor, the data loader and the sources); a dose-conditioned model encodes them itself
+(`CloomeMoleculeConfig.concentration_encoding`).
 """
 
 from __future__ import annotations
@@ -266,4 +270,35 @@ def _featurize_chunk(config: dict[str, Any], strings: Sequence[str]) -> tuple[np
     return rows, failed
 
 
-__all__ = ["FINGERPRINT_KINDS", "MoleculeFeaturizer", "invalid_message", "molecule_text_problem", "parse_molecule"]
+def check_concentrations(values: Any, count: int | None = None, where: str = "concentrations",
+                         labels: Sequence[Any] | None = None) -> np.ndarray:
+    """Concentrations in uM as a ``(N,)`` float64 array: each finite and ``>= 0``, or NaN for an unknown dose.
+
+    Args:
+        values: one number per molecule (``None`` / ``pd.NA`` count as unknown).
+        count: the number of molecules they belong to (``ValueError`` when it differs).
+        where: what to call them in error messages.
+        labels: per value, what names it in an error message (e.g. the sample key); default its position.
+
+    Raises ``ValueError`` naming the first value that is not a number, negative or infinite.
+    """
+    import pandas as pd
+
+    items = list(np.ravel(np.asarray(values, dtype=object))) if not np.isscalar(values) else [values]
+    if count is not None and len(items) != count:
+        raise ValueError(f"{where}: got {len(items)} concentrations for {count} molecules")
+    out = np.empty(len(items), dtype=np.float64)
+    for i, value in enumerate(items):
+        try:
+            out[i] = np.nan if value is None or value is pd.NA else float(value)
+        except (TypeError, ValueError):
+            out[i] = -np.inf  # refused below, naming it
+        if not (np.isnan(out[i]) or (np.isfinite(out[i]) and out[i] >= 0)):
+            name = f"position {i}" if labels is None else repr(labels[i])
+            raise ValueError(f"{where}: concentration {value!r} at {name} is not a dose in uM (a finite number "
+                             ">= 0, or NaN / missing when unknown)")
+    return out
+
+
+__all__ = ["FINGERPRINT_KINDS", "MoleculeFeaturizer", "check_concentrations", "invalid_message",
+           "molecule_text_problem", "parse_molecule"]

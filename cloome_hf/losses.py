@@ -11,7 +11,9 @@ Registered losses, with the inputs each takes beyond the embeddings and ``logit_
 
 :func:`contrastive_loss` is the one entry point for a model: ``contrastive_loss(config.loss, image_embeds,
 molecule_embeds, logit_scale, **inputs)``. ``logit_scale`` is always the log of the logit multiplier: ln(1/tau) for
-the softmax losses, SigLIP's t' (t = exp t') for the sigmoid ones.
+the softmax losses, SigLIP's t' (t = exp t') for the sigmoid ones. :func:`get_loss` also gives what a model needs
+to hold a loss's parameters: their initial values and the range ``logit_scale`` is clamped to
+(:class:`RegisteredLoss`).
 
 Every function takes L2-normalised embeddings of shape ``(n, d)``; row i of the images matches row i of the
 molecules. The functions are pure except for :func:`cloome_hf.distributed.gather_features`, the single place where
@@ -54,14 +56,15 @@ def _similarities(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a.float() @ b.float().T
 
 
-def _check_batch(anchors: torch.Tensor, candidates: torch.Tensor) -> None:
+def _check_batch(anchors: torch.Tensor, candidates: torch.Tensor, min_pairs: int = 2) -> None:
     if anchors.ndim != 2 or candidates.ndim != 2 or anchors.shape[1] != candidates.shape[1]:
         raise ValueError(
             f"expected embeddings of shape (n, d) and (N, d), got {tuple(anchors.shape)} and {tuple(candidates.shape)}"
         )
-    if candidates.shape[0] < 2:
+    if candidates.shape[0] < min_pairs:
         raise ValueError(
-            f"a contrastive loss needs at least 2 pairs in the (global) batch to have a negative, got {candidates.shape[0]}"
+            f"this contrastive loss needs at least {min_pairs} pairs in the (global) batch to have a negative, got "
+            f"{candidates.shape[0]}"
         )
 
 
@@ -74,11 +77,12 @@ def infonce_loss(image_embeds: torch.Tensor, molecule_embeds: torch.Tensor, inv_
         inv_tau: inverse temperature 1/tau (14.3 for the published retrieval model).
 
     Returns:
-        scalar loss, the mean over this process's rows against the global batch.
+        scalar loss, the mean over this process's rows against the global batch. A global batch of one pair is
+        well defined, as in CLIP: each softmax runs over its single candidate, so the loss is 0.
     """
     all_images, offset = gather_features(image_embeds)
     all_molecules, _ = gather_features(molecule_embeds)
-    _check_batch(image_embeds, all_molecules)
+    _check_batch(image_embeds, all_molecules, min_pairs=1)
     labels = torch.arange(image_embeds.shape[0], device=image_embeds.device) + offset
     logits_per_image = inv_tau * _similarities(image_embeds, all_molecules)
     logits_per_molecule = inv_tau * _similarities(molecule_embeds, all_images)
@@ -430,14 +434,31 @@ def cwcl_loss(
 # --- registry -----------------------------------------------------------------------------------------------------
 
 
+#: CLIP's bound on the softmax losses' ln(1/tau): at most 100 ("clipped to prevent scaling the logits by more than
+#: 100", Radford et al. 2021), never below 1.
+SOFTMAX_LOGIT_SCALE_RANGE = (0.0, math.log(100.0))
+
+
 @dataclass(frozen=True)
 class RegisteredLoss:
-    """A loss known by name: ``function(image_embeds, molecule_embeds, exp(logit_scale), **inputs)``."""
+    """A loss known by name: ``function(image_embeds, molecule_embeds, exp(logit_scale), **inputs)``.
+
+    Besides the function, what a model needs to hold the loss's parameters:
+
+    * ``logit_scale_init``: the initial ``logit_scale`` (ln(1/tau) = ln 14.3 for the softmax losses, as the
+      published CLOOME retrieval model; SigLIP's t' = ln 10 for the sigmoid ones);
+    * ``logit_scale_range``: ``(low, high)`` that ``CloomeModel.clamp_logit_scale`` keeps it in after every step,
+      or ``None`` for no clamp;
+    * ``logit_bias_init``: the initial ``logit_bias`` (SigLIP's b = -10), or ``None`` when the loss takes none.
+    """
 
     name: str
     function: Callable[..., torch.Tensor]
     required: tuple[str, ...]
     optional: tuple[str, ...]
+    logit_scale_init: float = math.log(14.3)
+    logit_scale_range: tuple[float, float] | None = SOFTMAX_LOGIT_SCALE_RANGE
+    logit_bias_init: float | None = None
 
 
 _LOSSES: dict[str, RegisteredLoss] = {}
@@ -445,13 +466,24 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_loss(
-    name: str, function: Callable[..., torch.Tensor], required=(), optional=(), aliases=()
+    name: str,
+    function: Callable[..., torch.Tensor],
+    required=(),
+    optional=(),
+    aliases=(),
+    *,
+    logit_scale_init: float = math.log(14.3),
+    logit_scale_range: tuple[float, float] | None = SOFTMAX_LOGIT_SCALE_RANGE,
+    logit_bias_init: float | None = None,
 ) -> RegisteredLoss:
-    """Make ``function`` selectable as ``name`` and ``aliases``; ``required`` / ``optional``: its keyword inputs."""
+    """Make ``function`` selectable as ``name`` and ``aliases``; ``required`` / ``optional``: its keyword inputs;
+    the other arguments: see :class:`RegisteredLoss`."""
     for key in (name, *aliases):
         if key in _LOSSES or key in _ALIASES:
             raise ValueError(f"a loss named {key!r} is already registered")
-    entry = RegisteredLoss(name, function, tuple(required), tuple(optional))
+    entry = RegisteredLoss(name, function, tuple(required), tuple(optional), float(logit_scale_init),
+                           None if logit_scale_range is None else tuple(map(float, logit_scale_range)),
+                           None if logit_bias_init is None else float(logit_bias_init))
     _LOSSES[name] = entry
     _ALIASES.update({alias: name for alias in aliases})
     return entry
@@ -510,10 +542,17 @@ def _cloob_from_inputs(image_embeds, molecule_embeds, inv_tau, hopfield_beta):
     return cloob_loss(image_embeds, molecule_embeds, inv_tau, hopfield_beta)
 
 
+# SigLIP's initialisation (Zhai et al. 2023): t' = ln 10, b = -10. The sigmoid losses' scale is not clamped: the
+# SigLIP reference code (big_vision) and transformers' SiglipModel do not clamp it, and a clamp at CLIP's ln 100
+# would bind below where SigLIP training ends (open_clip's SigLIP SO400M/14: t' = 4.72, t = 112, open_clip #746).
+# Their logits are computed in float32 from unit vectors, so a large t cannot overflow.
+_SIGMOID_PARAMETERS = dict(logit_scale_init=math.log(10.0), logit_scale_range=None, logit_bias_init=-10.0)
+
 register_loss("infonce", infonce_loss)
 register_loss("cloob", _cloob_from_inputs, required=("hopfield_beta",), aliases=("infoloob",))
-register_loss("siglip", siglip_loss, required=("logit_bias",), optional=("column_chunk_size",))
-register_loss("s2l", s2l_loss, required=("logit_bias",), optional=("phenomic_embeds", "column_chunk_size"))
+register_loss("siglip", siglip_loss, required=("logit_bias",), optional=("column_chunk_size",), **_SIGMOID_PARAMETERS)
+register_loss("s2l", s2l_loss, required=("logit_bias",), optional=("phenomic_embeds", "column_chunk_size"),
+              **_SIGMOID_PARAMETERS)
 register_loss("cwcl", cwcl_loss, required=("fingerprints",), optional=("cwcl_threshold",))
 
 
@@ -521,6 +560,7 @@ __all__ = [
     "CWCL_THRESHOLD",
     "DEFAULT_COLUMN_CHUNK_SIZE",
     "RegisteredLoss",
+    "SOFTMAX_LOGIT_SCALE_RANGE",
     "available_losses",
     "chemical_weights",
     "cloob_loss",

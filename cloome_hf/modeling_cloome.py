@@ -3,7 +3,9 @@
 The image tower ``cloome_resnet50`` reproduces the published CLOOME ResNet-50 layer for layer so that the
 published checkpoints convert without loss: no strided convolutions (average pools do the downsampling)
 and a head that average-pools 7x7 windows with stride 1 and then averages what remains. Any timm model can
-replace it. The molecule tower is an MLP over a fingerprint vector.
+replace it. The molecule tower is an MLP over a fingerprint vector and, when the config asks for it, an encoding
+of the dose (:class:`CloomeConcentrationEncoding`). The contrastive objective is ``config.loss``, one of the
+registered losses of :mod:`cloome_hf.losses`; the sigmoid ones (siglip, s2l) add a ``logit_bias`` parameter.
 """
 
 from __future__ import annotations
@@ -24,10 +26,8 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_cloome import CLOOME_RESNET50, CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig
-from .distributed import is_distributed
-from .losses import cloob_loss, infonce_loss
+from .losses import contrastive_loss, get_loss
 
-MAX_LOGIT_SCALE = math.log(100.0)
 # The transformers keyword arguments a CNN + MLP can honour; any other one is refused, not silently dropped.
 SUPPORTED_KWARGS = frozenset({"output_hidden_states", "output_attentions"})
 
@@ -38,7 +38,9 @@ class CloomeOutput(ModelOutput):
 
     Args:
         loss: contrastive loss (``return_loss=True``), a scalar.
-        logits_per_image: ``(n_images, n_molecules)`` cosine similarities scaled by tau^-1.
+        logits_per_image: ``(n_images, n_molecules)`` cosine similarities times ``exp(logit_scale)`` (tau^-1), plus
+            ``logit_bias`` for the sigmoid losses (as transformers' ``SiglipModel``: their sigmoid is a match
+            probability).
         logits_per_molecule: ``(n_molecules, n_images)``, the transpose.
         image_embeds: ``(n_images, projection_dim)`` L2-normalised image embeddings.
         molecule_embeds: ``(n_molecules, projection_dim)`` L2-normalised molecule embeddings.
@@ -210,24 +212,73 @@ class CloomeMoleculeBlock(nn.Module):
         return self.activation(self.norm(self.dense(hidden_states)))
 
 
-class CloomeMoleculeEncoder(nn.Module):
-    """MLP over a fingerprint: ``(N, fingerprint_size)`` -> ``(N, hidden_size)``."""
+class CloomeConcentrationEncoding(nn.Module):
+    """The dose as molecule-tower inputs: ``(N,)`` concentrations in uM -> ``(N, num_concentration_features)``.
+
+    * ``"one_hot"``: a one-hot of the bucket of ``log10(c)`` between the ``concentration_buckets`` edges (left-closed:
+      ``edge_{k-1} <= c < edge_k``; ``len(edges) + 1`` buckets);
+    * ``"linear"``: ``(log10(c / 1 uM), 1)``; the first dense layer's weights over it are the learned projection.
+
+    An unknown dose (NaN) and a zero dose (vehicle controls) encode as all zeros: no dose information. Negative or
+    infinite concentrations are refused (``ValueError`` naming the first).
+    """
 
     def __init__(self, config: CloomeMoleculeConfig):
         super().__init__()
-        sizes = [config.fingerprint_size] + [config.hidden_size] * config.num_hidden_layers
+        self.encoding = config.concentration_encoding
+        self.num_features = config.num_concentration_features
+        edges = torch.tensor(config.concentration_buckets or [], dtype=torch.float32)
+        self.register_buffer("bucket_edges", edges, persistent=False)  # from the config, not the weights
+
+    def forward(self, concentrations: torch.Tensor) -> torch.Tensor:
+        dose = concentrations.float()
+        invalid = ~(torch.isnan(dose) | (torch.isfinite(dose) & (dose >= 0)))
+        if invalid.any():  # one host sync, only for dose-conditioned models
+            i = int(invalid.nonzero()[0])
+            raise ValueError(f"concentrations[{i}] = {dose[i].item()} is not a dose in uM (finite and >= 0, or NaN)")
+        known = (dose > 0).unsqueeze(1)  # NaN > 0 is False
+        if self.encoding == "one_hot":
+            buckets = torch.bucketize(dose.nan_to_num(0.0), self.bucket_edges, right=True)
+            features = F.one_hot(buckets, self.num_features).float()
+        else:
+            features = torch.stack([torch.log10(dose.clamp_min(1e-30)), torch.ones_like(dose)], dim=1)
+        return torch.where(known, features, torch.zeros_like(features))
+
+
+class CloomeMoleculeEncoder(nn.Module):
+    """MLP over a fingerprint (and the dose encoding): ``(N, fingerprint_size)`` -> ``(N, hidden_size)``."""
+
+    def __init__(self, config: CloomeMoleculeConfig):
+        super().__init__()
+        self.concentration_encoding = (CloomeConcentrationEncoding(config) if config.concentration_encoding
+                                       else None)
+        sizes = ([config.fingerprint_size + config.num_concentration_features]
+                 + [config.hidden_size] * config.num_hidden_layers)
         self.layers = nn.ModuleList(CloomeMoleculeBlock(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
-    def forward(self, fingerprints: torch.Tensor, output_hidden_states: bool = False) -> BaseModelOutputWithPooling:
+    def forward(self, fingerprints: torch.Tensor, concentrations: torch.Tensor | None = None,
+                output_hidden_states: bool = False) -> BaseModelOutputWithPooling:
         """``last_hidden_state`` = ``pooler_output`` = the last block's ``(N, hidden_size)`` activations; with
-        ``output_hidden_states``, the input and every block's activations (``num_hidden_layers + 1`` tensors)."""
+        ``output_hidden_states``, the input (fingerprint and dose features) and every block's activations
+        (``num_hidden_layers + 1`` tensors). ``concentrations``: ``(N,)`` uM, for a dose-conditioned tower."""
         hidden = fingerprints
+        if self.concentration_encoding is not None:
+            dose = self.concentration_encoding(concentrations).to(fingerprints.dtype)
+            hidden = torch.cat([fingerprints, dose], dim=1)
         hidden_states = [hidden]
         for layer in self.layers:
             hidden = layer(hidden)
             hidden_states.append(hidden)
         states = tuple(hidden_states) if output_hidden_states else None
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden, hidden_states=states)
+
+
+def logit_bias_init(config: CloomeConfig) -> float | None:
+    """Initial ``logit_bias`` of ``config.loss`` (``None``: the loss has none), the config's value if it sets one."""
+    default = get_loss(config.loss).logit_bias_init
+    if default is None:
+        return None
+    return float(default if config.logit_bias_init_value is None else config.logit_bias_init_value)
 
 
 class CloomePreTrainedModel(PreTrainedModel):
@@ -277,6 +328,8 @@ class CloomePreTrainedModel(PreTrainedModel):
             init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, CloomeModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, logit_bias_init(self.config))
 
 
 class CloomeModel(CloomePreTrainedModel):
@@ -303,6 +356,9 @@ class CloomeModel(CloomePreTrainedModel):
         self.logit_scale = nn.Parameter(
             torch.tensor(config.logit_scale_init_value), requires_grad=config.learnable_logit_scale
         )
+        # Only the sigmoid losses have a bias (SigLIP's b): the published architecture has no such parameter.
+        bias = logit_bias_init(config)
+        self.logit_bias = None if bias is None else nn.Parameter(torch.tensor(bias))
         self.post_init()
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
@@ -356,12 +412,16 @@ class CloomeModel(CloomePreTrainedModel):
 
     @can_return_tuple
     def get_molecule_features(
-        self, fingerprints: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+        self, fingerprints: torch.Tensor, concentrations: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | BaseModelOutputWithPooling:
-        """Project molecule fingerprints into the joint space.
+        """Project molecule fingerprints (and, for a dose-conditioned model, their doses) into the joint space.
 
         Args:
             fingerprints: ``(N, fingerprint_size)`` tensor from :class:`MoleculeFeaturizer`, cast to the model's dtype.
+            concentrations: ``(N,)`` doses in uM (NaN: unknown), required when
+                ``config.molecule_config.concentration_encoding`` is set and refused when it is not (a model without
+                dose conditioning would ignore them).
             output_hidden_states: also return the input and every MLP block's activations.
                 ``return_dict=False``: a tuple.
 
@@ -373,38 +433,59 @@ class CloomeModel(CloomePreTrainedModel):
         expected = self.config.molecule_config.fingerprint_size
         if fingerprints.ndim != 2 or fingerprints.shape[1] != expected:
             raise ValueError(f"fingerprints must have shape (batch, {expected}), got {tuple(fingerprints.shape)}")
+        self._check_concentrations(concentrations, fingerprints.shape[0])
         if self.training and fingerprints.shape[0] == 1:
             raise ValueError("BatchNorm needs more than one molecule per batch in training mode, got a batch of 1")
         fingerprints = fingerprints.to(self.molecule_projection.weight.dtype)
-        outputs = self.molecule_model(fingerprints, output_hidden_states=output_hidden_states)
+        outputs = self.molecule_model(fingerprints, concentrations, output_hidden_states=output_hidden_states)
         outputs.pooler_output = self.molecule_projection(outputs.pooler_output)
         return outputs
 
+    def _check_concentrations(self, concentrations: torch.Tensor | None, num_molecules: int) -> None:
+        encoding = self.config.molecule_config.concentration_encoding
+        if encoding is None and concentrations is not None:
+            raise ValueError("this model has no dose conditioning (molecule_config.concentration_encoding is None), "
+                             "so it cannot use concentrations; leave them out")
+        if encoding is not None and concentrations is None:
+            raise ValueError(f"this model encodes the dose (concentration_encoding={encoding!r}): pass "
+                             "concentrations (uM, NaN for unknown) with the fingerprints")
+        if concentrations is not None and tuple(concentrations.shape) != (num_molecules,):
+            raise ValueError(f"concentrations must have shape ({num_molecules},), one per molecule, got "
+                             f"{tuple(concentrations.shape)}")
+
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
-        """Keep ln(1/tau) in [0, ln 100]; call after every optimiser step."""
-        self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+        """Keep ``logit_scale`` in its loss's range; call after every optimiser step.
 
-    def _contrastive_loss(self, image_embeds: torch.Tensor, molecule_embeds: torch.Tensor, inv_tau: torch.Tensor):
+        The softmax losses (infonce, cloob, cwcl) keep ln(1/tau) in [0, ln 100], as CLIP and CLOOME. The sigmoid
+        losses (siglip, s2l) are not clamped, as in SigLIP's reference code and transformers' ``SiglipModel``:
+        SigLIP training ends above CLIP's bound (see :mod:`cloome_hf.losses`).
+        """
+        bounds = get_loss(self.config.loss).logit_scale_range
+        if bounds is not None:
+            self.logit_scale.clamp_(*bounds)
+
+    def _contrastive_loss(self, image_embeds: torch.Tensor, molecule_embeds: torch.Tensor,
+                          fingerprints: torch.Tensor, phenomic_embeds: torch.Tensor | None) -> torch.Tensor:
+        """``config.loss`` of the batch through the registry, given every input a registered loss may take."""
         if image_embeds.shape[0] != molecule_embeds.shape[0]:
             raise ValueError(
                 f"return_loss=True needs matched pairs, got {image_embeds.shape[0]} images and "
                 f"{molecule_embeds.shape[0]} molecules"
             )
-        if self.config.loss != "infonce":  # InfoLOOB refuses a single pair: leaving it out leaves no negative
-            return cloob_loss(image_embeds, molecule_embeds, inv_tau, self.config.hopfield_beta)
-        if image_embeds.shape[0] == 1 and not is_distributed():
-            # One pair: each softmax runs over a single candidate, so InfoNCE is well defined (and 0), as in CLIP.
-            logits = inv_tau * (image_embeds.float() @ molecule_embeds.float().T)
-            label = torch.zeros(1, dtype=torch.long, device=logits.device)
-            return 0.5 * (F.cross_entropy(logits, label) + F.cross_entropy(logits.T, label))
-        return infonce_loss(image_embeds, molecule_embeds, inv_tau)
+        return contrastive_loss(
+            self.config.loss, image_embeds, molecule_embeds, self.logit_scale, logit_bias=self.logit_bias,
+            hopfield_beta=self.config.hopfield_beta, fingerprints=fingerprints, phenomic_embeds=phenomic_embeds,
+            cwcl_threshold=self.config.cwcl_threshold,
+        )
 
     @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         fingerprints: torch.Tensor | None = None,
+        concentrations: torch.Tensor | None = None,
+        phenomic_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | CloomeOutput:
@@ -413,6 +494,9 @@ class CloomeModel(CloomePreTrainedModel):
         Args:
             pixel_values: ``(N, num_channels, H, W)`` images.
             fingerprints: ``(M, fingerprint_size)`` molecules; with ``return_loss`` row i matches image i.
+            concentrations: ``(M,)`` doses in uM, for a dose-conditioned model (see :meth:`get_molecule_features`).
+            phenomic_embeds: ``(N, k)`` embeddings of the images from a frozen phenomics model, for the soft labels of
+                ``loss="s2l"`` (default: this model's own image embeddings, detached). Only with ``return_loss``.
             return_loss: compute ``config.loss`` over the (global, when distributed) batch.
             output_hidden_states: fill ``vision_model_output.hidden_states`` / ``molecule_model_output.hidden_states``.
             return_dict: ``False`` (here or in the config) returns a tuple of the non-None fields.
@@ -420,22 +504,28 @@ class CloomeModel(CloomePreTrainedModel):
         if pixel_values is None and fingerprints is None:
             raise ValueError("pass pixel_values, fingerprints or both")
         self._output_hidden_states(kwargs)  # refuse unknown keyword arguments before any work
+        if phenomic_embeds is not None and not (return_loss and get_loss(self.config.loss).name == "s2l"):
+            raise ValueError(f"phenomic_embeds are the soft-label inputs of loss 's2l' (with return_loss=True); "
+                             f"this model's loss is {self.config.loss!r}")
         vision_outputs = molecule_outputs = image_embeds = molecule_embeds = None
         logits_per_image = logits_per_molecule = loss = None
         if pixel_values is not None:
             vision_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
             image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         if fingerprints is not None:
-            molecule_outputs = self.get_molecule_features(fingerprints, return_dict=True, **kwargs)
+            molecule_outputs = self.get_molecule_features(fingerprints, concentrations, return_dict=True, **kwargs)
             molecule_embeds = F.normalize(molecule_outputs.pooler_output, dim=-1)
-        inv_tau = self.logit_scale.exp()
+        elif concentrations is not None:
+            raise ValueError("concentrations are the doses of molecules: pass them with fingerprints")
         if image_embeds is not None and molecule_embeds is not None:
-            logits_per_image = inv_tau * image_embeds @ molecule_embeds.T
+            logits_per_image = self.logit_scale.exp() * image_embeds @ molecule_embeds.T
+            if self.logit_bias is not None:
+                logits_per_image = logits_per_image + self.logit_bias
             logits_per_molecule = logits_per_image.T
         if return_loss:
             if logits_per_image is None:
                 raise ValueError("return_loss=True needs both pixel_values and fingerprints")
-            loss = self._contrastive_loss(image_embeds, molecule_embeds, inv_tau)
+            loss = self._contrastive_loss(image_embeds, molecule_embeds, fingerprints, phenomic_embeds)
         return CloomeOutput(
             loss=loss,
             logits_per_image=logits_per_image,
@@ -448,6 +538,7 @@ class CloomeModel(CloomePreTrainedModel):
 
 
 __all__ = [
+    "CloomeConcentrationEncoding",
     "CloomeModel",
     "CloomeOutput",
     "CloomePreTrainedModel",

@@ -25,7 +25,7 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpa
 from transformers.utils import CONFIG_NAME, TensorType, cached_file
 
 from .configuration_cloome import CloomeConfig
-from .featurization_cloome import MoleculeFeaturizer
+from .featurization_cloome import MoleculeFeaturizer, check_concentrations
 from .image_processing_cloome import CloomeImageProcessor, CloomeImageProcessorKwargs
 from .safe_io import read_json
 
@@ -52,7 +52,8 @@ class CloomeProcessor(ProcessorMixin):
         featurizer: a `MoleculeFeaturizer` or its `to_dict()` (default Morgan r=3, 1024 bits, chirality if None).
 
     Call: `processor(images=..., smiles=..., return_tensors="pt")` -> `BatchFeature` with `pixel_values`
-    (N, C, H, W) float32 and/or `fingerprints` (M, fingerprint_size) float32, ready for `CloomeModel(**batch)`.
+    (N, C, H, W) float32 and/or `fingerprints` (M, fingerprint_size) float32, ready for `CloomeModel(**batch)`;
+    `concentrations=` (one dose in uM per SMILES) adds `concentrations` (M,) float32 for a dose-conditioned model.
     """
 
     valid_processor_kwargs = CloomeProcessorKwargs
@@ -76,24 +77,30 @@ class CloomeProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["pixel_values", "fingerprints"]
+        return ["pixel_values", "fingerprints", "concentrations"]
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         output["featurizer"] = self.featurizer.to_dict()  # a plain object: ProcessorMixin cannot serialise it
         return output
 
-    def __call__(self, images: Any = None, smiles: Any = None, **kwargs: Unpack[CloomeProcessorKwargs]) -> BatchFeature:
+    def __call__(self, images: Any = None, smiles: Any = None, concentrations: Any = None,
+                 **kwargs: Unpack[CloomeProcessorKwargs]) -> BatchFeature:
         """Process images and/or molecules.
 
         Args:
             images: anything `CloomeImageProcessor` accepts (one site or a batch).
             smiles: one SMILES/InChI string or a list of them.
+            concentrations: the dose of each molecule in uM (one number for one SMILES, else one per SMILES; NaN or
+                None: unknown), for a model with `molecule_config.concentration_encoding`; a negative, infinite or
+                non-numeric dose, or a count that differs from the SMILES', is a ValueError.
             return_tensors: "pt", "np" or None (numpy).
             images_kwargs: call-time overrides for the image processor (e.g. `{"crop_size": ...}`); the same names
                 are also accepted flat (`crop_size=...`), as transformers' processors do. Passing one twice, or a
                 name no sub-processor knows, raises a ValueError.
         """
+        if concentrations is not None and smiles is None:
+            raise ValueError("concentrations are the doses of molecules: pass them with smiles")
         if images is None and smiles is None:
             raise ValueError("CloomeProcessor needs images, smiles or both")
         try:
@@ -109,6 +116,8 @@ class CloomeProcessor(ProcessorMixin):
             raise ValueError(f"image options {sorted(images_kwargs)} given without images")
         if smiles is not None:
             data["fingerprints"] = self.featurizer(smiles)
+        if concentrations is not None:
+            data["concentrations"] = check_concentrations(concentrations, len(data["fingerprints"])).astype(np.float32)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @staticmethod

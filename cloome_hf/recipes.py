@@ -37,8 +37,9 @@ class Recipe:
         description: what the recipe is for, as the model card says it.
         model: architecture and objective, in the names of ``cloome train``'s model arguments (``backbone``,
             ``vision_layers``, ``base_width``, ``head_pool_size``, ``molecule_hidden_size``,
-            ``molecule_num_layers``, ``projection_dim``, ``loss``, ``init_inverse_temperature``,
-            ``hopfield_beta``, ``fingerprint_kind``, ``fingerprint_size``).
+            ``molecule_num_layers``, ``projection_dim``, ``loss``, ``init_inverse_temperature`` (``None``: the
+            loss's own initial scale, see :class:`~cloome_hf.losses.RegisteredLoss`), ``hopfield_beta``,
+            ``fingerprint_kind``, ``fingerprint_size``).
         training: optimisation and augmentation, in the names of ``cloome train``'s arguments.
         inference_crop: ``(height, width)`` of the processor's centre crop for the published weights
             (``None``: the training image size, as for models trained with this package).
@@ -130,7 +131,7 @@ register_recipe(Recipe(
                 "data in about two minutes",
     model=dict(backbone="cloome_resnet50", vision_layers=[1, 1, 1, 1], base_width=16, head_pool_size=2,
                molecule_hidden_size=256, molecule_num_layers=2, projection_dim=64, loss="infonce",
-               init_inverse_temperature=14.3, hopfield_beta=22.0, fingerprint_kind="morgan",
+               init_inverse_temperature=None, hopfield_beta=22.0, fingerprint_kind="morgan",
                fingerprint_size=1024),
     training=dict(per_device_train_batch_size=32, learning_rate=2e-3, weight_decay=0.1, adam_beta1=0.9,
                   adam_beta2=0.999, adam_epsilon=1e-8, warmup_steps=20, restart_epochs=0, num_train_epochs=10,
@@ -152,19 +153,25 @@ def read_training_config(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
-    """The :class:`~cloome_hf.CloomeConfig` of a recipe's (possibly overridden) model values."""
+    """The :class:`~cloome_hf.CloomeConfig` of a recipe's (possibly overridden) model values, with the optional
+    ``cwcl_threshold``, ``concentration_encoding`` and ``concentration_buckets`` of ``cloome train``."""
     from .configuration_cloome import CloomeConfig
 
+    inverse_temperature = values["init_inverse_temperature"]
+    optional = {k: values[k] for k in ("cwcl_threshold",) if values.get(k) is not None}
     return CloomeConfig(
         vision_config=dict(backbone=values["backbone"], layers=list(values["vision_layers"]),
                            base_width=values["base_width"], head_pool_size=values["head_pool_size"],
                            image_size=list(image_size), num_channels=num_channels),
         molecule_config=dict(fingerprint_size=values["fingerprint_size"],
                              hidden_size=values["molecule_hidden_size"],
-                             num_hidden_layers=values["molecule_num_layers"]),
+                             num_hidden_layers=values["molecule_num_layers"],
+                             concentration_encoding=values.get("concentration_encoding"),
+                             concentration_buckets=values.get("concentration_buckets")),
         projection_dim=values["projection_dim"], loss=values["loss"],
-        logit_scale_init_value=math.log(values["init_inverse_temperature"]),
+        logit_scale_init_value=None if inverse_temperature is None else math.log(inverse_temperature),
         learnable_logit_scale=values.get("learnable_temperature", True), hopfield_beta=values["hopfield_beta"],
+        **optional,
     )
 
 

@@ -124,12 +124,18 @@ def test_losses_under_autocast_stay_close_to_fp32(dtype):
         assert value.item() == pytest.approx(reference.item(), rel=0.05)
 
 
-def test_batch_of_one_is_refused():
-    x = unit_rows(1, 4, 15)
+def test_one_pair_has_an_infonce_loss_but_no_infoloob_loss():
+    # One pair: each softmax runs over its single candidate, so InfoNCE is the cross-entropy of a 1 x 1 matrix (0);
+    # InfoLOOB leaves the positive out of its denominator, which then is empty.
+    x, z = unit_rows(1, 4, 15), unit_rows(1, 4, 16)
+    expected = reference_infonce(x, z, 14.3)
+    assert expected == pytest.approx(0.0, abs=1e-12)
+    loss = infonce_loss(x.requires_grad_(), z, 14.3)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
     with pytest.raises(ValueError, match="at least 2 pairs"):
-        infonce_loss(x, x, 14.3)
-    with pytest.raises(ValueError, match="at least 2 pairs"):
-        cloob_loss(x, x, 30.0, 22.0)
+        cloob_loss(x.detach(), z, 30.0, 22.0)
 
 
 def test_shape_mismatch_is_refused():

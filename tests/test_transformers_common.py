@@ -264,9 +264,11 @@ if SUITE is not None:
             return [[site] for site in sites] if nested else sites
 
         def test_model_input_names(self):
-            """Overridden: molecules enter as `smiles`, a modality the generic test's input list does not name."""
+            """Overridden: molecules enter as `smiles` (and their doses as `concentrations`), modalities the generic
+            test's input list does not name."""
             processor = self.get_processor()
-            inputs = processor(images=self.prepare_images_inputs(), smiles=SMILES, return_tensors="pt")
+            inputs = processor(images=self.prepare_images_inputs(), smiles=SMILES, concentrations=[1.0] * len(SMILES),
+                               return_tensors="pt")
             self.assertSetEqual(set(inputs.keys()), set(processor.model_input_names))
 
         def test_processor_with_multiple_inputs(self):

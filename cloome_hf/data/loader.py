@@ -13,7 +13,8 @@ Training, validation, evaluation, ``cloome embed`` and the pipelines all read si
   -> training augmentation (:class:`~cloome_hf.transforms.CloomeTrainTransform`) or the inference processor
   (:class:`~cloome_hf.image_processing_cloome.CloomeImageProcessor`: centre crop + normalisation); fingerprints
   looked up per batch from a :class:`~cloome_hf.data.molecules.FingerprintTable` of the unique molecules, so
-  memory grows with molecules x bits, not with sites x bits.
+  memory grows with molecules x bits, not with sites x bits; the doses (``concentrations``, uM) when the dataset
+  has a ``concentration`` column.
 
 Worker processes (``num_workers > 0``) are persistent and prefetch :data:`PREFETCH_BATCHES` batches each;
 batches are pinned when CUDA is present. What a worker hands over (the augmented ``pixel_values``, or the uint8
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader
 from ..channels import CHANNELS, channel_permutation
 from .molecules import FingerprintTable
 from .sampling import UniqueMoleculeBatchSampler, _StreamingUniqueBatches, unique_molecule_batches
-from .schema import channels_of, decode_image
+from .schema import CONCENTRATION, channels_of, decode_image
 
 OUTPUTS = ("pixel_values", "uint8")
 #: Batches each worker process prepares ahead (``DataLoader(prefetch_factor=...)``).
@@ -76,7 +77,7 @@ class CellPaintingTorchDataset(torch.utils.data.Dataset):
 
     def __init__(self, ds, rows: Sequence[int] | None = None):
         # Arrow format: a batch is a zero-copy slice of the memory-mapped table, images never become Python bytes
-        self.ds = ds.select_columns(list(self.columns)).with_format("arrow")
+        self.ds = ds.select_columns(batch_columns(ds)).with_format("arrow")
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -96,6 +97,12 @@ class CellPaintingTorchDataset(torch.utils.data.Dataset):
         return self.__getitems__([key])
 
 
+def batch_columns(ds) -> list[str]:
+    """The columns a batch reads: :attr:`CellPaintingTorchDataset.columns`, and ``concentration`` when ``ds`` has it."""
+    names = ds.column_names or list((ds.features or {}).keys())
+    return list(CellPaintingTorchDataset.columns) + ([CONCENTRATION] if CONCENTRATION in names else [])
+
+
 def _binary_views(column: pa.ChunkedArray) -> list[np.ndarray]:
     """Zero-copy uint8 views of each value of a (large_)binary Arrow column."""
     views = []
@@ -111,7 +118,8 @@ def _binary_views(column: pa.ChunkedArray) -> list[np.ndarray]:
 
 
 class CellPaintingCollator:
-    """Rows -> a batch of ``pixel_values`` (or uint8 ``images``), ``fingerprints``, ``sample_key``, ``inchikey``.
+    """Rows -> a batch of ``pixel_values`` (or uint8 ``images``), ``fingerprints``, ``sample_key``, ``inchikey``, and
+    ``concentrations`` ((N,) float32 uM) when the rows have a ``concentration`` column.
 
     Args:
         fingerprints: a :class:`FingerprintTable` (fingerprints joined by ``inchikey``) or ``None``.
@@ -125,7 +133,8 @@ class CellPaintingCollator:
         output: ``"pixel_values"``, or ``"uint8"`` for untransformed ``images`` (N, C, H, W) uint8 plus their
             ``seeds``: a quarter of the bytes between worker processes, for augmentation on the accelerator.
         return_loss: yield exactly the model's keyword arguments (``pixel_values``, ``fingerprints``,
-            ``return_loss=True``), as ``transformers.Trainer`` calls ``model(**batch)``.
+            ``return_loss=True``), as ``transformers.Trainer`` calls ``model(**batch)``; no doses (the Trainer path
+            trains models without dose conditioning).
 
     Raises ``ValueError`` naming the sample for an all-zero channel, sites of different shapes in a batch, or a
     molecule without a fingerprint: no blank image or wrong pair reaches the model silently.
@@ -162,7 +171,7 @@ class CellPaintingCollator:
             self._sites = torch.empty(int(np.prod(shape)), dtype=torch.uint8)
         return self._sites[:int(np.prod(shape))].view(shape)
 
-    def _decode(self, batch) -> tuple[torch.Tensor, list[str], list[str], list[int] | None]:
+    def _decode(self, batch) -> tuple[torch.Tensor, list[str], list[str], list[int] | None, list | None]:
         seeds = None
         # (pyarrow.Table, seeds) from CellPaintingTorchDataset.__getitems__ (a list once Trainer's column filter
         # has passed over it)
@@ -170,7 +179,9 @@ class CellPaintingCollator:
             batch, seeds = batch
         if isinstance(batch, pa.Table):
             image_views = _binary_views(batch.column("image"))
-            batch = {c: batch.column(c).to_pylist() for c in ("sample_key", "inchikey", "image_shape")}
+            names = ("sample_key", "inchikey", "image_shape") + ((CONCENTRATION,) if CONCENTRATION in
+                                                                  batch.column_names else ())
+            batch = {c: batch.column(c).to_pylist() for c in names}
         else:
             if not isinstance(batch, Mapping):  # list of rows (plain DataLoader without __getitems__)
                 batch = {k: [row[k] for row in batch] for k in batch[0]}
@@ -190,7 +201,7 @@ class CellPaintingCollator:
         if blank.any():
             n, c = np.argwhere(blank)[0]
             raise ValueError(f"sample {keys[n]!r}: channel {c} is all zero")
-        return buffer, keys, list(batch["inchikey"]), seeds
+        return buffer, keys, list(batch["inchikey"]), seeds, batch.get(CONCENTRATION)
 
     def _augment(self, images: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
         output_shape = getattr(self.transform, "output_shape", None)
@@ -202,7 +213,7 @@ class CellPaintingCollator:
 
     def __call__(self, batch) -> dict[str, Any]:
         """``batch``: ``(pyarrow.Table, seeds)``, a ``pyarrow.Table``, a dict of columns, or a list of row dicts."""
-        images, keys, inchikeys, seeds = self._decode(batch)
+        images, keys, inchikeys, seeds, doses = self._decode(batch)
         out: dict[str, Any] = {}
         if self.output == "uint8":
             out["images"] = images
@@ -215,6 +226,11 @@ class CellPaintingCollator:
             out["fingerprints"] = torch.from_numpy(self.fingerprints.lookup(inchikeys))
         if self.return_loss:
             return {"pixel_values": out["pixel_values"], "fingerprints": out["fingerprints"], "return_loss": True}
+        if doses is not None:
+            from cloome_hf.featurization_cloome import check_concentrations
+
+            out["concentrations"] = torch.from_numpy(check_concentrations(
+                doses, where="concentration column", labels=keys).astype(np.float32))
         out["sample_key"], out["inchikey"] = keys, inchikeys
         return out
 
@@ -373,8 +389,7 @@ def _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, 
         ds = datasets.distributed.split_dataset_by_node(ds, rank=rank, world_size=num_replicas)
     if fingerprints is not None and fingerprints.invalid:
         ds = ds.filter(lambda k: k in fingerprints, input_columns=["inchikey"])
-    batches = _StreamingUniqueBatches(ds.select_columns(list(CellPaintingTorchDataset.columns)), batch_size,
-                                      drop_last, unique_molecules)
+    batches = _StreamingUniqueBatches(ds.select_columns(batch_columns(ds)), batch_size, drop_last, unique_molecules)
     return CellPaintingDataLoader(batches, batch_size=None, collate_fn=collator, num_workers=num_workers,
                                   **dataloader_kwargs)
 

@@ -16,7 +16,10 @@ column            type        meaning
 ``image_shape``   int32[3]    ``(C, H, W)``
 ================  ==========  ==========================================================================
 
-plus any extra metadata columns of the source (``IMG_CNT_CELLS``, ``Metadata_Source``, ...). Every raw source
+plus any extra metadata columns of the source (``IMG_CNT_CELLS``, ``Metadata_Source``, ...), and optionally
+``concentration`` (float64, the dose in uM; NaN where unknown, 0 for vehicle controls): a source's dose column
+(:data:`CONCENTRATION_SOURCE_COLUMNS`) becomes it, ``prepare`` / ``embed`` carry it, the loader yields it as
+``concentrations`` and a dose-conditioned model encodes it. Every raw source
 also writes ``perturbation_type`` (string, one of :data:`PERTURBATION_TYPES`: ``trt``, ``negcon``, ``poscon``,
 ``unknown``; see :mod:`cloome_hf.data.perturbations`); datasets without it are read as ``trt`` wherever a site
 has a SMILES. JUMP sites without a structure (ORF / CRISPR plates, compounds without a SMILES) have
@@ -40,6 +43,11 @@ from ..channels import CHANNELS, JUMP_CHANNELS  # noqa: F401  (re-exported by cl
 SCHEMA_COLUMNS: tuple[str, ...] = ("sample_key", "plate", "well", "site", "smiles", "inchikey", "image", "image_shape")
 #: Values of the optional ``perturbation_type`` column.
 PERTURBATION_TYPES: tuple[str, ...] = ("trt", "negcon", "poscon", "unknown")
+#: The optional dose column (uM).
+CONCENTRATION = "concentration"
+#: Source columns a dose is read from, with the factor to uM: the schema's own, and the Broad / LINCS metadata's
+#: ``Metadata_mmoles_per_liter`` (mM). Columns of unstated unit are not guessed at.
+CONCENTRATION_SOURCE_COLUMNS: dict[str, float] = {CONCENTRATION: 1.0, "Metadata_mmoles_per_liter": 1000.0}
 #: Columns that are not images: cheap to read for splits, fingerprint tables and samplers.
 METADATA_COLUMNS: tuple[str, ...] = ("sample_key", "plate", "well", "site", "smiles", "inchikey")
 

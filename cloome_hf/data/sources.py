@@ -30,7 +30,7 @@ from ..channels import CHANNELS
 from .molecules import inchikeys_from_smiles, invalid_smiles
 from .perturbations import perturbation_types
 from .remote import is_url, read_table
-from .schema import encode_image
+from .schema import CONCENTRATION, CONCENTRATION_SOURCE_COLUMNS, encode_image
 
 ERROR_POLICIES = ("raise", "skip")
 
@@ -132,7 +132,7 @@ class SiteSource:
         if "perturbation_type" not in records:
             records["perturbation_type"] = perturbation_types(records, structured[keep], where,
                                                               **(perturbation_options or {}))
-        self.records = records
+        self.records = with_concentration(records, where)
         self._files = [files[i] for i in self.source_rows]
 
     # -------------------------------------------------------------- errors
@@ -262,6 +262,23 @@ def _refuse_outside(where: str, row: int, column: str, value: str, root: str, pa
     if not stays_under(root, path):
         raise ValueError(f"{where}, row {row}: {column} {value!r} resolves to {path}, outside the root folder "
                          f"{root}; refusing to read files outside it")
+
+
+def with_concentration(records: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``records`` with the schema's ``concentration`` column (uM) from the first dose column it has (see
+    :data:`~cloome_hf.data.schema.CONCENTRATION_SOURCE_COLUMNS`), unchanged when it has none; a dose that is not
+    a number >= 0 (empty = unknown) is a ``ValueError`` naming the sample."""
+    from ..featurization_cloome import check_concentrations
+
+    column = next((c for c in CONCENTRATION_SOURCE_COLUMNS if c in records.columns), None)
+    if column is None:
+        return records
+    values = [np.nan if isinstance(v, str) and not v.strip() else v for v in records[column]]
+    doses = check_concentrations(values, where=f"{where}, column {column!r}",
+                                 labels=[f"sample {k}" for k in records["sample_key"]])
+    records = records.copy()
+    records[CONCENTRATION] = doses * CONCENTRATION_SOURCE_COLUMNS[column]
+    return records
 
 
 def _common(table: pd.DataFrame, mapping: Mapping[str, str], drop: Sequence[str]) -> pd.DataFrame:

@@ -17,6 +17,11 @@ How a molecule becomes a phenotype
    level of each of the five channels relative to its bright structures (z4..z8), texture frequency (z9),
    mitochondrial puncta density (z10) and actin/membrane ring strength (z11).
 
+Dose-response (:func:`dose_response`): a plan's records may carry a ``response`` in [0, 1] per site, the fraction
+of its molecule's phenotype the site shows (``z`` becomes ``response * z``, towards the neutral ``z = 0``), and a
+``concentration`` (uM) that the dataset then has as a column; :mod:`cloome_hf.data.synthetic_plates` lays out
+dose series with them.
+
 Everything else (cell positions and orientations, textures, illumination, per-plate channel gains,
 noise) is random per site / plate, so a model must read the phenotype, not memorise pixels. Phenotypes
 are relative (structure vs. diffuse signal, coverage, texture), so they survive the per-site 16 -> 8 bit
@@ -89,6 +94,23 @@ def molecule_latent(smiles: Sequence[str]) -> np.ndarray:
     d = np.clip((desc - _DESCRIPTOR_CENTER) / _DESCRIPTOR_SCALE, -3, 3)
     fp = bits @ proj / np.sqrt(np.maximum(bits.sum(1, keepdims=True), 1.0))
     return np.tanh(1.0 * d @ mix + 0.35 * fp)
+
+
+def dose_response(concentration, ec50, hill: float = 1.0) -> np.ndarray:
+    """Fraction of the full phenotype at a dose: the Hill curve ``c^h / (c^h + EC50^h)`` (0 at ``c = 0``, 1/2 at the
+    EC50, towards 1 above). ``concentration`` and ``ec50`` in uM, broadcast against each other."""
+    c = np.asarray(concentration, dtype=np.float64)
+    ec50 = np.asarray(ec50, dtype=np.float64)
+    if np.any(~np.isfinite(c) | (c < 0)) or np.any(~np.isfinite(ec50) | (ec50 <= 0)) or not hill > 0:
+        raise ValueError(f"dose_response needs doses >= 0, EC50s > 0 and hill > 0, got {c}, {ec50}, {hill}")
+    return c**hill / (c**hill + ec50**hill)
+
+
+def site_latent(plan: "SyntheticPlan", row: int) -> np.ndarray:
+    """The latent ``z`` that generates site ``row`` of ``plan``: its molecule's, times the site's ``response``."""
+    rec = plan.records.iloc[row]
+    z = plan.latent[rec.molecule_index]
+    return z * float(rec.response) if "response" in plan.records.columns else z
 
 
 @dataclass(frozen=True)
@@ -265,7 +287,7 @@ def iter_synthetic_sites(plan: SyntheticPlan, rows: Sequence[int] | None = None)
     for row in range(len(plan.records)) if rows is None else rows:
         rec = plan.records.iloc[row]
         rng = np.random.default_rng([plan.seed, int(row)])
-        pheno = Phenotype.from_latent(plan.latent[rec.molecule_index])
+        pheno = Phenotype.from_latent(site_latent(plan, row))
         p = plate_index[rec.plate]
         offset = None if plan.plate_offsets is None else plan.plate_offsets[p]
         yield row, render_site(pheno, rng, plan.image_size, plan.plate_gains[p], offset)
@@ -296,13 +318,16 @@ def make_synthetic_dataset(
 
 def dataset_from_plan(plan: SyntheticPlan, extra_columns: Sequence[str] = ()):
     """Render every site of ``plan`` into a ``datasets.Dataset`` in the common schema, with ``name``,
-    ``molecule_index``, ``phenotype`` and the string ``extra_columns`` of ``plan.records``."""
+    ``molecule_index``, ``phenotype`` (the site's latent, :func:`site_latent`), the string ``extra_columns`` of
+    ``plan.records`` and, when the records have one, the float ``concentration`` (uM)."""
     import datasets
 
-    from .schema import features
+    from .schema import CONCENTRATION, features
 
     strings = ("sample_key", "plate", "well", "smiles", "inchikey", "name", *extra_columns)
     extra = {c: datasets.Value("string") for c in ("name", *extra_columns)}
+    if CONCENTRATION in plan.records.columns:
+        extra[CONCENTRATION] = datasets.Value("float64")
     feats = features({**extra, "molecule_index": datasets.Value("int32"),
                       "phenotype": datasets.List(datasets.Value("float32"))})
     cols = {c: [] for c in feats}
@@ -315,7 +340,9 @@ def dataset_from_plan(plan: SyntheticPlan, extra_columns: Sequence[str] = ()):
         cols["molecule_index"].append(int(rec.molecule_index))
         cols["image"].append(data)
         cols["image_shape"].append(shape)
-        cols["phenotype"].append(plan.latent[rec.molecule_index].tolist())
+        cols["phenotype"].append(site_latent(plan, row).tolist())
+        if CONCENTRATION in cols:
+            cols[CONCENTRATION].append(float(rec[CONCENTRATION]))
     info = datasets.DatasetInfo(description=dataset_description(CHANNELS), features=feats)
     return datasets.Dataset.from_dict(cols, features=feats, info=info)
 

@@ -10,8 +10,18 @@ wells (``"trt"``).
 Phenotypes (the 12-d latent of :mod:`cloome_hf.data.synthetic`, rendered by its :func:`render_site`):
 
 * DMSO and the *inactive* compounds have the neutral latent ``z = 0``: their images are drawn like DMSO's;
-* each MoA has a centre ``c_m ~ N(0, phenotype_strength^2 I)``; an active compound of MoA ``m`` has
-  ``z = clip(c_m + N(0, moa_spread^2 I), -0.95, 0.95)``: compounds of one MoA look alike.
+* ``phenotype="moa"`` (default): each MoA has a centre ``c_m ~ N(0, phenotype_strength^2 I)``; an active compound
+  of MoA ``m`` has ``z = clip(c_m + N(0, moa_spread^2 I), -0.95, 0.95)``: compounds of one MoA look alike;
+* ``phenotype="structure"``: an active compound has the latent of its structure,
+  :func:`~cloome_hf.data.synthetic.molecule_latent` (the embedded generator's map), so the phenotype of an unseen
+  active compound can be predicted from its structure (zero-shot retrieval of active molecules). Its MoA and
+  target columns are empty: no MoA shapes the phenotype.
+
+Dose series (``doses``, uM): every compound is plated at every dose (one well per compound and dose on each
+replicate plate), with an EC50 drawn log-uniformly between the lowest and the highest dose; a site shows the
+fraction :func:`~cloome_hf.data.synthetic.dose_response` of its compound's phenotype, so the phenotype grows with
+the dose. Sites then have a ``concentration`` column (DMSO wells: 0) and ``plan.annotations`` an ``ec50`` column.
+Without ``doses`` the layout, and every output, is what it was before doses existed.
 
 Plate effects: per batch and per plate, channel gains ``exp(N(0, effect^2))`` multiply the signal and channel
 offsets ``360 |N(0, effect^2)|`` add background counts (``effect`` = ``batch_effect`` / ``plate_effect``).
@@ -28,12 +38,22 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .synthetic import LATENT_DIM, SyntheticPlan, _well_name, bundled_molecules, dataset_from_plan, iter_synthetic_sites
+from .synthetic import (
+    LATENT_DIM,
+    SyntheticPlan,
+    _well_name,
+    bundled_molecules,
+    dataset_from_plan,
+    dose_response,
+    iter_synthetic_sites,
+    molecule_latent,
+)
 
-__all__ = ["DMSO_SMILES", "make_synthetic_plates", "plan_synthetic_plates", "site_intensity_features"]
+__all__ = ["DMSO_SMILES", "PHENOTYPES", "make_synthetic_plates", "plan_synthetic_plates", "site_intensity_features"]
 
 DMSO_SMILES = "CS(C)=O"
 LAYOUT_COLUMNS = ("perturbation_type", "batch", "source", "moa", "target")
+PHENOTYPES = ("moa", "structure")
 
 
 def plan_synthetic_plates(
@@ -51,10 +71,12 @@ def plan_synthetic_plates(
     plate_effect: float = 0.15,
     batch_effect: float = 0.15,
     seed: int = 0,
+    phenotype: str = "moa",
+    doses: Sequence[float] | None = None,
 ) -> SyntheticPlan:
     """Lay out the plates (see the module docstring). Returns a :class:`SyntheticPlan` whose ``records`` have one
-    row per site with ``perturbation_type, batch, source, moa, target`` besides the common columns; latent row 0
-    is DMSO."""
+    row per site with ``perturbation_type, batch, source, moa, target`` besides the common columns (and
+    ``concentration``, ``response`` with ``doses``); latent row 0 is DMSO."""
     if num_compounds < 1 or replicates < 2 or controls_per_plate < 1 or num_plate_maps < 1 or sites_per_well < 1:
         raise ValueError("need >= 1 compound, >= 2 replicates, >= 1 control well, plate map and site per well; got "
                          f"{num_compounds}, {replicates}, {controls_per_plate}, {num_plate_maps}, {sites_per_well}")
@@ -62,6 +84,9 @@ def plan_synthetic_plates(
         raise ValueError(f"num_batches must lie in 1..replicates={replicates}, got {num_batches}")
     if not 0.0 <= inactive_fraction <= 1.0 or num_moas < 1:
         raise ValueError(f"need 0 <= inactive_fraction <= 1 and num_moas >= 1, got {inactive_fraction}, {num_moas}")
+    if phenotype not in PHENOTYPES:
+        raise ValueError(f"phenotype must be one of {PHENOTYPES}, got {phenotype!r}")
+    doses = _checked_doses(doses)
     from .molecules import inchikeys_from_smiles
 
     rng = np.random.default_rng(seed)
@@ -71,16 +96,24 @@ def plan_synthetic_plates(
         raise ValueError(f"num_compounds={num_compounds} exceeds the {len(mols)} bundled molecules")
     mols = mols.iloc[np.sort(rng.choice(len(mols), num_compounds, replace=False))].reset_index(drop=True)
     annotations, latent = _compound_phenotypes(mols, num_moas, inactive_fraction, phenotype_strength, moa_spread, rng)
+    if phenotype == "structure":
+        latent = np.where(annotations.active.to_numpy()[:, None], molecule_latent(list(mols.smiles)), 0.0)
+        annotations["moa"] = annotations["target"] = None
+    if doses is not None:  # a stream of its own: compounds, latents and plate effects stay those of the seed
+        low, high = np.log(min(doses)), np.log(max(doses))
+        annotations["ec50"] = np.exp(np.random.default_rng([seed, 1]).uniform(low, high, len(annotations)))
     dmso = {"smiles": DMSO_SMILES, "inchikey": inchikeys_from_smiles([DMSO_SMILES])[0], "name": "DMSO"}
     num_plates = num_plate_maps * replicates
     batch_of_plate = np.array([r % num_batches for _ in range(num_plate_maps) for r in range(replicates)])
     rows = []
     for plate_index in range(num_plates):
         plate_map, batch = plate_index // replicates, batch_of_plate[plate_index]
-        wells = [0] * controls_per_plate + [1 + i for i in range(num_compounds) if i % num_plate_maps == plate_map]
+        wells = [(0, None)] * controls_per_plate + [
+            (1 + i, dose) for i in range(num_compounds) if i % num_plate_maps == plate_map
+            for dose in (doses or [None])]
         order = rng.permutation(len(wells))
         for position, w in enumerate(order):
-            mol_index = wells[w]
+            mol_index, dose = wells[w]
             comp = dmso if mol_index == 0 else annotations.iloc[mol_index - 1]
             plate, well = f"SYNP{plate_index + 1:03d}", _well_name(position)
             for site in range(1, sites_per_well + 1):
@@ -89,11 +122,28 @@ def plan_synthetic_plates(
                     inchikey=comp["inchikey"], name=comp["name"], molecule_index=mol_index,
                     perturbation_type="negcon" if mol_index == 0 else "trt", batch=f"SYNB{batch + 1:02d}",
                     source="source_syn", moa=None if mol_index == 0 else comp["moa"],
-                    target=None if mol_index == 0 else comp["target"]))
+                    target=None if mol_index == 0 else comp["target"],
+                    **({} if doses is None else _dose_columns(dose, None if mol_index == 0 else comp["ec50"]))))
     gains, offsets = _plate_effects(batch_of_plate, num_batches, plate_effect, batch_effect, rng)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return SyntheticPlan(pd.DataFrame(rows), np.vstack([np.zeros((1, LATENT_DIM)), latent]), gains, size, seed,
                          plate_offsets=offsets, annotations=annotations)
+
+
+def _checked_doses(doses) -> list[float] | None:
+    if doses is None:
+        return None
+    values = [float(d) for d in doses]
+    if not values or not all(np.isfinite(d) and d > 0 for d in values) or len(set(values)) != len(values):
+        raise ValueError(f"doses must be distinct positive concentrations in uM, got {doses!r}")
+    return values
+
+
+def _dose_columns(dose: float | None, ec50: float | None) -> dict[str, float]:
+    """``concentration`` and ``response`` of a well: DMSO (``ec50 is None``) has neither dose nor phenotype."""
+    if ec50 is None:
+        return {"concentration": 0.0, "response": 0.0}
+    return {"concentration": dose, "response": float(dose_response(dose, ec50))}
 
 
 def _compound_phenotypes(mols, num_moas, inactive_fraction, strength, spread, rng):

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 #: The metadata every site embedding carries (the common schema's columns) ...
 SITE_METADATA = ("sample_key", "plate", "well", "site", "inchikey", "smiles")
 #: ... and what it carries when the dataset has it: what profiling needs for controls and batch correction.
-OPTIONAL_METADATA = ("perturbation_type", "batch", "source", "Metadata_Batch", "Metadata_Source")
+OPTIONAL_METADATA = ("perturbation_type", "batch", "source", "Metadata_Batch", "Metadata_Source", "concentration")
 
 
 def site_metadata_columns(column_names: Sequence[str], keep_columns: Sequence[str] = ()) -> list[str]:
@@ -46,8 +46,9 @@ class Embeddings:
     ``image``: ``(N, D)`` L2-normalised site embeddings, in dataset order; ``molecule``: ``(M, D)`` L2-normalised
     embeddings of the unique molecules; ``molecule_index``: ``(N,)`` row of each site's molecule in ``molecule``;
     ``metadata``: ``N`` rows of :func:`site_metadata_columns` (``sample_key, plate, well, site, inchikey, smiles``
-    and, where the dataset has them, ``perturbation_type``, batch and source); ``molecules``: ``M`` rows
-    ``inchikey, smiles``.
+    and, where the dataset has them, ``perturbation_type``, batch, source and ``concentration``); ``molecules``:
+    ``M`` rows ``inchikey, smiles`` (and ``concentration``: for a dose-conditioned model a molecule is a molecule at
+    one dose).
     """
 
     image: np.ndarray
@@ -81,11 +82,14 @@ def embed_pixel_values(model, pixel_values: torch.Tensor, autocast_dtype: torch.
     return F.normalize(features.float(), dim=-1).cpu()
 
 
-def embed_fingerprints(model, fingerprints: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``(N, fingerprint_size)`` -> ``(N, projection_dim)`` float32 L2-normalised embeddings on the CPU."""
+def embed_fingerprints(model, fingerprints: torch.Tensor, autocast_dtype: torch.dtype | None = None,
+                       concentrations: torch.Tensor | None = None) -> torch.Tensor:
+    """``(N, fingerprint_size)`` (and ``(N,)`` doses in uM for a dose-conditioned model) -> ``(N, projection_dim)``
+    float32 L2-normalised embeddings on the CPU."""
     device = _device(model)
+    doses = None if concentrations is None else concentrations.to(device)
     with _inference(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        features = model.get_molecule_features(fingerprints=fingerprints.to(device)).pooler_output
+        features = model.get_molecule_features(fingerprints=fingerprints.to(device), concentrations=doses).pooler_output
     return F.normalize(features.float(), dim=-1).cpu()
 
 
@@ -155,11 +159,13 @@ def _process_share(num_rows: int, accelerator) -> range:
 
 def encode_molecules(model, processor, smiles: Sequence[str] | str | None = None, *,
                      fingerprints: np.ndarray | None = None, batch_size: int = 256,
-                     autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+                     autocast_dtype: torch.dtype | None = None, concentrations: Sequence[float] | None = None,
+                     ) -> np.ndarray:
     """Embed molecules: ``(N, projection_dim)`` float32, L2-normalised.
 
     Give ``smiles`` (featurised by ``processor``; an invalid SMILES is a ``ValueError`` naming it and its
-    position) or an already computed ``(N, fingerprint_size)`` ``fingerprints`` matrix.
+    position) or an already computed ``(N, fingerprint_size)`` ``fingerprints`` matrix; ``concentrations``: the
+    ``N`` doses in uM, for a dose-conditioned model.
     """
     if fingerprints is None:
         if smiles is None:
@@ -169,7 +175,13 @@ def encode_molecules(model, processor, smiles: Sequence[str] | str | None = None
             raise ValueError("no SMILES given")
         fingerprints = processor.featurizer(smiles)  # validates every SMILES up front
     fingerprints = torch.as_tensor(np.asarray(fingerprints, dtype=np.float32))
-    out = [embed_fingerprints(model, fingerprints[s:s + batch_size], autocast_dtype)
+    doses = None
+    if concentrations is not None:
+        from ..featurization_cloome import check_concentrations
+
+        doses = torch.as_tensor(check_concentrations(concentrations, len(fingerprints)), dtype=torch.float32)
+    out = [embed_fingerprints(model, fingerprints[s:s + batch_size], autocast_dtype,
+                              None if doses is None else doses[s:s + batch_size])
            for s in range(0, len(fingerprints), batch_size)]
     return torch.cat(out).numpy()
 
@@ -185,11 +197,17 @@ def encode_dataset(model, processor, ds, *, fingerprints=None, batch_size: int =
     metadata = ds.select_columns(site_metadata_columns(ds.column_names)).to_pandas()
     image = encode_sites(model, processor, ds, batch_size=batch_size, num_workers=num_workers,
                          autocast_dtype=autocast_dtype, accelerator=accelerator, show_progress=show_progress)
-    molecules = metadata.drop_duplicates("inchikey")[["inchikey", "smiles"]].reset_index(drop=True)
+    dosed = model.config.molecule_config.concentration_encoding is not None
+    if dosed and "concentration" not in metadata:
+        raise ValueError("this model encodes the dose, but the dataset has no 'concentration' column")
+    key = ["inchikey", "concentration"] if dosed else ["inchikey"]
+    molecules = metadata.drop_duplicates(key)[key[:1] + ["smiles"] + key[1:]].reset_index(drop=True)
     matrix = None if fingerprints is None else fingerprints.lookup(molecules["inchikey"].tolist())
     molecule = encode_molecules(model, processor, molecules["smiles"].tolist(), fingerprints=matrix,
-                                batch_size=batch_size, autocast_dtype=autocast_dtype)
-    index = pd.Index(molecules["inchikey"]).get_indexer(metadata["inchikey"])
+                                batch_size=batch_size, autocast_dtype=autocast_dtype,
+                                concentrations=molecules["concentration"].to_numpy() if dosed else None)
+    # pandas joins NaN doses (unknown) with each other, as drop_duplicates groups them
+    index = metadata[key].merge(molecules[key].reset_index(), how="left", on=key)["index"].to_numpy()
     return Embeddings(image=image, molecule=molecule, molecule_index=index, metadata=metadata, molecules=molecules)
 
 

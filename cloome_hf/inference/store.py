@@ -4,7 +4,7 @@ Layout of a store folder::
 
     embedding_info.json          model id / revision, processor settings, dtype: what made the embeddings
     images/shard-00000.parquet   one row per site: sample_key, plate, well, site, inchikey, smiles,
-                                 perturbation_type (when the dataset has it), embedding
+                                 perturbation_type / concentration (when the dataset has them), embedding
     molecules/shard-00000.parquet  one row per library molecule: smiles, inchikey, ..., embedding
     README.md                    ``configs`` metadata, so ``datasets.load_dataset(folder, "images")`` works
 
@@ -177,7 +177,8 @@ def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, 
 
 def embed_molecules_to_store(table, model, processor, folder: str, *, accelerator, shard_size: int,
                              batch_size: int, dtype: str = "float32", autocast_dtype=None) -> None:
-    """Embed a molecule library (a DataFrame with a ``smiles`` column) into ``folder``'s shards."""
+    """Embed a molecule library (a DataFrame with a ``smiles`` column, and ``concentration`` in uM for a
+    dose-conditioned model) into ``folder``'s shards."""
     from tqdm.auto import tqdm
 
     from .encode import encode_molecules
@@ -190,8 +191,9 @@ def embed_molecules_to_store(table, model, processor, folder: str, *, accelerato
         if os.path.isfile(path):
             continue
         part = table.iloc[shards[i][0]:shards[i][1]]
+        doses = part["concentration"].to_numpy() if "concentration" in part.columns else None
         emb = encode_molecules(model, processor, list(part["smiles"]), batch_size=batch_size,
-                               autocast_dtype=autocast_dtype)
+                               autocast_dtype=autocast_dtype, concentrations=doses)
         write_shard(path, {c: part[c].tolist() for c in part.columns}, emb, dtype)
 
 

@@ -104,6 +104,7 @@ class Run:
     settings: dict[str, Any] = field(default_factory=dict)
     lock: OutputLock | None = None
     last_checkpoint: tuple[int, str] | None = None  # (step, folder) of the last checkpoint this process wrote
+    phenomic_model: Any = None  # loss s2l: the frozen model whose image embeddings give the soft labels
     audit: Any = None
     progress: Any = None
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -197,6 +198,31 @@ def build_model(model_args, data_args):
     return CloomeModel(model_config(values, data_args.image_size))
 
 
+def load_phenomic_model(model_args, config, device):
+    """``--s2l_phenomic_model``: the frozen CLOOME model whose image embeddings are S2L's phenomic embeddings
+    (loaded once, eval mode, no gradients), or ``None`` (S2L then uses the trained model's own, detached)."""
+    from ..losses import get_loss
+    from ..modeling_cloome import CloomeModel
+
+    path = model_args.s2l_phenomic_model
+    if not path:
+        return None
+    if get_loss(config.loss).name != "s2l":
+        raise ValueError(f"--s2l_phenomic_model gives the soft labels of --loss s2l, not of loss {config.loss!r}")
+    frozen = CloomeModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+    if frozen.config.vision_config.num_channels != config.vision_config.num_channels:
+        raise ValueError(f"--s2l_phenomic_model {path} reads {frozen.config.vision_config.num_channels} channels, "
+                         f"the trained model {config.vision_config.num_channels}")
+    return frozen
+
+
+def _check_dose_data(config, data: TrainingData) -> None:
+    encoding = config.molecule_config.concentration_encoding
+    if encoding and "concentration" not in data.train.column_names:
+        raise ValueError(f"concentration_encoding={encoding!r} encodes the dose, but the training data has no "
+                         "'concentration' column")
+
+
 def _prepare_model(model, accelerator, train_args):
     if train_args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -238,6 +264,8 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
 
     model = build_model(model_args, data_args)
     processor.check_model_compatibility(model.config)  # e.g. a --model_name_or_path with other fingerprints
+    _check_dose_data(model.config, data)
+    phenomic_model = load_phenomic_model(model_args, model.config, accelerator.device)
     model = _prepare_model(model, accelerator, train_args)
     optimizer = build_optimizer(model, train_args.learning_rate, train_args.weight_decay,
                                 (train_args.adam_beta1, train_args.adam_beta2), train_args.adam_epsilon)
@@ -258,7 +286,7 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
               total_steps=total_steps, random_baseline=random_retrieval_baseline(groups),
               log_path=os.path.join(train_args.output_dir, TRAIN_LOG),
               guard=NonFiniteGuard(raw_model, optimizer, accelerator.device), device_transform=device_transform,
-              lock=lock)
+              lock=lock, phenomic_model=phenomic_model)
     run.settings = run_settings(run)
     _resume(run)
     _open_logs(run)
@@ -302,7 +330,7 @@ def run_settings(run: Run) -> dict[str, Any]:
             "steps_per_epoch": run.steps_per_epoch, "image_size": list(data_args.image_size),
             "random_resized_crop_scale": list(data_args.random_resized_crop_scale or []),
             "augment": data_args.augment, "unique_molecules_per_batch": data_args.unique_molecules_per_batch,
-            **{k: getattr(train_args, k) for k in keys}}
+            "s2l_phenomic_model": model_args.s2l_phenomic_model, **{k: getattr(train_args, k) for k in keys}}
 
 
 def _refuse_sharded_strategies(accelerator) -> None:
@@ -393,7 +421,8 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
     pixels = batch_pixel_values(run, batch)
     buffers = run.guard.snapshot_buffers()  # the forward pass updates the batch-norm running statistics
     with accelerator.autocast():
-        loss = model(pixel_values=pixels, fingerprints=batch["fingerprints"], return_loss=True).loss
+        loss = model(pixel_values=pixels, fingerprints=batch["fingerprints"], return_loss=True,
+                     **loss_inputs(run, batch, pixels)).loss
     global_loss = accelerator.reduce(loss.detach(), "mean")
     accelerator.backward(loss)
     norm = accelerator.clip_grad_norm_(model.parameters(), run.train_args.max_grad_norm or float("inf"))
@@ -427,6 +456,18 @@ def _stop_if_non_finite(run: Run) -> None:
         else checkpoint(run)
     raise TrainingStopped(f"non-finite {problem} at step {run.state.step + 1}; the last good state "
                           f"(step {run.state.step}) is in {path}")
+
+
+def loss_inputs(run: Run, batch: dict[str, Any], pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model inputs beyond pixels and fingerprints: the doses for a dose-conditioned model, and S2L's phenomic
+    embeddings from ``--s2l_phenomic_model`` (its image embeddings of the same pixel values)."""
+    inputs = {}
+    if run.raw_model.config.molecule_config.concentration_encoding:
+        inputs["concentrations"] = batch["concentrations"]
+    if run.phenomic_model is not None:
+        with torch.no_grad():
+            inputs["phenomic_embeds"] = run.phenomic_model.get_image_features(pixels).pooler_output
+    return inputs
 
 
 def _log_step(run: Run, loss: torch.Tensor) -> None:

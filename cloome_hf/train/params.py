@@ -21,6 +21,8 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
+from ..configuration_cloome import CONCENTRATION_ENCODINGS
+from ..losses import available_losses
 from ..recipes import get_recipe, recipe_names
 from ..safe_io import read_json
 
@@ -42,10 +44,26 @@ class ModelArguments:
     molecule_hidden_size: int | None = _field(help="width of the molecule MLP")
     molecule_num_layers: int | None = _field(help="hidden layers of the molecule MLP")
     projection_dim: int | None = _field(help="joint embedding dimension (512 published)")
-    loss: str | None = _field(help="contrastive objective", choices=["infonce", "infoloob"])
-    init_inverse_temperature: float | None = _field(help="initial tau^-1 (14.3 retrieval, 30 bioactivity)")
-    learnable_temperature: bool = _field(True, help="train tau^-1 (clamped to [1, 100])", preset=False)
+    loss: str | None = _field(help="contrastive objective (cloome_hf.losses)",
+                              choices=list(available_losses(include_aliases=True)))
+    init_inverse_temperature: float | None = _field(help="initial logit multiplier: tau^-1 of the softmax losses "
+                                                    "(14.3 retrieval, 30 bioactivity), SigLIP's t of the sigmoid "
+                                                    "ones; unset in the recipe: the loss's own (14.3; 10 for siglip "
+                                                    "and s2l)")
+    learnable_temperature: bool = _field(True, help="train it (tau^-1 of the softmax losses clamped to [1, 100]; "
+                                         "the sigmoid losses' t is not clamped)", preset=False)
     hopfield_beta: float | None = _field(help="Hopfield retrieval beta of InfoLOOB (22 published)")
+    cwcl_threshold: float | None = _field(help="loss cwcl: Tanimoto similarity from which two molecules are partial "
+                                          "positives (default 0.7)", preset=False)
+    s2l_phenomic_model: str | None = _field(help="loss s2l: a saved CLOOME folder whose (frozen) image embeddings "
+                                            "give the soft labels; default the trained model's own, detached",
+                                            preset=False)
+    concentration_encoding: str | None = _field(help="encode the dose (the dataset's 'concentration' column) in "
+                                                "the molecule tower; default none (the published architecture)",
+                                                preset=False, choices=list(CONCENTRATION_ENCODINGS))
+    concentration_buckets: list[float] | None = _field(help="bucket edges (uM) of --concentration_encoding "
+                                                       "one_hot (default 0.03 0.1 0.3 1 3 10)", preset=False,
+                                                       nargs="+")
     fingerprint_kind: str | None = _field(help="molecule featurisation",
                                           choices=["morgan", "morgan_count", "rdkit_count", "morgan_rdkit_max"])
     fingerprint_size: int | None = _field(help="fingerprint length")
