@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_molecule_table(path: str):
-    """A molecule library: CSV or Parquet with a ``smiles`` column, duplicate SMILES dropped."""
+    """A molecule library: CSV or Parquet with a ``smiles`` column (and optionally ``concentration``, uM, for a
+    dose-conditioned model), duplicate rows of one molecule (at one dose) dropped."""
     import pandas as pd
 
     if not os.path.isfile(path):
@@ -65,7 +66,10 @@ def load_molecule_table(path: str):
         raise ValueError(f"cannot read the molecule table {path}: {type(err).__name__}: {err}") from err
     if "smiles" not in table.columns:
         raise ValueError(f"molecule table {path} has no 'smiles' column (has {list(table.columns)})")
-    return table.drop_duplicates("smiles").reset_index(drop=True)
+    from ..data.schema import CONCENTRATION
+
+    key = ["smiles", CONCENTRATION] if CONCENTRATION in table.columns else ["smiles"]
+    return table.drop_duplicates(key).reset_index(drop=True)
 
 
 def _dataset_hash(sites) -> str:
