@@ -18,7 +18,6 @@ renders its tables and draws mAP against -log10 p.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
