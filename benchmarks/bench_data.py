@@ -11,7 +11,8 @@ Three loaders, run side by side in one process (their epochs interleaved, so a l
 * ``ours_cpu``: the training path of ``cloome train``, :func:`cloome_hf.train.data.training_loader` (Parquet
   shards written by ``prepare_dataset``, as ``cloome prepare`` writes them -> ``load_cell_painting`` ->
   ``build_dataloader``: unique-molecule batches, per-site seeds, decoding into a reused buffer, the augmentation
-  (flips and 90-degree turns on top of the crop) written into shared memory in the workers);
+  (flips and 90-degree turns on top of the crop) written into shared memory in the workers, into buffers they
+  reuse once a batch is released, as the training step releases each batch after its optimiser step);
 * ``ours_uint8``: the same with ``--augment_on_device``: the loader hands over uint8 sites and seeds; the
   augmentation then runs on the accelerator. Its CPU cost per site is the loader's plus the main process's share
   of the device path (``draw_params`` + ``batched_taps``, timed apart as ``device_path_main_process``).
@@ -171,12 +172,15 @@ def _rss_mb(pid: int) -> dict[str, float]:
 def run_epoch(loader, epoch: int) -> tuple[int, float, float, float]:
     """(sites, wall seconds, CPU seconds of this process and the loader's workers, of this process alone) of one
     epoch."""
+    from cloome_hf.data import release_batch
+
     loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
     workers = _workers(loader)
     main_cpu, worker_cpu, start, sites = time.process_time(), _cpu_seconds(workers), time.perf_counter(), 0
     for batch in loader:
         sites += len(batch["pixel_values"] if isinstance(batch, dict) and "pixel_values" in batch
                      else batch["images"] if isinstance(batch, dict) else batch)
+        release_batch(batch)  # as the training step does once it is done with a batch (upstream's: no-op)
     wall = time.perf_counter() - start
     main_cpu = time.process_time() - main_cpu
     workers = workers or _workers(loader)  # started by this epoch

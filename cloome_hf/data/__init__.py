@@ -37,7 +37,7 @@ from .synthetic import bundled_molecules, make_synthetic_dataset, molecule_laten
 
 
 _TORCH_SIDE = {"build_dataloader": "loader", "CellPaintingCollator": "loader", "CellPaintingDataLoader": "loader",
-               "CellPaintingTorchDataset": "loader", "trainer_inputs": "loader",
+               "CellPaintingTorchDataset": "loader", "trainer_inputs": "loader", "release_batch": "buffers",
                "UniqueMoleculeBatchSampler": "sampling", "unique_molecule_batches": "sampling"}
 
 
@@ -57,6 +57,6 @@ __all__ = [
     "assign_molecules", "build_dataloader", "bundled_molecules", "channels_of", "contrastive_training_sites",
     "decode_image", "decode_row", "features", "inchikeys_from_smiles", "load_cell_painting",
     "make_synthetic_dataset", "molecule_latent", "murcko_scaffold", "one_site_per_molecule", "open_source",
-    "perturbation_types", "prepare_dataset", "retrieval_subsets", "split_by_molecule", "split_by_scaffold",
+    "perturbation_types", "prepare_dataset", "release_batch", "retrieval_subsets", "split_by_molecule", "split_by_scaffold",
     "split_from_files", "trainer_inputs", "unique_molecule_batches", "write_synthetic_layout",
 ]

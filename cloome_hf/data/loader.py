@@ -19,8 +19,9 @@ Training, validation, evaluation, ``cloome embed`` and the pipelines all read si
 Worker processes (``num_workers > 0``) are persistent and prefetch :data:`PREFETCH_BATCHES` batches each;
 batches are pinned when CUDA is present. What a worker hands over (the augmented ``pixel_values``, or the uint8
 ``images`` for augmentation on the accelerator) is written straight into shared memory, so it crosses to the
-main process without a copy; the sites are decoded into one reused buffer per worker, so a worker allocates
-nothing per batch beyond what it hands over and its memory does not grow over an epoch.
+main process without a copy, and into a buffer the worker reuses once the consumer has released the batch
+(:func:`~cloome_hf.data.buffers.release_batch`, which the training step calls); the sites are decoded into one
+reused buffer per worker, so a worker's memory does not grow over an epoch.
 
 Large batch tensors fault in 4 kB pages; with ``THP_MEM_ALLOC_ENABLE=1`` in the environment *before torch is
 imported*, torch backs its large CPU tensors with transparent huge pages, which speeds up augmentation in the main
@@ -30,6 +31,7 @@ affected by it.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -39,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..channels import CHANNELS, channel_permutation
+from .buffers import WorkerBuffers, fresh_tensor, release_batch
 from .molecules import FingerprintTable
 from .sampling import UniqueMoleculeBatchSampler, _StreamingUniqueBatches, unique_molecule_batches
 from .schema import CONCENTRATION, channels_of, decode_image
@@ -46,15 +49,6 @@ from .schema import CONCENTRATION, channels_of, decode_image
 OUTPUTS = ("pixel_values", "uint8")
 #: Batches each worker process prepares ahead (``DataLoader(prefetch_factor=...)``).
 PREFETCH_BATCHES = 2
-
-
-def _batch_tensor(shape: Sequence[int], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor, in shared memory when ``shared`` (``Tensor.share_memory_`` would first allocate
-    private memory and copy it): a worker's batch then reaches the main process without a copy."""
-    if not shared:
-        return torch.empty(tuple(shape), dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
 
 
 def column_values(ds, name: str) -> list:
@@ -135,6 +129,9 @@ class CellPaintingCollator:
         return_loss: yield exactly the model's keyword arguments (``pixel_values``, ``fingerprints``,
             ``return_loss=True``), as ``transformers.Trainer`` calls ``model(**batch)``; no doses (the Trainer path
             trains models without dose conditioning).
+        reuse_buffers: in a worker, hand the augmented or uint8 sites over in buffers the worker reuses once the
+            batch is released; the batch then carries its ``buffer_tokens`` for
+            :func:`~cloome_hf.data.buffers.release_batch` (else: fresh shared memory for every batch).
 
     Raises ``ValueError`` naming the sample for an all-zero channel, sites of different shapes in a batch, or a
     molecule without a fingerprint: no blank image or wrong pair reaches the model silently.
@@ -142,11 +139,13 @@ class CellPaintingCollator:
 
     def __init__(self, fingerprints: FingerprintTable | None = None, transform=None, image_processor=None,
                  channel_permutation: Sequence[int] | None = None, output: str = "pixel_values",
-                 return_loss: bool = False):
+                 return_loss: bool = False, reuse_buffers: bool = False):
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if return_loss and (fingerprints is None or output != "pixel_values"):
             raise ValueError("return_loss=True batches need fingerprints and output='pixel_values'")
+        if return_loss and reuse_buffers:
+            raise ValueError("return_loss=True batches carry no buffer tokens: reuse_buffers must be False")
         if transform is None and image_processor is None:
             from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
@@ -157,21 +156,35 @@ class CellPaintingCollator:
         self.channel_permutation = None if channel_permutation is None else list(channel_permutation)
         self.output = output
         self.return_loss = bool(return_loss)
+        self.reuse_buffers = bool(reuse_buffers)
+        self._worker_buffers: WorkerBuffers | None = None  # made in each worker process on first use
         self._sites: torch.Tensor | None = None  # the decode buffer reused while the sites are not handed out
 
     def __getstate__(self):
-        return {**self.__dict__, "_sites": None}  # each worker makes its own buffer
+        return {**self.__dict__, "_sites": None, "_worker_buffers": None}  # each worker makes its own
 
-    def _site_buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """Where a batch's uint8 sites are decoded: a fresh tensor (in shared memory in a worker) when the batch
-        hands them out (``output="uint8"``), else one buffer reused across batches."""
+    def _handover(self, shape: Sequence[int], dtype: torch.dtype, tokens: list) -> torch.Tensor:
+        """A tensor the batch hands over: in a worker in shared memory, one of the worker's reused buffers with
+        ``reuse_buffers`` (its token appended to ``tokens``); in the main process a fresh tensor."""
+        if not (self.reuse_buffers and _in_worker()):
+            return fresh_tensor(shape, dtype, shared=_in_worker())
+        if self._worker_buffers is None or self._worker_buffers.pid != os.getpid():  # (a forked copy)
+            self._worker_buffers = WorkerBuffers()
+        tensor, token = self._worker_buffers.take(shape, dtype)
+        tokens.append(token)
+        return tensor
+
+    def _site_buffer(self, shape: tuple[int, ...], tokens: list) -> torch.Tensor:
+        """Where a batch's uint8 sites are decoded: a handed-over tensor when the batch hands them out
+        (``output="uint8"``), else one buffer reused across batches."""
         if self.output == "uint8":
-            return _batch_tensor(shape, torch.uint8, shared=_in_worker())
+            return self._handover(shape, torch.uint8, tokens)
         if self._sites is None or self._sites.numel() < np.prod(shape):
             self._sites = torch.empty(int(np.prod(shape)), dtype=torch.uint8)
         return self._sites[:int(np.prod(shape))].view(shape)
 
-    def _decode(self, batch) -> tuple[torch.Tensor, list[str], list[str], list[int] | None, list | None]:
+    def _decode(self, batch, tokens: list) -> tuple[torch.Tensor, list[str], list[str], list[int] | None,
+                                                    list | None]:
         seeds = None
         # (pyarrow.Table, seeds) from CellPaintingTorchDataset.__getitems__ (a list once Trainer's column filter
         # has passed over it)
@@ -192,7 +205,7 @@ class CellPaintingCollator:
             raise ValueError(f"sites of different shapes {sorted(shapes)} in one batch (samples {keys})")
         stored = next(iter(shapes))
         channels = len(self.channel_permutation) if self.channel_permutation is not None else stored[0]
-        buffer = self._site_buffer((len(keys), channels) + tuple(stored[1:]))
+        buffer = self._site_buffer((len(keys), channels) + tuple(stored[1:]), tokens)
         images = buffer.numpy()
         for i, view in enumerate(image_views):
             site = decode_image(view, stored)
@@ -203,23 +216,30 @@ class CellPaintingCollator:
             raise ValueError(f"sample {keys[n]!r}: channel {c} is all zero")
         return buffer, keys, list(batch["inchikey"]), seeds, batch.get(CONCENTRATION)
 
-    def _augment(self, images: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
+    def _augment(self, images: torch.Tensor, seeds: list[int] | None, tokens: list) -> torch.Tensor:
         output_shape = getattr(self.transform, "output_shape", None)
         if output_shape is None:
             return self.transform(images, seeds=seeds)
-        out = _batch_tensor(images.shape[:2] + tuple(output_shape(*images.shape[2:])), torch.float32,
-                            shared=_in_worker())
+        out = self._handover(images.shape[:2] + tuple(output_shape(*images.shape[2:])), torch.float32, tokens)
         return self.transform(images, seeds=seeds, out=out)
 
     def __call__(self, batch) -> dict[str, Any]:
         """``batch``: ``(pyarrow.Table, seeds)``, a ``pyarrow.Table``, a dict of columns, or a list of row dicts."""
-        images, keys, inchikeys, seeds, doses = self._decode(batch)
+        tokens: list = []  # of the reused buffers this batch takes
+        try:
+            return self._collate(batch, tokens)
+        except BaseException:
+            release_batch({"buffer_tokens": tokens})  # a batch that is not handed over frees what it took
+            raise
+
+    def _collate(self, batch, tokens: list) -> dict[str, Any]:
+        images, keys, inchikeys, seeds, doses = self._decode(batch, tokens)
         out: dict[str, Any] = {}
         if self.output == "uint8":
             out["images"] = images
             out["seeds"] = seeds
         elif self.transform is not None:
-            out["pixel_values"] = self._augment(images, seeds)
+            out["pixel_values"] = self._augment(images, seeds, tokens)
         else:
             out["pixel_values"] = torch.from_numpy(self.image_processor(images.numpy())["pixel_values"])
         if self.fingerprints is not None:
@@ -232,6 +252,8 @@ class CellPaintingCollator:
             out["concentrations"] = torch.from_numpy(check_concentrations(
                 doses, where="concentration column", labels=keys).astype(np.float32))
         out["sample_key"], out["inchikey"] = keys, inchikeys
+        if tokens:
+            out["buffer_tokens"] = tokens
         return out
 
 
@@ -308,7 +330,7 @@ def build_dataloader(
     streaming = isinstance(ds, datasets.IterableDataset)
     fingerprints = _fingerprint_table(ds, fingerprints, streaming)
     collator = CellPaintingCollator(fingerprints, transform if train else None, image_processor, permutation,
-                                    output, return_loss)
+                                    output, return_loss, reuse_buffers=num_workers > 0 and not return_loss)
     drop_last = train if drop_last is None else drop_last
     dataloader_kwargs = _loader_options(num_workers, streaming, dataloader_kwargs)
     if streaming:
@@ -397,5 +419,5 @@ def _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, 
 __all__ = [
     "PREFETCH_BATCHES", "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset",
     "UniqueMoleculeBatchSampler",
-    "build_dataloader", "column_values", "trainer_inputs", "unique_molecule_batches",
+    "build_dataloader", "column_values", "release_batch", "trainer_inputs", "unique_molecule_batches",
 ]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..data.buffers import release_batch
 from ..evaluation.retrieval import retrieval_accuracy
 from ..inference.encode import encode_dataset
 from .checkpoint import (
@@ -75,6 +76,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
     run._seen += pixels.shape[0] * accelerator.num_processes
     if run.audit is not None:
         run.audit.write(json.dumps({"step": run.state.step, "rows": list(batch["sample_key"])}) + "\n")
+    release_batch(batch)  # nothing reads the batch again: its worker may reuse the buffers
     run.progress.update(1)
     if run.is_check_step():
         _stop_if_non_finite(run)
