@@ -8,8 +8,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -17,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cloome_hf.data import load_cell_painting, open_source, prepare_dataset, write_synthetic_layout
+from lock_holder import lock_held_elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -119,17 +118,10 @@ def test_prepare_refuses_a_folder_another_writer_holds(tmp_path, npz_layout):
 
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from cloome_hf.safe_io import OutputLock; "
-                               f"OutputLock({str(out)!r}, 'cloome prepare').acquire(); print('locked', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ValueError, match=rf"in use by another run \(cloome prepare, pid {holder.pid}"):
+    with lock_held_elsewhere(out, "cloome prepare") as pid:
+        with pytest.raises(ValueError, match=rf"in use by another run \(cloome prepare, pid {pid}"):
             prepare_dataset(_source(npz_layout), out, shard_size=4, progress=False)
         assert sorted(os.listdir(out)) == [LOCK_FILE]  # nothing written next to the other run
-    finally:
-        holder.kill()
-        holder.wait()
     report = prepare_dataset(_source(npz_layout), out, shard_size=4, progress=False)  # a dead holder's lock
     assert report["complete"] and not (out / LOCK_FILE).exists()
 

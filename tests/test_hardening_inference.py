@@ -4,8 +4,6 @@ conversion, a tampered search index, checkpoints with missing or unexpected weig
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -17,6 +15,7 @@ import torch
 from cloome_hf import CloomeConfig, CloomeModel
 from cloome_hf.cli import embed
 from cloome_hf.inference import store
+from lock_holder import lock_held_elsewhere
 
 SIZE = 32
 VISION = {"backbone": "cloome_resnet50", "num_channels": 5, "layers": [1, 1, 1, 1], "image_size": [SIZE, SIZE],
@@ -120,17 +119,10 @@ def test_embed_refuses_a_folder_another_writer_holds(sites, tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "store"
     _save_model(model_dir, seed=0)
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from cloome_hf.safe_io import OutputLock; "
-                               f"OutputLock({str(out)!r}, 'cloome embed').acquire(); print('locked', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ValueError, match=rf"in use by another run \(cloome embed, pid {holder.pid}"):
+    with lock_held_elsewhere(out, "cloome embed") as pid:
+        with pytest.raises(ValueError, match=rf"in use by another run \(cloome embed, pid {pid}"):
             _embed(model_dir, sites, out)
         assert sorted(os.listdir(out)) == [LOCK_FILE]
-    finally:
-        holder.kill()
-        holder.wait()
     _embed(model_dir, sites, out)  # the dead holder's lock is taken over; released at the end
     assert not (out / LOCK_FILE).exists() and len(_stored(out)) == len(sites["ds"])
 

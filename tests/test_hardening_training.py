@@ -4,12 +4,11 @@ resume, concurrent runs, rotation order."""
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from test_training import TINY_ARGS
+from lock_holder import lock_held_elsewhere
 
 ARGS = [*TINY_ARGS, "--vision_layers", "1", "1", "1", "1", "--max_steps", "2", "--save_steps", "1",
         "--eval_steps", "100", "--save_total_limit", "0"]
@@ -92,16 +91,9 @@ def test_a_second_writer_is_refused_while_the_first_lives(tmp_path):
     from cloome_hf.safe_io import LOCK_FILE, OutputLock
 
     folder = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cloome_hf.safe_io import OutputLock; "
-                               f"OutputLock({str(folder)!r}, 'holder').acquire(); print('locked', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ValueError, match=rf"in use by another run \(holder, pid {holder.pid}"):
+    with lock_held_elsewhere(folder, "holder") as pid:
+        with pytest.raises(ValueError, match=rf"in use by another run \(holder, pid {pid}"):
             OutputLock(folder, "second").acquire()
-    finally:
-        holder.kill()
-        holder.wait()
     assert (folder / LOCK_FILE).exists()  # a killed holder leaves its lock behind ...
     with OutputLock(folder, "second"):  # ... which a live writer takes over
         pass
