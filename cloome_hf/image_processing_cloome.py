@@ -33,11 +33,9 @@ from .channels import (
     canonical_channel_name,
     published_channel_means,
 )
-from .fast_tiff import read_tiff
+from .image_files import read_image_file
 
 DEFAULT_CROP_SIZE = {"height": SITE_SIZE[0], "width": SITE_SIZE[1]}
-_NPZ_KEY = "sample"
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _UINT16_VALUES = 65536
 # PIL modes that hold one intensity band: 8 bit, 16 bit (any byte order), 32-bit integer and float.
 PIL_CHANNEL_MODES = ("L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -320,43 +318,9 @@ class CloomeImageProcessor(BaseImageProcessor):
 
     # ------------------------------------------------------------------ reading
     @staticmethod
-    def _read_file(path: str | os.PathLike) -> np.ndarray:
-        """Read one image file; a corrupt or missing file raises ValueError naming it."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise ValueError(f"Image file not found: {path}")
-        suffix = os.path.splitext(path)[1].lower()
-        try:
-            if suffix == ".npz":
-                with np.load(path, allow_pickle=False) as archive:
-                    if _NPZ_KEY not in archive.files:
-                        raise ValueError(f"{path}: .npz site has no '{_NPZ_KEY}' array (keys: {archive.files})")
-                    array = archive[_NPZ_KEY]  # only this key is read; pickled extras stay untouched
-                if array.ndim != 3:
-                    raise ValueError(f"{path}: '{_NPZ_KEY}' must be H x W x C, got shape {array.shape}")
-                return np.moveaxis(array, -1, 0)
-            if suffix == ".npy":
-                return np.load(path, allow_pickle=False)
-            if suffix in _TIFF_SUFFIXES:
-                array = read_tiff(path)
-                if array.size == 0:  # tifffile returns an empty array for some corrupt files
-                    raise ValueError(f"Could not read image file {path}: no image data")
-                return array
-            from PIL import Image
-
-            with Image.open(path) as image:
-                return np.asarray(image)
-        except ValueError as err:
-            if path in str(err):
-                raise
-            raise ValueError(f"Could not read image file {path}: {err}") from err
-        except Exception as err:  # corrupt files raise many different exception types
-            raise ValueError(f"Could not read image file {path}: {type(err).__name__}: {err}") from err
-
-    @staticmethod
     def _as_array(value: Any, what: str) -> np.ndarray:
         if isinstance(value, (str, os.PathLike)):
-            return CloomeImageProcessor._read_file(value)
+            return read_image_file(value)
         if isinstance(value, Image.Image):
             return pil_channel(value, what)
         if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor

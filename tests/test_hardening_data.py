@@ -194,7 +194,7 @@ def _tiff_header(width, height, byte_count, bits=16):
 @pytest.mark.parametrize("consistent", [True, False], ids=["fast-path", "tifffile"])
 def test_a_tiff_declaring_a_huge_image_is_refused_before_allocation(tmp_path, consistent):
     from cloome_hf import fast_tiff
-    from cloome_hf.image_processing_cloome import CloomeImageProcessor
+    from cloome_hf.image_files import read_image_file
 
     side = 20_000  # 4e8 pixels > the 2**28 default; the file is 130 bytes
     data = _tiff_header(side, side, side * side * 2 if consistent else 100)
@@ -204,7 +204,7 @@ def test_a_tiff_declaring_a_huge_image_is_refused_before_allocation(tmp_path, co
     limit = f"{fast_tiff.MAX_TIFF_PIXELS:,}"
     message = rf"{path}: the TIFF header declares 400,000,000 pixels, more than the limit of {limit}"
     with pytest.raises(ValueError, match=message):
-        CloomeImageProcessor()._read_file(path)
+        read_image_file(path)
     with pytest.raises(ValueError, match="declares 400,000,000 pixels"):  # remote files arrive as bytes
         fast_tiff.read_tiff(data, "s3://bucket/bomb.tif")
 
@@ -213,14 +213,14 @@ def test_the_tiff_pixel_limit_is_configurable(tmp_path, monkeypatch):
     import tifffile
 
     from cloome_hf import fast_tiff
-    from cloome_hf.image_processing_cloome import CloomeImageProcessor
+    from cloome_hf.image_files import read_image_file
 
     image = np.arange(24 * 30, dtype=np.uint16).reshape(24, 30)
     tifffile.imwrite(tmp_path / "site.tif", image)
-    np.testing.assert_array_equal(CloomeImageProcessor()._read_file(tmp_path / "site.tif"), image)
+    np.testing.assert_array_equal(read_image_file(tmp_path / "site.tif"), image)
     monkeypatch.setattr(fast_tiff, "MAX_TIFF_PIXELS", 24 * 30 - 1)
     with pytest.raises(ValueError, match="declares 720 pixels, more than the limit of 719"):
-        CloomeImageProcessor()._read_file(tmp_path / "site.tif")
+        read_image_file(tmp_path / "site.tif")
 
 
 # ---------------------------------------------------------------------------------------------- molecules

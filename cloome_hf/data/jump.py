@@ -17,7 +17,6 @@ has no structure are kept (type ``unknown``), so that whole plates can be embedd
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any, Collection, Mapping, Sequence
 
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..channels import CHANNELS, JUMP_CHANNELS
-from ..fast_tiff import read_tiff
+from ..image_files import decode_image_bytes, read_image_file
 from .illumination import IlluminationCache, correct_illumination
 from .perturbations import CONTROL_TYPE_COLUMNS, JUMP_POSITIVE_CONTROLS, NEGATIVE_CONTROLS, PERT_TYPE_COLUMNS
 from .remote import is_url, read_bytes, read_table, resolve_location
@@ -246,21 +245,11 @@ class JumpSource(SiteSource):
         return read_bytes(location, self.storage_options, self.retries, self.retry_wait)
 
     def _read_channel(self, location: str) -> np.ndarray:
-        """One channel file as an array: local files through the processor's reader, URLs through fsspec."""
+        """One channel file as an array: local files read directly, URLs fetched through fsspec; both decoded by
+        the one image-file reader (same checks, same messages)."""
         if not is_url(location):
-            return self.processor._read_file(location)  # the one reader of local image files (fast TIFF path)
-        data = self._read(location)
-        try:
-            if location.lower().endswith((".tif", ".tiff")):
-                return read_tiff(data, location)
-            if location.lower().endswith(".npy"):
-                return np.load(io.BytesIO(data), allow_pickle=False)
-            from PIL import Image
-
-            with Image.open(io.BytesIO(data)) as image:
-                return np.asarray(image)
-        except Exception as err:  # noqa: BLE001 - damaged files raise many types
-            raise ValueError(f"could not decode image file {location}: {type(err).__name__}: {err}") from err
+            return read_image_file(location)
+        return decode_image_bytes(self._read(location), location)
 
     def _load(self, i: int) -> np.ndarray:
         plate = str(self.records.plate[i])
