@@ -116,10 +116,10 @@ def _settings(args, model, processor, sites, molecules) -> dict[str, Any]:
 def _open_sites(args):
     """``--dataset`` as a ``SiteSource`` (a raw table, whose images are read per output shard) or a dataset."""
     from ..data import load_cell_painting
-    from ..data.loading import open_table_source
+    from ..data.source_kinds import site_source_of
 
     table = table_arguments(args)
-    sites = open_table_source(args.dataset, **table)
+    sites = site_source_of(args.dataset, **table)
     if sites is None:
         return load_cell_painting(args.dataset, split=args.split, **table)  # refuses table options
     if args.split != "train":

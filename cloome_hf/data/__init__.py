@@ -23,7 +23,8 @@ from .perturbations import (
 )
 from .prepare import prepare_dataset
 from .schema import CHANNELS, JUMP_CHANNELS, PERTURBATION_TYPES, channels_of, decode_image, decode_row, features
-from .sources import BrayNpzSource, SiteSource, SkippedSite, TiffSource, open_source
+from .source_kinds import open_source
+from .sources import BrayNpzSource, SiteSource, SkippedSite, TiffSource
 from .splits import (
     assign_molecules,
     murcko_scaffold,

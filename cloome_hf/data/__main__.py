@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
     if args.command == "prepare":
         from .prepare import prepare_dataset
-        from .sources import open_source
+        from .source_kinds import open_source
 
         table = table_arguments(args)
         options = dict(table.pop("source_options"))

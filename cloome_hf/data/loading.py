@@ -10,8 +10,8 @@ from typing import Any, Mapping, Sequence
 from .prepare import MANIFEST, verify_prepared
 from ..channels import CHANNELS
 from .schema import check_schema, dataset_description
-from .remote import is_table_location
-from .sources import SiteSource, open_source
+from .source_kinds import site_source_of
+from .sources import SiteSource
 
 
 def _with_channels(ds, channels):
@@ -113,8 +113,8 @@ def load_cell_painting(
     """
     import datasets
 
-    raw = open_table_source(source, kind=kind, root=root, compounds=compounds, wells=wells, errors=errors,
-                            source_options=source_options)
+    raw = site_source_of(source, kind=kind, root=root, compounds=compounds, wells=wells, errors=errors,
+                         source_options=source_options)
     if raw is not None:
         return _load_raw(raw, split, streaming, rows, num_proc, cache_dir)
     _refuse_table_options(source, root=root, compounds=compounds, wells=wells, source_options=source_options,
@@ -197,26 +197,6 @@ def _load_parquet(path: str, split, streaming: bool, cache_dir, load_dataset_kwa
     out = datasets.load_dataset("parquet", data_files=files, split=split, streaming=streaming, cache_dir=cache_dir,
                                 **load_dataset_kwargs)
     return out, channels
-
-
-def open_table_source(source: Any, *, kind: str = "auto", root=None, compounds=None, wells=None,
-                      errors: str = "raise", source_options: dict[str, Any] | None = None) -> SiteSource | None:
-    """The :class:`~cloome_hf.data.sources.SiteSource` of an index / load_data table (``source`` itself when it
-    is one), reading only the tables, no image; ``None`` for every other source (synthetic, datasets folders,
-    Parquet shards, Hub ids). :func:`load_cell_painting` reads its sites; ``cloome embed`` reads them one
-    output shard at a time (``rows=``)."""
-    if isinstance(source, SiteSource):
-        if root is not None or compounds is not None or wells is not None or source_options:
-            raise ValueError(f"root / compounds / wells / source_options apply when a table is opened, not to "
-                             f"the already opened {source.kind} source {source.where}")
-        return source
-    if not (kind in ("bray_npz", "tiff", "jump") or (kind == "auto" and is_table_location(source))):
-        return None
-    path = os.fspath(source)
-    is_jump = kind == "jump" or (kind == "auto" and compounds is not None)
-    return open_source(kind if kind != "auto" else ("jump" if is_jump else "auto"),
-                       index=None if is_jump else path, load_data=path if is_jump else None,
-                       compounds=compounds, wells=wells, root=root, errors=errors, **(source_options or {}))
 
 
 def _refuse_table_options(source, **given) -> None:

@@ -147,7 +147,7 @@ def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, 
     """Embed the sites of ``sites`` into ``folder``'s shards through :func:`encode_sites`.
 
     ``sites``: a ``datasets.Dataset`` in the common schema, or a :class:`~cloome_hf.data.sources.SiteSource`
-    (an index / load_data table opened by :func:`~cloome_hf.data.loading.open_table_source`), whose images are
+    (an index / load_data table opened by :func:`~cloome_hf.data.source_kinds.site_source_of`), whose images are
     read shard by shard: a rerun reads only the missing shards' sites, each process only its own.
     ``max_rows``: embed only the first rows.
     """
