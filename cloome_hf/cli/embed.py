@@ -56,14 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def load_molecule_table(path: str):
     """A molecule library: CSV or Parquet with a ``smiles`` column (and optionally ``concentration``, uM, for a
     dose-conditioned model), duplicate rows of one molecule (at one dose) dropped."""
-    import pandas as pd
+    from ..data.remote import read_table
 
-    if not os.path.isfile(path):
-        raise ValueError(f"molecule table {path} does not exist")
-    try:
-        table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
-    except Exception as err:  # noqa: BLE001 - pandas / pyarrow raise many types for damaged files
-        raise ValueError(f"cannot read the molecule table {path}: {type(err).__name__}: {err}") from err
+    table, _ = read_table(path, "molecule", as_text=False)
     if "smiles" not in table.columns:
         raise ValueError(f"molecule table {path} has no 'smiles' column (has {list(table.columns)})")
     from ..data.schema import CONCENTRATION

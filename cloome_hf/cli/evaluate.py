@@ -116,7 +116,9 @@ def _moa(args, emb, ds):
             raise ValueError(f"--moa_column {args.moa_column!r} is not a dataset column; has {ds.column_names}")
         return np.asarray(ds[args.moa_column], dtype=object)
     if args.moa_annotations:
-        table = pd.read_csv(args.moa_annotations)
+        from ..data.remote import read_table
+
+        table, _ = read_table(args.moa_annotations, "MoA annotation", as_text=False)
         return moa_labels(emb.metadata["inchikey"], table, args.moa_key_column, args.moa_value_column)
     return None
 

@@ -38,10 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _query_smiles(args) -> list[str] | None:
-    import pandas as pd
+    from ..data.remote import TABLE_SUFFIXES, read_table
 
-    if args.smiles_file and args.smiles_file.endswith(".csv"):
-        return pd.read_csv(args.smiles_file)["smiles"].tolist()
+    if args.smiles_file and args.smiles_file.lower().endswith(TABLE_SUFFIXES):
+        table, where = read_table(args.smiles_file, "query SMILES")
+        if "smiles" not in table.columns:
+            raise ValueError(f"--smiles_file {where} has no 'smiles' column (has {list(table.columns)})")
+        return table["smiles"].tolist()
     if args.smiles_file:
         with open(args.smiles_file, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]

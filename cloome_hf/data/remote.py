@@ -27,7 +27,7 @@ CELL_PAINTING_GALLERY = "cellpainting-gallery"
 TRANSIENT_HTTP_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 _CREDENTIAL_OPTIONS = ("anon", "key", "secret", "token", "profile", "session")
-_TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet", ".pq")
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet", ".pq")
 
 
 def is_url(location: str) -> bool:
@@ -42,7 +42,7 @@ def is_table_location(location: Any) -> bool:
         return False
     location = os.fspath(location)
     if is_url(location):
-        return location.lower().endswith(_TABLE_SUFFIXES)
+        return location.lower().endswith(TABLE_SUFFIXES)
     return os.path.isfile(location)
 
 
@@ -146,9 +146,10 @@ def _as_strings(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_table(table: Any, what: str, storage_options: Mapping[str, Any] | None = None, retries: int = 3,
-               retry_wait: float = 0.5) -> tuple[pd.DataFrame, str]:
-    """Read a site / compound / well / plate table: CSV, TSV (``\\t``), either gzipped, or Parquet, from a local path
-    or a URL; or take a ``DataFrame`` as it is. All values are strings, ``""`` where missing.
+               retry_wait: float = 0.5, as_text: bool = True) -> tuple[pd.DataFrame, str]:
+    """Read any table of the package: CSV, TSV (``\\t``), either gzipped, or Parquet, from a local path or a URL;
+    or take a ``DataFrame`` as it is. With ``as_text`` (site / compound / well / plate tables) all values are
+    strings, ``""`` where missing; without it the columns keep their types (feature tables, molecule libraries).
 
     Returns:
         ``(table, where)``: the table with a fresh index and the name used in error messages (the path/URL, or
@@ -158,18 +159,19 @@ def read_table(table: Any, what: str, storage_options: Mapping[str, Any] | None 
         return table.reset_index(drop=True), str(table.attrs.get("source", f"{what} table"))
     location = os.fspath(table)
     if not is_url(location) and not os.path.isfile(location):
-        raise ValueError(f"{what} file not found: {location}")
+        raise ValueError(f"{what} table {location} does not exist")
     data = io.BytesIO(read_bytes(location, storage_options, retries, retry_wait))
     name = location.lower()
+    text = {"dtype": str, "keep_default_na": False} if as_text else {"low_memory": False}
     try:
         if name.endswith((".parquet", ".pq")):
-            frame = _as_strings(pd.read_parquet(data))
+            frame = pd.read_parquet(data)
+            frame = _as_strings(frame) if as_text else frame
         else:
             sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-            frame = pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False,
-                                compression="gzip" if name.endswith(".gz") else None)
+            frame = pd.read_csv(data, sep=sep, compression="gzip" if name.endswith(".gz") else None, **text)
     except Exception as err:  # noqa: BLE001 - pandas / pyarrow raise many types for damaged files
-        raise ValueError(f"cannot parse {what} table {location}: {type(err).__name__}: {err}") from err
+        raise ValueError(f"cannot read the {what} table {location}: {type(err).__name__}: {err}") from err
     frame = frame.reset_index(drop=True)
     frame.attrs["source"] = location
     return frame, location

@@ -39,15 +39,9 @@ def load_feature_table(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame
     naming it."""
     if isinstance(source, pd.DataFrame):
         return source.copy()
-    path = os.fspath(source)
-    if not os.path.isfile(path):
-        raise ValueError(f"feature table {path} does not exist")
-    try:
-        if path.endswith(".parquet"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if path.endswith((".tsv", ".tsv.gz")) else ",", low_memory=False)
-    except Exception as err:  # pandas / pyarrow / gzip raise many types for a damaged or foreign file
-        raise ValueError(f"cannot read the feature table {path}: {err}") from err
+    from ..data.remote import read_table
+
+    return read_table(source, "feature", as_text=False)[0]
 
 
 def read_feature_table(baseline: FeatureBaseline) -> tuple[pd.DataFrame, np.ndarray]:
