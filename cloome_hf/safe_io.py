@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from typing import Any
@@ -32,8 +33,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+def json_safe(value: Any) -> Any:
+    """The one JSON policy of the package: NaN / inf -> ``null`` (strict JSON has no such numbers, and readers
+    in other languages refuse them), numpy scalars and arrays -> Python numbers and lists, tuples -> lists,
+    keys -> strings. Other objects (paths, say) are written as their ``str`` by :func:`atomic_write_json`."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numpy scalar or array
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, default=str))
+    """Write ``value`` as indented, strict JSON (:func:`json_safe`) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(json_safe(value), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike, what: str = "file", expect: type = dict) -> Any:

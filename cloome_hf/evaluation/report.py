@@ -8,11 +8,10 @@ package returns (:func:`retrieval_metrics`, :func:`zeroshot_classification`, :fu
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from ..safe_io import atomic_write_text
+from ..safe_io import atomic_write_json, atomic_write_text
 from .jump_report import jump_report_sections
 
 __all__ = ["write_results_json", "render_report", "write_report", "flatten_results"]
@@ -20,24 +19,11 @@ __all__ = ["write_results_json", "render_report", "write_report", "flatten_resul
 DIRECTIONS = (("image_to_molecule", "Structure retrieval"), ("molecule_to_image", "Image retrieval"))
 
 
-def _clean(obj):
-    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python numbers, tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_results_json(results: dict, path) -> Path:
     """Write ``results`` as strict JSON (NaN becomes null) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(_clean(results), indent=2, allow_nan=False) + "\n")
+    atomic_write_json(path, results)
     return path
 
 

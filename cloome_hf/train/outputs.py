@@ -9,6 +9,7 @@ from typing import Any
 
 
 from ..recipes import TRAINING_CONFIG_FILE
+from ..safe_io import atomic_write_json, atomic_write_text
 from .checkpoint import (
     parameter_digest,
 )
@@ -32,8 +33,7 @@ def save_model_folder(run: Run, folder: str, metrics: dict[str, Any]) -> None:
     run.raw_model.save_pretrained(folder)
     run.processor.save_pretrained(folder)
     config = training_config(run)
-    with open(os.path.join(folder, TRAINING_CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
+    atomic_write_json(os.path.join(folder, TRAINING_CONFIG_FILE), config)
     card = render_model_card(
         "model", model_id=os.path.basename(os.path.abspath(folder)), source="trained", config=run.raw_model.config,
         processor={"image_processor": run.processor.image_processor.to_dict(),
@@ -43,8 +43,7 @@ def save_model_folder(run: Run, folder: str, metrics: dict[str, Any]) -> None:
                          **{k: config["arguments"][k] for k in _CARD_ARGUMENTS}},
         metrics=metrics,
     )
-    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
-        f.write(card)
+    atomic_write_text(os.path.join(folder, "README.md"), card)
 
 
 _CARD_ARGUMENTS = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps",
@@ -61,9 +60,9 @@ def finish(run: Run) -> dict[str, Any]:
     if run.accelerator.is_main_process:
         out = run.train_args.output_dir
         save_model_folder(run, out, metrics)
-        with open(os.path.join(out, "all_results.json"), "w", encoding="utf-8") as f:
-            json.dump({"global_step": run.state.step, **metrics, **{f"random/{k}": v for k, v in baseline.items()},
-                       **run.data.results()}, f, indent=2)
+        atomic_write_json(os.path.join(out, "all_results.json"),
+                          {"global_step": run.state.step, **metrics, **{f"random/{k}": v for k, v in baseline.items()},
+                           **run.data.results()})
         run.log("final validation retrieval (random in brackets): " + ", ".join(
             f"{k[5:]}={v:.3f} [{baseline[k[5:]]:.3f}]" for k, v in metrics.items()))
     run.accelerator.wait_for_everyone()
