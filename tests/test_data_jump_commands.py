@@ -224,7 +224,7 @@ def test_table_embedding_resumes_reading_only_the_missing_shards(plates, trained
     with pytest.raises(ValueError, match="different settings.*table_options"):
         _embed(trained[0], table, out, *_table_args(plates), "--illumination", "false")
     pd.read_csv(table).iloc[1:].to_csv(table, index=False)  # the same path and settings, other rows
-    with pytest.raises(ValueError, match="different settings.*records_hash"):
+    with pytest.raises(ValueError, match="different settings.*dataset_digest"):
         _embed(trained[0], table, out, *_table_args(plates))
 
 

@@ -66,7 +66,7 @@ def test_prepare_resumes_after_interruption(tmp_path, npz_layout):
     assert {f: os.stat(out / "data" / f).st_mtime_ns for f in done} == mtimes  # finished shards were kept
     assert not (out / "data" / "train-00004-of-00005.parquet.tmp999").exists()
     pd.testing.assert_frame_equal(_table(out), _table(once))
-    with pytest.raises(ValueError, match="different input or shard plan"):
+    with pytest.raises(ValueError, match=r"different settings \(num_shards, shard_size\)"):
         prepare_dataset(source(), out, shard_size=4, progress=False)
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import os
 from typing import Any
 
@@ -67,26 +65,16 @@ def load_molecule_table(path: str):
     return table.drop_duplicates(key).reset_index(drop=True)
 
 
-def _dataset_hash(sites) -> str:
-    """A digest of a dataset's sites (count, keys, molecules): a changed dataset at the same path is a change."""
-    meta = sites.select_columns([c for c in ("sample_key", "smiles") if c in sites.column_names])
-    digest = hashlib.sha256(json.dumps([len(sites), *(list(meta[c]) for c in meta.column_names)]).encode())
-    return digest.hexdigest()[:16]
-
-
 def _settings(args, model, processor, sites, molecules) -> dict[str, Any]:
     """What determines the output: a rerun into the same folder must match this exactly."""
-    import pandas as pd
-
     import cloome_hf
 
-    from ..data.prepare import records_hash
-    from ..data.sources import SiteSource
+    from ..output_folder import dataset_digest
     from ..train.checkpoint import parameter_digest
 
     out = {
         "model_id": str(args.model), "revision": args.revision, "model_weights": parameter_digest(model),
-        "processor": json.loads(json.dumps(processor.to_dict(), default=str)),
+        "processor": processor.to_dict(),
         "embedding_dtype": args.embedding_dtype, "bf16": bool(args.bf16), "shard_size": args.shard_size,
         "dataset": args.dataset, "split": args.split if args.dataset else None, "molecules": args.molecules,
         "max_samples": args.max_samples, "keep_columns": list(args.keep_columns),
@@ -99,12 +87,10 @@ def _settings(args, model, processor, sites, molecules) -> dict[str, Any]:
     recorded.update({k: v for k, v in table["source_options"].items() if k in ("plates", "illumination")})
     if recorded:
         out["table_options"] = recorded
-    if isinstance(sites, SiteSource):
-        out["records_hash"] = records_hash(sites)
-    elif sites is not None:
-        out["dataset_hash"] = _dataset_hash(sites)
+    if sites is not None:
+        out["dataset_digest"] = dataset_digest(sites)
     if molecules is not None:
-        out["molecules_hash"] = hashlib.sha256(pd.util.hash_pandas_object(molecules).values.tobytes()).hexdigest()[:16]
+        out["molecules_digest"] = dataset_digest(molecules)
     return out
 
 

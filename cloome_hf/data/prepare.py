@@ -26,30 +26,33 @@ folder, so the last process to finish (or any rerun) writes the complete one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import logging
 import multiprocessing
 import os
 from typing import Any
 
-import pandas as pd
 
+from ..output_folder import (
+    commit_shard,
+    dataset_digest,
+    discard_shard,
+    refuse_changed_settings,
+    settings_digest,
+    shard_problem,
+    shard_record_path,
+)
 from ..safe_io import OutputLock, atomic_write_json, read_json, require_keys, temporary_name
 from .perturbations import type_counts
 from .sources import SiteSource
 
+logger = logging.getLogger(__name__)
 MANIFEST = "cloome_data.json"
 REPORT = "prepare_report.json"
 FORMAT = "cloome_hf.cell_painting/1"
+# What a rerun must share with the run that started the folder (the split's plan after the first two).
+_COMPARED = ("channels", "features", "records_hash", "shard_size", "num_shards")
 _SPLIT_KEYS = ("source_kind", "source", "num_sites", "shard_size", "num_shards", "records_hash")
 _SOURCE: SiteSource | None = None  # the source of the forked workers (inherited, not pickled per task)
-
-
-def records_hash(source: SiteSource) -> str:
-    """A digest of a source's site records and files: a rerun into the same output must see the same sites."""
-    digest = hashlib.sha256(pd.util.hash_pandas_object(source.records, index=True).values.tobytes())
-    digest.update(json.dumps([source.describe_files(i) for i in range(len(source))]).encode())
-    return digest.hexdigest()[:16]
 
 
 def _shard_paths(output_dir: str, split: str, i: int, n: int) -> tuple[str, str]:
@@ -149,7 +152,7 @@ def _write_shard(task: tuple[int, int, int, str, str, str, int]) -> tuple[int, i
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    i, start, stop, parquet_path, report_path, compression, row_group_size = task
+    i, start, stop, parquet_path, report_path, compression, row_group_size, run_digest = task
     source = _SOURCE
     source.skipped = []
     features = source.features()
@@ -163,7 +166,7 @@ def _write_shard(task: tuple[int, int, int, str, str, str, int]) -> tuple[int, i
                        row_group_size=row_group_size)
     else:  # no row group at all: an empty row group makes datasets' Parquet reader fail (batch size 0)
         pq.ParquetWriter(tmp, schema, compression=compression).close()
-    os.replace(tmp, parquet_path)  # the shard exists only once complete: resumability hinges on this
+    commit_shard(tmp, parquet_path, len(rows), run_digest)  # exists only once complete, then gets its record
     return i, len(rows), skipped
 
 
@@ -218,25 +221,21 @@ def _prepare(source, out, split, shard_size, num_proc, compression, row_group_si
     n_shards = max(1, -(-n_sites // shard_size))
     manifest = {"format": FORMAT, "channels": list(source.channels), "source_kind": source.kind,
                 "source": source.where, "split": split, "num_sites": n_sites, "shard_size": shard_size,
-                "num_shards": n_shards, "records_hash": records_hash(source),
+                "num_shards": n_shards, "records_hash": dataset_digest(source),
                 "features": source.features().to_dict()}
     manifest_path = os.path.join(out, MANIFEST)
+    settings = {k: manifest[k] for k in _COMPARED}
     if os.path.exists(manifest_path):
         old = _read_manifest(manifest_path)
-        if old["channels"] != manifest["channels"]:
-            raise ValueError(f"{out} holds sites with channels {old['channels']}, this source has "
-                             f"{manifest['channels']}; use a new output_dir")
-        if old.get("features") != json.loads(json.dumps(manifest["features"])):
-            raise ValueError(f"{out} holds sites with other columns ({sorted(old.get('features') or {})}) than this "
-                             f"source ({sorted(manifest['features'])}); use a new output_dir")
         olds = old["splits"].get(split)
-        if olds is not None and any(olds.get(k) != manifest[k] for k in ("records_hash", "shard_size", "num_shards")):
-            raise ValueError(f"{out} already holds split {split!r} of a different input or shard plan "
-                             f"(records hash {olds.get('records_hash')} vs {manifest['records_hash']}); "
-                             "use a new output_dir")
+        recorded = {"channels": old["channels"], "features": old.get("features"),
+                    **({k: olds.get(k) for k in _COMPARED[2:]} if olds is not None else {})}
+        refuse_changed_settings(recorded, settings if olds is not None else {k: settings[k] for k in _COMPARED[:2]},
+                                out, f"prepared sites (split {split!r})", "Use a new output_dir")
         splits = old["splits"]
     else:
         splits = {}
+    run_digest = settings_digest(settings)
     splits[split] = {k: manifest[k] for k in _SPLIT_KEYS}
     atomic_write_json(manifest_path, {"format": manifest["format"], "channels": manifest["channels"],
                                       "features": manifest["features"], "splits": splits})
@@ -251,11 +250,15 @@ def _prepare(source, out, split, shard_size, num_proc, compression, row_group_si
     tasks, reused = [], 0
     for i in mine:
         parquet_path, report_path = _shard_paths(out, split, i, n_shards)
-        if os.path.exists(parquet_path) and os.path.exists(report_path):
+        problem = shard_problem(parquet_path, run_digest)
+        if problem is None and os.path.exists(report_path):
             reused += 1
             continue
+        if os.path.exists(parquet_path) or os.path.exists(shard_record_path(parquet_path)):
+            logger.warning("recomputing shard %s", os.path.join(out, "data", problem or "its report is missing"))
+            discard_shard(parquet_path)
         tasks.append((i, i * shard_size, min((i + 1) * shard_size, n_sites), parquet_path, report_path,
-                      compression, row_group_size))
+                      compression, row_group_size, run_digest))
     if max_shards is not None:
         tasks = tasks[:max_shards]
 

@@ -19,18 +19,31 @@ change, not a resume. A store is only created in an empty or new folder (never o
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..output_folder import (
+    RECORDS_FOLDER,
+    commit_shard,
+    discard_shard,
+    refuse_changed_settings,
+    settings_digest,
+    shard_problem,
+    shard_record_path,
+)
 from ..safe_io import LOCK_FILE, atomic_write_json, atomic_write_text, read_json, temporary_name
+
+logger = logging.getLogger(__name__)
 
 INFO_FILE = "embedding_info.json"
 CONFIGS = ("images", "molecules")
 README = "README.md"
 _CARD_MARKER = "CLOOME embeddings written by `cloome embed`"
+_NOT_COMPARED = ("model_info",)  # how the model was found (its commit), not what it computes
 
 
 def shard_ranges(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
@@ -56,7 +69,7 @@ def remove_store(output_dir: str) -> None:
     store and is left untouched."""
     if not os.path.isfile(os.path.join(output_dir, INFO_FILE)):
         return
-    for name in CONFIGS:
+    for name in (*CONFIGS, RECORDS_FOLDER):
         shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
     readme = os.path.join(output_dir, README)
     if _own_card(readme):
@@ -72,11 +85,8 @@ def check_or_write_info(output_dir: str, settings: Mapping[str, Any], write: boo
     (the other processes, afterwards) only checks."""
     path = os.path.join(output_dir, INFO_FILE)
     if os.path.isfile(path):
-        old = read_info(output_dir)
-        changed = sorted(k for k in set(old) | set(settings) if k != "model_info" and old.get(k) != settings.get(k))
-        if changed:
-            raise ValueError(f"{output_dir} holds embeddings made with different settings ({', '.join(changed)}); "
-                             "use a new --output_dir, or --overwrite_output_dir to replace them")
+        refuse_changed_settings(read_info(output_dir), settings, output_dir, "embeddings",
+                                "Use a new --output_dir, or --overwrite_output_dir to replace them", ignore=_NOT_COMPARED)
     elif write:
         os.makedirs(output_dir, exist_ok=True)
         held = sorted(n for n in os.listdir(output_dir) if n != LOCK_FILE)
@@ -97,8 +107,15 @@ def read_info(store: str | os.PathLike) -> dict[str, Any]:
     return read_json(path, "embedding store info")
 
 
-def write_shard(path: str, columns: Mapping[str, Sequence], embeddings: np.ndarray, dtype: str = "float32") -> None:
-    """Write one shard atomically (tmp file + rename), so a killed run never leaves a half shard behind."""
+def store_run_digest(output_dir: str) -> str:
+    """The digest of the settings a store was started with (what each shard record names as its writer)."""
+    return settings_digest({k: v for k, v in read_info(output_dir).items() if k not in _NOT_COMPARED})
+
+
+def write_shard(path: str, columns: Mapping[str, Sequence], embeddings: np.ndarray, dtype: str = "float32",
+                run_digest: str = "") -> None:
+    """Write one shard atomically (tmp file + rename), so a killed run never leaves a half shard behind, and
+    record its row count and checksum (:func:`~cloome_hf.output_folder.commit_shard`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -108,7 +125,23 @@ def write_shard(path: str, columns: Mapping[str, Sequence], embeddings: np.ndarr
     table = pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(values, emb.shape[1])})
     tmp = temporary_name(path)
     pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    commit_shard(tmp, path, len(emb), run_digest)
+
+
+def shards_to_compute(folder: str, shards: Sequence[int], run_digest: str) -> list[int]:
+    """The shards of ``shards`` that this run must (re)compute: not written, or kept but failing their record
+    (:func:`~cloome_hf.output_folder.shard_problem`); those are removed and named in a warning."""
+    todo = []
+    for i in shards:
+        path = _shard_path(folder, i)
+        problem = shard_problem(path, run_digest)
+        if problem is None:
+            continue
+        if os.path.exists(path) or os.path.exists(shard_record_path(path)):
+            logger.warning("recomputing shard %s", os.path.join(folder, problem))
+            discard_shard(path)
+        todo.append(i)
+    return todo
 
 
 def _my_shards(num_shards: int, accelerator) -> list[int]:
@@ -163,14 +196,15 @@ def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, 
     os.makedirs(folder, exist_ok=True)
     num_rows = len(sites) if max_rows is None else min(max_rows, len(sites))
     shards = shard_ranges(num_rows, shard_size)
-    todo = [i for i in _my_shards(len(shards), accelerator) if not os.path.isfile(_shard_path(folder, i))]
+    digest = store_run_digest(os.path.dirname(os.path.abspath(folder)))
+    todo = shards_to_compute(folder, _my_shards(len(shards), accelerator), digest)
     bar = tqdm(total=sum(shards[i][1] - shards[i][0] for i in todo), unit="site",
                desc=f"images (process {accelerator.process_index})", disable=not accelerator.is_local_main_process)
     for i in todo:
         with _shard_sites(sites, *shards[i], folder) as part:
             emb = encode_sites(model, processor, part, batch_size=batch_size, num_workers=num_workers,
                                autocast_dtype=autocast_dtype)
-            write_shard(_shard_path(folder, i), part.select_columns(meta_cols)[:], emb, dtype)
+            write_shard(_shard_path(folder, i), part.select_columns(meta_cols)[:], emb, dtype, digest)
             bar.update(len(part))
     bar.close()
 
@@ -185,16 +219,15 @@ def embed_molecules_to_store(table, model, processor, folder: str, *, accelerato
 
     os.makedirs(folder, exist_ok=True)
     shards = shard_ranges(len(table), shard_size)
-    for i in tqdm(_my_shards(len(shards), accelerator), desc="molecules",
+    digest = store_run_digest(os.path.dirname(os.path.abspath(folder)))
+    for i in tqdm(shards_to_compute(folder, _my_shards(len(shards), accelerator), digest), desc="molecules",
                   disable=not accelerator.is_local_main_process):
         path = _shard_path(folder, i)
-        if os.path.isfile(path):
-            continue
         part = table.iloc[shards[i][0]:shards[i][1]]
         doses = part["concentration"].to_numpy() if "concentration" in part.columns else None
         emb = encode_molecules(model, processor, list(part["smiles"]), batch_size=batch_size,
                                autocast_dtype=autocast_dtype, concentrations=doses)
-        write_shard(path, {c: part[c].tolist() for c in part.columns}, emb, dtype)
+        write_shard(path, {c: part[c].tolist() for c in part.columns}, emb, dtype, digest)
 
 
 def write_store_readme(output_dir: str) -> None:
@@ -293,4 +326,4 @@ def load_store(store: str | os.PathLike) -> dict[str, Any]:
 
 __all__ = ["CONFIGS", "INFO_FILE", "check_or_write_info", "embed_images_to_store", "embed_molecules_to_store",
            "embeddings_from_arrow", "load_store", "read_embeddings", "read_info", "remove_store", "shard_ranges",
-           "write_shard", "write_store_readme"]
+           "shards_to_compute", "store_run_digest", "write_shard", "write_store_readme"]

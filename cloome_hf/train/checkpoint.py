@@ -19,7 +19,6 @@ used).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -190,12 +189,5 @@ def parameter_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The settings that differ between a checkpoint and this run, each as ``name: saved -> now``."""
-    current = json.loads(json.dumps(current, default=str))  # compare in the form the checkpoint stored
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
-            if saved.get(k) != current.get(k)]
-
-
-__all__ = ["changed_settings", "clean_incomplete_checkpoints", "list_checkpoints", "load_checkpoint",
+__all__ = ["clean_incomplete_checkpoints", "list_checkpoints", "load_checkpoint",
            "parameter_digest", "read_trainer_state", "resolve_checkpoint", "save_checkpoint"]

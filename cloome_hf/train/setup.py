@@ -3,7 +3,6 @@ claimed (locked, never mixed with another run) and a checkpoint resumed (its set
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,10 +16,10 @@ from tqdm.auto import tqdm
 from ..data.loader import column_values
 from ..distributed import convert_sync_batchnorm
 from ..evaluation.stats import random_retrieval_baseline
+from ..output_folder import changed_fields, dataset_digest, refuse_changed_settings
 from ..recipes import model_config
 from ..safe_io import OutputLock
 from .checkpoint import (
-    changed_settings,
     clean_incomplete_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
@@ -186,11 +185,11 @@ def _resume(run: Run) -> None:
         run.log(f"no checkpoint in {run.checkpoint_dir}; starting from scratch")
         return
     saved = load_checkpoint(run.accelerator, path, run.raw_model, run.optimizer, run.scheduler)
-    changed = changed_settings(saved["settings"], run.settings)
-    if changed and not run.train_args.allow_changed_settings:
-        raise ValueError(f"{path} was written by a run with other settings, so resuming would not continue it: "
-                         + "; ".join(changed) + ". Use the original settings, a new --output_dir, or "
-                         "--allow_changed_settings to continue anyway")
+    changed = changed_fields(saved["settings"], run.settings)
+    if not run.train_args.allow_changed_settings:
+        refuse_changed_settings(saved["settings"], run.settings, path, "a checkpoint",
+                                "Use the original settings, a new --output_dir, or --allow_changed_settings to "
+                                "continue anyway")
     if changed:
         run.log("resuming with changed settings (--allow_changed_settings): " + "; ".join(changed))
     run.state = TrainState(**{k: saved[k] for k in ("step", "epoch", "batch_in_epoch", "best_score")})
@@ -202,13 +201,10 @@ def run_settings(run: Run) -> dict[str, Any]:
     model_args, data_args, train_args = run.args
     config = {k: v for k, v in run.raw_model.config.to_dict().items()
               if not k.startswith("_") and k != "transformers_version"}
-    data = hashlib.sha256()
-    for part in (run.data.train, run.data.validation):
-        data.update(json.dumps([len(part), column_values(part, "sample_key"),
-                                column_values(part, "inchikey")]).encode())
     keys = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "warmup_steps",
             "restart_epochs", "max_grad_norm", "seed", "mixed_precision")
-    return {"preset": train_args.preset or "demo", "model_config": config, "data": data.hexdigest(),
+    return {"preset": train_args.preset or "demo", "model_config": config,
+            "data": dataset_digest(run.data.train, run.data.validation),
             "global_batch_size": train_args.per_device_train_batch_size * run.accelerator.num_processes,
             "num_processes": run.accelerator.num_processes, "total_steps": run.total_steps,
             "steps_per_epoch": run.steps_per_epoch, "image_size": list(data_args.image_size),
