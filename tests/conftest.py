@@ -41,3 +41,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The smallest `cloome train` run the CLI accepts: 2 steps, a checkpoint at each, no validation in between.
+TINY_TRAIN_ARGS = [
+    "--synthetic_molecules", "40", "--synthetic_sites_per_molecule", "3", "--base_width", "8",
+    "--molecule_hidden_size", "32", "--projection_dim", "16", "--fingerprint_size", "128",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
+    "--vision_layers", "1", "1", "1", "1", "--max_steps", "2", "--save_steps", "1", "--eval_steps", "100",
+    "--save_total_limit", "0",
+]
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory):
+    """One finished tiny training run (model folder + checkpoints), shared by every test that only reads it:
+    copy it (``shutil.copytree``) before writing into it."""
+    from cloome_hf.train import main
+
+    out = tmp_path_factory.mktemp("finished_tiny_run") / "run"
+    main(["--output_dir", str(out), *TINY_TRAIN_ARGS])
+    return out
