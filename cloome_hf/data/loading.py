@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from .prepare import MANIFEST, verify_prepared
 from ..channels import CHANNELS
 from .schema import check_schema, dataset_description
-from .remote import is_table_location
+from .remote import is_table_location, is_url
 from .sources import SiteSource, open_source
 
 
@@ -50,6 +50,36 @@ def _parquet_files(folder: str) -> dict[str, list[str]]:
                 raise ValueError(f"{folder}: split {split!r} lacks shard(s) {absent[:5]} of the {total} shards "
                                  f"{os.path.basename(stem)}-NNNNN-of-{total:05d}.parquet (an incomplete copy)")
     return by_split
+
+
+def looks_local(location: str) -> bool:
+    """True for a location a user means as a local path: it starts with ``./``, ``../``, ``/`` or ``~``, or its
+    parent folder exists (``data/sitez`` when ``data/`` does). A Hub id (``user/name``) has none of these,
+    unless a local folder ``user/`` exists, in which case the local reading is the likelier one."""
+    if is_url(location):
+        return False
+    if location.startswith(("./", "../", "/", "~", "." + os.sep, ".." + os.sep)) or os.path.isabs(location):
+        return True
+    parent = os.path.dirname(os.path.expanduser(location).rstrip("/" + os.sep))
+    return bool(parent) and os.path.isdir(parent)
+
+
+def refuse_missing_local_path(location: Any, what: str = "dataset") -> None:
+    """``FileNotFoundError`` naming ``location`` when it looks like a local path (:func:`looks_local`) that does
+    not exist: a mistyped folder is reported as missing, never sent to the Hub as a repository id."""
+    if not isinstance(location, (str, os.PathLike)):
+        return
+    path = os.fspath(location)
+    if looks_local(path) and not os.path.exists(os.path.expanduser(path)):
+        parent = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+        if not os.path.isdir(parent):
+            found = f"; {parent} does not exist either"
+        else:
+            near = sorted(os.listdir(parent))
+            found = f"; {parent} holds {', '.join(near[:8])}{', ...' if len(near) > 8 else ''}" if near else \
+                f"; {parent} is empty"
+        raise FileNotFoundError(f"{what} {path!r} does not exist (no such local file or folder: "
+                                f"{os.path.abspath(os.path.expanduser(path))}){found}")
 
 
 def _generate(source: SiteSource, shards):
@@ -113,6 +143,8 @@ def load_cell_painting(
     """
     import datasets
 
+    if not (isinstance(source, str) and source == "synthetic"):
+        refuse_missing_local_path(source)
     raw = open_table_source(source, kind=kind, root=root, compounds=compounds, wells=wells, errors=errors,
                             source_options=source_options)
     if raw is not None:
