@@ -28,14 +28,6 @@ class UsageError(Exception):
     """An argparse usage error (unknown option, missing required argument, invalid choice), as an exception."""
 
 
-class IncompleteOutputError(ValueError):
-    """A command finished but wrote nothing, or left out more of its input than allowed (e.g. ``prepare``)."""
-
-    def __init__(self, message: str, hint: str):
-        super().__init__(message)
-        self.hint = hint
-
-
 @contextlib.contextmanager
 def usage_errors_as_exceptions() -> Iterator[None]:
     """While active, every ``argparse`` parser (also ``HfArgumentParser``) raises :class:`UsageError` instead of
@@ -60,7 +52,7 @@ def split_debug_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
 
 def hint_for(error: BaseException, command: str) -> str:
     """One line of what to do about ``error``, raised by ``cloome {command}``."""
-    if isinstance(error, IncompleteOutputError):
+    if isinstance(getattr(error, "hint", None), str):  # e.g. cloome_hf.data.prepare.IncompleteOutputError
         return error.hint
     help_line = f"run 'cloome {command} --help' for the options" if command else "run 'cloome --help'"
     if isinstance(error, UsageError):
@@ -101,5 +93,5 @@ def run_at_boundary(command: str, call: Callable[[], object], debug: bool) -> in
     return 0
 
 
-__all__ = ["DEBUG_FLAG", "IncompleteOutputError", "USER_ERRORS", "UsageError", "hint_for", "run_at_boundary",
+__all__ = ["DEBUG_FLAG", "USER_ERRORS", "UsageError", "hint_for", "run_at_boundary",
            "split_debug_flag", "usage_errors_as_exceptions"]
