@@ -114,7 +114,7 @@ def _channel_of(token: str, channels: Mapping[str, str]) -> str | None:
 
 
 def read_well_table(path) -> pd.DataFrame:
-    """A well table (plate, well, smiles + other columns) in the names :func:`infer_tiff_index` uses."""
+    """A well table (a path or DataFrame: plate, well, smiles + other columns) in the names :func:`infer_tiff_index` uses."""
     from .remote import read_table
 
     table, where = read_table(path, "well")
@@ -163,7 +163,7 @@ def infer_tiff_index(root, wells, channels: Mapping[str, str] | None = None) -> 
             raise ValueError(f"plate {key[0]}, well {key[1]}, site {key[2]} has channel {channel} twice: "
                              f"{site[channel]!r} and {f!r}")
         site[channel] = f
-    table = wells if isinstance(wells, pd.DataFrame) else read_well_table(wells)
+    table = read_well_table(wells)
     molecules = table.set_index(["plate", "well"])
     rows = []
     for (plate, well, site), found in sorted(sites.items(), key=lambda kv: (kv[0][0], kv[0][1], int(kv[0][2]))):

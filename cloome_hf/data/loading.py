@@ -120,7 +120,8 @@ def load_cell_painting(
               a URL) with optional ``compounds`` = the compound table (and ``wells`` = cpg0016's well table when
               ``load_data`` has no compound column); its rows carry ``perturbation_type``;
             * a :class:`~cloome_hf.data.sources.SiteSource`.
-        kind: ``"auto"``, ``"parquet"``, ``"hub"``, ``"bray_npz"``, ``"tiff"`` or ``"jump"``.
+        kind: ``"auto"``, ``"parquet"``, ``"hub"``, ``"bray_npz"``, ``"tiff"`` or ``"jump"``. The raw layouts
+            are ``cloome prepare --layout``'s names; a prepare manifest records them as ``source_kind``.
         split: a split name to return one ``Dataset`` / ``IterableDataset``; ``None`` returns a ``DatasetDict``
             (index / JUMP sources have a single ``"train"`` split).
         streaming: ``IterableDataset`` reading lazily (Parquet shards, Hub, or the raw files themselves).
