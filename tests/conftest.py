@@ -62,3 +62,30 @@ def finished_tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("finished_tiny_run") / "run"
     main(["--output_dir", str(out), *TINY_TRAIN_ARGS])
     return out
+
+
+@pytest.fixture
+def write_tiff_plates():
+    """Writes a user's TIFF folder: ``write_tiff_plates(folder, plates=("P1",), wells=("A01", "A02"), sites=2)``
+    gives ``folder/PLATE/WELL_sSITE_CHANNEL.tif`` (16-bit, ``size`` px, channels named DNA, ER, RNA, AGP, Mito,
+    each well a different brightness) and returns the well table rows ``[(plate, well, smiles), ...]``."""
+    import numpy as np
+    import tifffile
+
+    smiles = ("CCO", "CC(=O)Oc1ccccc1C(=O)O", "Cn1cnc2c1c(=O)n(C)c(=O)n2C", "c1ccccc1O", "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
+              "CN1CCC[C@H]1c1cccnc1", "OC(=O)CCc1ccccc1", "Nc1ccccc1")
+
+    def write(folder, plates=("P1",), wells=("A01", "A02"), sites=2, size=72, seed=0):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for plate in plates:
+            (folder / plate).mkdir(parents=True, exist_ok=True)
+            for j, well in enumerate(wells):
+                rows.append((plate, well, smiles[j % len(smiles)]))
+                for site in range(1, sites + 1):
+                    for k, channel in enumerate(("DNA", "ER", "RNA", "AGP", "Mito")):
+                        image = rng.gamma(2.0, 300.0 + 150 * j + 40 * k, (size, size)).astype(np.uint16) + 1
+                        tifffile.imwrite(folder / plate / f"{well}_s{site}_{channel}.tif", image)
+        return rows
+
+    return write

@@ -80,7 +80,7 @@ def test_prepare_skips_and_reports_bad_sites(tmp_path, npz_layout):
             os.symlink(os.path.join(npz_layout["root"], name), tmp_path / "npz" / name)
     report = data_main(["prepare", "--layout", "bray_npz", "--index", str(tmp_path / "index.csv"),
                         "--root", str(tmp_path / "npz"), "--output_dir", str(tmp_path / "out"),
-                        "--shard_size", "5", "--errors", "skip"])
+                        "--shard_size", "5", "--errors", "skip", "--max_skipped_fraction", "0.5"])
     assert report["num_written"] == 12 and report["num_skipped"] == 2
     skipped = {s["sample_key"]: s["reason"] for s in report["skipped"]}
     assert skipped[index.SAMPLE_KEY[1]] == "invalid SMILES 'not_a_smiles'"

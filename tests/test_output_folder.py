@@ -7,7 +7,6 @@ import os
 import shutil
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 

@@ -22,7 +22,6 @@ import transformers_common_suite
 from conftest import TINY_MOLECULE, TINY_VISION
 
 from cloome_hf import CloomeConfig, CloomeModel, CloomeProcessor
-from cloome_hf.featurization_cloome import MoleculeFeaturizer
 from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
 
 try:

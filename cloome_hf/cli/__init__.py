@@ -8,7 +8,8 @@
     cloome convert  ...   the published CLOOME checkpoints -> a from_pretrained folder
     cloome push     ...   publish a model and its embeddings to the Hub (or --local_dir)
 
-``cloome <command> --help`` shows each command's options; ``scripts/*.py`` are shims over these.
+``cloome <command> --help`` shows each command's options; ``scripts/*.py`` are shims over these. A refused
+input prints ``cloome <command>: error: ...`` and a hint, exit status 2; add ``--debug`` for the traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from .errors import UsageError, run_at_boundary, split_debug_flag
 
 COMMANDS = {
     "train": "train CLOOME on a Cell Painting dataset, from one CPU to many GPUs",
@@ -39,28 +42,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(argv=None):
-    """Dispatch ``argv`` to a sub-command and return what it returns (e.g. a DataFrame for ``search``)."""
+    """Dispatch ``argv`` to a sub-command and return what it returns (e.g. a DataFrame for ``search``).
+    Errors propagate (:func:`main` is the boundary that prints them as one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser = _parser()
-        parser.print_help()
-        if argv and argv[0] not in ("-h", "--help"):
-            parser.exit(2, f"cloome: unknown command {argv[0]!r}\n")
+    if not argv or argv[0] in ("-h", "--help"):
+        _parser().print_help()
         return None
+    if argv[0] not in COMMANDS:
+        raise UsageError(f"unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)}")
     module = importlib.import_module(f"{__name__}.{argv[0]}")
     return module.main(argv[1:])
 
 
 def main(argv=None) -> int:
-    """Console entry point: run the command and exit 0 (its result is printed or written, not returned)."""
-    from ..train.loop import TrainingStopped
-
+    """Console entry point (``cloome``, ``python -m cloome_hf.cli``, ``scripts/*.py``): run the command and return
+    its exit status: 0, 1 when training stopped on a non-finite step, 2 for a refused input, printed as
+    ``cloome COMMAND: error: ...`` and one line of what to do (``--debug`` anywhere shows the traceback)."""
+    argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    command = argv[0] if argv and argv[0] in COMMANDS else ""
     try:
-        run(argv)
-    except TrainingStopped as err:
-        print(f"training stopped: {err}", file=sys.stderr)
+        return run_at_boundary(command, lambda: run(argv), debug)
+    except RuntimeError as err:
+        from ..train.state import TrainingStopped  # imported here: torch loads only when a command needs it
+
+        if not isinstance(err, TrainingStopped):
+            raise
+        print(f"cloome {command}: training stopped: {err}", file=sys.stderr)
         return 1
-    return 0
 
 
 __all__ = ["COMMANDS", "main", "run"]

@@ -108,10 +108,41 @@ def _open_sites(args):
     return sites
 
 
+def rows_written(folder: str) -> int:
+    """Rows in the Parquet shards of a store part (``OUT/images`` or ``OUT/molecules``)."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(os.path.join(folder, "*.parquet")))
+
+
+def report_written(args) -> None:
+    """Say what the store holds; refuse (exit 2) a store part that was asked for and holds no row."""
+    import sys
+
+    from ..data.prepare import IncompleteOutputError
+
+    parts = [("images", args.dataset), ("molecules", args.molecules)]
+    counts = {name: rows_written(os.path.join(args.output_dir, name)) for name, given in parts if given}
+    print(f"wrote {', '.join(f'{n} {name} rows to {os.path.join(args.output_dir, name)}' for name, n in counts.items())}"
+          f" (settings in {os.path.join(args.output_dir, 'embedding_info.json')})", file=sys.stderr)
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        given = dict(parts)
+        raise IncompleteOutputError(
+            f"wrote 0 {' and 0 '.join(empty)} rows: {', '.join(f'{given[e]!r} holds no rows' for e in empty)} "
+            f"(see {os.path.join(args.output_dir, 'embedding_info.json')})",
+            "check --dataset / --split / --max_samples, or the molecule table's rows")
+
+
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
     if args.dataset is None and args.molecules is None:
         raise ValueError("nothing to embed: give --dataset and/or --molecules")
+    from ..data.loading import refuse_missing_local_path
+
+    refuse_missing_local_path(args.model, "model")
     import torch
     from accelerate import Accelerator
 
@@ -147,4 +178,6 @@ def main(argv=None) -> str:
         accelerator.wait_for_everyone()
         if main_process:
             store.write_store_readme(args.output_dir)
+    if main_process:
+        report_written(args)
     return args.output_dir

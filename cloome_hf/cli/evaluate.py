@@ -17,11 +17,10 @@ on its own rows and appears as an extra method row in every table it took part i
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 DEFAULT_TASKS = "retrieval,zeroshot_molecule,map"
 
@@ -195,7 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
     from ..inference.encode import encode_dataset
     from ..processing_cloome import load_model_and_processor
 
+    from ..data.loading import refuse_missing_local_path
+    from ..evaluation.training_overlap import overlap_line, training_overlap
+
     paper_tasks, protocol_tasks = _split_tasks(args)
+    refuse_missing_local_path(args.model, "model")
     accelerator = Accelerator()
     model, processor = load_model_and_processor(args.model, revision=args.revision)
     model.to(accelerator.device)
@@ -208,24 +211,58 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     baseline = _baseline(args)
     results = _paper_results(args, paper_tasks, emb, ds, baseline)
+    results["training_overlap"] = training_overlap(args.model, emb.metadata["inchikey"])
     figures = _add_protocol_results(args, protocol_tasks, emb, baseline, results, output_dir) if protocol_tasks else {}
     if "retrieval" in paper_tasks or not protocol_tasks:  # the retrieval gallery and the embedding t-SNE
         figures.update(evaluation_figures(emb, ds, output_dir, moa=_moa(args, emb, ds), seed=args.seed,
                                           gallery_queries=args.gallery_queries,
                                           tsne_max_points=args.tsne_max_points))
     results["figures"] = figures
+    results["figures_not_drawn"] = skipped_figures(args, figures)
     np.save(output_dir / "image_embeddings.npy", emb.image)
-    write_report(results, output_dir)
-    print(json.dumps({t: _headline(t, r) for t, r in results["tasks"].items()}, indent=1))
+    json_path, report_path = write_report(results, output_dir)
+    print(overlap_line(results["training_overlap"]))
+    print(format_summary(summary_rows(results)))
+    written = [str(json_path), str(report_path), *(str(output_dir / f) for f in figures.values())]
+    print(f"wrote {', '.join(written)}", file=sys.stderr)
+    for name, reason in results["figures_not_drawn"].items():
+        print(f"not drawn: {name} ({reason})", file=sys.stderr)
     return results
 
 
-def _headline(task: str, res: dict):
-    if task == "retrieval":
-        return {d: res[d]["top1"]["value"] for d in ("image_to_molecule", "molecule_to_image")}
-    if task.startswith("zeroshot"):
-        return res["top1"]["value"]
-    if task == "linear_probe":
-        return res["auc"]["mean"]
-    return res["mean_map"]
+def skipped_figures(args, figures: dict) -> dict[str, str]:
+    """The figures the README describes that this run did not draw, and why."""
+    out = {}
+    if "tsne_moa" not in figures and not any("moa" in name for name in figures):
+        out["t-SNE by MoA"] = "no MoA annotations: give --moa_column or --moa_annotations"
+    return out
+
+
+def summary_rows(results: dict) -> list[tuple[str, str, float, float | None, float | None, int | None]]:
+    """The headline numbers, one ``(task, metric, value, ci_low, ci_high, n)`` per row, for the console."""
+    rows = []
+    for task, res in results["tasks"].items():
+        if task == "retrieval":
+            for direction in ("image_to_molecule", "molecule_to_image"):
+                for k in ("top1", "top10"):
+                    e = res[direction][k]
+                    rows.append((f"retrieval {direction.replace('_', ' ')}", f"{k} accuracy", e["value"],
+                                 e["ci_low"], e["ci_high"], e.get("n", res.get("n"))))
+        elif task.startswith("zeroshot"):
+            e = res["top1"]
+            rows.append((task, "top1 accuracy", e["value"], e["ci_low"], e["ci_high"], res.get("n_queries")))
+        elif task == "linear_probe":
+            rows.append((task, "mean ROC-AUC", res["auc"]["mean"], None, None, res.get("n_tasks_evaluated")))
+        elif "mean_map" in res:
+            rows.append((task, "mean mAP", res["mean_map"], None, None, res.get("n_molecules")))
+    return rows
+
+
+def format_summary(rows) -> str:
+    """``rows`` of :func:`summary_rows` as an aligned text table (``-`` where a metric has no interval)."""
+    header = ("task", "metric", "value", "95 % CI", "n")
+    body = [(t, m, f"{v:.3f}", "-" if lo is None else f"[{lo:.3f}, {hi:.3f}]", "-" if n is None else str(n))
+            for t, m, v, lo, hi, n in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *body])
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,12 +57,19 @@ def main(argv=None) -> dict:
             done["dataset"] = hub.write_dataset_repo(args.embeddings, os.path.join(args.local_dir, "dataset"),
                                                      dataset_id=dataset_repo_id, source_dataset=args.source_dataset,
                                                      description=args.description)
+        for part, files in done.items():
+            folder = os.path.join(args.local_dir, part)
+            print(f"wrote the {part} repo ({len(files)} files) to {folder}: {', '.join(files)}", file=sys.stderr)
         return done
     if args.model_dir:
         done["model"] = hub.push_model(args.model_dir, args.repo_id, private=args.private, token=args.token, **card)
+        print(f"pushed the model ({args.model_dir}) to https://huggingface.co/{args.repo_id} "
+              f"(commit {getattr(done['model'], 'oid', '?')})", file=sys.stderr)
     if args.embeddings:
         done["dataset"] = hub.push_embeddings(args.embeddings, dataset_repo_id, private=args.private,
                                               token=args.token, source_dataset=args.source_dataset,
                                               description=args.description)
+        print(f"pushed the embeddings ({args.embeddings}) to https://huggingface.co/datasets/{dataset_repo_id}",
+              file=sys.stderr)
     return done
 

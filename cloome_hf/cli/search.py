@@ -52,7 +52,6 @@ def _query_smiles(args) -> list[str] | None:
 
 
 def main(argv=None):
-    import pandas as pd
 
     from ..inference.search import CloomeIndex
 
@@ -81,7 +80,23 @@ def main(argv=None):
         print(f"recall@{args.k} vs exact search: {target.recall_at_k(q, args.k):.4f}", file=sys.stderr)
     if args.output:
         (result.to_parquet if args.output.endswith(".parquet") else result.to_csv)(args.output, index=False)
-    else:
-        with pd.option_context("display.max_rows", None, "display.width", 200):
-            print(result.to_string(index=False))
+    print_top_hits(result, shown=None if not args.output else TOP_HITS_SHOWN)
+    if args.output:
+        print(f"wrote {len(result)} hits ({result['query_index'].nunique()} queries x top {args.k}) to "
+              f"{args.output}", file=sys.stderr)
     return result
+
+
+#: Hits per query printed when the results also go to --output.
+TOP_HITS_SHOWN = 5
+
+
+def print_top_hits(result, shown: int | None) -> None:
+    """The hits as a table on stdout: all of them, or the first ``shown`` of each query (the file has all)."""
+    import pandas as pd
+
+    table = result if shown is None else result[result["rank"] < shown]
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 40):
+        print(table.drop(columns=[c for c in ("embedding",) if c in table.columns]).to_string(index=False))
+    if shown is not None and len(table) < len(result):
+        print(f"(top {shown} of each query shown)")

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 from .prepare import MANIFEST, verify_prepared
 from ..channels import CHANNELS
 from .schema import check_schema, dataset_description
+from .remote import is_url
 from .source_kinds import site_source_of
 from .sources import SiteSource
 
@@ -52,6 +53,36 @@ def _parquet_files(folder: str) -> dict[str, list[str]]:
     return by_split
 
 
+def looks_local(location: str) -> bool:
+    """True for a location a user means as a local path: it starts with ``./``, ``../``, ``/`` or ``~``, or its
+    parent folder exists (``data/sitez`` when ``data/`` does). A Hub id (``user/name``) has none of these,
+    unless a local folder ``user/`` exists, in which case the local reading is the likelier one."""
+    if is_url(location):
+        return False
+    if location.startswith(("./", "../", "/", "~", "." + os.sep, ".." + os.sep)) or os.path.isabs(location):
+        return True
+    parent = os.path.dirname(os.path.expanduser(location).rstrip("/" + os.sep))
+    return bool(parent) and os.path.isdir(parent)
+
+
+def refuse_missing_local_path(location: Any, what: str = "dataset") -> None:
+    """``FileNotFoundError`` naming ``location`` when it looks like a local path (:func:`looks_local`) that does
+    not exist: a mistyped folder is reported as missing, never sent to the Hub as a repository id."""
+    if not isinstance(location, (str, os.PathLike)):
+        return
+    path = os.fspath(location)
+    if looks_local(path) and not os.path.exists(os.path.expanduser(path)):
+        parent = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+        if not os.path.isdir(parent):
+            found = f"; {parent} does not exist either"
+        else:
+            near = sorted(os.listdir(parent))
+            found = f"; {parent} holds {', '.join(near[:8])}{', ...' if len(near) > 8 else ''}" if near else \
+                f"; {parent} is empty"
+        raise FileNotFoundError(f"{what} {path!r} does not exist (no such local file or folder: "
+                                f"{os.path.abspath(os.path.expanduser(path))}){found}")
+
+
 def _generate(source: SiteSource, shards):
     """``datasets`` generator; ``shards`` (lists of record indices) is split over the ``num_proc`` workers."""
     for rows in shards:
@@ -90,7 +121,8 @@ def load_cell_painting(
               a URL) with optional ``compounds`` = the compound table (and ``wells`` = cpg0016's well table when
               ``load_data`` has no compound column); its rows carry ``perturbation_type``;
             * a :class:`~cloome_hf.data.sources.SiteSource`.
-        kind: ``"auto"``, ``"parquet"``, ``"hub"``, ``"bray_npz"``, ``"tiff"`` or ``"jump"``.
+        kind: ``"auto"``, ``"parquet"``, ``"hub"``, ``"bray_npz"``, ``"tiff"`` or ``"jump"``. The raw layouts
+            are ``cloome prepare --layout``'s names; a prepare manifest records them as ``source_kind``.
         split: a split name to return one ``Dataset`` / ``IterableDataset``; ``None`` returns a ``DatasetDict``
             (index / JUMP sources have a single ``"train"`` split).
         streaming: ``IterableDataset`` reading lazily (Parquet shards, Hub, or the raw files themselves).
@@ -113,6 +145,8 @@ def load_cell_painting(
     """
     import datasets
 
+    if not (isinstance(source, str) and source == "synthetic"):
+        refuse_missing_local_path(source)
     raw = site_source_of(source, kind=kind, root=root, compounds=compounds, wells=wells, errors=errors,
                          source_options=source_options)
     if raw is not None:

@@ -25,10 +25,12 @@ folder, so the last process to finish (or any rerun) writes the complete one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import multiprocessing
 import os
+import re
 from typing import Any
 
 
@@ -53,6 +55,58 @@ FORMAT = "cloome_hf.cell_painting/1"
 _COMPARED = ("channels", "features", "records_hash", "shard_size", "num_shards")
 _SPLIT_KEYS = ("source_kind", "source", "num_sites", "shard_size", "num_shards", "records_hash")
 _SOURCE: SiteSource | None = None  # the source of the forked workers (inherited, not pickled per task)
+#: ``cloome prepare`` fails when it leaves out more than this share of the sites (``--max_skipped_fraction``).
+DEFAULT_MAX_SKIPPED_FRACTION = 0.1
+
+
+class IncompleteOutputError(ValueError):
+    """A run finished but wrote nothing, or left out more of its input than allowed. The output stays as written
+    (and is listed in its report); ``hint`` says what to do, for the CLI's second line."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.hint = hint
+
+
+_SITE_PREFIX = re.compile(r"^.*?, site \S+?(?:, file\(s\) .*?)?: ")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason without the site it names (row, sample, plate, well, files) and with quoted values as
+    ``'…'``: the reasons of many sites that failed the same way compare equal."""
+    return _QUOTED.sub("'…'", _SITE_PREFIX.sub("", str(reason), count=1)).strip()
+
+
+def most_common_reason(skipped: list[dict[str, Any]]) -> tuple[str, int, str]:
+    """``(kind of reason, how many sites, one full reason)`` of the commonest way sites were skipped."""
+    counts = collections.Counter(reason_kind(s["reason"]) for s in skipped)
+    kind, count = counts.most_common(1)[0]
+    example = next(s["reason"] for s in skipped if reason_kind(s["reason"]) == kind)
+    return kind, count, example
+
+
+def check_written(report: dict[str, Any], report_path: str, max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION
+                  ) -> None:
+    """Refuse (:class:`IncompleteOutputError`) a prepare run that wrote no site, or skipped more than
+    ``max_skipped_fraction`` of the sites it looked at; the message names the report file and the commonest
+    reason with its count."""
+    if not 0 <= max_skipped_fraction <= 1:
+        raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction}")
+    written, skipped = int(report["num_written"]), list(report["skipped"])
+    seen = written + len(skipped)
+    if seen == 0:
+        raise IncompleteOutputError(f"the input holds no sites ({report_path})",
+                                    "check that the index / load_data table has rows")
+    if written and len(skipped) <= max_skipped_fraction * seen:
+        return
+    kind, count, _ = most_common_reason(skipped)
+    limit = "" if not written else f", more than the allowed {max_skipped_fraction:.0%}"
+    raise IncompleteOutputError(
+        f"wrote {written} of {seen} sites, skipped {len(skipped)} ({len(skipped) / seen:.0%}{limit}); most often "
+        f"({count}x): {kind}; every skipped site and why is listed in {report_path}",
+        "fix those inputs and rerun (finished shards are kept)" + (
+            ", or accept the partial dataset with --max_skipped_fraction 1" if written else ""))
 
 
 def _shard_paths(output_dir: str, split: str, i: int, n: int) -> tuple[str, str]:
@@ -285,6 +339,11 @@ def _prepare(source, out, split, shard_size, num_proc, compression, row_group_si
     return report
 
 
+def report_name(split: str) -> str:
+    """The report file of a split, in the output folder."""
+    return REPORT if split == "train" else f"prepare_report_{split}.json"
+
+
 def _report(source: SiteSource, out: str, split: str, n_shards: int, reused: int) -> dict[str, Any]:
     """Gather the per-shard reports and the molecules excluded when the source was built."""
     import pyarrow.parquet as pq
@@ -307,5 +366,5 @@ def _report(source: SiteSource, out: str, split: str, n_shards: int, reused: int
               "num_written": written, "num_skipped": len(skipped), "skipped": skipped, "num_shards": n_shards,
               "shards_done": done, "shards_reused": reused, "complete": done == n_shards,
               "perturbation_types": type_counts(types), "num_without_structure": unstructured}
-    atomic_write_json(os.path.join(out, REPORT if split == "train" else f"prepare_report_{split}.json"), report)
+    atomic_write_json(os.path.join(out, report_name(split)), report)
     return report

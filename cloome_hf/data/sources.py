@@ -253,7 +253,7 @@ def stays_under(root: str, path: str) -> bool:
     """True when ``path`` (``root`` joined with a table's value) stays inside ``root`` once ``..`` and ``.`` are
     resolved: a table cannot reach files outside the folder it was given (``../../etc/passwd``). Lexical, so a
     symlink inside ``root`` (a mirror on another disk) is followed as the user set it up."""
-    norm = posixpath.normpath if is_url(root) else os.path.normpath
+    norm = posixpath.normpath if is_url(root) else os.path.abspath  # abspath: root "." holds "./m" too
     root, path = norm(os.fspath(root)), norm(os.fspath(path))
     return path == root or path.startswith(root.rstrip("/" + os.sep) + ("/" if is_url(root) else os.sep))
 

@@ -153,12 +153,17 @@ def _map_section(results: dict) -> list[str]:
 
 def render_report(results: dict) -> str:
     """Markdown text of the report (see module docstring for the shape of ``results``)."""
+    from .training_overlap import overlap_line
+
+    overlap = results.get("training_overlap")
     lines = [
+        *([f"**{overlap_line(overlap)}**", ""] if overlap and overlap.get("on_training_data") else []),
         "# CLOOME evaluation report",
         "",
         f"- model: `{results.get('model', '?')}`",
         f"- dataset: `{results.get('dataset', '?')}`",
         f"- sites: {results.get('n_sites', '?')}, molecules: {results.get('n_molecules', '?')}",
+        *([f"- {overlap_line(overlap)}"] if overlap else []),
         "",
     ]
     lines += _retrieval_section(results)

@@ -34,6 +34,12 @@ def save_model_folder(run: Run, folder: str, metrics: dict[str, Any]) -> None:
     run.processor.save_pretrained(folder)
     config = training_config(run)
     atomic_write_json(os.path.join(folder, TRAINING_CONFIG_FILE), config)
+    from ..data.loader import column_values
+    from ..evaluation.training_overlap import write_training_molecules
+
+    # cloome evaluate reads these to say how many of its molecules the model has seen in training
+    write_training_molecules(folder, column_values(run.data.train, "inchikey"),
+                             column_values(run.data.validation, "inchikey"), config["arguments"].get("dataset"))
     card = render_model_card(
         "model", model_id=os.path.basename(os.path.abspath(folder)), source="trained", config=run.raw_model.config,
         processor={"image_processor": run.processor.image_processor.to_dict(),
