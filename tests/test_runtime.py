@@ -65,6 +65,8 @@ def test_training_from_the_command_records_the_fast_path(tmp_path, launcher):
     assert runtime["started_as_command"] and runtime["set_thp_before_torch"]
     assert runtime["THP_MEM_ALLOC_ENABLE"] == "1"
     assert runtime["torch_uses_huge_pages"]  # measured: a fresh CPU tensor got huge pages
+    # and the run recorded the resolved device-augmentation default: on this CPU, the loader augments
+    assert json.loads((out / "training_config.json").read_text())["arguments"]["augment_on_device"] is False
 
 
 @pytest.mark.skipif(not _kernel_has_thp(), reason="the kernel has transparent huge pages off")
