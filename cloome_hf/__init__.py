@@ -1,12 +1,17 @@
 """cloome-hf: CLOOME (contrastive learning of Cell Painting images and molecules) for the Hugging Face stack."""
 
-from transformers import AutoConfig, AutoModel
+# First, before anything imports torch: a `cloome` command's process settings (see cloome_hf/runtime.py).
+from .runtime import prepare_command_process
 
-from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig
-from .modeling_cloome import CloomeModel, CloomeOutput, CloomePreTrainedModel
-from .featurization_cloome import MoleculeFeaturizer
-from .image_processing_cloome import CloomeImageProcessor
-from .processing_cloome import CloomeProcessor, load_model_and_processor  # registers AutoProcessor
+prepare_command_process()
+
+from transformers import AutoConfig, AutoModel  # noqa: E402
+
+from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig  # noqa: E402
+from .modeling_cloome import CloomeModel, CloomeOutput, CloomePreTrainedModel  # noqa: E402
+from .featurization_cloome import MoleculeFeaturizer  # noqa: E402
+from .image_processing_cloome import CloomeImageProcessor  # noqa: E402
+from .processing_cloome import CloomeProcessor, load_model_and_processor  # noqa: E402  registers AutoProcessor
 from . import pipelines  # noqa: E402,F401  registers the "cell-painting-feature-extraction" and retrieval tasks
 
 __version__ = "0.1.0"

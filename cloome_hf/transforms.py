@@ -18,8 +18,8 @@ Inference uses `CloomeImageProcessor` (deterministic centre crop + normalisation
 All random draws happen on the CPU (:meth:`CloomeTrainTransform.draw_params`), from one generator per image when
 ``seeds`` are given (so an image's pixels depend on its seed alone, not on the batch, worker or process), and the
 pixel work runs wherever the images are: on the CPU per image, through numpy views (crop, flips, turns: no index
-maps, no copy but the output) and one bilinear kernel; on an accelerator batched, through gathers of the uint8
-input. Both paths give the same pixels within float rounding (crops exactly).
+maps; a transposed or column-flipped box is first copied as uint8, so the float32 output is written in memory
+order) and one bilinear kernel; on an accelerator batched, through gathers of the uint8 input. Both paths give the same pixels within float rounding (crops exactly).
 
 In eval mode (`transform.eval()`) only a centre crop to `crop_size` (then to `output_size`, as the published code
 evaluated its random-resized-crop models) and the normalisation are applied, which matches
@@ -110,12 +110,29 @@ class _Draws:
         return float(self._float.uniform_(low, high, generator=self.generator).exp_())
 
 
-def _scratch(name: str, numel: int) -> np.ndarray:
+def _scratch(name: str, numel: int, dtype=np.float32) -> np.ndarray:
     buffer = getattr(_SCRATCH, name, None)
-    if buffer is None or buffer.size < numel:
-        buffer = np.empty(numel, dtype=np.float32)
+    if buffer is None or buffer.size < numel or buffer.dtype != dtype:
+        buffer = np.empty(numel, dtype=dtype)
         setattr(_SCRATCH, name, buffer)
     return buffer[:numel]
+
+
+def _oriented_source(box: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    """``T^transpose(flip_rows(flip_cols(box)))`` (C, h, w) as a view, copied into a reused buffer of the box's
+    dtype when it transposes or flips columns: the normalisation then writes its float32 output in memory order.
+
+    Why: writing float32 through a transposed (or column-reversed) view of the output strides every store across
+    rows, about 3x the time of the whole plain path on the 2-core machine; a transposed copy of the uint8 box is
+    a quarter of the bytes and keeps the float32 writes sequential. Same values, element by element."""
+    view = box[:, :, ::-1] if flip_cols else box
+    view = view[:, ::-1] if flip_rows else view
+    view = view.swapaxes(1, 2) if transpose else view
+    if not (transpose or flip_cols):
+        return view
+    oriented = _scratch(f"oriented_{view.dtype}", view.size, view.dtype).reshape(view.shape)
+    np.copyto(oriented, view)
+    return oriented
 
 
 def _resample_cpu(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -338,11 +355,8 @@ class CloomeTrainTransform(nn.Module):
             box = source[i, :, top:top + h, left:left + w]
             if resample:
                 box = _resample_cpu(box, params.output_size)
-            # out = T(FR(FC(box)))  <=>  FC(FR(T(out))) = box, flips and transposes being involutions
-            view = target[i].swapaxes(1, 2) if transpose else target[i]
-            view = view[:, ::-1] if flip_rows else view
-            view = view[:, :, ::-1] if flip_cols else view
-            np.subtract(box, self._mean_np, out=view)
+            # out = T(FR(FC(box))), the float32 output written in memory order
+            np.subtract(_oriented_source(box, transpose, flip_rows, flip_cols), self._mean_np, out=target[i])
             np.divide(target[i], self._std_np, out=target[i])
 
     def batched_taps(self, params: AugmentationParams, device: torch.device | str = "cpu"):

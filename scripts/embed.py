@@ -1,14 +1,9 @@
 #!/usr/bin/env python
 """Shim: `python scripts/embed.py ARGS` = `cloome embed ARGS` (also under `accelerate launch scripts/embed.py`)."""
 
-import os
 import sys
 
-# Transparent huge pages for torch's large CPU tensors (the batches): fewer page faults. torch reads this once,
-# when it is imported, so it is set here, before the import; the library never changes the environment.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-from cloome_hf.cli import main  # noqa: E402
+from cloome_hf.cli import main  # the command's process settings: cloome_hf/runtime.py
 
 if __name__ == "__main__":
     sys.exit(main(["embed", *sys.argv[1:]]))

@@ -25,8 +25,8 @@ reused buffer per worker, so a worker's memory does not grow over an epoch.
 
 Large batch tensors fault in 4 kB pages; with ``THP_MEM_ALLOC_ENABLE=1`` in the environment *before torch is
 imported*, torch backs its large CPU tensors with transparent huge pages, which speeds up augmentation in the main
-process (``scripts/*.py`` and the benchmarks set it; with the ``cloome`` command, export it). Shared memory is not
-affected by it.
+process (every ``cloome`` command sets it before torch is imported: :mod:`cloome_hf.runtime`). Shared memory is
+not affected by it.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def _site_batches(sites: Any, batch_size: int):
 
 def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_workers: int = 0,
                  autocast_dtype: torch.dtype | None = None, accelerator=None, show_progress: bool = False,
-                 ) -> np.ndarray:
+                 image_encoder=None) -> np.ndarray:
     """Embed Cell Painting sites: ``(N, projection_dim)`` float32, L2-normalised, in input order.
 
     Args:
@@ -126,18 +126,24 @@ def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_work
         autocast_dtype: e.g. ``torch.bfloat16`` to run the encoder under autocast.
         accelerator: with several processes, each embeds a contiguous share of a dataset's rows and every
             process gets all rows back, in order.
+        image_encoder: pixel values -> L2-normalised embeddings in place of the model (a backend of
+            :mod:`cloome_hf.inference.backends`: ONNX Runtime, int8); default the model itself.
     """
+    def encode(pixel_values):
+        if image_encoder is not None:
+            return image_encoder(pixel_values)
+        return embed_pixel_values(model, pixel_values, autocast_dtype)
+
     if not _is_dataset(sites):
         batches = _site_batches(sites, batch_size)
-        out = [embed_pixel_values(model, processor(images=b, return_tensors="pt")["pixel_values"], autocast_dtype)
-               for b in batches]
+        out = [encode(processor(images=b, return_tensors="pt")["pixel_values"]) for b in batches]
         return torch.cat(out).numpy()
     from cloome_hf.data import build_dataloader
 
     rows = _process_share(len(sites), accelerator)
     loader = build_dataloader(sites.select(rows) if len(rows) != len(sites) else sites, batch_size=batch_size,
                               train=False, image_processor=processor.image_processor, num_workers=num_workers)
-    out = [embed_pixel_values(model, batch["pixel_values"], autocast_dtype)
+    out = [encode(batch["pixel_values"])
            for batch in tqdm(loader, desc="embedding sites", disable=not show_progress)]
     mine = torch.cat(out).numpy() if out else np.zeros((0, model.config.projection_dim), np.float32)
     if accelerator is None or accelerator.num_processes == 1:

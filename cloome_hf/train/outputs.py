@@ -19,10 +19,13 @@ from .state import Run
 
 
 def training_config(run: Run) -> dict[str, Any]:
-    """The resolved arguments and the recipe values they took (``training_config.json``, the model card)."""
+    """The resolved arguments and the recipe values they took (``training_config.json``, the model card), and the
+    process settings the run had (:func:`cloome_hf.runtime.runtime_report`: the input pipeline's fast path)."""
+    from ..runtime import runtime_report
+
     model_args, data_args, train_args = run.args
     return {"preset": train_args.preset or "demo", "recipe_values_used": dict(run.recipe_used),
-            "arguments": resolved_arguments(model_args, data_args, train_args)}
+            "arguments": resolved_arguments(model_args, data_args, train_args), "runtime": runtime_report()}
 
 
 def save_model_folder(run: Run, folder: str, metrics: dict[str, Any]) -> None:

@@ -93,10 +93,13 @@ class DataArguments:
     synthetic_image_size: int = _field(64, help="synthetic data: site size in pixels", preset=False)
     dataloader_num_workers: int = _field(0, help="DataLoader worker processes (persistent, one thread each)",
                                          preset=False)
-    augment_on_device: bool = _field(False, help="the loader hands over uint8 sites and the training step crops, "
-                                     "flips, turns, resizes and normalises them on the accelerator (the same "
-                                     "augmentation and seeds: the same pixels within float rounding); frees the "
-                                     "loader's CPUs", preset=False)
+    augment_on_device: bool | None = _field(None, help="the loader hands over uint8 sites and the training step "
+                                            "crops, flips, turns, resizes and normalises them on the accelerator "
+                                            "(the same augmentation and seeds: the same pixels within float "
+                                            "rounding); frees the loader's CPUs. Default: on when training on "
+                                            "CUDA, off elsewhere; --no_augment_on_device or --augment_on_device "
+                                            "false turns it off (the resolved value is in training_config.json)",
+                                            preset=False)
 
 
 @dataclass
@@ -167,7 +170,7 @@ def parse_args(argv: list[str] | None = None):
     """``(model_args, data_args, train_args, recipe_values_used)`` with every recipe field resolved."""
     parser = HfArgumentParser(ARGUMENT_CLASSES, prog="cloome train", description=__doc__,
                               formatter_class=_HelpFormatter)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _boolean_flags(list(sys.argv[1:] if argv is None else argv))
     config_path = _config_path(argv)
     if config_path:
         values = _read_config_file(config_path)
@@ -191,6 +194,34 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, train_args, used
 
 
+#: Booleans whose default is decided at run time (``None`` until then). ``HfArgumentParser`` gives an optional
+#: boolean neither the bare ``--NAME`` form nor ``--no_NAME``; :func:`_boolean_flags` spells both out.
+NEGATABLE_FLAGS = ("augment_on_device",)
+
+
+def _boolean_flags(argv: list[str]) -> list[str]:
+    """``--NAME`` (without a value) -> ``--NAME true`` and ``--no_NAME`` -> ``--NAME false``, for
+    :data:`NEGATABLE_FLAGS`."""
+    out = []
+    for i, arg in enumerate(argv):
+        name = arg[5:] if arg.startswith("--no_") else arg[2:] if arg.startswith("--") else None
+        if name not in NEGATABLE_FLAGS:
+            out.append(arg)
+        elif arg.startswith("--no_"):
+            out += [f"--{name}", "false"]
+        else:
+            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("-")
+            out += [arg] if has_value else [arg, "true"]
+    return out
+
+
+def resolve_augment_on_device(requested: bool | None, device_type: str) -> bool:
+    """``--augment_on_device`` as the run uses it: what was asked, else on for a CUDA device (the accelerator
+    augments a batch in a fraction of the loader's CPU time, and the loader hands over a quarter of the bytes),
+    off elsewhere (on the CPU the loader's workers are the parallel part)."""
+    return (device_type == "cuda") if requested is None else bool(requested)
+
+
 def _config_path(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
@@ -205,5 +236,5 @@ def resolved_arguments(model_args, data_args, train_args) -> dict[str, Any]:
     return {k: v for args in (model_args, data_args, train_args) for k, v in dataclasses.asdict(args).items()}
 
 
-__all__ = ["ARGUMENT_CLASSES", "DataArguments", "ModelArguments", "TrainArguments", "parse_args",
-           "resolved_arguments"]
+__all__ = ["ARGUMENT_CLASSES", "NEGATABLE_FLAGS", "DataArguments", "ModelArguments", "TrainArguments",
+           "parse_args", "resolve_augment_on_device", "resolved_arguments"]

@@ -27,7 +27,7 @@ from .checkpoint import (
 from .data import TrainingData, load_training_data, training_loader, training_transform
 from .guard import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
-from .params import resolved_arguments
+from .params import resolve_augment_on_device, resolved_arguments
 
 from .state import RUN_ARTIFACTS, TRAIN_LOG, Run, TrainState
 
@@ -140,6 +140,10 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
         data = load_training_data(data_args, processor.featurizer, log)
     log(f"{len(data.train)} training sites ({len(set(column_values(data.train, 'inchikey')))} molecules), "
         f"{len(data.validation)} validation sites ({len(set(column_values(data.validation, 'inchikey')))} molecules)")
+    if data_args.augment_on_device is None:  # the default: on an accelerator, augment there
+        data_args.augment_on_device = resolve_augment_on_device(None, accelerator.device.type)
+        log(f"augment_on_device={data_args.augment_on_device} (the default on {accelerator.device.type}"
+            + ("; --no_augment_on_device augments in the loader)" if data_args.augment_on_device else ")"))
     global_batch = train_args.per_device_train_batch_size * accelerator.num_processes
     loader = training_loader(data, data_args, processor.image_processor, global_batch, train_args.seed)
     steps_per_epoch = len(loader)

@@ -1,0 +1,187 @@
+"""Where the float32 CPU path's time goes, per site, at the 520 random crop (one process, one thread).
+
+The training path's batch (``build_dataloader`` with 0 workers, as :mod:`bench_data` builds it) is timed stage by
+stage, each stage run on its own over the same batches, best of ``--repeats``; the upstream steps (see
+:mod:`bench_data`) likewise, in the same run:
+
+* ours: ``read`` (the Arrow slice of the batch's rows), ``decode`` (the raw bytes copied into the reused uint8
+  buffer, channel order), ``blank check`` (no all-zero channel), ``draw`` (per-site crop and orientation from the
+  seeds), ``orient`` (the uint8 box copied transposed / column-flipped for the 5 of 8 orientations that need it),
+  ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``), ``fingerprints`` (table lookup); and
+  ``whole batch`` (``next(iter(loader))``-style collation of the same batches, which includes everything);
+* upstream: ``np.load`` of the ``.npz``, ``float32``, ``to_tensor``, ``RandomCrop``, ``Normalize``, collate;
+* ``memory floor``: writing 5 x 520 x 520 float32 once (``np.copyto`` from the uint8 box): the bytes every
+  float32 path must write.
+
+Run::
+
+    python benchmarks/bench_cpu_path.py --num_sites 64 --batch_size 16
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what every cloome command sets (cloome_hf/runtime.py)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_data import UpstreamCellPainting, make_sites, training_path_loader  # noqa: E402
+
+
+def best_ms_per_site(fn, sites: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / sites
+
+
+def ours_stages(loader, repeats: int) -> dict[str, float]:
+    from cloome_hf.transforms import _oriented_source
+
+    collator, data = loader.collate_fn, loader.dataset
+    batches = [list(b) for b in loader.batch_sampler]
+    sites = sum(len(b) for b in batches)
+    tables = [data.__getitems__(b) for b in batches]
+    decoded = [collator._decode(t, [])[0].clone() for t in tables]
+    transform = collator.transform
+    params = [transform.draw_params(len(d), *d.shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)]
+    out = torch.empty((len(batches[0]), 5, *transform.output_shape(*decoded[0].shape[-2:])))
+    mean, std = transform._mean_np, transform._std_np
+
+    def boxes(i):
+        p, src = params[i], decoded[i].numpy()
+        for j in range(len(p)):
+            yield j, src[j, :, p.top[j]:p.top[j] + p.height[j], p.left[j]:p.left[j] + p.width[j]], p, j
+
+    def orient():
+        for i in range(len(batches)):
+            for j, box, p, _ in boxes(i):
+                _oriented_source(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
+
+    def normalise():
+        target = out.numpy()
+        for i in range(len(batches)):
+            for j, box, p, _ in boxes(i):
+                src = _oriented_source(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
+                np.subtract(src, mean, out=target[j])
+                np.divide(target[j], std, out=target[j])
+
+    def floor():
+        target = out.numpy()
+        for i in range(len(batches)):
+            for j, box, _, _ in boxes(i):
+                np.copyto(target[j], box, casting="unsafe")
+
+    def collate_all():
+        for t in tables:
+            collator(t)
+
+    stages = {
+        "read": lambda: [data.__getitems__(b) for b in batches],
+        "decode": lambda: [collator._decode(t, []) for t in tables],
+        "blank check": lambda: [d.numpy().reshape(d.shape[0], d.shape[1], -1).max(-1) for d in decoded],
+        "draw": lambda: [transform.draw_params(len(d), *d.shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)],
+        "orient": orient,
+        "normalise (incl. orient)": normalise,
+        "fingerprints": lambda: [collator.fingerprints.lookup(t[0].column("inchikey").to_pylist()) for t in tables],
+        "whole batch (collate)": collate_all,
+        "memory floor (write float32 once)": floor,
+    }
+    result = {name: best_ms_per_site(fn, sites, repeats) for name, fn in stages.items()}
+    result["decode"] -= result["blank check"]  # _decode includes the check
+    result["normalise"] = result.pop("normalise (incl. orient)") - result["orient"]
+    result["whole batch (read + collate)"] = result.pop("whole batch (collate)") + result["read"]
+    return result
+
+
+def upstream_stages(dataset: UpstreamCellPainting, repeats: int, batch_size: int) -> dict[str, float]:
+    from torchvision.transforms.functional import to_tensor
+
+    crop, normalize = dataset.transform.transforms
+    files = dataset.files
+    loaded = []
+    for path in files:
+        with np.load(path) as f:
+            loaded.append(f["sample"])
+    floats = [s.astype(np.float32) for s in loaded]
+    tensors = [to_tensor(s) for s in floats]
+    cropped = [crop(t) for t in tensors]
+
+    def load():
+        for path in files:
+            with np.load(path) as f:
+                f["sample"]
+
+    stages = {
+        "np.load": load,
+        "float32": lambda: [s.astype(np.float32) for s in loaded],
+        "to_tensor": lambda: [to_tensor(s) for s in floats],
+        "RandomCrop": lambda: [crop(t) for t in tensors],
+        "Normalize": lambda: [normalize(t.clone()) for t in cropped],
+        "collate": lambda: [torch.utils.data.default_collate(cropped[i:i + batch_size])
+                            for i in range(0, len(cropped), batch_size)],
+        "whole dataset item + collate": lambda: [torch.utils.data.default_collate(
+            [dataset[j] for j in range(i, min(i + batch_size, len(files)))])
+            for i in range(0, len(files), batch_size)],
+    }
+    result = {name: best_ms_per_site(fn, len(files), repeats) for name, fn in stages.items()}
+    result["Normalize"] -= best_ms_per_site(lambda: [t.clone() for t in cropped], len(files), repeats)
+    return result
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num_sites", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--output", default=None)
+    args = p.parse_args(argv)
+
+    from cloome_hf.data import FingerprintTable, load_cell_painting, open_source, prepare_dataset
+    from cloome_hf.featurization_cloome import MoleculeFeaturizer
+    from cloome_hf.train.data import TrainingData
+
+    torch.set_num_threads(1)
+    results = {"num_sites": args.num_sites, "batch_size": args.batch_size, "repeats": args.repeats,
+               "load_average_before": [round(v, 2) for v in os.getloadavg()]}
+    with tempfile.TemporaryDirectory() as tmp:
+        index = make_sites(tmp, args.num_sites)
+        prepare_dataset(open_source("bray_npz", index=index, root=os.path.join(tmp, "npz")),
+                        os.path.join(tmp, "parquet"), shard_size=64, num_proc=1, progress=False)
+        ds = load_cell_painting(os.path.join(tmp, "parquet"), split="train", cache_dir=os.path.join(tmp, "cache"))
+        data = TrainingData(ds, ds, FingerprintTable.from_dataset(ds, MoleculeFeaturizer(fingerprint_size=1024)))
+        ours = ours_stages(training_path_loader(data, "crop520", args.batch_size, 0, False), args.repeats)
+        upstream = upstream_stages(UpstreamCellPainting(index, os.path.join(tmp, "npz"), "crop520"),
+                                   args.repeats, args.batch_size)
+    results["ours_ms_per_site"] = {k: round(v, 3) for k, v in ours.items()}
+    results["upstream_ms_per_site"] = {k: round(v, 3) for k, v in upstream.items()}
+    up_total = upstream["whole dataset item + collate"]
+    results["ratio_whole_path_vs_upstream"] = round(up_total / ours["whole batch (read + collate)"], 2)
+    results["ratio_memory_floor_vs_upstream"] = round(up_total / ours["memory floor (write float32 once)"], 2)
+    results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    for side in ("ours_ms_per_site", "upstream_ms_per_site"):
+        print(f"\n{side}:", file=sys.stderr)
+        for k, v in results[side].items():
+            print(f"  {k:<36} {v:>7.3f} ms  ({v / up_total:.1%} of upstream's whole path)", file=sys.stderr)
+    print(f"\nwhole path: {results['ratio_whole_path_vs_upstream']}x upstream; memory floor "
+          f"{results['ratio_memory_floor_vs_upstream']}x", file=sys.stderr)
+    print(json.dumps(results, indent=1))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
