@@ -28,6 +28,7 @@ from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisi
 from .losses import contrastive_loss, get_loss
 from .vision_tower_channels import pool_tower_features
 from .vision_tower_kinds import build_vision_model, without_pretrained_tower_weights
+from .vision_tower_preprocessing import TowerNormalize
 from .vision_tower_resnet import (  # noqa: F401  (re-exported: the published architecture's home was here)
     CloomeBottleneck, CloomeResNet, cloome_head_pool, resnet_min_input_size, resnet_output_size)
 from .vision_tower_timm import timm_backbone_outputs  # noqa: F401  (re-exported)
@@ -209,6 +210,9 @@ class CloomePreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             bound = 1 / math.sqrt(module.in_features)
             init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, TowerNormalize):  # non-persistent: refilled from the config after loading
+            init.copy_(module.mean, module.config_values("mean"))
+            init.copy_(module.std, module.config_values("std"))
         elif isinstance(module, CloomeModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             if module.logit_bias is not None:

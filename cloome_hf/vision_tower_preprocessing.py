@@ -132,8 +132,14 @@ class TowerNormalize(nn.Module):
         self.active = bool(preprocessing and preprocessing.get("image_mean") is not None)
         mean = channel_values(preprocessing["image_mean"], in_channels) if self.active else [0.0] * in_channels
         std = channel_values(preprocessing["image_std"], in_channels) if self.active else [1.0] * in_channels
+        self.values = {"mean": mean, "std": std}
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def config_values(self, name: str) -> torch.Tensor:
+        """The buffer ``name`` as the config gives it, for re-initialising it after a meta-device load (the model's
+        ``_init_weights`` refills non-persistent buffers)."""
+        return torch.tensor(self.values[name]).view(1, -1, 1, 1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if not self.active:

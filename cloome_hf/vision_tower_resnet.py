@@ -136,7 +136,7 @@ def build_cloome_resnet(config: CloomeVisionConfig, in_channels: int, load_weigh
 
 register_tower_kind(VisionTowerKind(
     name=CLOOME_RESNET50,
-    description="the published CLOOME ResNet-50 (trained from scratch; published weights via `cloome convert`)",
+    description="'cloome_resnet50', the published CLOOME ResNet-50",
     claims=lambda config: config.backbone == CLOOME_RESNET50,
     resolve=lambda config: None,
     build=build_cloome_resnet,

@@ -98,7 +98,7 @@ def _build(config, in_channels: int, load_weights: bool) -> TimmTower:
 
 register_tower_kind(VisionTowerKind(
     name="timm",
-    description="a timm model name (timm.list_models())",
+    description="nor a timm model name (timm.list_models())",
     claims=_claims,
     resolve=_resolve,
     build=_build,

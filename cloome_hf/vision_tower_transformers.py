@@ -38,21 +38,28 @@ def _read_json_file(source: str, filename: str, required: bool) -> tuple[dict | 
         with open(path, encoding="utf-8") as handle:
             return json.load(handle), path
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         path = hf_hub_download(source, filename)
-    except EntryNotFoundError:
+    except EntryNotFoundError as err:
+        if isinstance(err, LocalEntryNotFoundError):  # offline and not cached: unreachable, not absent
+            return _unreachable(source, err, required)
         if required:
             raise LookupError(f"the Hub repo {source!r} has no {filename}") from None
         return None, f"the Hub repo {source!r}"
-    except Exception as err:  # offline, unknown repo, invalid id, gated: every way the Hub says no
-        if not required:
-            return None, f"the Hub repo {source!r}"
-        raise LookupError(f"not a local folder (no folder {os.path.abspath(source)!r}), and not reachable as a Hub "
-                          f"model id ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    except Exception as err:  # unknown repo, invalid id, gated, no network: every way the Hub says no
+        return _unreachable(source, err, required)
     with open(path, encoding="utf-8") as handle:
         return json.load(handle), f"the Hub repo {source!r}"
+
+
+def _unreachable(source: str, err: Exception, required: bool) -> tuple[None, str]:
+    if not required:
+        return None, f"the Hub repo {source!r}"
+    reason = str(err).splitlines()[0] if str(err) else ""
+    raise LookupError(f"not a local folder (no folder {os.path.abspath(source)!r}), and not reachable as a Hub model "
+                      f"id ({type(err).__name__}: {reason})") from None
 
 
 def needs_remote_code(tower_config: dict) -> bool:
