@@ -392,6 +392,7 @@ class CloomeModel(CloomePreTrainedModel):
         concentrations: torch.Tensor | None = None,
         phenomic_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        tower_features: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | CloomeOutput:
         """Embed images and/or molecules; with both, also their scaled similarities and optionally the loss.
@@ -403,10 +404,12 @@ class CloomeModel(CloomePreTrainedModel):
             phenomic_embeds: ``(N, k)`` embeddings of the images from a frozen phenomics model, for the soft labels of
                 ``loss="s2l"`` (default: this model's own image embeddings, detached). Only with ``return_loss``.
             return_loss: compute ``config.loss`` over the (global, when distributed) batch.
+            tower_features: instead of ``pixel_values``, the frozen image tower's cached features of the images
+                (see :meth:`get_image_features`).
             output_hidden_states: fill ``vision_model_output.hidden_states`` / ``molecule_model_output.hidden_states``.
             return_dict: ``False`` (here or in the config) returns a tuple of the non-None fields.
         """
-        if pixel_values is None and fingerprints is None:
+        if pixel_values is None and tower_features is None and fingerprints is None:
             raise ValueError("pass pixel_values, fingerprints or both")
         self._output_hidden_states(kwargs)  # refuse unknown keyword arguments before any work
         if phenomic_embeds is not None and not (return_loss and get_loss(self.config.loss).name == "s2l"):
@@ -414,8 +417,9 @@ class CloomeModel(CloomePreTrainedModel):
                              f"this model's loss is {self.config.loss!r}")
         vision_outputs = molecule_outputs = image_embeds = molecule_embeds = None
         logits_per_image = logits_per_molecule = loss = None
-        if pixel_values is not None:
-            vision_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        if pixel_values is not None or tower_features is not None:
+            vision_outputs = self.get_image_features(pixel_values, tower_features=tower_features, return_dict=True,
+                                                     **kwargs)
             image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         if fingerprints is not None:
             molecule_outputs = self.get_molecule_features(fingerprints, concentrations, return_dict=True, **kwargs)

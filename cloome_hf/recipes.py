@@ -159,10 +159,12 @@ def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
 
     inverse_temperature = values["init_inverse_temperature"]
     optional = {k: values[k] for k in ("cwcl_threshold",) if values.get(k) is not None}
+    tower = {k: values[k] for k in ("channel_strategy", "tower_preprocessing", "trust_remote_code")
+             if values.get(k) is not None}
     return CloomeConfig(
         vision_config=dict(backbone=values["backbone"], layers=list(values["vision_layers"]),
                            base_width=values["base_width"], head_pool_size=values["head_pool_size"],
-                           image_size=list(image_size), num_channels=num_channels),
+                           image_size=list(image_size), num_channels=num_channels, **tower),
         molecule_config=dict(fingerprint_size=values["fingerprint_size"],
                              hidden_size=values["molecule_hidden_size"],
                              num_hidden_layers=values["molecule_num_layers"],

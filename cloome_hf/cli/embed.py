@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard_size", type=int, default=4096, help="rows per output shard (unit of resumption)")
     p.add_argument("--bf16", action="store_true", help="run the encoders under bfloat16 autocast")
     p.add_argument("--embedding_dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--features", choices=["embedding", "backbone"], default="embedding",
+                   help="'backbone': each site's image-tower features before the projection head (a cache for "
+                        "`cloome train --image_features`), recorded with a digest of the tower and its preprocessing")
     p.add_argument("--keep_columns", nargs="*", default=[], help="extra dataset columns to copy to the output")
     p.add_argument("--max_samples", type=int, default=None, help="embed only the first N rows (smoke tests)")
     p.add_argument("--overwrite_output_dir", action="store_true",
@@ -108,6 +111,11 @@ def _settings(args, model, processor, sites, molecules) -> dict[str, Any]:
         out["records_hash"] = records_hash(sites)
     elif sites is not None:
         out["dataset_hash"] = _dataset_hash(sites)
+    if args.features == "backbone":  # the tower alone determines the features: heads may differ between runs
+        from ..vision_towers.features import tower_identity
+
+        del out["model_weights"]
+        out.update(features="backbone", tower=tower_identity(model, processor.image_processor))
     if molecules is not None:
         out["molecules_hash"] = hashlib.sha256(pd.util.hash_pandas_object(molecules).values.tobytes()).hexdigest()[:16]
     return out
@@ -159,7 +167,7 @@ def main(argv=None) -> str:
         if sites is not None:
             store.embed_images_to_store(sites, model, processor, os.path.join(args.output_dir, "images"),
                                         keep_columns=args.keep_columns, num_workers=args.num_workers,
-                                        max_rows=args.max_samples, **common)
+                                        max_rows=args.max_samples, features=args.features, **common)
         if molecules is not None:
             store.embed_molecules_to_store(molecules, model, processor, os.path.join(args.output_dir, "molecules"),
                                            **common)

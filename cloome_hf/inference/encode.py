@@ -82,6 +82,22 @@ def embed_pixel_values(model, pixel_values: torch.Tensor, autocast_dtype: torch.
     return F.normalize(features.float(), dim=-1).cpu()
 
 
+def backbone_features(model, pixel_values: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``(N, C, H, W)`` pixel values -> the image tower's ``(N, F)`` float32 features on the CPU, before anything
+    trained on top of it (:func:`cloome_hf.vision_towers.tower_features`, flattened: ``F = C * D`` under
+    ``per_channel``); not normalised. What ``cloome embed --features backbone`` caches."""
+    from ..vision_towers import tower_features
+
+    device = _device(model)
+    with _inference(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        features = tower_features(model.vision_model, pixel_values.to(device, non_blocking=True))
+    return features.float().flatten(1).cpu()
+
+
+#: What ``encode_sites`` computes per site: the joint-space embedding, or the tower's features.
+SITE_FEATURES = {"embedding": embed_pixel_values, "backbone": backbone_features}
+
+
 def embed_fingerprints(model, fingerprints: torch.Tensor, autocast_dtype: torch.dtype | None = None,
                        concentrations: torch.Tensor | None = None) -> torch.Tensor:
     """``(N, fingerprint_size)`` (and ``(N,)`` doses in uM for a dose-conditioned model) -> ``(N, projection_dim)``
@@ -113,7 +129,7 @@ def _site_batches(sites: Any, batch_size: int):
 
 def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_workers: int = 0,
                  autocast_dtype: torch.dtype | None = None, accelerator=None, show_progress: bool = False,
-                 ) -> np.ndarray:
+                 features: str = "embedding") -> np.ndarray:
     """Embed Cell Painting sites: ``(N, projection_dim)`` float32, L2-normalised, in input order.
 
     Args:
@@ -126,10 +142,15 @@ def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_work
         autocast_dtype: e.g. ``torch.bfloat16`` to run the encoder under autocast.
         accelerator: with several processes, each embeds a contiguous share of a dataset's rows and every
             process gets all rows back, in order.
+        features: ``"embedding"`` (the joint-space embeddings) or ``"backbone"`` (the image tower's features,
+            see :func:`backbone_features`; ``(N, F)`` float32, not normalised).
     """
+    if features not in SITE_FEATURES:
+        raise ValueError(f"features must be one of {sorted(SITE_FEATURES)}, got {features!r}")
+    embed = SITE_FEATURES[features]
     if not _is_dataset(sites):
         batches = _site_batches(sites, batch_size)
-        out = [embed_pixel_values(model, processor(images=b, return_tensors="pt")["pixel_values"], autocast_dtype)
+        out = [embed(model, processor(images=b, return_tensors="pt")["pixel_values"], autocast_dtype)
                for b in batches]
         return torch.cat(out).numpy()
     from cloome_hf.data import build_dataloader
@@ -137,7 +158,7 @@ def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_work
     rows = _process_share(len(sites), accelerator)
     loader = build_dataloader(sites.select(rows) if len(rows) != len(sites) else sites, batch_size=batch_size,
                               train=False, image_processor=processor.image_processor, num_workers=num_workers)
-    out = [embed_pixel_values(model, batch["pixel_values"], autocast_dtype)
+    out = [embed(model, batch["pixel_values"], autocast_dtype)
            for batch in tqdm(loader, desc="embedding sites", disable=not show_progress)]
     mine = torch.cat(out).numpy() if out else np.zeros((0, model.config.projection_dim), np.float32)
     if accelerator is None or accelerator.num_processes == 1:
