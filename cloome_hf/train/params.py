@@ -44,6 +44,8 @@ class ModelArguments:
     freeze_image_tower: bool | None = _field(help="freeze the image tower (kept in eval mode); the heads and the "
                                                   "per_channel pooling train")
     unfreeze_last: int = _field(0, help="with --freeze_image_tower: train the tower's last N blocks", preset=False)
+    tower_preprocessing: str | None = _field(help="the tower's input convention as JSON (rescale_factor, image_mean, "
+                                                  "image_std, input_size), for a tower whose files do not state it")
     trust_remote_code: bool = _field(False, help="allow a remote-code image tower (e.g. recursionpharma/OpenPhenom) "
                                                  "to run its own code", preset=False)
     vision_layers: list[int] | None = _field(help="bottleneck blocks per ResNet stage", nargs="+")
