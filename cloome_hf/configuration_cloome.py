@@ -10,6 +10,8 @@ from transformers import PreTrainedConfig
 from .losses import CWCL_THRESHOLD, available_losses, get_loss
 
 CLOOME_RESNET50 = "cloome_resnet50"
+#: How a tower sees the C channels of a site (see :mod:`cloome_hf.vision_towers.channels`).
+CHANNEL_STRATEGIES = ("stem", "per_channel", "channel_tokens")
 #: How the molecule tower may take the dose: a one-hot of log-concentration buckets, or log10(c / 1 uM) itself.
 CONCENTRATION_ENCODINGS = ("one_hot", "linear")
 #: Bucket edges (uM) of the one-hot dose encoding: half-log steps, so the usual dose series (e.g. LINCS's 0.04,
@@ -36,6 +38,22 @@ class CloomeVisionConfig(PreTrainedConfig):
             CPU-sized models, the feature dimension is ``32 * base_width``).
         head_pool_size: window of the ``cloome_resnet50`` head's stride-1 average pool (7 published); the
             input must be large enough for the final feature map to hold one window.
+        channel_names: the name of each input channel, in the order of ``pixel_values`` (default: the canonical
+            CLOOME order for 5 channels, ``channel_0`` ... otherwise); sites are matched to it by name.
+        channel_strategy: ``"stem"``, ``"per_channel"`` or ``"channel_tokens"`` (see
+            :mod:`cloome_hf.vision_towers.channels`); one the tower cannot run is refused here.
+        stem_init: how ``stem`` adapts a pretrained transformers patch embedding to ``num_channels``:
+            ``"average"`` (mean over the pretrained channels) or ``"reinit"``.
+        channel_pooling_layers / channel_pooling_heads: the ``per_channel`` cross-channel transformer (heads
+            ``None``: the largest of 8, 4, 2, 1 dividing the feature size).
+        tower_weights: a timm tower's pretrained weights: a local file or a Hub id.
+        tower_preprocessing: the tower's input convention (``rescale_factor``, ``image_mean``, ``image_std``,
+            ``input_size``); read from the tower's saved files when not given (see
+            :mod:`cloome_hf.vision_towers.preprocessing`).
+        tower_config: the ``config.json`` of a transformers tower, recorded when the backbone is resolved so that
+            a saved model rebuilds without the network.
+        tower_kind: the registered kind that resolved ``backbone`` (recorded).
+        trust_remote_code: allow a remote-code tower's code to run. Never saved: pass it again when loading.
     """
 
     model_type = "cloome_vision_model"
@@ -50,6 +68,16 @@ class CloomeVisionConfig(PreTrainedConfig):
         timm_pretrained: bool = False,
         base_width: int = 64,
         head_pool_size: int = 7,
+        channel_names: list[str] | None = None,
+        channel_strategy: str = "stem",
+        stem_init: str = "average",
+        channel_pooling_layers: int = 1,
+        channel_pooling_heads: int | None = None,
+        tower_weights: str | None = None,
+        tower_preprocessing: dict | None = None,
+        tower_config: dict | None = None,
+        tower_kind: str | None = None,
+        trust_remote_code: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -77,6 +105,52 @@ class CloomeVisionConfig(PreTrainedConfig):
         self.timm_pretrained = bool(timm_pretrained)
         self.base_width = base_width
         self.head_pool_size = head_pool_size
+        self.channel_names = _checked_channel_names(channel_names, num_channels)
+        if channel_strategy not in CHANNEL_STRATEGIES:
+            raise ValueError(f"channel_strategy must be one of {CHANNEL_STRATEGIES}, got {channel_strategy!r}")
+        if stem_init not in ("average", "reinit"):
+            raise ValueError(f"stem_init must be 'average' or 'reinit', got {stem_init!r}")
+        _check_positive_int("channel_pooling_layers", channel_pooling_layers)
+        if channel_pooling_heads is not None:
+            _check_positive_int("channel_pooling_heads", channel_pooling_heads)
+        if tower_weights is not None and (not isinstance(tower_weights, str) or not tower_weights):
+            raise ValueError(f"tower_weights must be a file or a Hub id, got {tower_weights!r}")
+        self.channel_strategy = channel_strategy
+        self.stem_init = stem_init
+        self.channel_pooling_layers = channel_pooling_layers
+        self.channel_pooling_heads = channel_pooling_heads
+        self.tower_weights = tower_weights
+        self.tower_preprocessing = tower_preprocessing
+        self.tower_config = tower_config
+        self.tower_kind = tower_kind
+        self.trust_remote_code = bool(trust_remote_code)
+        if backbone != CLOOME_RESNET50 or channel_strategy != "stem" or tower_preprocessing is not None:
+            from .vision_tower_kinds import resolve_tower_kind
+
+            resolve_tower_kind(self)  # the tower exists, its convention is known, it runs the channel strategy
+        elif self.tower_kind is None:
+            self.tower_kind = CLOOME_RESNET50
+
+    def to_dict(self) -> dict[str, Any]:
+        # Consent to run remote code is the loader's, never the saved file's.
+        output = super().to_dict()
+        output.pop("trust_remote_code", None)
+        return output
+
+
+def _checked_channel_names(names, num_channels: int) -> list[str]:
+    """Canonical channel names, one per channel and distinct."""
+    from .channels import CHANNELS, canonical_channel_name
+
+    if names is None:
+        return list(CHANNELS) if num_channels == len(CHANNELS) else [f"channel_{i}" for i in range(num_channels)]
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"channel_names must be a list of channel names, got {names!r}")
+    canonical = [canonical_channel_name(n) for n in names]
+    if len(canonical) != num_channels or len(set(canonical)) != len(canonical):
+        raise ValueError(f"channel_names must name each of the num_channels={num_channels} channels once, got "
+                         f"{list(names)}")
+    return canonical
 
 
 class CloomeMoleculeConfig(PreTrainedConfig):

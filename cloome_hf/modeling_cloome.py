@@ -11,7 +11,6 @@ registered losses of :mod:`cloome_hf.losses`; the sigmoid ones (siglip, s2l) add
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -19,14 +18,20 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_cloome import CLOOME_RESNET50, CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig
+from .channels import channel_permutation
+from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig
 from .losses import contrastive_loss, get_loss
+from .vision_tower_channels import pool_tower_features
+from .vision_tower_kinds import build_vision_model, without_pretrained_tower_weights
+from .vision_tower_preprocessing import TowerNormalize
+from .vision_tower_resnet import (  # noqa: F401  (re-exported: the published architecture's home was here)
+    CloomeBottleneck, CloomeResNet, cloome_head_pool, resnet_min_input_size, resnet_output_size)
+from .vision_tower_timm import timm_backbone_outputs  # noqa: F401  (re-exported)
 
 # The transformers keyword arguments a CNN + MLP can honour; any other one is refused, not silently dropped.
 SUPPORTED_KWARGS = frozenset({"output_hidden_states", "output_attentions"})
@@ -61,142 +66,10 @@ class CloomeOutput(ModelOutput):
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
-def resnet_output_size(size: int) -> int:
-    """Side length of the ``cloome_resnet50`` feature map for an input side of ``size`` pixels."""
-    size = (size + 2 * 3 - 7) // 2 + 1  # stem conv 7x7, stride 2, padding 3
-    size = (size + 2 * 1 - 3) // 2 + 1  # max-pool 3x3, stride 2, padding 1
-    for _ in range(3):  # AvgPool2d(2) in stages 2-4
-        size //= 2
-    return size
-
-
-def resnet_min_input_size(head_pool_size: int) -> int:
-    """Smallest input side whose feature map still fits the head's ``head_pool_size`` window."""
-    size = 1
-    while resnet_output_size(size) < head_pool_size:
-        size += 1
-    return size
-
-
-def cloome_head_pool(feature_map: torch.Tensor, window: int) -> torch.Tensor:
-    """The published CLOOME head: average ``window`` x ``window`` patches with stride 1, then average the patches.
-
-    Border positions fall into fewer patches than central ones, so this is a centre-weighted mean, not global
-    average pooling; it must be kept for the published weights. ``(N, C, H, W)`` -> ``(N, C)``.
-    """
-    return F.avg_pool2d(feature_map, kernel_size=window, stride=1).mean(dim=(2, 3))
-
-
-class CloomeBottleneck(GradientCheckpointingLayer):
-    """Anti-aliased bottleneck: ``relu(bn3(conv3(pool(relu(bn2(conv2(relu(bn1(conv1 x)))))))) + shortcut(x))``.
-
-    The 3x3 convolution keeps stride 1; an ``AvgPool2d(stride)`` downsamples instead, in the main path and
-    in the shortcut. Input ``(N, in_channels, H, W)``, output ``(N, 4 * planes, H / stride, W / stride)``.
-    """
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, planes: int, stride: int = 1):
-        super().__init__()
-        out_channels = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
-        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride > 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                OrderedDict(
-                    pool=nn.AvgPool2d(stride) if stride > 1 else nn.Identity(),
-                    conv=nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                    bn=nn.BatchNorm2d(out_channels),
-                )
-            )
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(hidden_states)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(self.avgpool(out)))
-        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
-        return self.relu(out + shortcut)
-
-
-class CloomeResNet(nn.Module):
-    """The published CLOOME ResNet trunk (without its final linear layer, which is ``visual_projection``).
-
-    Input ``(N, num_channels, H, W)``; output ``(N, 32 * base_width)`` pooled features (2048 for ResNet-50).
-    """
-
-    def __init__(self, config: CloomeVisionConfig):
-        super().__init__()
-        width = config.base_width
-        self.head_pool_size = config.head_pool_size
-        self.min_input_size = resnet_min_input_size(config.head_pool_size)
-        self.conv1 = nn.Conv2d(config.num_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_channels = width
-        for stage, num_blocks in enumerate(config.layers):
-            planes, stride = width * 2**stage, 1 if stage == 0 else 2
-            blocks = [CloomeBottleneck(in_channels, planes, stride)]
-            in_channels = planes * CloomeBottleneck.expansion
-            blocks += [CloomeBottleneck(in_channels, planes) for _ in range(num_blocks - 1)]
-            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
-        self.num_features = in_channels
-
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> BaseModelOutputWithPooling:
-        """``last_hidden_state`` ``(N, C, h, w)`` final map, ``pooler_output`` ``(N, C)`` head-pooled features and,
-        with ``output_hidden_states``, the stem and the four stage outputs (transformers' ``ResNetModel`` layout)."""
-        height, width = pixel_values.shape[-2:]
-        if min(height, width) < self.min_input_size:
-            raise ValueError(
-                f"cloome_resnet50 with head_pool_size={self.head_pool_size} needs images of at least "
-                f"{self.min_input_size}x{self.min_input_size} pixels, got {height}x{width}"
-            )
-        hidden = self.maxpool(self.relu(self.bn1(self.conv1(pixel_values))))
-        hidden_states = [hidden]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            hidden = stage(hidden)
-            hidden_states.append(hidden)
-        states = tuple(hidden_states) if output_hidden_states else None
-        pooled = cloome_head_pool(hidden, self.head_pool_size)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=states)
-
-
 def build_vision_backbone(config: CloomeVisionConfig) -> nn.Module:
-    """The image trunk named by ``config.backbone``; it has ``num_features`` (the pooled feature size)."""
-    if config.backbone == CLOOME_RESNET50:
-        return CloomeResNet(config)
-    import timm
-
-    return timm.create_model(
-        config.backbone, pretrained=config.timm_pretrained, in_chans=config.num_channels, num_classes=0
-    )
-
-
-def timm_backbone_outputs(
-    backbone: nn.Module, pixel_values: torch.Tensor, output_hidden_states: bool = False
-) -> BaseModelOutputWithPooling:
-    """Run a timm trunk built with ``num_classes=0``: its unpooled features, pooled features and, with
-    ``output_hidden_states``, the per-stage maps of ``forward_intermediates``."""
-    if output_hidden_states:
-        if not hasattr(backbone, "forward_intermediates"):
-            name = getattr(backbone, "default_cfg", {}).get("architecture", type(backbone).__name__)
-            raise ValueError(
-                f"the timm backbone {name!r} has no forward_intermediates, so it cannot return hidden states; "
-                "call without output_hidden_states"
-            )
-        features, intermediates = backbone.forward_intermediates(pixel_values)
-        hidden_states = tuple(intermediates)
-    else:
-        features, hidden_states = backbone.forward_features(pixel_values), None
-    pooled = backbone.forward_head(features, pre_logits=True)
-    return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=pooled, hidden_states=hidden_states)
+    """The image trunk named by ``config.backbone`` under its channel strategy, from the tower registry
+    (:mod:`cloome_hf.vision_towers`); it has ``num_features`` (the pooled feature size)."""
+    return build_vision_model(config)
 
 
 class CloomeMoleculeBlock(nn.Module):
@@ -297,11 +170,22 @@ class CloomePreTrainedModel(PreTrainedModel):
         random is a wrong model, so both are a ``ValueError`` naming the checkpoint and the weights. Shape
         mismatches pass only with ``ignore_mismatched_sizes=True``; ``output_loading_info=True`` returns
         ``(model, info)`` unchecked, for callers that inspect the loading themselves.
+
+        The image tower is rebuilt from the config alone (its pretrained weights are in this checkpoint, so nothing
+        is fetched); a remote-code tower needs ``trust_remote_code=True`` again.
         """
-        if kwargs.pop("output_loading_info", False):
-            return super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
-                                              **kwargs)
+        trust_remote_code = bool(kwargs.pop("trust_remote_code", False))
+        if trust_remote_code and kwargs.get("config") is None:
+            config = cls.config_class.from_pretrained(pretrained_model_name_or_path,
+                                                      **{k: kwargs[k] for k in ("revision", "token") if k in kwargs})
+            config.vision_config.trust_remote_code = True
+            kwargs["config"] = config
+        with without_pretrained_tower_weights():
+            if kwargs.pop("output_loading_info", False):
+                return super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                               **kwargs)
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
         problems = {kind: sorted(map(str, info.get(kind) or ())) for kind in ("missing_keys", "unexpected_keys")}
         if not kwargs.get("ignore_mismatched_sizes"):
             problems["mismatched_keys"] = sorted(str(k[0]) for k in info.get("mismatched_keys") or ())
@@ -326,6 +210,9 @@ class CloomePreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             bound = 1 / math.sqrt(module.in_features)
             init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, TowerNormalize):  # non-persistent: refilled from the config after loading
+            init.copy_(module.mean, module.config_values("mean"))
+            init.copy_(module.std, module.config_values("std"))
         elif isinstance(module, CloomeModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             if module.logit_bias is not None:
@@ -363,8 +250,9 @@ class CloomeModel(CloomePreTrainedModel):
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
         super()._set_gradient_checkpointing(enable, *args, **kwargs)
-        if hasattr(self.vision_model, "set_grad_checkpointing"):  # timm backbones
-            self.vision_model.set_grad_checkpointing(enable)
+        timm_model = getattr(self.vision_model, "model", None)
+        if hasattr(timm_model, "set_grad_checkpointing"):  # timm towers
+            timm_model.set_grad_checkpointing(enable)
 
     def _output_hidden_states(self, kwargs: dict) -> bool:
         """``output_hidden_states`` from the call, else the config; refuse what the encoders cannot honour."""
@@ -381,13 +269,20 @@ class CloomeModel(CloomePreTrainedModel):
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+        self, pixel_values: torch.Tensor | None = None, channel_names: list[str] | None = None,
+        tower_features: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple | BaseModelOutputWithPooling:
         """Project images into the joint space.
 
         Args:
-            pixel_values: ``(N, num_channels, H, W)`` float tensor from :class:`CloomeImageProcessor`, cast to the
+            pixel_values: ``(N, C, H, W)`` float tensor from :class:`CloomeImageProcessor`, cast to the
                 model's dtype (float32 processor output feeds a bf16/fp16 model).
+            channel_names: the name of each of ``pixel_values``' channels, when they may not be in
+                ``vision_config.channel_names``' order: they are re-ordered by name, and a missing channel is a
+                ``ValueError`` naming it.
+            tower_features: instead of ``pixel_values``, the frozen tower's cached per-site features
+                (:func:`cloome_hf.vision_towers.tower_features`: ``(N, D)``, or ``(N, C, D)`` under
+                ``per_channel``); only what is trained after the tower runs.
             output_hidden_states: also return the trunk's per-stage feature maps. ``return_dict=False``: a tuple.
 
         Returns:
@@ -395,6 +290,19 @@ class CloomeModel(CloomePreTrainedModel):
             normalised; ``last_hidden_state`` the trunk's final feature map.
         """
         output_hidden_states = self._output_hidden_states(kwargs)
+        if (pixel_values is None) == (tower_features is None):
+            raise ValueError("pass either pixel_values or tower_features")
+        if tower_features is not None:
+            if not tower_features.is_floating_point():
+                raise ValueError(f"tower_features must be a floating-point tensor, got {tower_features.dtype}")
+            features = tower_features.to(self.visual_projection.weight.dtype)
+            pooled = pool_tower_features(self.vision_model, features)
+            return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=self.visual_projection(pooled))
+        if channel_names is not None:
+            if pixel_values.ndim != 4 or pixel_values.shape[1] != len(channel_names):
+                raise ValueError(f"channel_names names {len(channel_names)} channels but pixel_values has shape "
+                                 f"{tuple(pixel_values.shape)}")
+            pixel_values = pixel_values[:, channel_permutation(channel_names, self.config.vision_config.channel_names)]
         expected = self.config.vision_config.num_channels
         if pixel_values.ndim != 4 or pixel_values.shape[1] != expected:
             raise ValueError(
@@ -403,10 +311,7 @@ class CloomeModel(CloomePreTrainedModel):
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be a floating-point tensor, got {pixel_values.dtype}")
         pixel_values = pixel_values.to(self.visual_projection.weight.dtype)
-        if isinstance(self.vision_model, CloomeResNet):
-            outputs = self.vision_model(pixel_values, output_hidden_states=output_hidden_states)
-        else:
-            outputs = timm_backbone_outputs(self.vision_model, pixel_values, output_hidden_states)
+        outputs = self.vision_model(pixel_values, output_hidden_states=output_hidden_states)
         outputs.pooler_output = self.visual_projection(outputs.pooler_output)
         return outputs
 
@@ -487,6 +392,7 @@ class CloomeModel(CloomePreTrainedModel):
         concentrations: torch.Tensor | None = None,
         phenomic_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        tower_features: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | CloomeOutput:
         """Embed images and/or molecules; with both, also their scaled similarities and optionally the loss.
@@ -498,10 +404,12 @@ class CloomeModel(CloomePreTrainedModel):
             phenomic_embeds: ``(N, k)`` embeddings of the images from a frozen phenomics model, for the soft labels of
                 ``loss="s2l"`` (default: this model's own image embeddings, detached). Only with ``return_loss``.
             return_loss: compute ``config.loss`` over the (global, when distributed) batch.
+            tower_features: instead of ``pixel_values``, the frozen image tower's cached features of the images
+                (see :meth:`get_image_features`).
             output_hidden_states: fill ``vision_model_output.hidden_states`` / ``molecule_model_output.hidden_states``.
             return_dict: ``False`` (here or in the config) returns a tuple of the non-None fields.
         """
-        if pixel_values is None and fingerprints is None:
+        if pixel_values is None and tower_features is None and fingerprints is None:
             raise ValueError("pass pixel_values, fingerprints or both")
         self._output_hidden_states(kwargs)  # refuse unknown keyword arguments before any work
         if phenomic_embeds is not None and not (return_loss and get_loss(self.config.loss).name == "s2l"):
@@ -509,8 +417,9 @@ class CloomeModel(CloomePreTrainedModel):
                              f"this model's loss is {self.config.loss!r}")
         vision_outputs = molecule_outputs = image_embeds = molecule_embeds = None
         logits_per_image = logits_per_molecule = loss = None
-        if pixel_values is not None:
-            vision_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        if pixel_values is not None or tower_features is not None:
+            vision_outputs = self.get_image_features(pixel_values, tower_features=tower_features, return_dict=True,
+                                                     **kwargs)
             image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         if fingerprints is not None:
             molecule_outputs = self.get_molecule_features(fingerprints, concentrations, return_dict=True, **kwargs)

@@ -7,7 +7,7 @@ conversion (``cloome convert --preset``) and the model cards all read these reco
 
     >>> from cloome_hf.recipes import get_recipe, recipe_names
     >>> recipe_names()
-    ('bioactivity', 'demo', 'retrieval', 'zero-shot')
+    ('bioactivity', 'cellclip-style', 'demo', 'molphenix-style', 'retrieval', 'vit-finetune', 'zero-shot')
     >>> get_recipe("bioactivity").model["loss"]
     'infoloob'
 
@@ -19,6 +19,7 @@ embedded synthetic data on a laptop CPU.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -139,6 +140,67 @@ register_recipe(Recipe(
 ))
 
 
+# ---------------------------------------------------------------------------------- pretrained image towers
+# Recipes after systems that use a pretrained tower instead of training the ResNet from scratch. Their towers are
+# Hub ids (weights cannot be bundled); every model value a tower recipe leaves to the tower (vision_layers,
+# base_width, head_pool_size) is the ResNet default and unused.
+_TOWER_MODEL = dict(vision_layers=[3, 4, 6, 3], base_width=64, head_pool_size=7, molecule_hidden_size=1024,
+                    molecule_num_layers=4, projection_dim=512, init_inverse_temperature=None, hopfield_beta=22.0,
+                    fingerprint_kind="morgan", fingerprint_size=1024)
+_FROZEN_TOWER_TRAINING = dict(per_device_train_batch_size=256, learning_rate=1e-4, weight_decay=0.1, adam_beta1=0.9,
+                              adam_beta2=0.999, adam_epsilon=1e-8, warmup_steps=1000, restart_epochs=0,
+                              num_train_epochs=50, augment=False, random_resized_crop_scale=[])
+
+register_recipe(Recipe(
+    name="cellclip-style",
+    description="after CellCLIP (NeurIPS 2025): a frozen DINOv2 tower (pass `--backbone facebook/dinov2-giant`, the "
+                "default) sees each Cell Painting channel alone, replicated to RGB (`per_channel`); a small "
+                "transformer across the channel embeddings, tagged by channel name, pools them, and the pooling, "
+                "the projection heads and the molecule MLP train with CWCL. Reproduces: the frozen per-channel "
+                "DINOv2 features, cross-channel pooling and the CWCL objective; train on cached features with "
+                "`cloome embed --features backbone` and `--image_features`. Does not reproduce: CellCLIP's text "
+                "encoder for perturbation descriptions (the molecule side is CLOOME's fingerprint MLP), its exact "
+                "pooling architecture and hyper-parameters, nor its reported numbers; the crop is a 224 px centre "
+                "crop of the site (no resize).",
+    model=dict(_TOWER_MODEL, backbone="facebook/dinov2-giant", channel_strategy="per_channel",
+               freeze_image_tower=True, loss="cwcl"),
+    training=dict(_FROZEN_TOWER_TRAINING, image_size=[224, 224]),
+))
+register_recipe(Recipe(
+    name="molphenix-style",
+    description="after MolPhenix (NeurIPS 2024): a frozen phenomics tower (pass `--backbone "
+                "recursionpharma/OpenPhenom --trust_remote_code true`, remote code: read it first), the S2L loss "
+                "and a one-hot dose encoding in the molecule tower. OpenPhenom takes any channel count as "
+                "uint8 / 255 on 256 x 256 crops and ships no image processor, so the recipe states that convention "
+                "(`tower_preprocessing`). Reproduces: the frozen phenomics embeddings, S2L with the model's own "
+                "(detached) image embeddings as soft labels, dose conditioning. Does not reproduce: MolPhenix's "
+                "graph-network molecule encoder (this recipe uses CLOOME's fingerprint MLP until the graph "
+                "towers land), its well-level embedding averaging (trains per site), Phenom-1 (not public), nor "
+                "its reported numbers. OpenPhenom is channel-agnostic, but `channel_tokens` is not wired to it "
+                "yet: the recipe runs it `per_channel`.",
+    model=dict(_TOWER_MODEL, backbone="recursionpharma/OpenPhenom", channel_strategy="per_channel",
+               freeze_image_tower=True, loss="s2l", concentration_encoding="one_hot",
+               tower_preprocessing=json.dumps({"rescale_factor": 1 / 255, "image_mean": None, "image_std": None,
+                                               "input_size": [256, 256],
+                                               "source": "the OpenPhenom model card (uint8 / 255, 256 x 256)"})),
+    training=dict(_FROZEN_TOWER_TRAINING, image_size=[256, 256]),
+))
+register_recipe(Recipe(
+    name="vit-finetune",
+    description="a pretrained ViT fine-tuned end to end on Cell Painting (pass e.g. `--backbone "
+                "google/vit-base-patch16-224-in21k` or `facebook/dinov2-base`): the patch embedding is averaged "
+                "from the RGB weights onto the site's channels (`stem`), and the whole tower trains with InfoNCE "
+                "at a low learning rate. Reproduces: the usual fine-tuning of an ImageNet ViT on multi-channel "
+                "images (averaged stem). Does not reproduce any published model or number: it is the baseline "
+                "between CLOOME's from-scratch ResNet and the frozen-tower recipes. Augmentation is on (random crops, flips, "
+                "rotations), so it cannot train on cached features.",
+    model=dict(_TOWER_MODEL, backbone="google/vit-base-patch16-224-in21k", channel_strategy="stem",
+               freeze_image_tower=False, loss="infonce"),
+    training=dict(_FROZEN_TOWER_TRAINING, per_device_train_batch_size=128, learning_rate=3e-5, augment=True,
+                  num_train_epochs=20, image_size=[224, 224]),
+))
+
+
 #: Written by ``cloome train`` next to the saved model: the resolved arguments and the recipe they came from.
 TRAINING_CONFIG_FILE = "training_config.json"
 
@@ -159,10 +221,14 @@ def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
 
     inverse_temperature = values["init_inverse_temperature"]
     optional = {k: values[k] for k in ("cwcl_threshold",) if values.get(k) is not None}
+    tower = {k: values[k] for k in ("channel_strategy", "tower_preprocessing", "trust_remote_code")
+             if values.get(k) is not None}
+    if isinstance(tower.get("tower_preprocessing"), str):  # from the command line: JSON
+        tower["tower_preprocessing"] = json.loads(tower["tower_preprocessing"])
     return CloomeConfig(
         vision_config=dict(backbone=values["backbone"], layers=list(values["vision_layers"]),
                            base_width=values["base_width"], head_pool_size=values["head_pool_size"],
-                           image_size=list(image_size), num_channels=num_channels),
+                           image_size=list(image_size), num_channels=num_channels, **tower),
         molecule_config=dict(fingerprint_size=values["fingerprint_size"],
                              hidden_size=values["molecule_hidden_size"],
                              num_hidden_layers=values["molecule_num_layers"],

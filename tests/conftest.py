@@ -89,3 +89,29 @@ def write_tiff_plates():
         return rows
 
     return write
+
+
+# Tiny random transformers vision towers saved like a downloaded model: config, weights and image processor.
+TINY_TOWER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "image_size": 32, "patch_size": 8}
+
+
+@pytest.fixture
+def tiny_tower_folder(tmp_path):
+    """``make(kind, processor=True)`` -> a folder holding a random 2-layer ``"dinov2"`` or ``"vit"`` model (hidden
+    size 32, 32 px, patch 8) and, with ``processor``, its image processor (32 px crop, its library's mean / std)."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model, ViTConfig, ViTImageProcessor, ViTModel
+
+    def make(kind: str = "dinov2", processor: bool = True):
+        folder = tmp_path / f"tiny-{kind}"
+        if kind == "dinov2":
+            Dinov2Model(Dinov2Config(**TINY_TOWER)).save_pretrained(folder)
+            image_processor = BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        else:
+            ViTModel(ViTConfig(**TINY_TOWER)).save_pretrained(folder)
+            image_processor = ViTImageProcessor(size={"height": 32, "width": 32})
+        if processor:
+            image_processor.save_pretrained(folder)
+        return str(folder)
+
+    return make

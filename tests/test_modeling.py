@@ -205,8 +205,8 @@ def test_timm_backbone(tiny_config):
     tiny_config.vision_config.backbone = "test_resnet"
     model = CloomeModel(tiny_config).eval()
     images, fingerprints = batch(tiny_config, n=2)
-    assert model.vision_model.default_cfg["architecture"] == "test_resnet"
-    first_conv = next(m for m in model.vision_model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert model.vision_model.model.default_cfg["architecture"] == "test_resnet"
+    first_conv = next(m for m in model.vision_model.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_conv.in_channels == 5
     out = model(pixel_values=images, fingerprints=fingerprints)
     assert out.image_embeds.shape == (2, 16)
@@ -328,15 +328,15 @@ def test_timm_backbone_hidden_states(tiny_config, monkeypatch):
     images, _ = batch(tiny_config, n=2)
     with torch.no_grad():
         out = model.get_image_features(images, output_hidden_states=True)
-        final, intermediates = model.vision_model.forward_intermediates(images)
+        final, intermediates = model.vision_model.model.forward_intermediates(images)
         plain = model.get_image_features(images)
     assert len(out.hidden_states) == len(intermediates) == 5
     for got, expected in zip(out.hidden_states, intermediates):
         torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(out.pooler_output, model.visual_projection(model.vision_model(images)))
+    torch.testing.assert_close(out.pooler_output, model.visual_projection(model.vision_model.model(images)))
     torch.testing.assert_close(plain.pooler_output, out.pooler_output)
     torch.testing.assert_close(plain.last_hidden_state, final)
-    monkeypatch.delattr(type(model.vision_model), "forward_intermediates")
+    monkeypatch.delattr(type(model.vision_model.model), "forward_intermediates")
     with pytest.raises(ValueError, match="'test_resnet' has no forward_intermediates"):
         model.get_image_features(images, output_hidden_states=True)
     assert model.get_image_features(images).pooler_output.shape == (2, tiny_config.projection_dim)

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check_sites", type=int, default=32,
                    help="--backend onnx/int8: held-out sites it is checked on against fp32")
     p.add_argument("--embedding_dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--features", choices=["embedding", "backbone"], default="embedding",
+                   help="'backbone': each site's image-tower features before the projection head (a cache for "
+                        "`cloome train --image_features`), recorded with a digest of the tower and its preprocessing")
     p.add_argument("--keep_columns", nargs="*", default=[], help="extra dataset columns to copy to the output")
     p.add_argument("--max_samples", type=int, default=None, help="embed only the first N rows (smoke tests)")
     p.add_argument("--overwrite_output_dir", action="store_true",
@@ -96,6 +99,11 @@ def _settings(args, model, processor, sites, molecules) -> dict[str, Any]:
         out["table_options"] = recorded
     if sites is not None:
         out["dataset_digest"] = dataset_digest(sites)
+    if args.features == "backbone":  # the tower alone determines the features: heads may differ between runs
+        from ..vision_towers.features import tower_identity
+
+        del out["model_weights"]
+        out.update(features="backbone", tower=tower_identity(model, processor.image_processor))
     if molecules is not None:
         out["molecules_digest"] = dataset_digest(molecules)
     return out
@@ -148,6 +156,9 @@ def _image_backend(args, model, processor, sites):
     before the store is: a backend that misses its bounds raises and nothing is written."""
     if args.backend == "torch" or sites is None:
         return None, None
+    if args.features != "embedding":
+        raise ValueError(f"--backend {args.backend} exports the embedding model; --features {args.features} runs "
+                         "the torch tower: drop one of them")
     if args.bf16:
         raise ValueError(f"--bf16 is autocast of the torch model; --backend {args.backend} runs ONNX Runtime: "
                          "drop one of them")
@@ -207,7 +218,8 @@ def main(argv=None) -> str:
         if sites is not None:
             store.embed_images_to_store(sites, model, processor, os.path.join(args.output_dir, "images"),
                                         keep_columns=args.keep_columns, num_workers=args.num_workers,
-                                        max_rows=args.max_samples, image_encoder=image_encoder, **common)
+                                        max_rows=args.max_samples, image_encoder=image_encoder,
+                                        features=args.features, **common)
         if molecules is not None:
             store.embed_molecules_to_store(molecules, model, processor, os.path.join(args.output_dir, "molecules"),
                                            **common)

@@ -82,6 +82,22 @@ def embed_pixel_values(model, pixel_values: torch.Tensor, autocast_dtype: torch.
     return F.normalize(features.float(), dim=-1).cpu()
 
 
+def backbone_features(model, pixel_values: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``(N, C, H, W)`` pixel values -> the image tower's ``(N, F)`` float32 features on the CPU, before anything
+    trained on top of it (:func:`cloome_hf.vision_towers.tower_features`, flattened: ``F = C * D`` under
+    ``per_channel``); not normalised. What ``cloome embed --features backbone`` caches."""
+    from ..vision_towers import tower_features
+
+    device = _device(model)
+    with _inference(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        features = tower_features(model.vision_model, pixel_values.to(device, non_blocking=True))
+    return features.float().flatten(1).cpu()
+
+
+#: What ``encode_sites`` computes per site: the joint-space embedding, or the tower's features.
+SITE_FEATURES = {"embedding": embed_pixel_values, "backbone": backbone_features}
+
+
 def embed_fingerprints(model, fingerprints: torch.Tensor, autocast_dtype: torch.dtype | None = None,
                        concentrations: torch.Tensor | None = None) -> torch.Tensor:
     """``(N, fingerprint_size)`` (and ``(N,)`` doses in uM for a dose-conditioned model) -> ``(N, projection_dim)``
@@ -113,7 +129,7 @@ def _site_batches(sites: Any, batch_size: int):
 
 def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_workers: int = 0,
                  autocast_dtype: torch.dtype | None = None, accelerator=None, show_progress: bool = False,
-                 image_encoder=None) -> np.ndarray:
+                 image_encoder=None, features: str = "embedding") -> np.ndarray:
     """Embed Cell Painting sites: ``(N, projection_dim)`` float32, L2-normalised, in input order.
 
     Args:
@@ -128,11 +144,19 @@ def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_work
             process gets all rows back, in order.
         image_encoder: pixel values -> L2-normalised embeddings in place of the model (a backend of
             :mod:`cloome_hf.inference.backends`: ONNX Runtime, int8); default the model itself.
+        features: ``"embedding"`` (the joint-space embeddings) or ``"backbone"`` (the image tower's features,
+            see :func:`backbone_features`; ``(N, F)`` float32, not normalised).
     """
+    if features not in SITE_FEATURES:
+        raise ValueError(f"features must be one of {sorted(SITE_FEATURES)}, got {features!r}")
+    if image_encoder is not None and features != "embedding":
+        raise ValueError(f"an image_encoder backend computes embeddings, not features={features!r}")
+    embed = SITE_FEATURES[features]
+
     def encode(pixel_values):
         if image_encoder is not None:
             return image_encoder(pixel_values)
-        return embed_pixel_values(model, pixel_values, autocast_dtype)
+        return embed(model, pixel_values, autocast_dtype)
 
     if not _is_dataset(sites):
         batches = _site_batches(sites, batch_size)

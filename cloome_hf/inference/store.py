@@ -176,14 +176,16 @@ def _shard_sites(sites, start: int, stop: int, folder: str):
 
 def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, shard_size: int, batch_size: int,
                           dtype: str = "float32", autocast_dtype=None, keep_columns: Sequence[str] = (),
-                          num_workers: int = 0, max_rows: int | None = None, image_encoder=None) -> None:
+                          num_workers: int = 0, max_rows: int | None = None, image_encoder=None,
+                          features: str = "embedding") -> None:
     """Embed the sites of ``sites`` into ``folder``'s shards through :func:`encode_sites`.
 
     ``sites``: a ``datasets.Dataset`` in the common schema, or a :class:`~cloome_hf.data.sources.SiteSource`
     (an index / load_data table opened by :func:`~cloome_hf.data.source_kinds.site_source_of`), whose images are
     read shard by shard: a rerun reads only the missing shards' sites, each process only its own.
     ``max_rows``: embed only the first rows. ``image_encoder``: a backend of :mod:`~cloome_hf.inference.backends`
-    in place of the model (the store's settings record which: ``backend``).
+    in place of the model (the store's settings record which: ``backend``). ``features="backbone"``: the image tower's
+    features instead of the embeddings (see :func:`~cloome_hf.inference.encode.backbone_features`).
     """
     from tqdm.auto import tqdm
 
@@ -204,7 +206,7 @@ def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, 
     for i in todo:
         with _shard_sites(sites, *shards[i], folder) as part:
             emb = encode_sites(model, processor, part, batch_size=batch_size, num_workers=num_workers,
-                               autocast_dtype=autocast_dtype, image_encoder=image_encoder)
+                               autocast_dtype=autocast_dtype, image_encoder=image_encoder, features=features)
             write_shard(_shard_path(folder, i), part.select_columns(meta_cols)[:], emb, dtype, digest)
             bar.update(len(part))
     bar.close()

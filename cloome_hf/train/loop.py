@@ -57,10 +57,15 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
     :class:`TrainingStopped` naming the bad step.
     """
     accelerator, model, raw_model = run.accelerator, run.model, run.raw_model
-    pixels = batch_pixel_values(run, batch)
+    if run.tower_features is None:
+        pixels = batch_pixel_values(run, batch)
+        images = {"pixel_values": pixels}
+    else:  # --image_features: the frozen tower's cached output stands in for running it
+        pixels = None
+        images = {"tower_features": run.tower_features.features(batch["sample_key"]).to(accelerator.device)}
     buffers = run.guard.snapshot_buffers()  # the forward pass updates the batch-norm running statistics
     with accelerator.autocast():
-        loss = model(pixel_values=pixels, fingerprints=batch["fingerprints"], return_loss=True,
+        loss = model(**images, fingerprints=batch["fingerprints"], return_loss=True,
                      **loss_inputs(run, batch, pixels)).loss
     global_loss = accelerator.reduce(loss.detach(), "mean")
     accelerator.backward(loss)
@@ -73,7 +78,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
     run.optimizer.zero_grad()
     raw_model.clamp_logit_scale()
     run.state.advance(run.steps_per_epoch)
-    run._seen += pixels.shape[0] * accelerator.num_processes
+    run._seen += len(batch["fingerprints"]) * accelerator.num_processes
     if run.audit is not None:
         run.audit.write(json.dumps({"step": run.state.step, "rows": list(batch["sample_key"])}) + "\n")
     release_batch(batch)  # nothing reads the batch again: its worker may reuse the buffers

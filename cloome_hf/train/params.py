@@ -37,7 +37,17 @@ def _field(default=None, help="", preset=True, **kw):
 class ModelArguments:
     model_name_or_path: str | None = _field(help="start from a saved CLOOME folder or Hub id (e.g. the converted "
                                             "published weights) instead of a fresh model", preset=False)
-    backbone: str | None = _field(help="'cloome_resnet50' or a timm model name")
+    backbone: str | None = _field(help="'cloome_resnet50', a timm model name, or a transformers model folder / Hub id "
+                                       "(e.g. facebook/dinov2-giant; see cloome_hf.vision_towers)")
+    channel_strategy: str | None = _field(help="how the tower sees the channels: stem, per_channel or channel_tokens",
+                                          choices=["stem", "per_channel", "channel_tokens"])
+    freeze_image_tower: bool | None = _field(help="freeze the image tower (kept in eval mode); the heads and the "
+                                                  "per_channel pooling train")
+    unfreeze_last: int = _field(0, help="with --freeze_image_tower: train the tower's last N blocks", preset=False)
+    tower_preprocessing: str | None = _field(help="the tower's input convention as JSON (rescale_factor, image_mean, "
+                                                  "image_std, input_size), for a tower whose files do not state it")
+    trust_remote_code: bool = _field(False, help="allow a remote-code image tower (e.g. recursionpharma/OpenPhenom) "
+                                                 "to run its own code", preset=False)
     vision_layers: list[int] | None = _field(help="bottleneck blocks per ResNet stage", nargs="+")
     base_width: int | None = _field(help="ResNet stem width (64 published)")
     head_pool_size: int | None = _field(help="ResNet head pool window (7 published)")
@@ -93,6 +103,8 @@ class DataArguments:
     synthetic_image_size: int = _field(64, help="synthetic data: site size in pixels", preset=False)
     dataloader_num_workers: int = _field(0, help="DataLoader worker processes (persistent, one thread each)",
                                          preset=False)
+    image_features: str | None = _field(help="a store of `cloome embed --features backbone`: train on its cached "
+                                             "tower features instead of running the frozen tower", preset=False)
     augment_on_device: bool | None = _field(None, help="the loader hands over uint8 sites and the training step "
                                             "crops, flips, turns, resizes and normalises them on the accelerator "
                                             "(the same augmentation and seeds: the same pixels within float "

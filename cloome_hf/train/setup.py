@@ -63,12 +63,50 @@ def build_processor(model_args, data_args):
     from ..featurization_cloome import MoleculeFeaturizer
     from ..image_processing_cloome import CloomeImageProcessor
     from ..processing_cloome import CloomeProcessor
+    from ..vision_towers import tower_image_processor
 
     height, width = data_args.image_size
+    crop = {"height": height, "width": width}
+    vision = None if model_args.model_name_or_path else tower_vision_config(model_args, data_args)
+    image_processor = (tower_image_processor(vision, crop_size=crop) if vision is not None
+                       else CloomeImageProcessor(do_center_crop=True, crop_size=crop))
     return CloomeProcessor(
-        image_processor=CloomeImageProcessor(do_center_crop=True, crop_size={"height": height, "width": width}),
+        image_processor=image_processor,
         featurizer=MoleculeFeaturizer(kind=model_args.fingerprint_kind, fingerprint_size=model_args.fingerprint_size),
     )
+
+
+def tower_vision_config(model_args, data_args):
+    """The vision config of a pretrained tower (whose input convention the processor must follow), else ``None``."""
+    if model_args.backbone in (None, "cloome_resnet50"):
+        return None
+    values = {**asdict(model_args), "learnable_logit_scale": model_args.learnable_temperature}
+    vision = model_config(values, data_args.image_size).vision_config
+    return vision if vision.tower_preprocessing is not None else None
+
+
+def apply_tower_options(run_parts: dict, model_args, data_args) -> None:
+    """``--freeze_image_tower`` / ``--unfreeze_last`` on the model, and ``--image_features``' cache (which only a
+    frozen, un-augmented tower can stand in for)."""
+    from ..vision_towers.features import CachedTowerFeatures
+    from ..vision_towers.freezing import freeze_image_tower
+
+    model = run_parts["model"]
+    if model_args.unfreeze_last and not model_args.freeze_image_tower:
+        raise ValueError("--unfreeze_last applies with --freeze_image_tower")
+    if model_args.freeze_image_tower:
+        freeze_image_tower(model, model_args.unfreeze_last)
+    if data_args.image_features is None:
+        return
+    problems = [why for bad, why in [
+        (not model_args.freeze_image_tower, "the tower must be frozen (--freeze_image_tower)"),
+        (model_args.unfreeze_last, "no tower block may train (--unfreeze_last 0)"),
+        (data_args.augment, "the sites must not be augmented (--augment false): the cache holds un-augmented sites"),
+        (model_args.s2l_phenomic_model, "--s2l_phenomic_model needs the pixels")] if bad]
+    if problems:
+        raise ValueError(f"--image_features {data_args.image_features}: " + "; ".join(problems))
+    run_parts["tower_features"] = CachedTowerFeatures(data_args.image_features, model,
+                                                      run_parts["processor"].image_processor)
 
 
 def build_model(model_args, data_args):
@@ -151,6 +189,8 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
 
     model = build_model(model_args, data_args)
     processor.check_model_compatibility(model.config)  # e.g. a --model_name_or_path with other fingerprints
+    tower_parts = {"model": model, "processor": processor}
+    apply_tower_options(tower_parts, model_args, data_args)
     _check_dose_data(model.config, data)
     phenomic_model = load_phenomic_model(model_args, model.config, accelerator.device)
     model = _prepare_model(model, accelerator, train_args)
@@ -173,7 +213,7 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
               total_steps=total_steps, random_baseline=random_retrieval_baseline(groups),
               log_path=os.path.join(train_args.output_dir, TRAIN_LOG),
               guard=NonFiniteGuard(raw_model, optimizer, accelerator.device), device_transform=device_transform,
-              lock=lock, phenomic_model=phenomic_model)
+              lock=lock, phenomic_model=phenomic_model, tower_features=tower_parts.get("tower_features"))
     run.settings = run_settings(run)
     _resume(run)
     _open_logs(run)

@@ -75,6 +75,7 @@ class Run:
     lock: OutputLock | None = None
     last_checkpoint: tuple[int, str] | None = None  # (step, folder) of the last checkpoint this process wrote
     phenomic_model: Any = None  # loss s2l: the frozen model whose image embeddings give the soft labels
+    tower_features: Any = None  # --image_features: the CachedTowerFeatures the steps read instead of the tower
     audit: Any = None
     progress: Any = None
     last_metrics: dict[str, float] = field(default_factory=dict)
