@@ -105,8 +105,7 @@ def test_an_embed_into_a_model_folder_leaves_its_card_alone(sites, tmp_path):
     (model_dir / "README.md").write_text("# my model card\n")
     before = {f: (model_dir / f).read_bytes() for f in os.listdir(model_dir)}
     for extra in ((), ("--overwrite_output_dir",)):
-        with pytest.raises(ValueError, match=r"is not an embedding store and not empty \(it holds README\.md, "
-                                             r"config\.json"):
+        with pytest.raises(ValueError, match=r"is not an embedding store and not empty \(it holds README\.md, "):
             _embed(model_dir, sites, model_dir, *extra)
         assert {f: (model_dir / f).read_bytes() for f in os.listdir(model_dir)} == before
     with pytest.raises(ValueError, match="not a card written by cloome embed; refusing to overwrite it"):
