@@ -115,3 +115,24 @@ def tiny_tower_folder(tmp_path):
         return str(folder)
 
     return make
+
+
+# ----- serve (issue 26) -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_served_store(finished_tiny_run, tmp_path_factory):
+    """A ``cloome embed`` store (images + molecule library) of 24 synthetic sites, made with the finished tiny
+    run's model, with the source dataset saved beside it so the page can draw the sites."""
+    import pandas as pd
+
+    from cloome_hf.cli import embed
+    from cloome_hf.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("served_store")
+    ds = make_synthetic_dataset(num_molecules=8, sites_per_molecule=3, num_plates=2, image_size=64, seed=3)
+    ds.save_to_disk(str(root / "sites"))
+    library = sorted(set(ds["smiles"]))
+    pd.DataFrame({"smiles": library}).to_csv(root / "library.csv", index=False)
+    embed.main(["--model", str(finished_tiny_run), "--dataset", str(root / "sites"), "--molecules",
+                str(root / "library.csv"), "--output_dir", str(root / "store"), "--batch_size", "8"])
+    return {"model": finished_tiny_run, "store": root / "store", "dataset": ds, "library": library}
+# ----- end serve ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
     cloome search   ...   chemical <-> image search over embeddings
     cloome convert  ...   the published CLOOME checkpoints -> a from_pretrained folder
     cloome push     ...   publish a model and its embeddings to the Hub (or --local_dir)
+    cloome serve    ...   a search page (Gradio): molecule -> sites, site -> molecules
 
 ``cloome <command> --help`` shows each command's options; ``scripts/*.py`` are shims over these. A refused
 input prints ``cloome <command>: error: ...`` and a hint, exit status 2; add ``--debug`` for the traceback.
@@ -28,6 +29,7 @@ COMMANDS = {
     "search": "query image and molecule embeddings with SMILES or images",
     "convert": "convert the published CLOOME checkpoints to a transformers folder",
     "push": "publish a model and its embeddings to the Hub (or --local_dir)",
+    "serve": "serve a search page (Gradio) over an embedding store",
 }
 
 

@@ -1,0 +1,35 @@
+"""``cloome serve``: a search page (Gradio) over an embedding store.
+
+    cloome serve --model model/ --images embeddings/ [--molecules library_embeddings/] [--port 7860]
+
+Molecule -> sites, site -> molecules and the store's provenance, answered by the code path of ``cloome search``.
+The page binds 127.0.0.1 and makes no public share link unless ``--share`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloome serve", description=(
+        "Serve a CLOOME search page: SMILES -> sites and site -> molecules over a 'cloome embed' store."))
+    p.add_argument("--model", default=None,
+                   help="model encoding the queries (default: the one, at the revision, that made the embeddings)")
+    p.add_argument("--images", required=True, help="image embedding store ('cloome embed' output folder)")
+    p.add_argument("--molecules", default=None,
+                   help="molecule embedding store (default: the image store's molecules/, if it has one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--k", type=int, default=5, help="default number of hits shown")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live share link")
+    return p
+
+
+def main(argv=None):
+    from ..serve import SearchService, build_app
+
+    args = build_parser().parse_args(argv)
+    app = build_app(SearchService.from_stores(args.images, args.molecules, model=args.model), default_k=args.k)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return None
