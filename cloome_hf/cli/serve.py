@@ -27,9 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        import gradio  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"cloome serve needs gradio ({err}); install it with: pip install 'cloome-hf[serve]'") from err
     from ..serve import SearchService, build_app
 
-    args = build_parser().parse_args(argv)
     app = build_app(SearchService.from_stores(args.images, args.molecules, model=args.model), default_k=args.k)
     app.launch(server_name=args.host, server_port=args.port, share=args.share)
     return None
