@@ -43,6 +43,20 @@ def test_model_section_examples_run(tmp_path, monkeypatch, one_thread):
     assert not namespace["model"].state_dict()["visual_projection.weight"].equal(before)  # it trained
 
 
+def test_processing_example_runs_from_outside_the_clone(tmp_path, monkeypatch, one_thread):
+    from cloome_hf import CloomeConfig, CloomeModel
+
+    monkeypatch.chdir(tmp_path)
+    block = _section("processing").split("```python\n", 1)[1].split("```", 1)[0]
+    vision = {"layers": [1, 1, 1, 1], "base_width": 8, "head_pool_size": 2, "image_size": [520, 696]}
+    namespace: dict = {"model": CloomeModel(CloomeConfig(vision_config=vision, projection_dim=16)).eval()}
+    exec(compile(block, "README-processing", "exec"), namespace)
+    batch = namespace["batch"]
+    assert batch["pixel_values"].shape == (1, 5, 520, 696) and batch["fingerprints"].shape == (1, 1024)
+    assert batch["fingerprints"].sum() > 0  # aspirin sets bits
+    assert namespace["outputs"].image_embeds.shape == (1, 16)
+
+
 # The model settings added to the README's `cloome train` line so that the recipe runs in seconds on a CPU.
 TINY_OWN_DATA_TRAIN = ["--base_width", "8", "--molecule_hidden_size", "32", "--projection_dim", "16",
                        "--fingerprint_size", "128", "--per_device_train_batch_size", "4", "--vision_layers", "1", "1",
@@ -101,3 +115,13 @@ def test_bring_your_own_data_recipe_runs_as_written_from_outside_the_clone(tmp_p
     assert results["tasks"]["retrieval"]["image_to_molecule"]["top1"]["n"] == len(smiles) + 1
     assert (work / "runs" / "mine" / "eval" / "report.md").is_file()
     assert "EVALUATED ON THE TRAINING DATA" in outputs[2]
+
+
+def test_prepare_help_names_the_command_and_gives_the_readme_index_schema(tmp_path):
+    rows, _ = _own_data_index_and_commands()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "cloome_hf.cli", "prepare", "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage: cloome prepare ")
+    assert ",".join(rows[0]) in proc.stdout  # the README's index header is the one --help documents
