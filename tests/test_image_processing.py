@@ -11,6 +11,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from cloome_hf import example_site
 from cloome_hf.image_processing_cloome import (
     CHANNELS,
     CLOOME_CHANNEL_MEAN,
@@ -19,7 +20,7 @@ from cloome_hf.image_processing_cloome import (
 )
 
 
-SITE_DIR = Path(__file__).parent / "data" / "example_site"
+SITE_DIR = Path(example_site()["Mito"]).parent
 SITE_FILES = {c: str(SITE_DIR / f"{c}.tif") for c in CHANNELS}
 JUMP_NAMES = {"Mito": "Mito", "ERSyto": "ER", "ERSytoBleed": "RNA", "Ph_golgi": "AGP", "Hoechst": "DNA"}
 MEAN = np.asarray(CLOOME_CHANNEL_MEAN, dtype=np.float32)

@@ -3,7 +3,6 @@
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from cloome_hf import CloomeConfig, CloomeModel
+from cloome_hf import CloomeConfig, CloomeModel, example_site
 from cloome_hf.modeling_cloome import cloome_head_pool, resnet_min_input_size
 
 
@@ -303,7 +302,7 @@ def test_low_precision_from_pretrained_runs_on_processor_inputs(tiny_config, tmp
     from cloome_hf import CloomeProcessor, MoleculeFeaturizer
     from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
 
-    site = {c: str(Path(__file__).parent / "data" / "example_site" / f"{c}.tif") for c in CHANNELS}
+    site = {c: example_site()[c] for c in CHANNELS}
     reference_model = CloomeModel(tiny_config).eval()
     reference_model.save_pretrained(tmp_path)
     processor = CloomeProcessor(CloomeImageProcessor(crop_size={"height": 64, "width": 64}),
