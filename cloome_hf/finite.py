@@ -40,8 +40,8 @@ def require_float_dtypes(dtypes: Mapping[str, object], what: str, expected: Mapp
         floating = dtype.is_floating_point if isinstance(dtype, torch.dtype) else str(dtype).upper() in (
             "F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
         if not floating:
-            raise ValueError(f"{what}: tensor {name!r} has dtype {dtype}, not a floating type as the model's "
-                             f"{(expected or {}).get(name, 'weight')} is; refusing to cast it")
+            raise ValueError(f"{what}: tensor {name!r} has dtype {dtype}, not a floating type like the model's "
+                             "weight of that name; refusing to cast it")
 
 
 def first_nonfinite_row(values: np.ndarray) -> int | None:
@@ -57,7 +57,9 @@ def require_finite_rows(values: np.ndarray, what: str, keys: Sequence | None = N
     """Raise ``ValueError`` naming the first non-finite row of ``values`` (by ``keys[row]`` where given)."""
     row = first_nonfinite_row(values)
     if row is not None:
-        label = f"row {row}" + (f" ({keys[row]!r})" if keys is not None and len(keys) > row else "")
+        key = keys[row] if keys is not None and len(keys) > row else None
+        key = key.as_py() if hasattr(key, "as_py") else key  # a pyarrow scalar
+        label = f"row {row}" + ("" if key is None else f" ({key!r})")
         raise ValueError(f"{what} has non-finite values (NaN or inf) at {label}; refusing it")
 
 

@@ -11,6 +11,7 @@ registered losses of :mod:`cloome_hf.losses`; the sigmoid ones (siglip, s2l) add
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -154,6 +155,24 @@ def logit_bias_init(config: CloomeConfig) -> float | None:
     return float(default if config.logit_bias_init_value is None else config.logit_bias_init_value)
 
 
+def _refuse_bad_weights(source, model: nn.Module) -> None:
+    """A loaded model whose weights are not finite, or a local safetensors file whose tensor has an integer dtype
+    where the model's is floating (transformers casts it silently), is a ``ValueError`` naming the tensor."""
+    import glob
+
+    from safetensors import safe_open
+
+    from .finite import require_finite_tensors, require_float_dtypes
+
+    own = {k: v.dtype for k, v in model.state_dict().items()}
+    folder = str(source)
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))) if os.path.isdir(folder) else ():
+        with safe_open(path, framework="pt") as f:
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        require_float_dtypes(dtypes, path, own)
+    require_finite_tensors(model.state_dict().items(), f"the model loaded from {source}")
+
+
 class CloomePreTrainedModel(PreTrainedModel):
     config_class = CloomeConfig
     base_model_prefix = "cloome"
@@ -195,6 +214,7 @@ class CloomePreTrainedModel(PreTrainedModel):
                                f" ({len(keys)})" for kind, keys in problems.items())
             raise ValueError(f"the checkpoint {pretrained_model_name_or_path} does not match {cls.__name__}: "
                              f"{detail or '; '.join(map(str, info['error_msgs']))}")
+        _refuse_bad_weights(pretrained_model_name_or_path, model)
         return model
 
     def _init_weights(self, module: nn.Module) -> None:

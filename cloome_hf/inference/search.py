@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ..finite import require_finite_rows
 from ..safe_io import atomic_write_json, read_json, require_keys, temporary_name
 from .store import embeddings_from_arrow, read_embeddings
 
@@ -89,6 +90,9 @@ class EmbeddingIndex:
         if len(metadata) != n:
             raise ValueError(f"metadata has {len(metadata)} rows but there are {n} embeddings")
         self.metadata = metadata.reset_index(drop=True)
+        key_column = next((c for c in ("sample_key", "inchikey", "smiles") if c in self.metadata.columns), None)
+        require_finite_rows(embeddings, "the embeddings to index",
+                            None if key_column is None else self.metadata[key_column])
         self.config: dict[str, Any] = {"index_type": index_type, "dim": self.dim, "num_rows": n}
         if index_type == "flat":
             self.index = faiss.IndexFlatIP(self.dim)
@@ -140,6 +144,7 @@ class EmbeddingIndex:
 
         ids are -1 (score -inf) where an approximate index found fewer than k neighbours."""
         q = l2_normalize(queries)
+        require_finite_rows(q, "the search queries")
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match the index dimension {self.dim}")
         if k < 1:
