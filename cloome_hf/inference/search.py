@@ -143,8 +143,8 @@ class EmbeddingIndex:
         """Top-k by cosine similarity. queries: (Q, D) -> (scores (Q, k) float32, ids (Q, k) int64), best first.
 
         ids are -1 (score -inf) where an approximate index found fewer than k neighbours."""
+        require_finite_rows(np.asarray(queries), "the search queries")
         q = l2_normalize(queries)
-        require_finite_rows(q, "the search queries")
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match the index dimension {self.dim}")
         if k < 1:
