@@ -61,7 +61,7 @@ def _finite_checkpoints(out):
 
 
 # ----------------------------------------------------------------- class 1: non-finite state
-@pytest.mark.parametrize("lr, save_steps", [("inf", "1"), ("inf", "100"), ("1e38", "1")])
+@pytest.mark.parametrize("lr, save_steps", [("inf", "1"), ("inf", "100")])
 def test_class1_an_update_that_makes_the_weights_non_finite_is_never_saved(tmp_path, one_thread, lr, save_steps):
     from cloome_hf.train import TrainingStopped
 
@@ -74,6 +74,12 @@ def test_class1_an_update_that_makes_the_weights_non_finite_is_never_saved(tmp_p
     if lr == "inf":  # the loss and gradient of step 1 are finite: only the weights check can see it
         assert "non-finite weights at step 1;" in str(err.value)
         assert str(out / "checkpoints" / "checkpoint-0") in str(err.value)
+
+
+def test_class1_a_nan_learning_rate_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="learning_rate must be positive, got nan"):
+        _train(tmp_path / "run", "--learning_rate", "nan", "--max_steps", "1")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("value, buffer", [(float("nan"), False), (float("inf"), False), (float("-inf"), True)])
