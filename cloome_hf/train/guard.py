@@ -4,8 +4,8 @@ Reading a loss (``.item()``) blocks the host until the accelerator has finished 
 queue the next one ahead. :class:`NonFiniteGuard` keeps the check on the device instead:
 
 * every step it records, in a device tensor, whether the global loss or the gradient norm is not finite, or
-  whether the update left a parameter non-finite (a finite loss and gradient with ``lr=inf``; one fused norm over
-  the zeroed parameters, still on the device) (the
+  whether the update left a parameter non-finite (a finite loss and gradient with ``lr=inf``; one fused max-abs over
+  the parameters, still on the device) (the
   first such step's problem stays recorded, and every step from it on is counted as skipped);
 * from that step on, each step is undone on the device: the parameters, the optimiser's state tensors and the
   batch-norm running statistics are put back to what they were before it (``torch.where`` on the flag), so the
@@ -56,15 +56,14 @@ class NonFiniteGuard:
         self._record = torch.stack([first, self._record[1] + (first != 0)])
 
     def _record_weights(self) -> None:
-        """After ``optimizer.step()``: note (on the device) whether a parameter is now non-finite. ``0 * x`` is 0
-        for every finite x and NaN for NaN / inf, so the norms of the zeroed parameters are all 0 exactly when every
-        parameter is finite; a norm of the weights themselves would overflow float32 on large finite weights."""
+        """After ``optimizer.step()``: note (on the device) whether a parameter is now non-finite. The largest
+        absolute value of each parameter (one fused pass; NaN propagates, and unlike the 2-norm it cannot overflow
+        on large finite weights) is finite exactly when the parameter is."""
         params = [p.detach() for p in self.model.parameters() if p.is_floating_point()]
         if not params:
             return
-        norms = torch._foreach_norm(torch._foreach_mul(params, 0.0))
-        total = torch.stack([n.float() for n in norms]).sum()
-        bad = (self._record[0] == 0) & ~torch.isfinite(total).to(self._record.device)
+        total = torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all()
+        bad = (self._record[0] == 0) & ~total.to(self._record.device)
         self._record = torch.stack([torch.where(bad, 3, self._record[0]), self._record[1] + bad])
 
     def _optimizer_tensors(self) -> Iterable[tuple[tuple[int, str], torch.Tensor]]:
