@@ -217,6 +217,14 @@ class CloomePreTrainedModel(PreTrainedModel):
         _refuse_bad_weights(pretrained_model_name_or_path, model)
         return model
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, refusing (before writing anything) a model with a NaN or infinite
+        tensor, named: every model folder the package writes (training, convert, publish) passes here."""
+        from .finite import require_finite_tensors
+
+        require_finite_tensors(self.state_dict().items(), f"the model to save to {save_directory}")
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -92,6 +92,16 @@ def test_class1_a_model_folder_with_a_non_finite_tensor_is_refused_naming_it(tmp
         CloomeModel.from_pretrained(folder)
 
 
+def test_class1_save_pretrained_refuses_a_non_finite_model_and_writes_nothing(tmp_path):
+    model = CloomeModel(CloomeConfig(vision_config=dict(VISION), molecule_config=dict(MOLECULE), projection_dim=8))
+    name = next(k for k, v in model.state_dict().items() if k.endswith("weight") and v.numel() > 1)
+    with torch.no_grad():
+        model.state_dict()[name].view(-1)[0] = float("inf")
+    with pytest.raises(ValueError, match=rf"the model to save to .* in tensor '{name}'"):
+        model.save_pretrained(tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
 def test_class1_training_from_a_nan_model_folder_writes_no_checkpoint(tmp_path, one_thread):
     folder, out = tmp_path / "model", tmp_path / "run"
     from cloome_hf.featurization_cloome import MoleculeFeaturizer

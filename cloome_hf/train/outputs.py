@@ -32,9 +32,6 @@ def save_model_folder(run: Run, folder: str, metrics: dict[str, Any]) -> None:
     """A ``from_pretrained`` folder: model, processor, ``training_config.json`` and the model card."""
     from ..publish.card import render_model_card
 
-    from ..finite import require_finite_tensors
-
-    require_finite_tensors(run.raw_model.state_dict().items(), f"the model to write to {folder}")
     os.makedirs(folder, exist_ok=True)
     run.raw_model.save_pretrained(folder)
     run.processor.save_pretrained(folder)
