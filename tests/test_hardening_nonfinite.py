@@ -239,3 +239,16 @@ def test_class6_a_non_finite_query_is_refused_not_answered_empty(bad):
         index.search_table(queries, k=2)
     scores, ids = index.search(queries[[0, 2]], k=2)  # the finite rows alone are answered
     assert (ids >= 0).all() and np.isfinite(scores).all()
+
+
+def test_class6_a_saved_index_tampered_to_hold_a_nan_row_is_refused_on_load(tmp_path):
+    import faiss
+
+    meta = pd.DataFrame({"sample_key": [f"k{i}" for i in range(6)]})
+    EmbeddingIndex(_vectors(), meta).save(tmp_path / "index")
+    index = faiss.read_index(str(tmp_path / "index" / "index.faiss"))
+    vectors = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    vectors[3, 0] = np.nan  # a view: this writes into the FAISS index
+    faiss.write_index(index, str(tmp_path / "index" / "index.faiss"))
+    with pytest.raises(ValueError, match=r"saved index .* at row 3 \('k3'\)"):
+        EmbeddingIndex.load(tmp_path / "index")

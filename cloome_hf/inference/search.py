@@ -248,7 +248,11 @@ class EmbeddingIndex:
             index.nprobe = config["nprobe"]  # nprobe is a search-time setting, not serialised by FAISS
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = config["ef_search"]
-        return cls._from_parts(index, metadata, config)
+        loaded = cls._from_parts(index, metadata, config)
+        key_column = next((c for c in ("sample_key", "inchikey", "smiles") if c in metadata.columns), None)
+        require_finite_rows(loaded.vectors(), f"the saved index {directory!s}",
+                            None if key_column is None else metadata[key_column])
+        return loaded
 
 
 class CloomeIndex:
