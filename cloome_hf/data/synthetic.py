@@ -75,16 +75,18 @@ def _descriptors(mol) -> list[float]:
 
 def molecule_latent(smiles: Sequence[str]) -> np.ndarray:
     """Phenotype latent ``z`` in (-1, 1), shape ``(N, LATENT_DIM)``, of each SMILES (see module docstring)."""
-    from rdkit import Chem, DataStructs
+    from rdkit import DataStructs
     from rdkit.Chem import rdFingerprintGenerator
+
+    from ..featurization_cloome import invalid_message, parse_molecule
 
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=_FP_BITS)
     bits = np.zeros((len(smiles), _FP_BITS), dtype=np.float32)
     desc = np.zeros((len(smiles), len(_DESCRIPTOR_CENTER)), dtype=np.float32)
     for i, s in enumerate(smiles):
-        mol = Chem.MolFromSmiles(s)
+        mol = parse_molecule(s)
         if mol is None:
-            raise ValueError(f"invalid SMILES at position {i}: {s!r}")
+            raise ValueError(invalid_message(s, i))
         DataStructs.ConvertToNumpyArray(gen.GetFingerprint(mol), bits[i])
         desc[i] = _descriptors(mol)
     rng = np.random.default_rng(PROJECTION_SEED)

@@ -90,11 +90,11 @@ def plot_embedding_tsne(
 
 
 def _molecule_image(smiles: str, size: int = 200):
-    from rdkit import Chem, RDLogger
     from rdkit.Chem import Draw
 
-    RDLogger.DisableLog("rdApp.*")
-    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    from ..featurization_cloome import parse_molecule
+
+    mol = parse_molecule(smiles)
     if mol is None:
         return None
     return np.asarray(Draw.MolToImage(mol, size=(size, size)))
