@@ -112,3 +112,32 @@ def test_a_circle_through_relative_imports_is_found_and_function_imports_are_not
 def test_cloome_hf_has_no_import_circle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def _public_names_of(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return {n for n in names if not n.startswith("_")}
+
+
+def test_channel_constants_are_imported_from_channels_only():
+    """``CHANNELS`` and the other names of ``cloome_hf/channels.py`` have one home: no other module passes them on."""
+    owned = _public_names_of(PACKAGE_DIR / "channels.py")
+    assert {"CHANNELS", "JUMP_CHANNELS", "canonical_channel_name"} <= owned
+    root = PACKAGE_DIR.parent
+    wrong = []
+    for folder in ("cloome_hf", "tests", "benchmarks", "scripts"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                source = "." * node.level + (node.module or "")
+                from_channels = source.endswith("channels") and source.rpartition(".")[2] == "channels"
+                wrong += [f"{path.relative_to(root)}: {a.name} from {source}" for a in node.names
+                          if a.name in owned and not from_channels]
+    assert not wrong, "import these from cloome_hf.channels: " + "; ".join(wrong)
