@@ -141,3 +141,16 @@ def test_channel_constants_are_imported_from_channels_only():
                 wrong += [f"{path.relative_to(root)}: {a.name} from {source}" for a in node.names
                           if a.name in owned and not from_channels]
     assert not wrong, "import these from cloome_hf.channels: " + "; ".join(wrong)
+
+
+def test_no_module_imports_another_modules_private_name():
+    """A helper another module needs is public (no leading underscore), or lives where both use it."""
+    root = PACKAGE_DIR.parent
+    wrong = []
+    for folder in ("cloome_hf", "tests"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("cloome_hf")):
+                    wrong += [f"{path.relative_to(root)}:{node.lineno} {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not wrong, "private names imported across modules: " + "; ".join(wrong)

@@ -220,7 +220,7 @@ def render_site(
     return np.clip(noisy, 0, 4095).astype(np.uint16)
 
 
-def _well_name(index: int) -> str:
+def well_name(index: int) -> str:
     """0 -> "A01", 23 -> "A24", 24 -> "B01"; rows past "Z" continue "AA", "AB", ... (more than 624 wells)."""
     row, col = divmod(index, 24)
     letters = ""
@@ -273,7 +273,7 @@ def plan_synthetic(
         for s in range(sites_per_molecule):
             p = (i + s) % num_plates
             if (i, p) not in wells:  # one well per molecule and plate; further sites are fields of it
-                wells[i, p] = _well_name(next_well[p])
+                wells[i, p] = well_name(next_well[p])
                 next_well[p] += 1
             plate, well, site = f"SYN{p + 1:04d}", wells[i, p], s // num_plates + 1
             rows.append(dict(sample_key=f"{plate}-{well}-{site}", plate=plate, well=well, site=site,
