@@ -93,5 +93,5 @@ def test_simple_features_predict_phenotype_of_unseen_molecules(syn):
 def test_plan_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num_molecules=5000"):
         plan_synthetic(num_molecules=5000)
-    with pytest.raises(ValueError, match="Invalid SMILES"):
+    with pytest.raises(ValueError, match="invalid SMILES"):
         plan_synthetic(num_molecules=2, smiles=["CCO", "C1CC"])

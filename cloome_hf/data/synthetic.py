@@ -78,7 +78,7 @@ def molecule_latent(smiles: Sequence[str]) -> np.ndarray:
     from rdkit import DataStructs
     from rdkit.Chem import rdFingerprintGenerator
 
-    from ..featurization_cloome import invalid_message, parse_molecule
+    from ..featurization_cloome import parse_molecule
 
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=_FP_BITS)
     bits = np.zeros((len(smiles), _FP_BITS), dtype=np.float32)
@@ -86,7 +86,7 @@ def molecule_latent(smiles: Sequence[str]) -> np.ndarray:
     for i, s in enumerate(smiles):
         mol = parse_molecule(s)
         if mol is None:
-            raise ValueError(invalid_message(s, i))
+            raise ValueError(f"invalid SMILES at position {i}: {s!r}")
         DataStructs.ConvertToNumpyArray(gen.GetFingerprint(mol), bits[i])
         desc[i] = _descriptors(mol)
     rng = np.random.default_rng(PROJECTION_SEED)
