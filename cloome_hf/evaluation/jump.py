@@ -158,9 +158,10 @@ def jump_tasks(
     """
     from .figures import plot_map_vs_pvalue
 
-    unknown = [t for t in tasks if t not in JUMP_TASKS]
+    jump = task_names("jump")
+    unknown = [t for t in tasks if t not in jump]
     if unknown:
-        raise ValueError(f"unknown JUMP task {unknown[0]!r}; choose from {', '.join(JUMP_TASKS)}")
+        raise ValueError(f"unknown JUMP task {unknown[0]!r}; choose from {', '.join(jump)}")
     if "jump_consistency" in tasks and annotations is not None and not isinstance(annotations, pd.DataFrame):
         annotations = load_feature_table(annotations)
     common = dict(null_size=null_size, threshold=threshold, seed=seed, show_progress=show_progress)

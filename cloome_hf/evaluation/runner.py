@@ -63,9 +63,10 @@ def run_tasks(
         activity: :class:`~cloome_hf.evaluation.linear_probe.ActivityLabels` with ``inchikeys``, for
             ``linear_probe``; molecules are matched on the full key, else on its first 14 characters.
     """
-    unknown = [t for t in tasks if t not in TASKS]
+    paper = task_names("paper")  # read now, so a task registered after import runs too
+    unknown = [t for t in tasks if t not in paper]
     if unknown:
-        raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(paper)}")
     inputs = TaskInputs(image, metadata["inchikey"].astype(str).to_numpy(), metadata["plate"].astype(str).to_numpy(),
                         molecule=molecule, molecule_index=molecule_index, moa=moa, activity=activity, seed=seed,
                         linear_probe_Cs=linear_probe_Cs, n_jobs=n_jobs, map_null_size=map_null_size,
