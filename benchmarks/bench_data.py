@@ -61,7 +61,8 @@ def make_sites(folder: str, num_sites: int, seed: int = 0) -> str:
     """Write ``num_sites`` distinct real-size sites as upstream stores them (``npz/{SAMPLE_KEY}.npz``, key
     ``sample``, H x W x 5 uint8) plus a Bray-style index of real molecules (2 sites each); returns the index path."""
     from cloome_hf import example_site
-    from cloome_hf.data import CHANNELS, bundled_molecules
+    from cloome_hf.channels import CHANNELS
+    from cloome_hf.data import bundled_molecules
     from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
     site_dir = os.path.dirname(example_site()["Mito"])

@@ -32,11 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from cloome_hf import example_site  # noqa: E402
 from cloome_hf.featurization_cloome import FINGERPRINT_KINDS, MoleculeFeaturizer  # noqa: E402
-from cloome_hf.image_processing_cloome import (  # noqa: E402
-    CHANNELS,
-    CLOOME_CHANNEL_MEAN,
-    CloomeImageProcessor,
-)
+from cloome_hf.channels import CHANNELS, CLOOME_CHANNEL_MEAN
+from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
 DATA = REPO / "tests" / "data"
 

@@ -25,10 +25,8 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .channels import (
     CHANNELS,
-    CLOOME_CHANNEL_MEAN,
     DEFAULT_CLIP_FRACTION,
     DEFAULT_INTENSITY_SCALE,
-    JUMP_CHANNELS,
     SITE_SIZE,
     canonical_channel_name,
     published_channel_means,
@@ -532,11 +530,4 @@ class CloomeImageProcessor(BaseImageProcessor):
         return output
 
 
-__all__ = [
-    "CHANNELS",
-    "CLOOME_CHANNEL_MEAN",
-    "JUMP_CHANNELS",
-    "CloomeImageProcessor",
-    "canonical_channel_name",
-    "rescale_to_uint8",
-]
+__all__ = ["CloomeImageProcessor", "rescale_to_uint8"]  # channel constants: import them from cloome_hf.channels

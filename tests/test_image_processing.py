@@ -12,12 +12,8 @@ import torch
 from PIL import Image
 
 from cloome_hf import example_site
-from cloome_hf.image_processing_cloome import (
-    CHANNELS,
-    CLOOME_CHANNEL_MEAN,
-    CloomeImageProcessor,
-    rescale_to_uint8,
-)
+from cloome_hf.channels import CHANNELS, CLOOME_CHANNEL_MEAN
+from cloome_hf.image_processing_cloome import CloomeImageProcessor, rescale_to_uint8
 
 
 SITE_DIR = Path(example_site()["Mito"]).parent

@@ -300,7 +300,8 @@ def test_a_single_pair_has_an_infonce_loss_but_no_infoloob_loss(tiny_config):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_from_pretrained_runs_on_processor_inputs(tiny_config, tmp_path, dtype):
     from cloome_hf import CloomeProcessor, MoleculeFeaturizer
-    from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
+    from cloome_hf.channels import CHANNELS
+    from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
     site = {c: example_site()[c] for c in CHANNELS}
     reference_model = CloomeModel(tiny_config).eval()

@@ -9,7 +9,8 @@ from transformers import AutoImageProcessor, AutoProcessor
 
 from cloome_hf import CloomeModel, example_site
 from cloome_hf.featurization_cloome import MoleculeFeaturizer
-from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
+from cloome_hf.channels import CHANNELS
+from cloome_hf.image_processing_cloome import CloomeImageProcessor
 from cloome_hf.processing_cloome import CloomeProcessor, load_model_and_processor
 
 
