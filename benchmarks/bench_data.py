@@ -23,7 +23,7 @@ workers (steadier on a shared machine; the JSON adds the main process's share of
 epoch and after the last one (``RssAnon``, their own memory; memory-mapped dataset pages show up in ``RssFile`` and
 are the shared page cache). Persistent workers and a prefetch of 2 batches per worker for all three loaders.
 
-Sites are the bundled real site (``tests/data/example_site``, 8 bit through the processor), rolled, flipped and
+Sites are the bundled real site (``cloome_hf.example_site()``, 8 bit through the processor), rolled, flipped and
 speckled so that no two are equal. Both stores are read once before timing (warm page cache).
 
 ``THP_MEM_ALLOC_ENABLE=1`` is set before torch is imported (torch then backs large CPU tensors with transparent
@@ -60,10 +60,12 @@ LOADERS = ("upstream", "ours_cpu", "ours_uint8")
 def make_sites(folder: str, num_sites: int, seed: int = 0) -> str:
     """Write ``num_sites`` distinct real-size sites as upstream stores them (``npz/{SAMPLE_KEY}.npz``, key
     ``sample``, H x W x 5 uint8) plus a Bray-style index of real molecules (2 sites each); returns the index path."""
-    from cloome_hf.data import CHANNELS, bundled_molecules
+    from cloome_hf import example_site
+    from cloome_hf.channels import CHANNELS
+    from cloome_hf.data import bundled_molecules
     from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
-    site_dir = os.path.join(HERE, "..", "tests", "data", "example_site")
+    site_dir = os.path.dirname(example_site()["Mito"])
     base = CloomeImageProcessor().load_uint8_site({c: os.path.join(site_dir, f"{c}.tif") for c in CHANNELS})
     rng = np.random.default_rng(seed)
     mols = bundled_molecules().iloc[: max(1, num_sites // 2)]

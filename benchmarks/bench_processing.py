@@ -30,12 +30,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cloome_hf import example_site  # noqa: E402
 from cloome_hf.featurization_cloome import FINGERPRINT_KINDS, MoleculeFeaturizer  # noqa: E402
-from cloome_hf.image_processing_cloome import (  # noqa: E402
-    CHANNELS,
-    CLOOME_CHANNEL_MEAN,
-    CloomeImageProcessor,
-)
+from cloome_hf.channels import CHANNELS, CLOOME_CHANNEL_MEAN
+from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
 DATA = REPO / "tests" / "data"
 
@@ -157,7 +155,7 @@ def main(argv=None) -> dict:
 
     import tifffile
 
-    files = {c: str(DATA / "example_site" / f"{c}.tif") for c in CHANNELS}
+    files = {c: example_site()[c] for c in CHANNELS}
     arrays = np.stack([tifffile.imread(files[c]) for c in CHANNELS])
     processor = CloomeImageProcessor()
     np.testing.assert_allclose(processor(arrays)["pixel_values"][0], naive_site(list(arrays)), rtol=1e-6, atol=1e-6)

@@ -12,6 +12,7 @@ from .modeling_cloome import CloomeModel, CloomeOutput, CloomePreTrainedModel  #
 from .featurization_cloome import MoleculeFeaturizer  # noqa: E402
 from .image_processing_cloome import CloomeImageProcessor  # noqa: E402
 from .processing_cloome import CloomeProcessor, load_model_and_processor  # noqa: E402  registers AutoProcessor
+from .resources import example_site  # noqa: E402
 from . import pipelines  # noqa: E402,F401  registers the "cell-painting-feature-extraction" and retrieval tasks
 
 __version__ = "0.1.0"
@@ -32,5 +33,6 @@ __all__ = [
     "CloomeProcessor",
     "CloomeVisionConfig",
     "MoleculeFeaturizer",
+    "example_site",
     "load_model_and_processor",
 ]

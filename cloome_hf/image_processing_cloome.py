@@ -25,10 +25,8 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .channels import (
     CHANNELS,
-    CLOOME_CHANNEL_MEAN,
     DEFAULT_CLIP_FRACTION,
     DEFAULT_INTENSITY_SCALE,
-    JUMP_CHANNELS,
     SITE_SIZE,
     canonical_channel_name,
     published_channel_means,
@@ -185,6 +183,19 @@ def _checked_channel_values(key: str, value: Any, order: Sequence[str]) -> list[
     return value
 
 
+def _check_normalisation_finite(mean: Sequence[float], std: Sequence[float], order: Sequence[str]) -> None:
+    """Refuse a mean / std that the float32 normalisation cannot carry: a std that is subnormal (or zero) in
+    float32 (1e-45), or one that sends the 8-bit range [0, 255] past float32's range, naming the channel."""
+    tiny = np.finfo(np.float32).tiny
+    with np.errstate(all="ignore"):
+        for name, m, s in zip(order, mean, std):
+            m32, s32 = np.float32(m), np.float32(s)
+            ends = (np.float32(0) - m32) / s32, (np.float32(255) - m32) / s32
+            if not (np.isfinite(m32) and s32 >= tiny and all(np.isfinite(e) for e in ends)):
+                raise ValueError(f"image_mean / image_std of channel {name!r} ({m!r}, {s!r}) give non-finite float32 "
+                                 f"pixel values; use a std of at least {tiny:.3g} and values within float32's range")
+
+
 class CloomeImageProcessorKwargs(TypedDict, total=False):
     """Call-time overrides accepted by `CloomeImageProcessor.__call__` (same names as the constructor).
 
@@ -284,6 +295,7 @@ class CloomeImageProcessor(BaseImageProcessor):
             settings[key] = _checked_channel_values(key, settings[key], order)
         if not all(s > 0 for s in settings["image_std"]):
             raise ValueError(f"image_std must be positive (it divides), got {settings['image_std']}")
+        _check_normalisation_finite(settings["image_mean"], settings["image_std"], order)
         fmt = settings["input_data_format"]
         fmt = getattr(fmt, "value", fmt)
         if fmt not in (None, "channels_first", "channels_last"):
@@ -503,6 +515,10 @@ class CloomeImageProcessor(BaseImageProcessor):
             mean = batch.mean(axis=(2, 3), keepdims=True)
             std = batch.std(axis=(2, 3), keepdims=True)
             batch = (batch - mean) / (std + np.float32(1e-6))
+        if batch is not None and not np.isfinite(batch).all():  # e.g. float inputs of 1e38 over a small std
+            site, channel = (int(i) for i in np.argwhere(~np.isfinite(batch))[0][:2])
+            raise ValueError(f"site {site}: channel {settings['channel_order'][channel]!r} gives non-finite "
+                             "pixel_values (NaN or inf) after normalisation; check its values and image_mean / image_std")
         return BatchFeature(data={"pixel_values": batch}, tensor_type=return_tensors)
 
     def __call__(self, images: Any, return_tensors: str | None = None, **overrides) -> BatchFeature:
@@ -514,11 +530,4 @@ class CloomeImageProcessor(BaseImageProcessor):
         return output
 
 
-__all__ = [
-    "CHANNELS",
-    "CLOOME_CHANNEL_MEAN",
-    "JUMP_CHANNELS",
-    "CloomeImageProcessor",
-    "canonical_channel_name",
-    "rescale_to_uint8",
-]
+__all__ = ["CloomeImageProcessor", "rescale_to_uint8"]  # channel constants: import them from cloome_hf.channels

@@ -11,6 +11,7 @@ registered losses of :mod:`cloome_hf.losses`; the sigmoid ones (siglip, s2l) add
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -154,6 +155,24 @@ def logit_bias_init(config: CloomeConfig) -> float | None:
     return float(default if config.logit_bias_init_value is None else config.logit_bias_init_value)
 
 
+def _refuse_bad_weights(source, model: nn.Module) -> None:
+    """A loaded model whose weights are not finite, or a local safetensors file whose tensor has an integer dtype
+    where the model's is floating (transformers casts it silently), is a ``ValueError`` naming the tensor."""
+    import glob
+
+    from safetensors import safe_open
+
+    from .finite import require_finite_tensors, require_float_dtypes
+
+    own = {k: v.dtype for k, v in model.state_dict().items()}
+    folder = str(source)
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))) if os.path.isdir(folder) else ():
+        with safe_open(path, framework="pt") as f:
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        require_float_dtypes(dtypes, path, own)
+    require_finite_tensors(model.state_dict().items(), f"the model loaded from {source}")
+
+
 class CloomePreTrainedModel(PreTrainedModel):
     config_class = CloomeConfig
     base_model_prefix = "cloome"
@@ -195,7 +214,16 @@ class CloomePreTrainedModel(PreTrainedModel):
                                f" ({len(keys)})" for kind, keys in problems.items())
             raise ValueError(f"the checkpoint {pretrained_model_name_or_path} does not match {cls.__name__}: "
                              f"{detail or '; '.join(map(str, info['error_msgs']))}")
+        _refuse_bad_weights(pretrained_model_name_or_path, model)
         return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, refusing (before writing anything) a model with a NaN or infinite
+        tensor, named: every model folder the package writes (training, convert, publish) passes here."""
+        from .finite import require_finite_tensors
+
+        require_finite_tensors(self.state_dict().items(), f"the model to save to {save_directory}")
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):

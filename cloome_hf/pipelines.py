@@ -23,7 +23,7 @@ import torch
 from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .inference.encode import _is_dataset, embed_fingerprints, embed_pixel_values, encode_molecules, encode_sites
+from .inference.encode import is_dataset, embed_fingerprints, embed_pixel_values, encode_molecules, encode_sites
 from .modeling_cloome import CloomeModel
 
 FEATURE_TASK = "cell-painting-feature-extraction"
@@ -70,7 +70,7 @@ class CellPaintingFeatureExtractionPipeline(_CloomePipeline):
     def __call__(self, inputs, batch_size: int | None = None, **kwargs):
         size, _ = self._call_params(batch_size, kwargs)
         # a top-level list, a 4-D array or a dataset is a batch of sites; anything else is one site
-        single = not (isinstance(inputs, (list, tuple)) or _is_dataset(inputs) or getattr(inputs, "ndim", 0) == 4)
+        single = not (isinstance(inputs, (list, tuple)) or is_dataset(inputs) or getattr(inputs, "ndim", 0) == 4)
         embeddings = encode_sites(self.model, self.processor, inputs, batch_size=size)
         return embeddings[0] if single else list(embeddings)
 

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cloome_hf.data import CHANNELS, decode_row, load_cell_painting, open_source, write_synthetic_layout
+from cloome_hf import example_site
+from cloome_hf.channels import CHANNELS
+from cloome_hf.data import decode_row, load_cell_painting, open_source, write_synthetic_layout
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 JUMP_NAMES = {"Mito": "Mito", "ERSyto": "ER", "ERSytoBleed": "RNA", "Ph_golgi": "AGP", "Hoechst": "DNA"}
@@ -102,7 +104,7 @@ def test_jump_compounds_joined_through_a_well_table(layouts, tmp_path):
 def test_real_example_site_and_real_index_rows(tmp_path):
     index = pd.read_csv(os.path.join(DATA, "bray2017_index_sample.csv")).head(3).copy()
     for c in CHANNELS:  # the real example site stands in for the first real row; the others are missing
-        index[f"IMG_{c}"] = [os.path.join(DATA, "example_site", f"{c}.tif"), "missing_a", "missing_b"]
+        index[f"IMG_{c}"] = [example_site()[c], "missing_a", "missing_b"]
     index.to_csv(tmp_path / "index.csv", index=False)
     source = open_source("tiff", index=tmp_path / "index.csv", root=tmp_path, errors="skip")
     rows = list(source.iter_rows())
@@ -114,7 +116,7 @@ def test_real_example_site_and_real_index_rows(tmp_path):
     image = decode_row(row)
     assert image.shape == (5, 520, 696)
     for c, name in enumerate(CHANNELS):
-        raw = tifffile.imread(os.path.join(DATA, "example_site", f"{name}.tif"))
+        raw = tifffile.imread(example_site()[name])
         np.testing.assert_array_equal(image[c], reference_uint8(raw))
 
 

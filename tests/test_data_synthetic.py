@@ -5,7 +5,8 @@ import pytest
 from rdkit import Chem, DataStructs
 from rdkit.Chem import rdFingerprintGenerator
 
-from cloome_hf.data import CHANNELS, bundled_molecules, channels_of, decode_image, make_synthetic_dataset
+from cloome_hf.channels import CHANNELS
+from cloome_hf.data import bundled_molecules, channels_of, decode_image, make_synthetic_dataset
 from cloome_hf.data.synthetic import molecule_latent, plan_synthetic
 
 

@@ -4,7 +4,8 @@ inactive compounds drawn like DMSO, MoAs sharing a phenotype, the annotation tab
 import numpy as np
 import pytest
 
-from cloome_hf.data import CHANNELS, decode_image
+from cloome_hf.channels import CHANNELS
+from cloome_hf.data import decode_image
 from cloome_hf.data.synthetic import Phenotype, render_site
 from cloome_hf.data.synthetic_plates import (
     DMSO_SMILES,

@@ -15,7 +15,7 @@ from cloome_hf.evaluation import (
     zeroshot_classification,
     zeroshot_query_mask,
 )
-from cloome_hf.evaluation.retrieval import _sample_non_matches
+from cloome_hf.evaluation.retrieval import sample_non_matches
 
 
 def _unit(x):
@@ -126,13 +126,13 @@ def test_one_in_n_is_seeded_subset_of_full_ranking():
 def test_non_match_sampler_excludes_self_group_and_duplicates():
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(30), 4)  # 120 items, 4 per group
-    neg = _sample_non_matches(groups, 99, rng)
+    neg = sample_non_matches(groups, 99, rng)
     assert neg.shape == (120, 99)
     for i, row in enumerate(neg):
         assert len(set(row)) == 99
         assert np.all(groups[row] != groups[i])
     with pytest.raises(ValueError, match="query 0 has only 116"):
-        _sample_non_matches(groups, 117, rng)
+        sample_non_matches(groups, 117, rng)
 
 
 def test_top_k_candidates_and_bad_input():

@@ -11,15 +11,12 @@ import tifffile
 import torch
 from PIL import Image
 
-from cloome_hf.image_processing_cloome import (
-    CHANNELS,
-    CLOOME_CHANNEL_MEAN,
-    CloomeImageProcessor,
-    rescale_to_uint8,
-)
+from cloome_hf import example_site
+from cloome_hf.channels import CHANNELS, CLOOME_CHANNEL_MEAN
+from cloome_hf.image_processing_cloome import CloomeImageProcessor, rescale_to_uint8
 
 
-SITE_DIR = Path(__file__).parent / "data" / "example_site"
+SITE_DIR = Path(example_site()["Mito"]).parent
 SITE_FILES = {c: str(SITE_DIR / f"{c}.tif") for c in CHANNELS}
 JUMP_NAMES = {"Mito": "Mito", "ERSyto": "ER", "ERSytoBleed": "RNA", "Ph_golgi": "AGP", "Hoechst": "DNA"}
 MEAN = np.asarray(CLOOME_CHANNEL_MEAN, dtype=np.float32)

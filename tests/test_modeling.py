@@ -3,7 +3,6 @@
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from cloome_hf import CloomeConfig, CloomeModel
+from cloome_hf import CloomeConfig, CloomeModel, example_site
 from cloome_hf.modeling_cloome import cloome_head_pool, resnet_min_input_size
 
 
@@ -301,9 +300,10 @@ def test_a_single_pair_has_an_infonce_loss_but_no_infoloob_loss(tiny_config):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_from_pretrained_runs_on_processor_inputs(tiny_config, tmp_path, dtype):
     from cloome_hf import CloomeProcessor, MoleculeFeaturizer
-    from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
+    from cloome_hf.channels import CHANNELS
+    from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
-    site = {c: str(Path(__file__).parent / "data" / "example_site" / f"{c}.tif") for c in CHANNELS}
+    site = {c: example_site()[c] for c in CHANNELS}
     reference_model = CloomeModel(tiny_config).eval()
     reference_model.save_pretrained(tmp_path)
     processor = CloomeProcessor(CloomeImageProcessor(crop_size={"height": 64, "width": 64}),

@@ -1,20 +1,20 @@
 """CloomeProcessor: combined calls, save/load round trips, Auto classes and model compatibility checks."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoImageProcessor, AutoProcessor
 
-from cloome_hf import CloomeModel
+from cloome_hf import CloomeModel, example_site
 from cloome_hf.featurization_cloome import MoleculeFeaturizer
-from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
+from cloome_hf.channels import CHANNELS
+from cloome_hf.image_processing_cloome import CloomeImageProcessor
 from cloome_hf.processing_cloome import CloomeProcessor, load_model_and_processor
 
 
-SITE_FILES = {c: str(Path(__file__).parent / "data" / "example_site" / f"{c}.tif") for c in CHANNELS}
+SITE_FILES = {c: example_site()[c] for c in CHANNELS}
 SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"]
 
 

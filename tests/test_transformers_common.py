@@ -22,7 +22,8 @@ import transformers_common_suite
 from conftest import TINY_MOLECULE, TINY_VISION
 
 from cloome_hf import CloomeConfig, CloomeModel, CloomeProcessor
-from cloome_hf.image_processing_cloome import CHANNELS, CloomeImageProcessor
+from cloome_hf.channels import CHANNELS
+from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
 try:
     SUITE = transformers_common_suite.load()

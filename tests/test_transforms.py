@@ -12,11 +12,12 @@ import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 from scipy.stats import chisquare
 
+from cloome_hf import example_site
 from cloome_hf.channels import CHANNELS, CLOOME_CHANNEL_MEAN
 from cloome_hf.image_processing_cloome import CloomeImageProcessor
 from cloome_hf.transforms import CloomeTrainTransform
 
-SITE_DIR = Path(__file__).parent / "data" / "example_site"
+SITE_DIR = Path(example_site()["Mito"]).parent
 MEAN = torch.tensor(CLOOME_CHANNEL_MEAN).view(-1, 1, 1)
 
 

@@ -56,6 +56,19 @@ def test_the_wheel_is_imported_not_the_checkout(installed):
     assert Path(proc.stdout.strip()).is_relative_to(env_dir), proc.stdout
 
 
+def test_the_wheel_ships_the_example_site(installed):
+    env_dir, work = installed
+    code = ("import json, cloome_hf, tifffile; s = cloome_hf.example_site(); "
+            "print(json.dumps({c: [p, list(tifffile.imread(p).shape)] for c, p in s.items()}))")
+    proc = subprocess.run([str(env_dir / "bin" / "python"), "-c", code], cwd=work, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    site = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert list(site) == ["Mito", "ERSyto", "ERSytoBleed", "Ph_golgi", "Hoechst"]
+    for path, shape in site.values():
+        assert Path(path).is_relative_to(env_dir) and shape == [520, 696], (path, shape)
+
+
 def test_every_command_runs_from_the_installed_wheel(installed):
     env_dir, work = installed
     _cloome(env_dir, work, "train", "--output_dir", "run", "--synthetic_molecules", "24",

@@ -122,22 +122,30 @@ def _moa(args, emb, ds):
     return None
 
 
+#: whether ``args`` give each input a task may require, and the flags that give it
+_INPUT_FLAGS = {
+    "activity": (lambda a: a.activity_labels is not None and a.activity_row_index is not None,
+                 "--activity_labels and --activity_row_index"),
+    "moa": (lambda a: bool(a.moa_column or a.moa_annotations), "--moa_column or --moa_annotations"),
+    "annotations": (lambda a: a.annotations is not None, "--annotations"),
+}
+
+
 def _split_tasks(args) -> tuple[list[str], list[str]]:
     """``--tasks`` as (the paper's tasks, the JUMP protocol's tasks); refuses unknown tasks and missing inputs."""
-    from ..evaluation.jump import JUMP_TASKS
-    from ..evaluation.runner import TASKS
+    from ..evaluation.tasks import EVALUATION_TASKS
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS + JUMP_TASKS]
+    unknown = [t for t in tasks if t not in EVALUATION_TASKS]
     if unknown:
-        raise ValueError(f"unknown task {unknown[0]!r} in --tasks; choose from {', '.join(TASKS + JUMP_TASKS)}")
-    if "linear_probe" in tasks and (args.activity_labels is None or args.activity_row_index is None):
-        raise ValueError("--tasks linear_probe needs --activity_labels and --activity_row_index")
-    if "zeroshot_moa" in tasks and not (args.moa_column or args.moa_annotations):
-        raise ValueError("--tasks zeroshot_moa needs --moa_column or --moa_annotations")
-    if "jump_consistency" in tasks and args.annotations is None:
-        raise ValueError("--tasks jump_consistency needs --annotations")
-    return [t for t in tasks if t in TASKS], [t for t in tasks if t in JUMP_TASKS]
+        raise ValueError(f"unknown task {unknown[0]!r} in --tasks; choose from {', '.join(EVALUATION_TASKS)}")
+    for name in tasks:
+        for need in EVALUATION_TASKS[name].requires:
+            given, flags = _INPUT_FLAGS.get(need, (lambda a: True, ""))
+            if not given(args):
+                raise ValueError(f"--tasks {name} needs {flags}")
+    protocol = {name: EVALUATION_TASKS[name].protocol for name in tasks}
+    return [t for t in tasks if protocol[t] == "paper"], [t for t in tasks if protocol[t] == "jump"]
 
 
 def _baseline(args):
@@ -240,22 +248,10 @@ def skipped_figures(args, figures: dict) -> dict[str, str]:
 
 def summary_rows(results: dict) -> list[tuple[str, str, float, float | None, float | None, int | None]]:
     """The headline numbers, one ``(task, metric, value, ci_low, ci_high, n)`` per row, for the console."""
-    rows = []
-    for task, res in results["tasks"].items():
-        if task == "retrieval":
-            for direction in ("image_to_molecule", "molecule_to_image"):
-                for k in ("top1", "top10"):
-                    e = res[direction][k]
-                    rows.append((f"retrieval {direction.replace('_', ' ')}", f"{k} accuracy", e["value"],
-                                 e["ci_low"], e["ci_high"], e.get("n", res.get("n"))))
-        elif task.startswith("zeroshot"):
-            e = res["top1"]
-            rows.append((task, "top1 accuracy", e["value"], e["ci_low"], e["ci_high"], res.get("n_queries")))
-        elif task == "linear_probe":
-            rows.append((task, "mean ROC-AUC", res["auc"]["mean"], None, None, res.get("n_tasks_evaluated")))
-        elif "mean_map" in res:
-            rows.append((task, "mean mAP", res["mean_map"], None, None, res.get("n_molecules")))
-    return rows
+    from ..evaluation.tasks import EVALUATION_TASKS
+
+    return [row for task, res in results["tasks"].items() if task in EVALUATION_TASKS
+            for row in EVALUATION_TASKS[task].headline(res)]
 
 
 def format_summary(rows) -> str:

@@ -22,7 +22,7 @@ from .perturbations import (
     perturbation_types,
 )
 from .prepare import prepare_dataset
-from .schema import CHANNELS, JUMP_CHANNELS, PERTURBATION_TYPES, channels_of, decode_image, decode_row, features
+from .schema import PERTURBATION_TYPES, channels_of, decode_image, decode_row, features
 from .source_kinds import open_source
 from .sources import BrayNpzSource, SiteSource, SkippedSite, TiffSource
 from .splits import (
@@ -52,8 +52,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "BrayNpzSource", "CHANNELS", "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset",
-    "DMSO_JCP2022", "FingerprintTable", "JUMP_CHANNELS", "JUMP_POSITIVE_CONTROLS", "JumpSource",
+    "BrayNpzSource", "CellPaintingCollator", "CellPaintingDataLoader", "CellPaintingTorchDataset",
+    "DMSO_JCP2022", "FingerprintTable", "JUMP_POSITIVE_CONTROLS", "JumpSource",
     "PERTURBATION_TYPES", "SiteSource", "SkippedSite", "TiffSource", "TrainingSites", "UniqueMoleculeBatchSampler",
     "assign_molecules", "build_dataloader", "bundled_molecules", "channels_of", "contrastive_training_sites",
     "decode_image", "decode_row", "features", "inchikeys_from_smiles", "load_cell_painting",

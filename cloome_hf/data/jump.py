@@ -28,7 +28,7 @@ from ..image_files import decode_image_bytes, read_image_file
 from .illumination import IlluminationCache, correct_illumination
 from .perturbations import CONTROL_TYPE_COLUMNS, JUMP_POSITIVE_CONTROLS, NEGATIVE_CONTROLS, PERT_TYPE_COLUMNS
 from .remote import is_url, read_bytes, read_table, resolve_location
-from .sources import SiteSource, _common, _refuse_outside, _require
+from .sources import SiteSource, common_columns, refuse_outside, require_columns
 
 #: Extra channels some sources image; read only when asked for (``extra_channels``).
 BRIGHTFIELD_CHANNELS = ("Brightfield", "Brightfield_H", "Brightfield_L")
@@ -63,7 +63,7 @@ def _locations(table: pd.DataFrame, columns: Sequence[str], root: str | None, wh
     if root is not None:
         for row, (value, location) in enumerate(zip(raw, out)):
             if value and not value.startswith("file://") and (is_url(value) or not os.path.isabs(value)):
-                _refuse_outside(where, row, " + ".join(columns), value, root, location)
+                refuse_outside(where, row, " + ".join(columns), value, root, location)
     return out
 
 
@@ -131,7 +131,7 @@ class JumpSource(SiteSource):
         self.root = None if root is None else os.fspath(root)
         read = {"storage_options": self.storage_options, "retries": self.retries, "retry_wait": self.retry_wait}
         table, where = read_table(load_data, "load_data", **read)
-        _require(table, list(_SITE_COLUMNS), where)
+        require_columns(table, list(_SITE_COLUMNS), where)
         stains = list(JUMP_CHANNELS)
         extra = [str(c) for c in extra_channels]
         if set(extra) & set(stains) or len(set(extra)) != len(extra):
@@ -156,7 +156,7 @@ class JumpSource(SiteSource):
         location_cols = [c for c in table.columns if c.startswith(("URL_", "FileName_", "PathName_"))]
         mapping = {"sample_key": "_key", "plate": "Metadata_Plate", "well": "Metadata_Well", "site": "Metadata_Site",
                    "smiles": "_smiles", "inchikey": "_inchikey"}
-        records = _common(table, mapping, location_cols + ([join_column] if join_column == "Metadata_InChIKey"
+        records = common_columns(table, mapping, location_cols + ([join_column] if join_column == "Metadata_InChIKey"
                                                           else []))
         perturbation = {"negative_controls": tuple(negative_controls),
                         "positive_controls": tuple(positive_controls)}

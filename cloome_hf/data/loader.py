@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from ..channels import CHANNELS, channel_permutation
 from .buffers import WorkerBuffers, fresh_tensor, release_batch
 from .molecules import FingerprintTable
-from .sampling import UniqueMoleculeBatchSampler, _StreamingUniqueBatches, unique_molecule_batches
+from .sampling import UniqueMoleculeBatchSampler, StreamingUniqueBatches, unique_molecule_batches
 from .schema import CONCENTRATION, channels_of, decode_image
 
 OUTPUTS = ("pixel_values", "uint8")
@@ -411,7 +411,7 @@ def _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, 
         ds = datasets.distributed.split_dataset_by_node(ds, rank=rank, world_size=num_replicas)
     if fingerprints is not None and fingerprints.invalid:
         ds = ds.filter(lambda k: k in fingerprints, input_columns=["inchikey"])
-    batches = _StreamingUniqueBatches(ds.select_columns(batch_columns(ds)), batch_size, drop_last, unique_molecules)
+    batches = StreamingUniqueBatches(ds.select_columns(batch_columns(ds)), batch_size, drop_last, unique_molecules)
     return CellPaintingDataLoader(batches, batch_size=None, collate_fn=collator, num_workers=num_workers,
                                   **dataloader_kwargs)
 

@@ -166,7 +166,7 @@ class UniqueMoleculeBatchSampler(torch.utils.data.Sampler):
         return n // self.num_replicas if self.num_replicas > 1 else n
 
 
-class _StreamingUniqueBatches(torch.utils.data.IterableDataset):
+class StreamingUniqueBatches(torch.utils.data.IterableDataset):
     """Batches (dicts of lists) with distinct molecules from a (shuffled) ``datasets.IterableDataset``.
     A site whose molecule is already in the open batch waits (up to ``batch_size`` of them) for the next."""
 

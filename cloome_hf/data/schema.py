@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..channels import CHANNELS, JUMP_CHANNELS  # noqa: F401  (re-exported by cloome_hf.data)
+from ..channels import CHANNELS
 
 SCHEMA_COLUMNS: tuple[str, ...] = ("sample_key", "plate", "well", "site", "smiles", "inchikey", "image", "image_shape")
 #: Values of the optional ``perturbation_type`` column.

@@ -5,8 +5,8 @@ input layouts (--layout; the library's load_cell_painting(kind=...) and the mani
 same names):
 
   tiff      a folder of 16-bit TIFFs, one file per channel, and an index CSV (--index) with one row per site:
-            SAMPLE_KEY (unique), PLATE_ID, WELL_POSITION, SITE (integer), SMILES (empty = no structure:
-            embedded, not trained on), optional INCHIKEY (computed when absent), and IMG_Mito, IMG_ERSyto,
+            SAMPLE_KEY (unique), PLATE_ID, WELL_POSITION, SITE (integer), SMILES (a site without one is
+            skipped and listed in the report; LoadData tables keep such sites), optional INCHIKEY (computed when absent), and IMG_Mito, IMG_ERSyto,
             IMG_ERSytoBleed, IMG_Ph_golgi, IMG_Hoechst: file paths relative to --root (or to --root/PLATE_ID),
             the .tif / .tiff extension optional. Any other column is kept as metadata.
 
@@ -14,7 +14,7 @@ same names):
               P1-A01-1,P1,A01,1,CCO,P1/A01_s1_Mito.tif,P1/A01_s1_ERSyto.tif,P1/A01_s1_ERSytoBleed.tif,P1/A01_s1_Ph_golgi.tif,P1/A01_s1_Hoechst.tif
               P1-A01-2,P1,A01,2,CCO,P1/A01_s2_Mito.tif,P1/A01_s2_ERSyto.tif,P1/A01_s2_ERSytoBleed.tif,P1/A01_s2_Ph_golgi.tif,P1/A01_s2_Hoechst.tif
               P1-A02-1,P1,A02,1,CC(=O)Oc1ccccc1C(=O)O,P1/A02_s1_Mito.tif,P1/A02_s1_ERSyto.tif,P1/A02_s1_ERSytoBleed.tif,P1/A02_s1_Ph_golgi.tif,P1/A02_s1_Hoechst.tif
-              P1-A03-1,P1,A03,1,,P1/A03_s1_Mito.tif,P1/A03_s1_ERSyto.tif,P1/A03_s1_ERSytoBleed.tif,P1/A03_s1_Ph_golgi.tif,P1/A03_s1_Hoechst.tif
+              P1-A03-1,P1,A03,1,CS(C)=O,P1/A03_s1_Mito.tif,P1/A03_s1_ERSyto.tif,P1/A03_s1_ERSytoBleed.tif,P1/A03_s1_Ph_golgi.tif,P1/A03_s1_Hoechst.tif
 
             Without --index the index is inferred from the file names under --root and written to
             OUTPUT_DIR/inferred_index.csv for you to check: PLATE/[PREFIX_]A01_s1_CHANNEL.tif (CHANNEL a name

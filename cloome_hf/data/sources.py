@@ -47,7 +47,7 @@ class SkippedSite:
         return asdict(self)
 
 
-def _require(table: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+def require_columns(table: pd.DataFrame, columns: Sequence[str], where: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"{where} lacks required column(s) {missing}; has {list(table.columns)}")
@@ -258,7 +258,7 @@ def stays_under(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip("/" + os.sep) + ("/" if is_url(root) else os.sep))
 
 
-def _refuse_outside(where: str, row: int, column: str, value: str, root: str, path: str) -> None:
+def refuse_outside(where: str, row: int, column: str, value: str, root: str, path: str) -> None:
     if not stays_under(root, path):
         raise ValueError(f"{where}, row {row}: {column} {value!r} resolves to {path}, outside the root folder "
                          f"{root}; refusing to read files outside it")
@@ -281,7 +281,7 @@ def with_concentration(records: pd.DataFrame, where: str) -> pd.DataFrame:
     return records
 
 
-def _common(table: pd.DataFrame, mapping: Mapping[str, str], drop: Sequence[str]) -> pd.DataFrame:
+def common_columns(table: pd.DataFrame, mapping: Mapping[str, str], drop: Sequence[str]) -> pd.DataFrame:
     """Rename source columns to the common ones; keep the other columns as typed extras."""
     common = pd.DataFrame({new: table[old].astype(str) for new, old in mapping.items() if old in table})
     site = pd.to_numeric(common["site"], errors="coerce")
@@ -305,11 +305,11 @@ class BrayNpzSource(SiteSource):
 
     def __init__(self, index, root, errors: str = "raise", expected_shape=None, processor=None):
         table, where = read_table(index, "index")
-        _require(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"], where)
+        require_columns(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"], where)
         files = [os.path.join(os.fspath(root), f"{k}.npz") for k in table.SAMPLE_KEY]
         for row, (key, path) in enumerate(zip(table.SAMPLE_KEY, files)):
-            _refuse_outside(where, row, "SAMPLE_KEY", str(key), os.fspath(root), path)
-        records = _common(table, _BRAY_MAPPING, [f"IMG_{c}" for c in CHANNELS])
+            refuse_outside(where, row, "SAMPLE_KEY", str(key), os.fspath(root), path)
+        records = common_columns(table, _BRAY_MAPPING, [f"IMG_{c}" for c in CHANNELS])
         super().__init__(records, files, where, errors, expected_shape, processor)
 
     def _load(self, i: int) -> np.ndarray:
@@ -338,7 +338,7 @@ class TiffSource(SiteSource):
     def __init__(self, index, root=None, errors: str = "raise", expected_shape=None, processor=None):
         table, where = read_table(index, "index")
         channel_cols = [f"IMG_{c}" for c in CHANNELS]
-        _require(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"] + channel_cols, where)
+        require_columns(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"] + channel_cols, where)
         self.root = None if root is None else os.fspath(root)
         files = [{c: str(table[f"IMG_{c}"][i]) for c in CHANNELS} for i in range(len(table))]
         for row, channels in enumerate(files if self.root is not None else []):
@@ -346,8 +346,8 @@ class TiffSource(SiteSource):
             for c, value in channels.items():  # absolute paths are the table's explicit choice; relative stay in
                 if not os.path.isabs(value):
                     for path in (os.path.join(self.root, value), os.path.join(self.root, plate, value)):
-                        _refuse_outside(where, row, f"IMG_{c}", value, self.root, path)
-        records = _common(table, _BRAY_MAPPING, channel_cols)
+                        refuse_outside(where, row, f"IMG_{c}", value, self.root, path)
+        records = common_columns(table, _BRAY_MAPPING, channel_cols)
         super().__init__(records, files, where, errors, expected_shape, processor)
 
     def _load(self, i: int) -> np.ndarray:

@@ -75,14 +75,16 @@ def _descriptors(mol) -> list[float]:
 
 def molecule_latent(smiles: Sequence[str]) -> np.ndarray:
     """Phenotype latent ``z`` in (-1, 1), shape ``(N, LATENT_DIM)``, of each SMILES (see module docstring)."""
-    from rdkit import Chem, DataStructs
+    from rdkit import DataStructs
     from rdkit.Chem import rdFingerprintGenerator
+
+    from ..featurization_cloome import parse_molecule
 
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=_FP_BITS)
     bits = np.zeros((len(smiles), _FP_BITS), dtype=np.float32)
     desc = np.zeros((len(smiles), len(_DESCRIPTOR_CENTER)), dtype=np.float32)
     for i, s in enumerate(smiles):
-        mol = Chem.MolFromSmiles(s)
+        mol = parse_molecule(s)
         if mol is None:
             raise ValueError(f"invalid SMILES at position {i}: {s!r}")
         DataStructs.ConvertToNumpyArray(gen.GetFingerprint(mol), bits[i])
@@ -218,7 +220,7 @@ def render_site(
     return np.clip(noisy, 0, 4095).astype(np.uint16)
 
 
-def _well_name(index: int) -> str:
+def well_name(index: int) -> str:
     """0 -> "A01", 23 -> "A24", 24 -> "B01"; rows past "Z" continue "AA", "AB", ... (more than 624 wells)."""
     row, col = divmod(index, 24)
     letters = ""
@@ -271,7 +273,7 @@ def plan_synthetic(
         for s in range(sites_per_molecule):
             p = (i + s) % num_plates
             if (i, p) not in wells:  # one well per molecule and plate; further sites are fields of it
-                wells[i, p] = _well_name(next_well[p])
+                wells[i, p] = well_name(next_well[p])
                 next_well[p] += 1
             plate, well, site = f"SYN{p + 1:04d}", wells[i, p], s // num_plates + 1
             rows.append(dict(sample_key=f"{plate}-{well}-{site}", plate=plate, well=well, site=site,

@@ -41,7 +41,7 @@ import pandas as pd
 from .synthetic import (
     LATENT_DIM,
     SyntheticPlan,
-    _well_name,
+    well_name,
     bundled_molecules,
     dataset_from_plan,
     dose_response,
@@ -115,7 +115,7 @@ def plan_synthetic_plates(
         for position, w in enumerate(order):
             mol_index, dose = wells[w]
             comp = dmso if mol_index == 0 else annotations.iloc[mol_index - 1]
-            plate, well = f"SYNP{plate_index + 1:03d}", _well_name(position)
+            plate, well = f"SYNP{plate_index + 1:03d}", well_name(position)
             for site in range(1, sites_per_well + 1):
                 rows.append(dict(
                     sample_key=f"{plate}-{well}-{site}", plate=plate, well=well, site=site, smiles=comp["smiles"],

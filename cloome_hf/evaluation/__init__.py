@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .figures import plot_embedding_tsne, plot_retrieval_gallery, rgb_composite
 from .jump import JUMP_TASKS, FeatureBaseline, jump_activity, jump_consistency, jump_profiles, jump_tasks
-from .jump_report import jump_report_sections, plot_map_vs_pvalue
+from .figures import plot_map_vs_pvalue
+from .report_sections import jump_report_sections
 from .linear_probe import (
     DEFAULT_C_GRID,
     ActivityLabels,
@@ -21,6 +22,7 @@ from .linear_probe import (
 from .replicate_map import replicate_map
 from .report import flatten_results, render_report, write_report, write_results_json
 from .runner import TASKS, moa_labels, run_tasks
+from .tasks import EVALUATION_TASKS, EvaluationTask, get_task, register_task, task_names
 from .retrieval import (
     metrics_from_ranks,
     retrieval_accuracy,
@@ -46,6 +48,8 @@ def metric_path(name: str) -> str:
 
 __all__ = [
     "DEFAULT_C_GRID",
+    "EVALUATION_TASKS",
+    "EvaluationTask",
     "JUMP_TASKS",
     "METRIC_NAMES",
     "TASKS",
@@ -65,6 +69,9 @@ __all__ = [
     "metrics_from_ranks",
     "moa_labels",
     "plot_map_vs_pvalue",
+    "register_task",
+    "get_task",
+    "task_names",
     "plot_embedding_tsne",
     "plot_retrieval_gallery",
     "proportion_with_ci",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -90,11 +91,11 @@ def plot_embedding_tsne(
 
 
 def _molecule_image(smiles: str, size: int = 200):
-    from rdkit import Chem, RDLogger
     from rdkit.Chem import Draw
 
-    RDLogger.DisableLog("rdApp.*")
-    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    from ..featurization_cloome import parse_molecule
+
+    mol = parse_molecule(smiles)
     if mol is None:
         return None
     return np.asarray(Draw.MolToImage(mol, size=(size, size)))
@@ -210,3 +211,28 @@ def evaluation_figures(embeddings, ds, output_dir, *, moa=None, seed: int = 0, g
                            output_dir / "retrieval_gallery.png", query_titles=titles)
     figures["retrieval_gallery"] = "retrieval_gallery.png"
     return figures
+
+
+def plot_map_vs_pvalue(results: dict, path, task: str, *, dpi: int = 100) -> Path:
+    """One panel per method: mAP (y) against -log10 corrected p (x), coloured by retrieved, the significance
+    threshold dashed, as the JUMP papers draw it. ``results``: method name -> task result of :mod:`.jump`."""
+    rows_key = "per_compound" if task == "jump_activity" else "per_label"
+    fig = Figure(figsize=(4.2 * len(results), 4), dpi=dpi)
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    for ax, (name, res) in zip(axes, results.items()):
+        rows = res[rows_key]
+        x = np.array([-math.log10(max(r["corrected_p_value"], 1e-300)) for r in rows])
+        y = np.array([r["map"] for r in rows])
+        hit = np.array([r["retrieved"] for r in rows], dtype=bool)
+        ax.scatter(x[~hit], y[~hit], s=12, c="#9e9e9e", label="not retrieved")
+        ax.scatter(x[hit], y[hit], s=12, c="#d62728", label="retrieved")
+        ax.axvline(-math.log10(res["threshold"]), color="k", ls="--", lw=0.8)
+        frac = res["fraction_retrieved"]["value"]
+        ax.set(title=f"{name}\n{100 * frac:.1f}% retrieved, mAP {res['mean_map']:.3f}",
+               xlabel="-log10(corrected p-value)", ylabel="mAP", ylim=(-0.02, 1.02))
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

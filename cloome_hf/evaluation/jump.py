@@ -11,8 +11,8 @@ normalisation pipeline fitted on the negative controls (:func:`cloome_hf.profili
 
 A feature baseline (CellProfiler well profiles, :class:`FeatureBaseline`) goes through the same pipeline and
 sits in the same tables. :func:`jump_tasks` returns a fragment of the evaluation ``results`` dict
-(``{"tasks": ..., "baselines": ..., "figures": ...}``, the shape :mod:`.report` reads); :mod:`.jump_report`
-renders its tables and draws mAP against -log10 p.
+(``{"tasks": ..., "baselines": ..., "figures": ...}``, the shape :mod:`.report` reads); the task registry
+(:mod:`.tasks`) names the renderers of its tables, :func:`.figures.plot_map_vs_pvalue` draws mAP against -log10 p.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ from cloome_hf.profiling.table import controls_query, metadata_column
 
 from .baseline import FeatureBaseline, load_feature_table
 from .stats import proportion_with_ci
+from .tasks import get_task, task_names
 
 __all__ = ["JUMP_TASKS", "FeatureBaseline", "activity_task", "consistency_task", "jump_activity",
            "jump_consistency", "jump_profiles", "jump_tasks", "load_feature_table"]
 
-JUMP_TASKS = ("jump_activity", "jump_consistency")
+#: the JUMP protocol's tasks (the registry in :mod:`.tasks` owns them)
+JUMP_TASKS = task_names("jump")
 DEFAULT_PIPELINE = "mad_robustize,sphering"
 
 
@@ -154,11 +156,12 @@ def jump_tasks(
     Returns:
         ``{"tasks": {task: result}, "baselines": {name: {"tasks": {task: result}}}, "figures": {task: path}}``.
     """
-    from .jump_report import plot_map_vs_pvalue
+    from .figures import plot_map_vs_pvalue
 
-    unknown = [t for t in tasks if t not in JUMP_TASKS]
+    jump = task_names("jump")
+    unknown = [t for t in tasks if t not in jump]
     if unknown:
-        raise ValueError(f"unknown JUMP task {unknown[0]!r}; choose from {', '.join(JUMP_TASKS)}")
+        raise ValueError(f"unknown JUMP task {unknown[0]!r}; choose from {', '.join(jump)}")
     if "jump_consistency" in tasks and annotations is not None and not isinstance(annotations, pd.DataFrame):
         annotations = load_feature_table(annotations)
     common = dict(null_size=null_size, threshold=threshold, seed=seed, show_progress=show_progress)
@@ -180,7 +183,7 @@ def jump_tasks(
         out["model_name"] = model_name
     if output_dir is not None:
         for task in tasks:
-            path = Path(output_dir) / f"{task}.png"
+            path = Path(output_dir) / get_task(task).figures[0]
             out["figures"][task] = str(plot_map_vs_pvalue({n: r[task] for n, r in per_method}, path, task))
     return out
 

@@ -35,7 +35,7 @@ __all__ = [
 DEFAULT_MAX_CHUNK_ELEMENTS = 2**25  # 128 MiB of float32 scores per block
 
 
-def _as_normalized_tensor(x, name: str, device) -> torch.Tensor:
+def as_normalized_tensor(x, name: str, device) -> torch.Tensor:
     """(N, D) array-like -> float32 tensor on ``device`` with unit-norm rows; rejects NaN/inf and zero rows."""
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).detach()
     if t.ndim != 2 or t.shape[0] == 0:
@@ -89,8 +89,8 @@ def retrieval_ranks(
     Returns:
         ``(N,)`` int64 ranks in ``[1, N]``.
     """
-    q = _as_normalized_tensor(queries, "queries", device)
-    c = _as_normalized_tensor(candidates, "candidates", device)
+    q = as_normalized_tensor(queries, "queries", device)
+    c = as_normalized_tensor(candidates, "candidates", device)
     codes = _check_pairs(q, c, groups)
     n = q.shape[0]
     step = _chunk_size(n, max_chunk_elements)
@@ -110,7 +110,7 @@ def retrieval_ranks(
     return ranks.numpy()
 
 
-def _sample_non_matches(codes: np.ndarray, n_negatives: int, rng: np.random.Generator) -> np.ndarray:
+def sample_non_matches(codes: np.ndarray, n_negatives: int, rng: np.random.Generator) -> np.ndarray:
     """(N, n_negatives) indices, row i drawn without replacement from the items whose group differs from i's."""
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
@@ -148,14 +148,14 @@ def retrieval_ranks_one_in_n(
     candidates of other groups (all other pairs when ``groups`` is None). Returns ``(N,)`` ranks in
     ``[1, n_candidates]``.
     """
-    q = _as_normalized_tensor(queries, "queries", device)
-    c = _as_normalized_tensor(candidates, "candidates", device)
+    q = as_normalized_tensor(queries, "queries", device)
+    c = as_normalized_tensor(candidates, "candidates", device)
     _check_pairs(q, c, groups)
     n = q.shape[0]
     if n_candidates < 2:
         raise ValueError(f"n_candidates must be >= 2, got {n_candidates}")
     codes = np.arange(n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
-    negatives = _sample_non_matches(codes, n_candidates - 1, np.random.default_rng(seed))
+    negatives = sample_non_matches(codes, n_candidates - 1, np.random.default_rng(seed))
     index = torch.as_tensor(np.concatenate([np.arange(n)[:, None], negatives], axis=1), device=q.device)
     step = _chunk_size(n_candidates * q.shape[1], max_chunk_elements)
     ranks = torch.empty(n, dtype=torch.int64)
@@ -267,8 +267,8 @@ def top_k_candidates(
     queries, candidates, k: int = 5, *, max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS, device=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine scores of the ``k`` best candidates per query, best first: two ``(Q, k)`` arrays."""
-    q = _as_normalized_tensor(queries, "queries", device)
-    c = _as_normalized_tensor(candidates, "candidates", device)
+    q = as_normalized_tensor(queries, "queries", device)
+    c = as_normalized_tensor(candidates, "candidates", device)
     if q.shape[1] != c.shape[1]:
         raise ValueError(f"queries have dimension {q.shape[1]}, candidates {c.shape[1]}")
     k = min(k, c.shape[0])

@@ -11,15 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..data.splits import one_site_per_molecule
 from .linear_probe import aggregate_by_molecule, linear_probe, molecule_split
-from .replicate_map import replicate_map
-from .retrieval import retrieval_metrics
-from .zeroshot import zeroshot_classification
+from .tasks import TaskInputs, get_task, task_names
 
-__all__ = ["TASKS", "moa_labels", "run_tasks"]
+__all__ = ["TASKS", "moa_labels", "probe_activity", "run_tasks"]
 
-TASKS = ("retrieval", "zeroshot_molecule", "zeroshot_moa", "linear_probe", "map")
+#: the paper's tasks, in report order (the registry in :mod:`.tasks` owns them)
+TASKS = task_names("paper")
 
 
 def moa_labels(inchikeys, annotations: pd.DataFrame, key_column: str, moa_column: str) -> np.ndarray:
@@ -65,37 +63,26 @@ def run_tasks(
         activity: :class:`~cloome_hf.evaluation.linear_probe.ActivityLabels` with ``inchikeys``, for
             ``linear_probe``; molecules are matched on the full key, else on its first 14 characters.
     """
-    unknown = [t for t in tasks if t not in TASKS]
+    paper = task_names("paper")  # read now, so a task registered after import runs too
+    unknown = [t for t in tasks if t not in paper]
     if unknown:
-        raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
-    keys = metadata["inchikey"].astype(str).to_numpy()
-    plates = metadata["plate"].astype(str).to_numpy()
+        raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(paper)}")
+    inputs = TaskInputs(image, metadata["inchikey"].astype(str).to_numpy(), metadata["plate"].astype(str).to_numpy(),
+                        molecule=molecule, molecule_index=molecule_index, moa=moa, activity=activity, seed=seed,
+                        linear_probe_Cs=linear_probe_Cs, n_jobs=n_jobs, map_null_size=map_null_size,
+                        show_progress=show_progress)
     results: dict = {}
-    for task in tasks:
-        if task == "retrieval":
-            if molecule is None:
-                raise ValueError("retrieval needs molecule embeddings")
-            sub = one_site_per_molecule(keys, seed)
-            results[task] = retrieval_metrics(image[sub], molecule[molecule_index[sub]], seed=seed,
-                                              show_progress=show_progress)
-            results[task]["sites"] = "one seeded random site per molecule"
-        elif task == "zeroshot_molecule":
-            results[task] = zeroshot_classification(image, keys, keys, plates, seed=seed)
-        elif task == "zeroshot_moa":
-            if moa is None:
-                raise ValueError("zeroshot_moa needs MoA labels (--moa_annotations or --moa_column)")
-            results[task] = zeroshot_classification(image, moa, keys, plates, seed=seed)
-        elif task == "linear_probe":
-            if activity is None or activity.inchikeys is None:
-                raise ValueError("linear_probe needs an activity label matrix with its row InChIKey index")
-            results[task] = _linear_probe(image, keys, activity, seed, linear_probe_Cs, n_jobs, show_progress)
-        elif task == "map":
-            results[task] = replicate_map(image, keys, null_size=map_null_size, seed=seed,
-                                          show_progress=show_progress)
+    for name in tasks:
+        task = get_task(name)
+        missing = [need for need in task.requires if getattr(inputs, need) is None]
+        if missing:
+            raise ValueError(task.missing)
+        results[name] = task.run(inputs)
     return results
 
 
-def _linear_probe(image, keys, activity, seed, Cs, n_jobs, show_progress) -> dict:
+def probe_activity(image, keys, activity, seed, Cs, n_jobs, show_progress) -> dict:
+    """``linear_probe`` on per-molecule mean embeddings against the rows of ``activity`` matched by InChIKey."""
     mol_keys, feats = aggregate_by_molecule(image, keys)
     rows = pd.Series(range(len(activity.inchikeys)), index=activity.inchikeys)
     rows = rows[~rows.index.duplicated()]

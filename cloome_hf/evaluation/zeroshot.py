@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .retrieval import _as_normalized_tensor
+from .retrieval import as_normalized_tensor
 from .stats import proportion_with_ci, random_topk_accuracy
 
 __all__ = ["select_prototypes", "zeroshot_query_mask", "zeroshot_classification"]
@@ -95,7 +95,7 @@ def zeroshot_classification(
     present = np.flatnonzero(~_missing(labels))
     if present.size == 0:
         raise ValueError("zero-shot classification needs at least one labelled site; all labels are missing")
-    x = _as_normalized_tensor(embeds, "embeds", device)[torch.as_tensor(present, device=device)]
+    x = as_normalized_tensor(embeds, "embeds", device)[torch.as_tensor(present, device=device)]
     labels = labels[present].astype(str)
     molecules = np.asarray(molecules, dtype=object)[present]
     plates = np.asarray(plates, dtype=object)[present]

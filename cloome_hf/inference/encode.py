@@ -109,7 +109,7 @@ def embed_fingerprints(model, fingerprints: torch.Tensor, autocast_dtype: torch.
     return F.normalize(features.float(), dim=-1).cpu()
 
 
-def _is_dataset(sites) -> bool:
+def is_dataset(sites) -> bool:
     import datasets
 
     return isinstance(sites, (datasets.Dataset, datasets.IterableDataset))
@@ -158,7 +158,7 @@ def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_work
             return image_encoder(pixel_values)
         return embed(model, pixel_values, autocast_dtype)
 
-    if not _is_dataset(sites):
+    if not is_dataset(sites):
         batches = _site_batches(sites, batch_size)
         out = [encode(processor(images=b, return_tensors="pt")["pixel_values"]) for b in batches]
         return torch.cat(out).numpy()

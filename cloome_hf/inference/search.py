@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ..finite import require_finite_rows
 from ..safe_io import atomic_write_json, read_json, require_keys, temporary_name
 from .store import embeddings_from_arrow, read_embeddings
 
@@ -89,6 +90,9 @@ class EmbeddingIndex:
         if len(metadata) != n:
             raise ValueError(f"metadata has {len(metadata)} rows but there are {n} embeddings")
         self.metadata = metadata.reset_index(drop=True)
+        key_column = next((c for c in ("sample_key", "inchikey", "smiles") if c in self.metadata.columns), None)
+        require_finite_rows(embeddings, "the embeddings to index",
+                            None if key_column is None else self.metadata[key_column])
         self.config: dict[str, Any] = {"index_type": index_type, "dim": self.dim, "num_rows": n}
         if index_type == "flat":
             self.index = faiss.IndexFlatIP(self.dim)
@@ -139,6 +143,7 @@ class EmbeddingIndex:
         """Top-k by cosine similarity. queries: (Q, D) -> (scores (Q, k) float32, ids (Q, k) int64), best first.
 
         ids are -1 (score -inf) where an approximate index found fewer than k neighbours."""
+        require_finite_rows(np.asarray(queries), "the search queries")
         q = l2_normalize(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match the index dimension {self.dim}")
@@ -243,7 +248,11 @@ class EmbeddingIndex:
             index.nprobe = config["nprobe"]  # nprobe is a search-time setting, not serialised by FAISS
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = config["ef_search"]
-        return cls._from_parts(index, metadata, config)
+        loaded = cls._from_parts(index, metadata, config)
+        key_column = next((c for c in ("sample_key", "inchikey", "smiles") if c in metadata.columns), None)
+        require_finite_rows(loaded.vectors(), f"the saved index {directory!s}",
+                            None if key_column is None else metadata[key_column])
+        return loaded
 
 
 class CloomeIndex:

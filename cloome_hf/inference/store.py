@@ -35,6 +35,7 @@ from ..output_folder import (
     shard_problem,
     shard_record_path,
 )
+from ..finite import require_finite_rows
 from ..safe_io import LOCK_FILE, atomic_write_json, atomic_write_text, read_json, temporary_name
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,11 @@ def write_shard(path: str, columns: Mapping[str, Sequence], embeddings: np.ndarr
     import pyarrow.parquet as pq
 
     half = dtype == "float16"
-    emb = np.ascontiguousarray(embeddings, dtype=np.float16 if half else np.float32)
+    with np.errstate(over="ignore"):
+        emb = np.ascontiguousarray(embeddings, dtype=np.float16 if half else np.float32)
+    keys = columns.get("sample_key", columns.get("inchikey", columns.get("smiles")))
+    require_finite_rows(emb, f"the {dtype} embeddings for {os.path.basename(path)}",
+                        keys)
     values = pa.array(emb.reshape(-1), type=pa.float16() if half else pa.float32())
     table = pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(values, emb.shape[1])})
     tmp = temporary_name(path)

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..finite import require_finite_tensors, require_float_dtypes
 from ..safe_io import atomic_write_json, read_json, require_keys
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -95,6 +96,8 @@ def save_checkpoint(accelerator, checkpoint_dir: str, state: dict[str, Any], mod
     """Write ``checkpoint-{state['step']}`` atomically (every process must call this: each saves its random
     states). ``model`` is the unwrapped model. Keeps the ``total_limit`` most recently written checkpoints."""
     step = int(state["step"])
+    # every process checks (they hold the same weights), so none waits for a main process that refused
+    require_finite_tensors(model.state_dict().items(), f"the model state of step {step}")
     final = os.path.join(checkpoint_dir, f"{CHECKPOINT_PREFIX}{step}")
     tmp = os.path.join(checkpoint_dir, f".tmp-{CHECKPOINT_PREFIX}{step}")
     main = accelerator.is_main_process
@@ -164,6 +167,9 @@ def load_checkpoint(accelerator, checkpoint: str, model: nn.Module, optimizer, s
         weights = load_file(path)
     except Exception as err:
         raise _refuse(path, err) from err
+    own = model.state_dict()
+    require_float_dtypes({k: v.dtype for k, v in weights.items()}, path, {k: v.dtype for k, v in own.items()})
+    require_finite_tensors(weights.items(), path)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")

@@ -3,7 +3,9 @@
 Reading a loss (``.item()``) blocks the host until the accelerator has finished the step, so the host can no longer
 queue the next one ahead. :class:`NonFiniteGuard` keeps the check on the device instead:
 
-* every step it records, in a device tensor, whether the global loss or the gradient norm is not finite (the
+* every step it records, in a device tensor, whether the global loss or the gradient norm is not finite, or
+  whether the update left a parameter non-finite (a finite loss and gradient with ``lr=inf``; one fused max-abs over
+  the parameters, still on the device) (the
   first such step's problem stays recorded, and every step from it on is counted as skipped);
 * from that step on, each step is undone on the device: the parameters, the optimiser's state tensors and the
   batch-norm running statistics are put back to what they were before it (``torch.where`` on the flag), so the
@@ -22,7 +24,7 @@ from typing import Iterable
 
 import torch
 
-PROBLEMS = {1: "loss", 2: "gradient"}
+PROBLEMS = {1: "loss", 2: "gradient", 3: "weights"}
 
 
 class NonFiniteGuard:
@@ -53,6 +55,17 @@ class NonFiniteGuard:
         first = torch.where(self._record[0] == 0, code.to(self._record.device), self._record[0])
         self._record = torch.stack([first, self._record[1] + (first != 0)])
 
+    def _record_weights(self) -> None:
+        """After ``optimizer.step()``: note (on the device) whether a parameter is now non-finite. The largest
+        absolute value of each parameter (one fused pass; NaN propagates, and unlike the 2-norm it cannot overflow
+        on large finite weights) is finite exactly when the parameter is."""
+        params = [p.detach() for p in self.model.parameters() if p.is_floating_point()]
+        if not params:
+            return
+        total = torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all()
+        bad = (self._record[0] == 0) & ~total.to(self._record.device)
+        self._record = torch.stack([torch.where(bad, 3, self._record[0]), self._record[1] + bad])
+
     def _optimizer_tensors(self) -> Iterable[tuple[tuple[int, str], torch.Tensor]]:
         for param, state in self.optimizer.state.items():
             for key, value in state.items():
@@ -66,6 +79,7 @@ class NonFiniteGuard:
 
     def undo_if_skipped(self, buffers: list[torch.Tensor], state) -> None:
         """After ``optimizer.step()``: from the first bad step on, put the snapshots back (on the device)."""
+        self._record_weights()
         skip = self._record[0] != 0
         params, optimizer_state = state
         with torch.no_grad():

@@ -22,6 +22,7 @@ from ..safe_io import OutputLock
 from .checkpoint import (
     clean_incomplete_checkpoints,
     load_checkpoint,
+    read_trainer_state,
     resolve_checkpoint,
 )
 from .data import TrainingData, load_training_data, training_loader, training_transform
@@ -228,6 +229,8 @@ def _resume(run: Run) -> None:
     if path is None:
         run.log(f"no checkpoint in {run.checkpoint_dir}; starting from scratch")
         return
+    # the position is checked against this run before any weights or states are loaded
+    TrainState.from_saved(read_trainer_state(path), path, run.steps_per_epoch, run.total_steps)
     saved = load_checkpoint(run.accelerator, path, run.raw_model, run.optimizer, run.scheduler)
     changed = changed_fields(saved["settings"], run.settings)
     if not run.train_args.allow_changed_settings:
@@ -236,7 +239,7 @@ def _resume(run: Run) -> None:
                                 "continue anyway")
     if changed:
         run.log("resuming with changed settings (--allow_changed_settings): " + "; ".join(changed))
-    run.state = TrainState(**{k: saved[k] for k in ("step", "epoch", "batch_in_epoch", "best_score")})
+    run.state = TrainState.from_saved(saved, path, run.steps_per_epoch, run.total_steps)
     run.log(f"resumed from {path} at step {run.state.step}")
 
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,39 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     best_score: float = -1.0
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], path: str, steps_per_epoch: int, total_steps: int) -> "TrainState":
+        """The position a checkpoint's trainer state records, checked against the run it is resumed into, so a
+        tampered or foreign state is refused before anything runs (a batch position beyond the epoch would loop
+        forever; a step beyond the run would "finish" it by writing the checkpoint's older weights)."""
+        def field_value(name: str, kind: type, low: float, high: float):
+            value = saved.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+                raise ValueError(f"{path}: trainer state {name}={value!r} is not {'a number' if kind is float else 'an integer'}"
+                                 "; the checkpoint is damaged or was edited. Resume from another checkpoint or start "
+                                 "in a new --output_dir")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{path}: trainer state {name}={value!r} lies outside [{low:g}, {high:g}] for this "
+                                 f"run ({total_steps} steps, {steps_per_epoch} per epoch); the checkpoint is damaged, "
+                                 "edited or belongs to another run. Resume from another checkpoint or start in a new "
+                                 "--output_dir")
+            return value
+
+        step = field_value("step", int, 0, total_steps)
+        epoch = field_value("epoch", int, 0, total_steps)
+        batch_in_epoch = field_value("batch_in_epoch", int, 0, steps_per_epoch - 1)
+        best_score = field_value("best_score", float, -1.0, 1.0)
+        saved_per_epoch = (saved.get("settings") or {}).get("steps_per_epoch", steps_per_epoch)
+        if isinstance(saved_per_epoch, int) and step != epoch * saved_per_epoch + batch_in_epoch:
+            raise ValueError(f"{path}: trainer state step={step} disagrees with epoch={epoch} and batch_in_epoch="
+                             f"{batch_in_epoch} at {saved_per_epoch} steps per epoch; the checkpoint is damaged or "
+                             "was edited. Resume from another checkpoint or start in a new --output_dir")
+        match = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(os.path.normpath(path)))
+        if match and int(match.group(1)) != step:
+            raise ValueError(f"{path}: trainer state step={step} disagrees with the folder's name; the checkpoint "
+                             "was renamed or edited. Resume from another checkpoint or start in a new --output_dir")
+        return cls(step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, best_score=float(best_score))
 
     def advance(self, steps_per_epoch: int) -> None:
         self.step += 1
