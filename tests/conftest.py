@@ -120,8 +120,9 @@ def tiny_tower_folder(tmp_path):
 # ----- serve (issue 26) -------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_served_store(finished_tiny_run, tmp_path_factory):
-    """A ``cloome embed`` store (images + molecule library) of 24 synthetic sites, made with the finished tiny
-    run's model, with the source dataset saved beside it so the page can draw the sites."""
+    """A ``cloome embed --thumbnails 48`` store (images + molecule library) of 24 synthetic sites in 2 plates,
+    made with the finished tiny run's model, with the source dataset saved beside it so the page can also draw
+    the sites. Every third site is a negative control; doses are 1 or 10 uM. Shards of 10 rows."""
     import pandas as pd
 
     from cloome_hf.cli import embed
@@ -129,10 +130,14 @@ def tiny_served_store(finished_tiny_run, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("served_store")
     ds = make_synthetic_dataset(num_molecules=8, sites_per_molecule=3, num_plates=2, image_size=64, seed=3)
+    ds = ds.add_column("perturbation_type", ["negcon" if i % 3 == 0 else "trt" for i in range(len(ds))])
+    ds = ds.add_column("concentration", [1.0 if i % 2 else 10.0 for i in range(len(ds))])
     ds.save_to_disk(str(root / "sites"))
     library = sorted(set(ds["smiles"]))
-    pd.DataFrame({"smiles": library}).to_csv(root / "library.csv", index=False)
+    names = dict(zip(ds["smiles"], ds["name"]))
+    pd.DataFrame({"smiles": library, "name": [names[s] for s in library]}).to_csv(root / "library.csv", index=False)
     embed.main(["--model", str(finished_tiny_run), "--dataset", str(root / "sites"), "--molecules",
-                str(root / "library.csv"), "--output_dir", str(root / "store"), "--batch_size", "8"])
-    return {"model": finished_tiny_run, "store": root / "store", "dataset": ds, "library": library}
+                str(root / "library.csv"), "--output_dir", str(root / "store"), "--batch_size", "8",
+                "--shard_size", "10", "--thumbnails", "48"])
+    return {"model": finished_tiny_run, "store": root / "store", "dataset": ds, "library": library, "root": root}
 # ----- end serve ---------------------------------------------------------------------------------------------

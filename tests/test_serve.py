@@ -1,7 +1,9 @@
-"""``cloome serve`` without a browser: binding and share defaults, and the page's answers to refused queries."""
+"""``cloome serve`` without a browser: binding and share defaults, filters, thumbnails, uploads, refused input."""
 
 import gradio as gr
+import numpy as np
 import pytest
+import tifffile
 
 from cloome_hf.cli import serve
 
@@ -13,22 +15,127 @@ def launched(monkeypatch):
     return calls
 
 
-def test_binds_localhost_without_share_link_unless_asked(tiny_served_store, launched):
+@pytest.fixture(scope="module")
+def service(tiny_served_store):
+    from cloome_hf.serve import SearchService
+
+    return SearchService.from_stores(str(tiny_served_store["store"]))
+
+
+def test_binds_localhost_without_share_link_or_disk_files_unless_asked(tiny_served_store, launched):
     store = str(tiny_served_store["store"])
     serve.main(["--images", store, "--port", "7999"])
     serve.main(["--images", store, "--share", "--host", "0.0.0.0"])
-    assert launched[0] == {"server_name": "127.0.0.1", "server_port": 7999, "share": False}
+    first = launched[0]
+    assert (first["server_name"], first["server_port"], first["share"]) == ("127.0.0.1", 7999, False)
+    assert first["allowed_paths"] == []  # no folder of the disk is served
     assert launched[1]["share"] is True and launched[1]["server_name"] == "0.0.0.0"
 
 
-def test_refused_queries_are_messages_not_tracebacks(tiny_served_store):
-    from cloome_hf.serve import SearchService
-
-    service = SearchService.from_stores(str(tiny_served_store["store"]))
+def test_refused_queries_are_messages_not_tracebacks(service):
     with pytest.raises(ValueError, match="Invalid SMILES 'C1CC\\(N' at position 0"):
         service.molecule_to_sites("C1CC(N")
     with pytest.raises(ValueError, match="'nope'"):
         service.site_by_key("nope")
-    key = tiny_served_store["dataset"][0]["sample_key"]
-    assert service.picture(key).shape == (64, 64, 3)  # a stored site is drawn from the source dataset
-    assert service.picture("nope") is None
+    with pytest.raises(ValueError, match="no site matches the filters plate in \\['NOPLATE'\\]"):
+        service.molecule_to_sites("CCO", filters={"plate": ["NOPLATE"]})
+
+
+def test_filters_give_the_exact_top_k_of_the_matching_sites(service, tiny_served_store):
+    from cloome_hf.inference.store import embeddings_from_arrow, read_embeddings
+
+    table = read_embeddings(tiny_served_store["store"] / "images")
+    meta = table.drop_columns(["embedding"]).to_pandas()
+    vectors = embeddings_from_arrow(table.column("embedding"))
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    smiles = tiny_served_store["library"][2]
+    plate = sorted(meta["plate"].unique())[1]
+    hits = service.molecule_to_sites(smiles, 4, {"plate": [plate], "perturbation_type": ["trt"]})
+    allowed = np.flatnonzero(((meta["plate"] == plate) & (meta["perturbation_type"] == "trt")).to_numpy())
+    query = service.index.encode_molecules([smiles])[0]
+    expected = allowed[np.argsort(-(vectors[allowed] @ query), kind="stable")[:4]]
+    assert hits["sample_key"].tolist() == meta["sample_key"].iloc[expected].tolist()
+    assert set(service.filter_choices()["concentration"]) == {1.0, 10.0}
+    doses = service.molecule_to_sites(smiles, 24, {"concentration": [1.0]})
+    assert len(doses) == (meta["concentration"] == 1.0).sum() and set(doses["concentration"]) == {1.0}
+
+
+def test_thumbnails_are_the_stored_sites_pictures_by_row_and_key(service, tiny_served_store):
+    from PIL import Image
+
+    from cloome_hf.data.schema import decode_row
+    from cloome_hf.inference.site_picture import site_picture
+
+    ds, thumbs = tiny_served_store["dataset"], service.thumbnails
+    assert len(thumbs) == len(ds)
+    for row in (0, 13, 23):  # three shards of 10 rows
+        picture = thumbs.picture(row, ds[row]["sample_key"])
+        assert picture.shape == (48, 48, 3)
+        full = Image.fromarray(site_picture(decode_row(ds[row]), service.channel_order))
+        full.thumbnail((48, 48), Image.Resampling.BILINEAR)
+        assert np.array_equal(picture, np.asarray(full))
+    assert thumbs.picture(0, ds[1]["sample_key"]) is None  # another site at that row: not shown as this one
+    service_without = type(service)(service.index, sites=service.sites, thumbnails=None)
+    assert service_without.picture(ds[0]["sample_key"], 0).shape == (64, 64, 3)  # drawn from the source
+
+
+def _channel_files(folder, site, names, order):
+    paths = []
+    for i in order:
+        paths.append(folder / f"A01_s1_{names[i]}.tif")
+        tifffile.imwrite(paths[-1], site[i])
+    return [str(p) for p in paths]
+
+
+def test_site_uploads_one_file_per_channel_any_order_and_refusals(service, tiny_served_store, tmp_path, capsys):
+    from cloome_hf.cli import search
+    from cloome_hf.data.schema import decode_row
+    from cloome_hf.serve import uploads
+
+    site = decode_row(tiny_served_store["dataset"][4])
+    stack = tmp_path / "site.tif"
+    tifffile.imwrite(stack, site)  # multi-page TIFF, a page per channel
+    expected = search.main(["--embeddings", str(tiny_served_store["store"]), "--images", str(stack), "--k", "3"])
+    capsys.readouterr()
+    jump = ["Mito", "ER", "RNA", "AGP", "DNA"]  # JUMP names of the canonical channels
+    paths = _channel_files(tmp_path, site, jump, [4, 2, 0, 3, 1])
+    upload = uploads.read_uploaded_site(paths, service.channel_order)
+    assert np.array_equal(upload.pixels, site)
+    hits = service.site_to_molecules(upload.query, 3)
+    assert hits["smiles"].tolist() == expected["smiles"].tolist()
+    np.testing.assert_allclose(hits["score"], expected["score"], atol=1e-6)
+    with pytest.raises(ValueError, match="4 files uploaded; a site needs one file per channel, 5"):
+        uploads.read_uploaded_site(paths[:4], service.channel_order)
+    np.save(tmp_path / "three.npy", site[:3])
+    with pytest.raises(ValueError, match="three.npy: a site needs 5 channels .* shape \\(3, 64, 64\\)"):
+        uploads.read_uploaded_site(str(tmp_path / "three.npy"), service.channel_order)
+    np.save(tmp_path / "huge.npy", np.zeros((5, 4100, 4100), np.uint8))
+    with pytest.raises(ValueError, match="huge.npy is 4100 x 4100 pixels; the page takes sites up to"):
+        uploads.read_uploaded_site(str(tmp_path / "huge.npy"), service.channel_order)
+
+
+def test_similar_sites_equal_cloome_search_similar(service, tiny_served_store, tmp_path, capsys):
+    from cloome_hf.cli import search
+    from cloome_hf.data.schema import decode_row
+
+    ds = tiny_served_store["dataset"]
+    path = tmp_path / "site.npz"
+    np.savez(path, sample=np.moveaxis(decode_row(ds[7]), 0, -1))
+    expected = search.main(["--embeddings", str(tiny_served_store["store"]), "--images", str(path), "--similar",
+                            "--k", "4"])
+    capsys.readouterr()
+    assert service.similar_sites(str(path), 4)["sample_key"].tolist() == expected["sample_key"].tolist()
+    by_key = service.similar_sites(service.site_by_key(ds[7]["sample_key"]), 4)
+    assert by_key["sample_key"].iloc[0] == ds[7]["sample_key"]  # a stored site is its own nearest neighbour
+
+
+def test_about_names_model_weights_digest_dataset_and_card_summary(service, tiny_served_store):
+    from cloome_hf.inference.store import read_info
+    from cloome_hf.serve.service import model_card_summary
+
+    info = read_info(tiny_served_store["store"])
+    assert service.about["model weights digest"] == info["model_weights"]
+    assert service.about["source dataset"] == str(tiny_served_store["root"] / "sites")
+    card = (tiny_served_store["model"] / "README.md").read_text()
+    summary = model_card_summary(str(tiny_served_store["model"]))
+    assert summary and summary in card and not summary.startswith(("#", "---"))

@@ -1,13 +1,18 @@
 """``cloome serve`` in a real browser: headless system Chromium (selenium) against a page started on 127.0.0.1.
 
-The page's top hits must equal ``cloome search`` for the same query; a bad SMILES shows the featuriser's message
-in the page; screenshots of the tabs are not blank."""
+The page's top hits must equal ``cloome search`` for the same query and its pictures load; a bad SMILES shows the
+featuriser's message in the page; screenshots of the tabs are not blank; the server hands out no file of the disk.
+One server and one browser serve every test of the module."""
 
+import io
 import shutil
 import socket
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
+from PIL import Image
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
@@ -29,12 +34,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def page(tiny_served_store, tmp_path_factory):
-    from cloome_hf.serve import SearchService, build_app
+    from cloome_hf.serve import SearchService, build_app, launch
 
     service = SearchService.from_stores(str(tiny_served_store["store"]))
     app = build_app(service, default_k=3)
     port = _free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True)
+    launch(app, port=port, prevent_thread_lock=True, quiet=True)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -45,7 +50,7 @@ def page(tiny_served_store, tmp_path_factory):
     try:
         driver.get(f"http://127.0.0.1:{port}/")
         WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#smiles textarea")))
-        yield driver, service
+        yield driver, f"http://127.0.0.1:{port}"
     finally:
         driver.quit()
         app.close()
@@ -63,9 +68,19 @@ def _wait_text(driver, selector, needle):
     return driver.find_element(By.CSS_SELECTOR, selector).text
 
 
-def _not_blank(driver, path):
-    from PIL import Image
+def _get(url) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
 
+
+def _tab(driver, name):
+    driver.find_element(By.XPATH, f"//button[@role='tab' and contains(., '{name}')]").click()
+
+
+def _not_blank(driver, path):
     driver.save_screenshot(str(path))
     pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
     assert pixels.std() > 5.0, f"screenshot {path} is blank"
@@ -85,8 +100,13 @@ def test_molecule_to_sites_equals_cloome_search(page, tiny_served_store, tmp_pat
     page_keys = [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows]
     assert page_keys == expected.sort_values("rank")["sample_key"].tolist()
     images = WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#site-gallery img") or None)
-    loaded = driver.execute_script("return arguments[0].map(i => i.complete && i.naturalWidth > 0)", images)
-    assert loaded and all(loaded)
+    WebDriverWait(driver, 30).until(lambda d: all(d.execute_script(
+        "return arguments[0].map(i => i.complete && i.naturalWidth > 0)", images)))
+    for image in images:  # each picture is served: HTTP 200 and an image that decodes, not blank
+        status, body = _get(image.get_attribute("src"))
+        assert status == 200 and "/gradio_api/file=" in image.get_attribute("src"), image.get_attribute("src")
+        pixels = np.asarray(Image.open(io.BytesIO(body)).convert("L"), dtype=np.float32)
+        assert pixels.size > 0 and pixels.std() > 1.0
     _not_blank(driver, tmp_path / "molecule_to_sites.png")
 
 
@@ -112,7 +132,7 @@ def test_site_upload_to_molecules_equals_cloome_search(page, tiny_served_store, 
     np.savez(path, sample=np.moveaxis(site, 0, -1))  # a Bray .npz site: H x W x C under 'sample'
     expected = search.main(["--embeddings", str(tiny_served_store["store"]), "--images", str(path), "--k", "3"])
     capsys.readouterr()
-    driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Site')]").click()
+    _tab(driver, "Site → molecules")
     driver.find_element(By.CSS_SELECTOR, "#site-upload input[type=file]").send_keys(str(path))
     # the upload finishes asynchronously: until it has, a search answers "no site with sample_key ''"; retry
     def answered(d):
@@ -126,6 +146,29 @@ def test_site_upload_to_molecules_equals_cloome_search(page, tiny_served_store, 
     page_smiles = [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows]
     assert page_smiles == expected.sort_values("rank")["smiles"].tolist()
     _not_blank(driver, tmp_path / "site_to_molecules.png")
-    driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'About')]").click()
+
+
+def test_similar_sites_and_about_tabs(page, tiny_served_store, tmp_path):
+    driver, _ = page
+    key = tiny_served_store["dataset"][9]["sample_key"]
+    _tab(driver, "similar sites")
+    driver.find_element(By.CSS_SELECTOR, "#similar-key textarea").send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#search-similar").click()
+    WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#similar-hits table tbody tr")))
+    first = driver.find_elements(By.CSS_SELECTOR, "#similar-hits table tbody tr")[0]
+    assert first.find_elements(By.TAG_NAME, "td")[2].text == key  # a stored site is its own nearest neighbour
+    _not_blank(driver, tmp_path / "similar_sites.png")
+    _tab(driver, "About")
     assert str(tiny_served_store["store"].resolve()) in _wait_text(driver, "#about", "image store")
+    assert "Hoechst (DNA)" in _wait_text(driver, "#legend", "Hoechst")
     _not_blank(driver, tmp_path / "about.png")
+
+
+def test_server_hands_out_no_file_of_the_disk(page, tiny_served_store):
+    """The route the gallery's pictures come by (see the first test) refuses any other file."""
+    _, url = page
+    beside = tiny_served_store["root"] / "library.csv"  # next to the store, readable by the server's user
+    for path in ("/etc/passwd", str(beside), str(tiny_served_store["store"] / "embedding_info.json")):
+        for route in (f"{url}/gradio_api/file={path}", f"{url}/file={path}"):
+            status, body = _get(route)
+            assert status != 200 and beside.read_bytes() not in body, route

@@ -13,7 +13,8 @@ missing shards' sites are read on a rerun, each process reads only its own shard
 :mod:`cloome_hf.inference.store`) is readable by ``load_dataset(OUT, "images")`` / ``load_dataset(OUT,
 "molecules")`` and by ``CloomeIndex.from_store(OUT)``. Image rows carry ``sample_key, plate, well, site,
 inchikey, smiles``, ``perturbation_type`` when the dataset has it (plus ``--keep_columns``) and ``embedding``;
-molecule rows the table's columns and ``embedding``. A rerun after an interruption computes only the missing
+molecule rows the table's columns and ``embedding``. ``--thumbnails`` also stores a small picture of each site
+(``thumbnails/``) for ``cloome serve``. A rerun after an interruption computes only the missing
 shards; a rerun with other settings (a changed table, or another model or changed weights at the same path)
 is refused, naming them; ``--overwrite_output_dir`` replaces the store instead. A store is created only in a
 new or empty folder, and the main process holds the folder's lock (``.cloome.lock``) while embedding.
@@ -27,6 +28,7 @@ import os
 from typing import Any
 
 from ..data.options import add_table_arguments, table_arguments
+from ..inference.thumbnails import DEFAULT_THUMBNAIL_SIZE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", choices=["embedding", "backbone"], default="embedding",
                    help="'backbone': each site's image-tower features before the projection head (a cache for "
                         "`cloome train --image_features`), recorded with a digest of the tower and its preprocessing")
+    p.add_argument("--thumbnails", type=int, nargs="?", const=DEFAULT_THUMBNAIL_SIZE, default=None,
+                   metavar="PIXELS", help="also store a small picture of each site (longest side PIXELS, default "
+                                          f"{DEFAULT_THUMBNAIL_SIZE}) for `cloome serve`, which then need not open "
+                                          "the raw images")
     p.add_argument("--keep_columns", nargs="*", default=[], help="extra dataset columns to copy to the output")
     p.add_argument("--max_samples", type=int, default=None, help="embed only the first N rows (smoke tests)")
     p.add_argument("--overwrite_output_dir", action="store_true",
@@ -99,6 +105,8 @@ def _settings(args, model, processor, sites, molecules) -> dict[str, Any]:
         out["table_options"] = recorded
     if sites is not None:
         out["dataset_digest"] = dataset_digest(sites)
+    if args.thumbnails:  # recorded only when asked for: stores made before thumbnails existed still resume
+        out["thumbnails"] = args.thumbnails
     if args.features == "backbone":  # the tower alone determines the features: heads may differ between runs
         from ..vision_towers.features import tower_identity
 
@@ -219,7 +227,7 @@ def main(argv=None) -> str:
             store.embed_images_to_store(sites, model, processor, os.path.join(args.output_dir, "images"),
                                         keep_columns=args.keep_columns, num_workers=args.num_workers,
                                         max_rows=args.max_samples, image_encoder=image_encoder,
-                                        features=args.features, **common)
+                                        features=args.features, thumbnails=args.thumbnails, **common)
         if molecules is not None:
             store.embed_molecules_to_store(molecules, model, processor, os.path.join(args.output_dir, "molecules"),
                                            **common)

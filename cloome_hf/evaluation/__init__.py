@@ -7,7 +7,7 @@ The plain functions are the primary API; each task is also an ``evaluate`` modul
 
 from pathlib import Path
 
-from .figures import plot_embedding_tsne, plot_retrieval_gallery, rgb_composite
+from .figures import plot_embedding_tsne, plot_retrieval_gallery
 from .jump import JUMP_TASKS, FeatureBaseline, jump_activity, jump_consistency, jump_profiles, jump_tasks
 from .figures import plot_map_vs_pvalue
 from .report_sections import jump_report_sections
@@ -83,7 +83,6 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_ranks",
     "retrieval_ranks_one_in_n",
-    "rgb_composite",
     "run_tasks",
     "select_prototypes",
     "molecule_split",

@@ -10,33 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state, works headless
 
-__all__ = ["DEFAULT_CHANNEL_COLORS", "evaluation_figures", "plot_embedding_tsne", "plot_retrieval_gallery",
-           "rgb_composite"]
-
-# One display colour per canonical channel (Mito, ERSyto, ERSytoBleed, Ph_golgi, Hoechst).
-DEFAULT_CHANNEL_COLORS = np.array(
-    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.8, 0.0], [1.0, 0.0, 1.0], [0.0, 0.3, 1.0]], dtype=np.float32
-)
-
-
-def rgb_composite(site, channel_colors=None, percentile: float = 99.5) -> np.ndarray:
-    """``(C, H, W)`` site (any dtype) -> ``(H, W, 3)`` float RGB in ``[0, 1]``.
-
-    Each channel is scaled to its own ``percentile`` (robust to hot pixels), tinted with its colour and the
-    tints are summed and clipped.
-    """
-    site = np.asarray(site, dtype=np.float32)
-    if site.ndim != 3:
-        raise ValueError(f"site must be (C, H, W), got shape {site.shape}")
-    colors = DEFAULT_CHANNEL_COLORS if channel_colors is None else np.asarray(channel_colors, dtype=np.float32)
-    if colors.shape != (site.shape[0], 3):
-        if channel_colors is not None:
-            raise ValueError(f"channel_colors has shape {colors.shape}, need ({site.shape[0]}, 3)")
-        colors = np.ones((site.shape[0], 3), dtype=np.float32) / site.shape[0]  # unknown layout: grey average
-    lo = site.min(axis=(1, 2), keepdims=True)
-    hi = np.percentile(site, percentile, axis=(1, 2), keepdims=True)
-    scaled = np.clip((site - lo) / np.maximum(hi - lo, 1e-6), 0.0, 1.0)
-    return np.clip(np.einsum("chw,ck->hwk", scaled, colors), 0.0, 1.0)
+__all__ = ["evaluation_figures", "plot_embedding_tsne", "plot_retrieval_gallery"]
 
 
 def plot_embedding_tsne(
@@ -109,20 +83,26 @@ def plot_retrieval_gallery(
     path,
     *,
     query_titles=None,
-    channel_colors=None,
+    channel_names=None,
+    colours=None,
     dpi: int = 100,
     panel_inches: float = 2.0,
 ) -> Path:
     """Query sites next to their top-k retrieved molecules, the true match framed in green.
 
     Args:
-        sites: ``(Q, C, H, W)`` query images.
+        sites: ``(Q, C, H, W)`` query images, drawn by :func:`~cloome_hf.inference.site_picture.site_picture`
+            (``channel_names``: their channels, default the canonical order; ``colours``: overrides by channel).
         top_smiles: ``Q`` lists of ``k`` SMILES, best first.
         top_scores: ``(Q, k)`` cosine similarities.
         true_positions: ``(Q,)`` position of the true molecule within each row's top-k, or -1 if not retrieved.
         path: PNG path. Figure size is ``((k + 1) * panel_inches, Q * (panel_inches + 0.4))`` inches at ``dpi``.
     """
+    from ..channels import CHANNELS
+    from ..inference.site_picture import site_picture
+
     sites = np.asarray(sites)
+    channel_names = list(CHANNELS if channel_names is None else channel_names)
     n_q = len(sites)
     k = len(top_smiles[0]) if n_q else 0
     if n_q == 0 or k == 0 or len(top_smiles) != n_q or len(true_positions) != n_q:
@@ -134,7 +114,7 @@ def plot_retrieval_gallery(
     axes = fig.subplots(n_q, k + 1, squeeze=False)
     for q in range(n_q):
         ax = axes[q, 0]
-        ax.imshow(rgb_composite(sites[q], channel_colors))
+        ax.imshow(site_picture(sites[q], channel_names, colours))
         ax.set_title(query_titles[q] if query_titles is not None else f"query {q}", fontsize=7)
         for j in range(k):
             ax = axes[q, j + 1]

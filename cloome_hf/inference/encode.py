@@ -127,6 +127,14 @@ def _site_batches(sites: Any, batch_size: int):
         yield sites[start:start + batch_size]
 
 
+def _pixel_values(processor, batch) -> torch.Tensor:
+    """``pixel_values`` of a batch of sites. A list of paths is one site per path (as ``cloome search --images``
+    means it: a multi-page TIFF each); the processor alone would read a list of paths as one site's channel files."""
+    if isinstance(batch, list) and all(isinstance(s, (str, os.PathLike)) for s in batch):
+        return torch.cat([processor(images=s, return_tensors="pt")["pixel_values"] for s in batch])
+    return processor(images=batch, return_tensors="pt")["pixel_values"]
+
+
 def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_workers: int = 0,
                  autocast_dtype: torch.dtype | None = None, accelerator=None, show_progress: bool = False,
                  image_encoder=None, features: str = "embedding") -> np.ndarray:
@@ -160,7 +168,7 @@ def encode_sites(model, processor, sites: Any, *, batch_size: int = 64, num_work
 
     if not is_dataset(sites):
         batches = _site_batches(sites, batch_size)
-        out = [encode(processor(images=b, return_tensors="pt")["pixel_values"]) for b in batches]
+        out = [encode(_pixel_values(processor, b)) for b in batches]
         return torch.cat(out).numpy()
     from cloome_hf.data import build_dataloader
 

@@ -139,22 +139,31 @@ class EmbeddingIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int = 10, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine similarity. queries: (Q, D) -> (scores (Q, k) float32, ids (Q, k) int64), best first.
 
-        ids are -1 (score -inf) where an approximate index found fewer than k neighbours."""
+        ``rows``: search only these row ids (a metadata filter: plate, perturbation type, dose); FAISS skips the
+        others inside the search, so the hits are the top-k of the allowed rows (for IVF, of its probed cells).
+        ids are -1 (score -inf) where fewer than k rows were found."""
         require_finite_rows(np.asarray(queries), "the search queries")
         q = l2_normalize(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match the index dimension {self.dim}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return self.index.search(q, min(k, len(self)))
+        if rows is None:
+            return self.index.search(q, min(k, len(self)))
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
+        params = (faiss.SearchParametersIVF(sel=selector, nprobe=self.index.nprobe)
+                  if isinstance(self.index, faiss.IndexIVF) else faiss.SearchParameters(sel=selector))
+        return self.index.search(q, min(k, len(self)), params=params)
 
-    def search_table(self, queries: np.ndarray, k: int = 10, query_info: pd.DataFrame | None = None) -> pd.DataFrame:
+    def search_table(self, queries: np.ndarray, k: int = 10, query_info: pd.DataFrame | None = None,
+                     rows: np.ndarray | None = None) -> pd.DataFrame:
         """Search and return a long table: one row per (query, hit) with ``query_index``, ``rank`` (0 = best),
-        ``score`` (cosine), ``query_*`` columns from ``query_info`` and the hit's metadata columns."""
-        scores, ids = self.search(queries, k)
+        ``score`` (cosine), ``query_*`` columns from ``query_info`` and the hit's metadata columns. ``rows``: as
+        for :meth:`search`."""
+        scores, ids = self.search(queries, k, rows)
         q_idx, rank = np.divmod(np.arange(ids.size), ids.shape[1])
         flat_ids, flat_scores = ids.ravel(), scores.ravel()
         found = flat_ids >= 0
@@ -327,14 +336,15 @@ class CloomeIndex:
         return encode_sites(self.model, self.processor, images, batch_size=self.batch_size)
 
     # ----- queries ------------------------------------------------------------------------------------
-    def search_images(self, smiles: Sequence[str] | None = None, k: int = 10, query_embeds: np.ndarray | None = None):
-        """Molecule -> images: the k images closest to each query molecule. Returns a long DataFrame
-        (query_index, rank, score, query_smiles, + image metadata)."""
+    def search_images(self, smiles: Sequence[str] | None = None, k: int = 10, query_embeds: np.ndarray | None = None,
+                      rows: np.ndarray | None = None):
+        """Molecule -> images: the k images closest to each query molecule (among ``rows``, if given). Returns a
+        long DataFrame (query_index, rank, score, query_smiles, + image metadata)."""
         if isinstance(smiles, str):
             smiles = [smiles]
         q = query_embeds if query_embeds is not None else self.encode_molecules(smiles)
         info = pd.DataFrame({"smiles": list(smiles)}) if smiles is not None else None
-        return self.images.search_table(q, k, info)
+        return self.images.search_table(q, k, info, rows=rows)
 
     def search_molecules(self, images=None, k: int = 10, query_embeds: np.ndarray | None = None):
         """Image -> molecules from the library: which molecules could cause this phenotype?"""
@@ -343,10 +353,11 @@ class CloomeIndex:
         q = query_embeds if query_embeds is not None else self.encode_images(images)
         return self.molecules.search_table(q, k)
 
-    def search_similar_images(self, images=None, k: int = 10, query_embeds: np.ndarray | None = None):
-        """Image -> images (mechanism of action by neighbours)."""
+    def search_similar_images(self, images=None, k: int = 10, query_embeds: np.ndarray | None = None,
+                              rows: np.ndarray | None = None):
+        """Image -> images (mechanism of action by neighbours), among ``rows`` if given."""
         q = query_embeds if query_embeds is not None else self.encode_images(images)
-        return self.images.search_table(q, k)
+        return self.images.search_table(q, k, rows=rows)
 
     # ----- persistence --------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:

@@ -70,7 +70,7 @@ def remove_store(output_dir: str) -> None:
     store and is left untouched."""
     if not os.path.isfile(os.path.join(output_dir, INFO_FILE)):
         return
-    for name in (*CONFIGS, RECORDS_FOLDER):
+    for name in (*CONFIGS, RECORDS_FOLDER, "thumbnails"):
         shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
     readme = os.path.join(output_dir, README)
     if _own_card(readme):
@@ -182,7 +182,7 @@ def _shard_sites(sites, start: int, stop: int, folder: str):
 def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, shard_size: int, batch_size: int,
                           dtype: str = "float32", autocast_dtype=None, keep_columns: Sequence[str] = (),
                           num_workers: int = 0, max_rows: int | None = None, image_encoder=None,
-                          features: str = "embedding") -> None:
+                          features: str = "embedding", thumbnails: int | None = None) -> None:
     """Embed the sites of ``sites`` into ``folder``'s shards through :func:`encode_sites`.
 
     ``sites``: a ``datasets.Dataset`` in the common schema, or a :class:`~cloome_hf.data.sources.SiteSource`
@@ -191,6 +191,8 @@ def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, 
     ``max_rows``: embed only the first rows. ``image_encoder``: a backend of :mod:`~cloome_hf.inference.backends`
     in place of the model (the store's settings record which: ``backend``). ``features="backbone"``: the image tower's
     features instead of the embeddings (see :func:`~cloome_hf.inference.encode.backbone_features`).
+    ``thumbnails``: also write each shard's site pictures, ``thumbnails`` pixels at most, into the store's
+    ``thumbnails/`` (see :mod:`~cloome_hf.inference.thumbnails`), before the shard itself.
     """
     from tqdm.auto import tqdm
 
@@ -212,9 +214,20 @@ def embed_images_to_store(sites, model, processor, folder: str, *, accelerator, 
         with _shard_sites(sites, *shards[i], folder) as part:
             emb = encode_sites(model, processor, part, batch_size=batch_size, num_workers=num_workers,
                                autocast_dtype=autocast_dtype, image_encoder=image_encoder, features=features)
+            if thumbnails:
+                _write_thumbnails(part, os.path.dirname(os.path.abspath(folder)), i, thumbnails)
             write_shard(_shard_path(folder, i), part.select_columns(meta_cols)[:], emb, dtype, digest)
             bar.update(len(part))
     bar.close()
+
+
+def _write_thumbnails(part, store: str, shard: int, size: int) -> None:
+    from ..data.schema import channels_of, decode_row
+    from .thumbnails import THUMBNAILS, write_thumbnail_shard
+
+    sites = (decode_row(row) for row in part.select_columns(["image", "image_shape"]))
+    write_thumbnail_shard(_shard_path(os.path.join(store, THUMBNAILS), shard), part["sample_key"], sites,
+                          channels_of(part), size)
 
 
 def embed_molecules_to_store(table, model, processor, folder: str, *, accelerator, shard_size: int,

@@ -1,137 +1,29 @@
-"""The search page of ``cloome serve``: Molecule -> sites, Site -> molecules, About.
+"""The search page of ``cloome serve``: Molecule -> sites, Site -> molecules, Site -> similar sites, About.
 
-:class:`SearchService` answers the queries through the very calls ``cloome search`` makes
-(:meth:`CloomeIndex.encode_molecules` + :meth:`CloomeIndex.search_images`, :meth:`CloomeIndex.encode_images` +
-:meth:`CloomeIndex.search_molecules`), so a page result equals the command's for the same query.
-:func:`build_app` only lays out the page; a refused query (an invalid SMILES, an unknown site key, a site with the
-wrong channels) is shown as its one-line message in the page, never as a traceback.
+:func:`build_app` only lays out the page over a :class:`~cloome_hf.serve.service.SearchService` (which answers
+through the ``cloome search`` code path); a refused query (an invalid SMILES, an unknown site key, an upload with
+the wrong channels or too large) is shown as its one-line message in the page, never as a traceback.
+:func:`launch` starts it on 127.0.0.1 without a share link unless asked, serving no file of the disk: pictures
+are sent from memory, so the only files the server hands out are the ones Gradio writes of its own outputs.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
-from ..channels import CHANNELS
-from ..inference.site_picture import CHANNEL_COLOURS, site_picture
+from ..channels import canonical_channel_name
+from ..inference.site_picture import channel_colours, site_picture
+from .service import FILTER_COLUMNS, SearchService, model_card_summary
+from .uploads import MAX_UPLOAD_BYTES, read_uploaded_site
 
 #: Metadata columns shown for each hit, where the store has them.
-SITE_COLUMNS = ("score", "sample_key", "plate", "well", "smiles", "inchikey")
+SITE_COLUMNS = ("score", "sample_key", "plate", "well", "perturbation_type", "concentration", "smiles", "inchikey")
 MOLECULE_COLUMNS = ("score", "smiles", "inchikey", "name")
 
 
-def _store_part(store: str, part: str) -> str:
-    """``store/part`` for a ``cloome embed`` folder, else ``store`` itself (a folder of the part's Parquet files)."""
-    inner = os.path.join(store, part)
-    return inner if os.path.isdir(inner) else store
-
-
-class SearchService:
-    """A loaded index, its encoder and (where reachable) the source sites, answering the page's queries.
-
-    Args:
-        index: a :class:`~cloome_hf.inference.search.CloomeIndex` with its encoder loaded.
-        sites: optional ``datasets.Dataset`` of the source sites (schema columns), for pictures and key lookup.
-        about: provenance shown on the About tab (model, stores, embedding info).
-    """
-
-    def __init__(self, index, sites=None, about: dict[str, Any] | None = None):
-        self.index, self.sites, self.about = index, sites, dict(about or {})
-        self._row_of_key = {}
-        if sites is not None and "sample_key" in sites.column_names:
-            self._row_of_key = {key: i for i, key in enumerate(sites["sample_key"])}
-
-    @classmethod
-    def from_stores(cls, images: str, molecules: str | None = None, model: str | None = None) -> "SearchService":
-        """Open an image store (a ``cloome embed`` folder) and optionally another molecule store, as
-        ``cloome search --embeddings`` does; the model is the store's, at its revision, unless ``model`` names one."""
-        from ..inference.search import CloomeIndex, EmbeddingIndex
-        from ..inference.store import read_info
-
-        index = CloomeIndex.from_store(images, model_id=model)
-        if molecules is not None:
-            index.molecules = EmbeddingIndex.from_dataset(_store_part(molecules, "molecules"))
-        index.load_encoder()
-        info = read_info(images)
-        return cls(index, sites=_open_sites(info.get("dataset"), info.get("split")), about={
-            "model": index.model_id, "revision": index.revision, "image store": os.path.abspath(images),
-            "molecule store": os.path.abspath(molecules) if molecules else ("(in the image store)"
-                                                                           if index.molecules else "(none)"),
-            "source dataset": info.get("dataset"), "sites indexed": len(index.images),
-            "molecules indexed": len(index.molecules) if index.molecules is not None else 0,
-            "model commit": (info.get("model_info") or {}).get("commit_hash")})
-
-    @property
-    def num_channels(self) -> int:
-        return int(getattr(self.index.model.config.vision_config, "num_channels", len(CHANNELS)))
-
-    # ----- queries: the cloome search code path --------------------------------------------------------
-    def molecule_to_sites(self, smiles: str, k: int = 5) -> pd.DataFrame:
-        """The top-k sites for one SMILES; ``ValueError`` with the featuriser's message for an invalid one."""
-        smiles = [str(smiles).strip()]
-        query = self.index.encode_molecules(smiles)
-        return self.index.search_images(smiles=smiles, k=int(k), query_embeds=query)
-
-    def site_to_molecules(self, site, k: int = 5) -> pd.DataFrame:
-        """The top-k library molecules for one site: a ``(C, H, W)`` array or a file path the processor reads."""
-        if self.index.molecules is None:
-            raise ValueError("this page has no molecule library: start it with --molecules STORE")
-        query = self.index.encode_images([site])
-        return self.index.search_molecules(query_embeds=query, k=int(k))
-
-    # ----- sites ---------------------------------------------------------------------------------------
-    def site_by_key(self, key: str) -> np.ndarray:
-        from ..data.schema import decode_row
-
-        key = str(key).strip()
-        if self.sites is None:
-            raise ValueError("the store's source dataset is not reachable here, so sites cannot be picked by key")
-        if key not in self._row_of_key:
-            raise ValueError(f"no site with sample_key {key!r} in the source dataset")
-        return decode_row(self.sites[self._row_of_key[key]])
-
-    def picture(self, key: str) -> np.ndarray | None:
-        """The composite picture of a stored site, or ``None`` where its pixels are not reachable."""
-        try:
-            site = self.site_by_key(key)
-        except ValueError:
-            return None
-        return site_picture(site, CHANNELS[:site.shape[0]] if site.shape[0] <= len(CHANNELS) else CHANNELS)
-
-
-def _open_sites(dataset: str | None, split: str | None):
-    """The source sites of a store, when it is a ``save_to_disk`` folder here (else ``None``: no pictures)."""
-    if not dataset or not os.path.isdir(dataset):
-        return None
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(dataset)
-    except (FileNotFoundError, ValueError):
-        return None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds[split] if split in ds else next(iter(ds.values()))
-    return ds
-
-
-def read_uploaded_site(path: str, channels: int) -> np.ndarray:
-    """An uploaded site file (what ``cloome search --images`` reads: .npz, .npy, TIFF) as ``(C, H, W)``;
-    ``ValueError`` naming the file when it does not hold ``channels`` channels."""
-    from ..image_files import read_image_file
-
-    site = read_image_file(path)
-    if site.ndim == 3 and site.shape[0] != channels and site.shape[-1] == channels:
-        site = np.moveaxis(site, -1, 0)  # Bray .npz sites are H x W x C
-    if site.ndim != 3 or site.shape[0] != channels:
-        raise ValueError(f"{os.path.basename(path)}: a site needs {channels} channels, got an array of shape "
-                         f"{site.shape}")
-    return site
-
-
-def _hits_markdown(table: pd.DataFrame, columns) -> str:
+def hits_markdown(table: pd.DataFrame, columns) -> str:
+    """The hits as a Markdown table (rank from 1), the ``columns`` the table has, in that order."""
     shown = [c for c in columns if c in table.columns]
     rows = ["| rank | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for _, hit in table.iterrows():
@@ -144,66 +36,169 @@ def _error(err: Exception) -> str:
     return f"**Error:** {err}"
 
 
-def _molecule_drawing(smiles: str):
+def molecule_drawing(smiles: str, size: int = 300) -> np.ndarray | None:
+    """RDKit's drawing of a SMILES as ``(size, size, 3)`` uint8, ``None`` where it does not parse."""
     from rdkit.Chem import Draw
 
     from ..featurization_cloome import parse_molecule
 
-    mol = parse_molecule(smiles)
-    return None if mol is None else np.asarray(Draw.MolToImage(mol, size=(300, 300)))
+    mol = parse_molecule(smiles) if smiles else None
+    return None if mol is None else np.asarray(Draw.MolToImage(mol, size=(size, size)).convert("RGB"))
+
+
+def _beside(picture: np.ndarray, smiles: str) -> np.ndarray:
+    """A site picture with its compound's structure drawn to its right, at the picture's height."""
+    drawing = molecule_drawing(smiles, size=max(picture.shape[0], 64))
+    if drawing is None:
+        return picture
+    from PIL import Image
+
+    drawing = np.asarray(Image.fromarray(drawing).resize((picture.shape[0], picture.shape[0])))
+    return np.concatenate([picture, drawing], axis=1)
 
 
 def _site_caption(hit: pd.Series) -> str:
-    parts = [f"{hit['score']:.3f}"] + [str(hit[c]) for c in ("plate", "well", "smiles") if c in hit.index]
+    parts = [f"{hit['score']:.3f}"] + [str(hit[c]) for c in ("plate", "well", "name", "smiles") if c in hit.index]
     return " · ".join(parts)
+
+
+def _site_gallery(service: SearchService, hits: pd.DataFrame) -> list:
+    gallery = []
+    for _, hit in hits.iterrows():
+        picture = service.picture(hit.get("sample_key"), hit.get("row"))
+        if picture is not None:
+            gallery.append((_beside(picture, str(hit.get("smiles", ""))), _site_caption(hit)))
+    return gallery
+
+
+def _molecule_gallery(hits: pd.DataFrame) -> list:
+    out = []
+    for _, hit in hits.iterrows():
+        drawing = molecule_drawing(str(hit.get("smiles", "")))
+        if drawing is not None:
+            label = " · ".join([f"{hit['score']:.3f}"] + [str(hit[c]) for c in ("name", "inchikey") if c in hit.index])
+            out.append((drawing, label))
+    return out
+
+
+def channel_legend(channel_order) -> str:
+    """HTML: a swatch of each channel's colour with its name (and JUMP alias), in the model's order."""
+    from ..channels import JUMP_CHANNELS
+
+    alias = {v: k for k, v in JUMP_CHANNELS.items()}
+    items = []
+    for name, rgb in zip(channel_order, channel_colours(channel_order)):
+        hex_colour = "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
+        jump = alias.get(canonical_channel_name(name), "")
+        items.append(f'<span style="display:inline-block;width:1em;height:1em;background:{hex_colour}"></span> '
+                     f"{name}{f' ({jump})' if jump and jump != name else ''} = {hex_colour}")
+    return "<br>".join(items)
+
+
+def _query_site(service: SearchService, key, files):
+    """The site a query names: uploaded files, else a stored key -> ``(pixels (C, H, W), processor input)``."""
+    if files:
+        site = read_uploaded_site([getattr(f, "name", f) for f in files], service.channel_order)
+        return site.pixels, site.query
+    if not str(key or "").strip():
+        raise ValueError("upload a site (one file, or one file per channel) or give a stored site's sample_key")
+    pixels = service.site_by_key(key)
+    return pixels, pixels
+
+
+def _filters(values) -> dict:
+    return dict(zip(FILTER_COLUMNS, values))
+
+
+def _filter_inputs(gr, choices: dict, prefix: str) -> list:
+    """One multi-select per filter column (an empty, hidden one where the store lacks the column)."""
+    return [gr.Dropdown(choices=choices.get(c, []), multiselect=True, label=f"filter: {label}",
+                        visible=c in choices, elem_id=f"{prefix}-filter-{c}") for c, label in FILTER_COLUMNS.items()]
+
+
+def _site_inputs(gr, prefix: str):
+    key = gr.Textbox(label="a stored site's sample_key", elem_id=f"{prefix}-key")
+    files = gr.File(label="or upload a site: one .npz / .npy / multi-page TIFF, or one file per channel",
+                    file_count="multiple", type="filepath", elem_id=f"{prefix}-upload")
+    return key, files
 
 
 def build_app(service: SearchService, default_k: int = 5):
     """The Gradio Blocks page over ``service`` (not launched)."""
     import gradio as gr
 
-    def molecule_query(smiles, k):
+    choices = service.filter_choices()
+
+    def molecule_query(smiles, k, *filters):
         try:
-            hits = service.molecule_to_sites(smiles, k)
+            hits = service.molecule_to_sites(smiles, k, _filters(filters))
         except ValueError as err:
             return None, [], _error(err)
-        gallery = [(pic, _site_caption(hit)) for _, hit in hits.iterrows()
-                   if (pic := service.picture(hit.get("sample_key"))) is not None]
-        return _molecule_drawing(smiles), gallery, _hits_markdown(hits, SITE_COLUMNS)
+        return molecule_drawing(smiles), _site_gallery(service, hits), hits_markdown(hits, SITE_COLUMNS)
 
-    def site_query(key, upload, k):
+    def site_query(key, files, k):
         try:
-            site = read_uploaded_site(upload, service.num_channels) if upload else service.site_by_key(key)
-            hits = service.site_to_molecules(upload or site, k)  # a file goes in as `cloome search --images` has it
+            pixels, query = _query_site(service, key, files)
+            hits = service.site_to_molecules(query, k)
         except ValueError as err:
             return None, [], _error(err)
-        channels = CHANNELS[:site.shape[0]]
-        drawings = [(d, f"{hit['score']:.3f} · {hit.get('smiles', '')}") for _, hit in hits.iterrows()
-                    if (d := _molecule_drawing(str(hit.get("smiles", "")))) is not None]
-        return site_picture(site, channels, grid=True), drawings, _hits_markdown(hits, MOLECULE_COLUMNS)
+        picture = site_picture(pixels, service.channel_order, grid=True)
+        return picture, _molecule_gallery(hits), hits_markdown(hits, MOLECULE_COLUMNS)
 
-    legend = ", ".join(f"{name}: rgb{tuple(int(255 * c) for c in rgb)}" for name, rgb in CHANNEL_COLOURS.items())
+    def similar_query(key, files, k, *filters):
+        try:
+            pixels, query = _query_site(service, key, files)
+            hits = service.similar_sites(query, k, _filters(filters))
+        except ValueError as err:
+            return None, [], _error(err)
+        picture = site_picture(pixels, service.channel_order, grid=True)
+        return picture, _site_gallery(service, hits), hits_markdown(hits, SITE_COLUMNS)
+
     about = "\n".join(f"- **{name}**: {value}" for name, value in service.about.items())
+    summary = model_card_summary(service.index.model_id) or "(the model folder has no card)"
     with gr.Blocks(title="CLOOME search") as app:
         gr.Markdown("# CLOOME search\nQuery Cell Painting sites with a molecule, or molecules with a site.")
         with gr.Tab("Molecule → sites"):
-            smiles = gr.Textbox(label="SMILES", elem_id="smiles")
-            k_mol = gr.Number(value=default_k, precision=0, minimum=1, label="top k")
-            go_mol = gr.Button("Search", elem_id="search-molecule")
-            drawing = gr.Image(label="query structure", type="numpy", interactive=False)
-            sites = gr.Gallery(label="top sites", columns=5, elem_id="site-gallery")
+            with gr.Row():
+                smiles = gr.Textbox(label="SMILES", elem_id="smiles", scale=3)
+                k_mol = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
+            mol_filters = _filter_inputs(gr, choices, "molecule")
+            go_mol = gr.Button("Search", elem_id="search-molecule", variant="primary")
+            drawing = gr.Image(label="query structure", type="numpy", interactive=False, height=240)
+            sites = gr.Gallery(label="top sites (site picture, compound structure)", columns=4, elem_id="site-gallery")
             site_hits = gr.Markdown(elem_id="site-hits")
         with gr.Tab("Site → molecules"):
-            key = gr.Textbox(label="site sample_key (from the store)", elem_id="site-key")
-            upload = gr.File(label="or upload a site (.npz, .npy or multi-page TIFF)", type="filepath", elem_id="site-upload")
-            k_site = gr.Number(value=default_k, precision=0, minimum=1, label="top k")
-            go_site = gr.Button("Search", elem_id="search-site")
+            key, files = _site_inputs(gr, "site")
+            k_site = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
+            go_site = gr.Button("Search", elem_id="search-site", variant="primary")
             picture = gr.Image(label="query site (composite, then each channel)", type="numpy", interactive=False)
-            molecules = gr.Gallery(label="top molecules", columns=5)
+            molecules = gr.Gallery(label="top molecules", columns=5, elem_id="molecule-gallery")
             molecule_hits = gr.Markdown(elem_id="molecule-hits")
+        with gr.Tab("Site → similar sites"):
+            sim_key, sim_files = _site_inputs(gr, "similar")
+            k_sim = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
+            sim_filters = _filter_inputs(gr, choices, "similar")
+            go_sim = gr.Button("Search", elem_id="search-similar", variant="primary")
+            sim_picture = gr.Image(label="query site (composite, then each channel)", type="numpy",
+                                   interactive=False)
+            sim_sites = gr.Gallery(label="nearest sites", columns=4, elem_id="similar-gallery")
+            sim_hits = gr.Markdown(elem_id="similar-hits")
         with gr.Tab("About"):
-            gr.Markdown(f"## Provenance\n{about}\n\n## Channel colours\n{legend}", elem_id="about")
-        go_mol.click(molecule_query, [smiles, k_mol], [drawing, sites, site_hits])
-        smiles.submit(molecule_query, [smiles, k_mol], [drawing, sites, site_hits])
-        go_site.click(site_query, [key, upload, k_site], [picture, molecules, molecule_hits])
+            gr.Markdown(f"## Model\n{summary}\n\n## Provenance\n{about}", elem_id="about")
+            gr.HTML(f"<h3>Channel colours</h3>{channel_legend(service.channel_order)}", elem_id="legend")
+        for trigger in (go_mol.click, smiles.submit):
+            trigger(molecule_query, [smiles, k_mol, *mol_filters], [drawing, sites, site_hits])
+        go_site.click(site_query, [key, files, k_site], [picture, molecules, molecule_hits])
+        go_sim.click(similar_query, [sim_key, sim_files, k_sim, *sim_filters], [sim_picture, sim_sites, sim_hits])
     return app
+
+
+def launch(app, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):
+    """Start ``app``: bound to ``host`` (this machine only by default), no share link unless ``share``, no file
+    of the disk served (``allowed_paths`` empty), uploads capped at :data:`MAX_UPLOAD_BYTES`."""
+    return app.launch(server_name=host, server_port=port, share=share, allowed_paths=[],
+                      max_file_size=MAX_UPLOAD_BYTES, **kwargs)
+
+
+__all__ = ["MOLECULE_COLUMNS", "SITE_COLUMNS", "SearchService", "build_app", "channel_legend", "hits_markdown",
+           "launch", "molecule_drawing"]

@@ -1,0 +1,101 @@
+"""Small site pictures kept in an embedding store, so a search page need not open the raw images.
+
+``cloome embed --thumbnails`` writes, beside each image shard, ``thumbnails/shard-NNNNN.parquet``: one row per
+site of that shard, in the same order, with ``sample_key`` and ``thumbnail`` (the PNG bytes of
+:func:`~cloome_hf.inference.site_picture.site_picture`, fitted into ``size`` x ``size`` pixels). Row groups are
+small so that one hit reads one group, not the shard. A thumbnail shard is written before its image shard, so a
+finished image shard always has its thumbnails (a resume recomputes both).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import io
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..safe_io import temporary_name
+from .site_picture import site_picture
+
+THUMBNAILS = "thumbnails"
+#: Longest side of a thumbnail, in pixels.
+DEFAULT_THUMBNAIL_SIZE = 128
+_ROW_GROUP = 64
+
+
+def thumbnail_png(site: np.ndarray, channel_names: Sequence[str], size: int = DEFAULT_THUMBNAIL_SIZE) -> bytes:
+    """A ``(C, H, W)`` site -> PNG bytes of its composite picture, its longest side ``size`` pixels at most."""
+    from PIL import Image
+
+    picture = Image.fromarray(site_picture(site, channel_names))
+    picture.thumbnail((size, size), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    picture.save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
+def write_thumbnail_shard(path: str, sample_keys: Sequence[str], sites, channel_names: Sequence[str],
+                          size: int = DEFAULT_THUMBNAIL_SIZE) -> None:
+    """Write one thumbnail shard atomically: ``sites`` is an iterable of ``(C, H, W)`` arrays, one a key."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pngs = [thumbnail_png(site, channel_names, size) for site in sites]
+    if len(pngs) != len(sample_keys):
+        raise ValueError(f"{len(pngs)} sites for {len(sample_keys)} sample keys in {path}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = temporary_name(path)
+    pq.write_table(pa.table({"sample_key": pa.array(list(sample_keys), pa.string()),
+                             "thumbnail": pa.array(pngs, pa.binary())}), tmp, row_group_size=_ROW_GROUP)
+    os.replace(tmp, path)
+
+
+class ThumbnailStore:
+    """The thumbnails of a store, addressed by the global row of a hit (as :meth:`EmbeddingIndex.search_table`
+    returns it in ``row``) and checked against its ``sample_key``. Only the shards' footers are read up front."""
+
+    def __init__(self, store: str | os.PathLike):
+        import pyarrow.parquet as pq
+
+        folder = os.path.join(os.fspath(store), THUMBNAILS)
+        names = sorted(f for f in os.listdir(folder) if f.endswith(".parquet")) if os.path.isdir(folder) else []
+        self.files = [pq.ParquetFile(os.path.join(folder, n)) for n in names]
+        self.starts, total = [], 0
+        for f in self.files:
+            self.starts.append(total)
+            total += f.metadata.num_rows
+        self.num_rows = total
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @functools.lru_cache(maxsize=256)
+    def _group(self, shard: int, group: int):
+        table = self.files[shard].read_row_group(group)
+        return table.column("sample_key").to_pylist(), table.column("thumbnail").to_pylist()
+
+    def png(self, row: int, sample_key: str | None = None) -> bytes | None:
+        """The PNG bytes of global ``row``; ``None`` when the store has none there, or when it holds another
+        site than ``sample_key`` (thumbnails of another embedding run)."""
+        if not 0 <= int(row) < self.num_rows:
+            return None
+        shard = bisect.bisect_right(self.starts, int(row)) - 1
+        offset = int(row) - self.starts[shard]
+        group, within = divmod(offset, self.files[shard].metadata.row_group(0).num_rows)
+        keys, pngs = self._group(shard, group)
+        if sample_key is not None and keys[within] != sample_key:
+            return None
+        return pngs[within]
+
+    def picture(self, row: int, sample_key: str | None = None) -> np.ndarray | None:
+        """The thumbnail of global ``row`` as an ``(h, w, 3)`` uint8 array (see :meth:`png`)."""
+        from PIL import Image
+
+        data = self.png(row, sample_key)
+        return None if data is None else np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+__all__ = ["DEFAULT_THUMBNAIL_SIZE", "THUMBNAILS", "ThumbnailStore", "thumbnail_png", "write_thumbnail_shard"]
