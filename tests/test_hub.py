@@ -72,6 +72,7 @@ def test_local_dir_model_repo_reloads(artifacts, tmp_path):
     assert isinstance(CloomeProcessor.from_pretrained(repo), CloomeProcessor)
     assert proc.image_processor.crop_size == {"height": SIZE, "width": SIZE}
     card = ModelCard.load(repo / "README.md")
+    assert "example_site.png" in files and "](example_site.png)" in card.text  # drawn by site_picture
     metrics = {m["type"]: m["value"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
     assert metrics == {"molecule_to_image/top1": 0.25, "molecule_to_image/top5": 0.6}
     assert "me/cloome-tiny" in card.text and "Hoechst" in card.text

@@ -93,4 +93,30 @@ def site_picture(image: np.ndarray, channel_names: Sequence[str], colours: Mappi
     return (np.concatenate(panels, axis=1) * 255.0 + 0.5).astype(np.uint8)
 
 
-__all__ = ["CHANNEL_COLOURS", "DEFAULT_PERCENTILES", "channel_colours", "site_picture", "stretch_channel"]
+def colour_legend(channel_names: Sequence[str], colours: Mapping[str, RGB] | None = None) -> str:
+    """``"Mito #ff00ff, ERSyto #00ff00, ..."``: each channel's colour as hex, in order (for cards and captions)."""
+    return ", ".join(f"{name} #" + "".join(f"{round(255 * c):02x}" for c in rgb)
+                     for name, rgb in zip(channel_names, channel_colours(channel_names, colours)))
+
+
+def write_site_picture(path, site, channel_names: Sequence[str], grid: bool = True, max_side: int | None = None) -> str:
+    """Save :func:`site_picture` of ``site`` as a PNG at ``path``: a ``(C, H, W)`` array, or a ``{channel: file}``
+    mapping (e.g. :func:`cloome_hf.example_site`) read in ``channel_names`` order; ``max_side``: shrunk to fit
+    that many pixels. Returns the path."""
+    from PIL import Image
+
+    if isinstance(site, Mapping):
+        from ..channels import canonical_channel_name
+        from ..image_files import read_image_file
+
+        by_name = {canonical_channel_name(k): v for k, v in site.items()}
+        site = np.stack([read_image_file(by_name[canonical_channel_name(c)]) for c in channel_names])
+    picture = Image.fromarray(site_picture(site, channel_names, grid=grid))
+    if max_side:
+        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    picture.save(path, format="PNG")
+    return str(path)
+
+
+__all__ = ["CHANNEL_COLOURS", "DEFAULT_PERCENTILES", "channel_colours", "colour_legend", "site_picture",
+           "stretch_channel", "write_site_picture"]

@@ -59,7 +59,7 @@ PAPER_RESULTS: tuple[dict[str, Any], ...] = (
 _CONTEXT_KEYS = {
     "model": {
         "model_id", "description", "source", "preset", "checkpoint", "config", "processor", "training_config",
-        "metrics", "eval_results", "datasets", "base_model", "license", "extra_tags",
+        "metrics", "eval_results", "datasets", "base_model", "license", "extra_tags", "site_picture",
     },
     "dataset": {
         "dataset_id", "description", "model_id", "num_rows", "columns", "source_dataset", "preprocessing",
@@ -172,7 +172,9 @@ def render_model_card(template: str = "model", *, templates_dir: str | Path | No
             - ``eval_results``: list of :class:`huggingface_hub.EvalResult` or their keyword dicts
               (``task_type``, ``dataset_type``, ``dataset_name``, ``metric_type``, ``metric_value`` and
               optionally ``task_name``, ``dataset_split``, ``metric_name``, ...) -> ``model-index``;
-            - ``datasets``, ``base_model``, ``license`` (default ``"mit"``), ``extra_tags``.
+            - ``datasets``, ``base_model``, ``license`` (default ``"mit"``), ``extra_tags``;
+            - ``site_picture``: ``{"file": PNG in the repo, "legend": colour per channel}`` of an example site
+              (drawn by :func:`~cloome_hf.inference.site_picture.write_site_picture`).
 
             for ``"dataset"``: ``dataset_id``, ``model_id`` (the embedding model), ``description``,
             ``num_rows``, ``columns`` (mapping name -> description), ``source_dataset``, ``preprocessing``

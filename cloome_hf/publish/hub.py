@@ -84,9 +84,26 @@ def write_model_repo(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         "model", model_id=model_id, description=description, source="trained", config=model.config,
         processor={"image_processor": proc.get("image_processor"), "featurizer": proc.get("featurizer")},
         training_config=training_config, eval_results=eval_results, datasets=datasets,
+        site_picture=_example_site_picture(out_dir, processor.image_processor.channel_order),
     )
     atomic_write_text(os.path.join(out_dir, "README.md"), card)
     return _list_files(out_dir)
+
+
+EXAMPLE_SITE_PICTURE = "example_site.png"
+
+
+def _example_site_picture(out_dir, channel_order) -> dict[str, str] | None:
+    """The bundled example site drawn into the repo for its card (``None`` for a model whose channels it lacks)."""
+    from ..channels import CHANNELS, canonical_channel_name
+    from ..inference.site_picture import colour_legend, write_site_picture
+    from ..resources import example_site
+
+    if sorted(canonical_channel_name(c) for c in channel_order) != sorted(CHANNELS):
+        return None
+    write_site_picture(os.path.join(out_dir, EXAMPLE_SITE_PICTURE), example_site(), list(channel_order),
+                       max_side=1200)
+    return {"file": EXAMPLE_SITE_PICTURE, "legend": colour_legend(list(channel_order))}
 
 
 def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
