@@ -139,3 +139,60 @@ def test_about_names_model_weights_digest_dataset_and_card_summary(service, tiny
     card = (tiny_served_store["model"] / "README.md").read_text()
     summary = model_card_summary(str(tiny_served_store["model"]))
     assert summary and summary in card and not summary.startswith(("#", "---"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_space_folder_runs_the_page(tiny_served_store, service, tmp_path):
+    """``cloome space`` writes app.py, requirements.txt and a README with Space metadata; the written app.py,
+    run as a Space runs it, serves the page and answers a query as the page of ``cloome serve`` does."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import yaml
+
+    from cloome_hf.cli import space
+
+    out = tmp_path / "space"
+    space.main(["--images", str(tiny_served_store["store"]), "--output_dir", str(out), "--k", "3"])
+    assert sorted(os.listdir(out)) == ["README.md", "app.py", "requirements.txt"]
+    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert (meta["sdk"], meta["app_file"], meta["sdk_version"]) == ("gradio", "app.py", gr.__version__)
+    assert "cloome-hf[serve]" in (out / "requirements.txt").read_text()
+    with pytest.raises(ValueError, match="holds other files than a Space's"):
+        space.main(["--images", str(tiny_served_store["store"]), "--output_dir", str(tiny_served_store["root"])])
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline, page = time.monotonic() + 120, None
+        while page is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as response:
+                    page = response.read().decode()
+            except OSError:
+                time.sleep(1)
+        assert page is not None, proc.stdout.read().decode() if proc.poll() is not None else "no answer in 120 s"
+        assert "CLOOME search" in page and "Molecule → sites" in page and "Site → similar sites" in page
+        from gradio_client import Client
+
+        smiles = tiny_served_store["library"][1]
+        answer = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            smiles, 3, [], [], [], api_name="/molecule_query")
+        expected = service.molecule_to_sites(smiles, 3)
+        assert all(f"| {key} |" in answer[2] for key in expected["sample_key"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -8,6 +8,7 @@
     cloome convert  ...   the published CLOOME checkpoints -> a from_pretrained folder
     cloome push     ...   publish a model and its embeddings to the Hub (or --local_dir)
     cloome serve    ...   a search page (Gradio): molecule -> sites, site -> molecules
+    cloome space    ...   a Hugging Face Space folder serving that page
 
 ``cloome <command> --help`` shows each command's options; ``scripts/*.py`` are shims over these. A refused
 input prints ``cloome <command>: error: ...`` and a hint, exit status 2; add ``--debug`` for the traceback.
@@ -30,6 +31,7 @@ COMMANDS = {
     "convert": "convert the published CLOOME checkpoints to a transformers folder",
     "push": "publish a model and its embeddings to the Hub (or --local_dir)",
     "serve": "serve a search page (Gradio) over an embedding store",
+    "space": "write a Hugging Face Space folder (app.py, requirements.txt, README) serving that page",
 }
 
 
