@@ -80,6 +80,41 @@ def invalid_message(text: Any, position: int) -> str:
     return f"Invalid SMILES {text!r} at position {position}" + (f" ({problem})" if problem else "")
 
 
+def smiles_diagnosis(text: str) -> str:
+    """Why RDKit refuses a SMILES, with the character it points at: ``"extra open parentheses, around character
+    5 of 'C1CC(N'"`` or a chemistry problem (``"Explicit valence for atom # 1 C, 6, is greater than permitted"``);
+    ``""`` when it parses. For messages shown to a person (the search page), not for the parsing rule itself."""
+    import logging
+    import re
+
+    from rdkit import Chem, rdBase
+
+    lines: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(re.sub(r"^\[[0-9:]+\]\s*", "", record.getMessage()))
+
+    logger, handler = logging.getLogger("rdkit"), _Collect()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    rdBase.LogToPythonLogger()
+    try:
+        parsed = Chem.MolFromSmiles(str(text).strip())
+    finally:
+        rdBase.LogToCppStreams()
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if parsed is not None:
+        return ""
+    reason = next((m.group(1) for line in lines if (m := re.match(r"SMILES Parse Error: (.+?) (while|for input)",
+                                                                 line))), None)
+    where = next((int(m.group(1)) for line in lines if (m := re.search(r"around position (\d+)", line))), None)
+    if reason and where is not None:
+        return f"{reason}, around character {where} of {str(text).strip()!r}"
+    return reason or (lines[0] if lines else "RDKit cannot parse it")
+
+
 class MoleculeFeaturizer:
     """Turn SMILES (or InChI) strings into fingerprint matrices.
 
@@ -301,4 +336,4 @@ def check_concentrations(values: Any, count: int | None = None, where: str = "co
 
 
 __all__ = ["FINGERPRINT_KINDS", "MoleculeFeaturizer", "check_concentrations", "invalid_message",
-           "molecule_text_problem", "parse_molecule"]
+           "molecule_text_problem", "parse_molecule", "smiles_diagnosis"]

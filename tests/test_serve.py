@@ -33,8 +33,11 @@ def test_binds_localhost_without_share_link_or_disk_files_unless_asked(tiny_serv
 
 
 def test_refused_queries_are_messages_not_tracebacks(service):
-    with pytest.raises(ValueError, match="Invalid SMILES 'C1CC\\(N' at position 0"):
+    with pytest.raises(ValueError, match="Invalid SMILES 'C1CC\\(N' at position 0: extra open parentheses, "
+                                         "around character 5 of 'C1CC\\(N'"):
         service.molecule_to_sites("C1CC(N")
+    with pytest.raises(ValueError, match="Explicit valence for atom # 1 C"):
+        service.molecule_to_sites("CC(C)(C)(C)(C)C")
     with pytest.raises(ValueError, match="'nope'"):
         service.site_by_key("nope")
     with pytest.raises(ValueError, match="no site matches the filters plate in \\['NOPLATE'\\]"):

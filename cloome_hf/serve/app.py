@@ -46,15 +46,20 @@ def molecule_drawing(smiles: str, size: int = 300) -> np.ndarray | None:
     return None if mol is None else np.asarray(Draw.MolToImage(mol, size=(size, size)).convert("RGB"))
 
 
+#: Height of a hit's picture in the gallery: small thumbnails are enlarged so the structure beside them reads.
+HIT_HEIGHT = 200
+
+
 def _beside(picture: np.ndarray, smiles: str) -> np.ndarray:
-    """A site picture with its compound's structure drawn to its right, at the picture's height."""
-    drawing = molecule_drawing(smiles, size=max(picture.shape[0], 64))
-    if drawing is None:
-        return picture
+    """A site picture (at :data:`HIT_HEIGHT` or more) with its compound's structure drawn to its right."""
     from PIL import Image
 
-    drawing = np.asarray(Image.fromarray(drawing).resize((picture.shape[0], picture.shape[0])))
-    return np.concatenate([picture, drawing], axis=1)
+    height = max(picture.shape[0], HIT_HEIGHT)
+    if picture.shape[0] < height:
+        width = round(picture.shape[1] * height / picture.shape[0])
+        picture = np.asarray(Image.fromarray(picture).resize((width, height), Image.Resampling.BILINEAR))
+    drawing = molecule_drawing(smiles, size=height)
+    return picture if drawing is None else np.concatenate([picture, drawing], axis=1)
 
 
 def _site_caption(hit: pd.Series) -> str:
@@ -160,28 +165,35 @@ def build_app(service: SearchService, default_k: int = 5):
         gr.Markdown("# CLOOME search\nQuery Cell Painting sites with a molecule, or molecules with a site.")
         with gr.Tab("Molecule → sites"):
             with gr.Row():
-                smiles = gr.Textbox(label="SMILES", elem_id="smiles", scale=3)
-                k_mol = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
-            mol_filters = _filter_inputs(gr, choices, "molecule")
-            go_mol = gr.Button("Search", elem_id="search-molecule", variant="primary")
-            drawing = gr.Image(label="query structure", type="numpy", interactive=False, height=240)
-            sites = gr.Gallery(label="top sites (site picture, compound structure)", columns=4, elem_id="site-gallery")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        smiles = gr.Textbox(label="SMILES", elem_id="smiles", scale=3)
+                        k_mol = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
+                    with gr.Row():
+                        mol_filters = _filter_inputs(gr, choices, "molecule")
+                    go_mol = gr.Button("Search", elem_id="search-molecule", variant="primary")
+                drawing = gr.Image(label="query structure", type="numpy", interactive=False, height=220, scale=1)
+            sites = gr.Gallery(label="top sites (site picture, compound structure)", columns=4, object_fit="contain",
+                               height="auto", elem_id="site-gallery")
             site_hits = gr.Markdown(elem_id="site-hits")
         with gr.Tab("Site → molecules"):
             key, files = _site_inputs(gr, "site")
             k_site = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
             go_site = gr.Button("Search", elem_id="search-site", variant="primary")
             picture = gr.Image(label="query site (composite, then each channel)", type="numpy", interactive=False)
-            molecules = gr.Gallery(label="top molecules", columns=5, elem_id="molecule-gallery")
+            molecules = gr.Gallery(label="top molecules", columns=5, object_fit="contain", height="auto",
+                                   elem_id="molecule-gallery")
             molecule_hits = gr.Markdown(elem_id="molecule-hits")
         with gr.Tab("Site → similar sites"):
             sim_key, sim_files = _site_inputs(gr, "similar")
             k_sim = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
-            sim_filters = _filter_inputs(gr, choices, "similar")
+            with gr.Row():
+                sim_filters = _filter_inputs(gr, choices, "similar")
             go_sim = gr.Button("Search", elem_id="search-similar", variant="primary")
             sim_picture = gr.Image(label="query site (composite, then each channel)", type="numpy",
                                    interactive=False)
-            sim_sites = gr.Gallery(label="nearest sites", columns=4, elem_id="similar-gallery")
+            sim_sites = gr.Gallery(label="nearest sites", columns=4, object_fit="contain", height="auto",
+                                   elem_id="similar-gallery")
             sim_hits = gr.Markdown(elem_id="similar-hits")
         with gr.Tab("About"):
             gr.Markdown(f"## Model\n{summary}\n\n## Provenance\n{about}", elem_id="about")

@@ -121,9 +121,16 @@ class SearchService:
 
     # ----- queries: the cloome search code path -----------------------------------------------------------
     def molecule_to_sites(self, smiles: str, k: int = 5, filters: dict | None = None) -> pd.DataFrame:
-        """The top-k sites for one SMILES; ``ValueError`` with the featuriser's message for an invalid one."""
+        """The top-k sites for one SMILES; ``ValueError`` with the featuriser's message for an invalid one, and
+        RDKit's reason with the character it points at."""
         smiles = [str(smiles).strip()]
-        query = self.index.encode_molecules(smiles)
+        try:
+            query = self.index.encode_molecules(smiles)
+        except ValueError as err:
+            from ..featurization_cloome import smiles_diagnosis
+
+            detail = smiles_diagnosis(smiles[0]) if str(err).startswith("Invalid SMILES") else ""
+            raise ValueError(f"{err}: {detail}" if detail else str(err)) from err
         return self.index.search_images(smiles=smiles, k=int(k), query_embeds=query, rows=self.allowed_rows(filters))
 
     def site_to_molecules(self, query, k: int = 5) -> pd.DataFrame:
