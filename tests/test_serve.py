@@ -71,12 +71,16 @@ def test_thumbnails_are_the_stored_sites_pictures_by_row_and_key(service, tiny_s
 
     ds, thumbs = tiny_served_store["dataset"], service.thumbnails
     assert len(thumbs) == len(ds)
+    def reference(row):
+        full = Image.fromarray(site_picture(decode_row(ds[row]), service.channel_order))
+        full.thumbnail((48, 48), Image.Resampling.BILINEAR)
+        return np.asarray(full, dtype=np.float32)
+
     for row in (0, 13, 23):  # three shards of 10 rows
         picture = thumbs.picture(row, ds[row]["sample_key"])
         assert picture.shape == (48, 48, 3)
-        full = Image.fromarray(site_picture(decode_row(ds[row]), service.channel_order))
-        full.thumbnail((48, 48), Image.Resampling.BILINEAR)
-        assert np.array_equal(picture, np.asarray(full))
+        error = np.abs(picture - reference(row)).mean()  # lossy WebP: close to its own site, not to the next one
+        assert error < 8.0 and error < np.abs(picture - reference((row + 1) % len(ds))).mean() / 2
     assert thumbs.picture(0, ds[1]["sample_key"]) is None  # another site at that row: not shown as this one
     service_without = type(service)(service.index, sites=service.sites, thumbnails=None)
     assert service_without.picture(ds[0]["sample_key"], 0).shape == (64, 64, 3)  # drawn from the source

@@ -1,9 +1,10 @@
 """Small site pictures kept in an embedding store, so a search page need not open the raw images.
 
 ``cloome embed --thumbnails`` writes, beside each image shard, ``thumbnails/shard-NNNNN.parquet``: one row per
-site of that shard, in the same order, with ``sample_key`` and ``thumbnail`` (the PNG bytes of
-:func:`~cloome_hf.inference.site_picture.site_picture`, fitted into ``size`` x ``size`` pixels). Row groups are
-small so that one hit reads one group, not the shard. A thumbnail shard is written before its image shard, so a
+site of that shard, in the same order, with ``sample_key`` and ``thumbnail`` (the WebP bytes, lossy at quality
+:data:`THUMBNAIL_QUALITY`, of :func:`~cloome_hf.inference.site_picture.site_picture`, fitted into ``size`` x
+``size`` pixels: ~1 KB a site at 128 px where PNG takes ~25 KB, so a 1 M-site store carries ~1 GB of pictures).
+Row groups are small so that one hit reads one group, not the shard. A thumbnail shard is written before its image shard, so a
 finished image shard always has its thumbnails (a resume recomputes both).
 """
 
@@ -23,33 +24,40 @@ from .site_picture import site_picture
 THUMBNAILS = "thumbnails"
 #: Longest side of a thumbnail, in pixels.
 DEFAULT_THUMBNAIL_SIZE = 128
+#: WebP quality of the thumbnails (a picture to recognise a site by, not to measure it).
+THUMBNAIL_QUALITY = 85
 _ROW_GROUP = 64
 
 
-def thumbnail_png(site: np.ndarray, channel_names: Sequence[str], size: int = DEFAULT_THUMBNAIL_SIZE) -> bytes:
-    """A ``(C, H, W)`` site -> PNG bytes of its composite picture, its longest side ``size`` pixels at most."""
+def thumbnail_bytes(site: np.ndarray, channel_names: Sequence[str], size: int = DEFAULT_THUMBNAIL_SIZE) -> bytes:
+    """A ``(C, H, W)`` site -> WebP bytes of its composite picture, its longest side ``size`` pixels at most."""
     from PIL import Image
 
     picture = Image.fromarray(site_picture(site, channel_names))
     picture.thumbnail((size, size), Image.Resampling.BILINEAR)
     out = io.BytesIO()
-    picture.save(out, format="PNG", optimize=False)
+    picture.save(out, format="WEBP", quality=THUMBNAIL_QUALITY)
     return out.getvalue()
 
 
 def write_thumbnail_shard(path: str, sample_keys: Sequence[str], sites, channel_names: Sequence[str],
                           size: int = DEFAULT_THUMBNAIL_SIZE) -> None:
     """Write one thumbnail shard atomically: ``sites`` is an iterable of ``(C, H, W)`` arrays, one a key."""
+    write_thumbnail_table(path, sample_keys, [thumbnail_bytes(site, channel_names, size) for site in sites])
+
+
+def write_thumbnail_table(path: str, sample_keys: Sequence[str], pictures: Sequence[bytes]) -> None:
+    """Write one thumbnail shard of ready picture bytes (:func:`thumbnail_bytes`), one a key, atomically, in the
+    layout :class:`ThumbnailStore` reads (small row groups)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pngs = [thumbnail_png(site, channel_names, size) for site in sites]
-    if len(pngs) != len(sample_keys):
-        raise ValueError(f"{len(pngs)} sites for {len(sample_keys)} sample keys in {path}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if len(pictures) != len(sample_keys):
+        raise ValueError(f"{len(pictures)} thumbnails for {len(sample_keys)} sample keys in {path}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temporary_name(path)
     pq.write_table(pa.table({"sample_key": pa.array(list(sample_keys), pa.string()),
-                             "thumbnail": pa.array(pngs, pa.binary())}), tmp, row_group_size=_ROW_GROUP)
+                             "thumbnail": pa.array(list(pictures), pa.binary())}), tmp, row_group_size=_ROW_GROUP)
     os.replace(tmp, path)
 
 
@@ -77,25 +85,26 @@ class ThumbnailStore:
         table = self.files[shard].read_row_group(group)
         return table.column("sample_key").to_pylist(), table.column("thumbnail").to_pylist()
 
-    def png(self, row: int, sample_key: str | None = None) -> bytes | None:
-        """The PNG bytes of global ``row``; ``None`` when the store has none there, or when it holds another
+    def picture_bytes(self, row: int, sample_key: str | None = None) -> bytes | None:
+        """The encoded picture of global ``row``; ``None`` when the store has none there, or when it holds another
         site than ``sample_key`` (thumbnails of another embedding run)."""
         if not 0 <= int(row) < self.num_rows:
             return None
         shard = bisect.bisect_right(self.starts, int(row)) - 1
         offset = int(row) - self.starts[shard]
         group, within = divmod(offset, self.files[shard].metadata.row_group(0).num_rows)
-        keys, pngs = self._group(shard, group)
+        keys, pictures = self._group(shard, group)
         if sample_key is not None and keys[within] != sample_key:
             return None
-        return pngs[within]
+        return pictures[within]
 
     def picture(self, row: int, sample_key: str | None = None) -> np.ndarray | None:
-        """The thumbnail of global ``row`` as an ``(h, w, 3)`` uint8 array (see :meth:`png`)."""
+        """The thumbnail of global ``row`` as an ``(h, w, 3)`` uint8 array (see :meth:`picture_bytes`)."""
         from PIL import Image
 
-        data = self.png(row, sample_key)
+        data = self.picture_bytes(row, sample_key)
         return None if data is None else np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-__all__ = ["DEFAULT_THUMBNAIL_SIZE", "THUMBNAILS", "ThumbnailStore", "thumbnail_png", "write_thumbnail_shard"]
+__all__ = ["DEFAULT_THUMBNAIL_SIZE", "THUMBNAILS", "THUMBNAIL_QUALITY", "ThumbnailStore", "thumbnail_bytes", "write_thumbnail_shard",
+           "write_thumbnail_table"]

@@ -67,7 +67,8 @@ def _site_caption(hit: pd.Series) -> str:
     return " · ".join(parts)
 
 
-def _site_gallery(service: SearchService, hits: pd.DataFrame) -> list:
+def site_gallery(service: SearchService, hits: pd.DataFrame) -> list:
+    """The gallery of site hits: ``(picture with its compound's structure, caption)`` for each hit drawn."""
     gallery = []
     for _, hit in hits.iterrows():
         picture = service.picture(hit.get("sample_key"), hit.get("row"))
@@ -139,7 +140,7 @@ def build_app(service: SearchService, default_k: int = 5):
             hits = service.molecule_to_sites(smiles, k, _filters(filters))
         except ValueError as err:
             return None, [], _error(err)
-        return molecule_drawing(smiles), _site_gallery(service, hits), hits_markdown(hits, SITE_COLUMNS)
+        return molecule_drawing(smiles), site_gallery(service, hits), hits_markdown(hits, SITE_COLUMNS)
 
     def site_query(key, files, k):
         try:
@@ -157,7 +158,7 @@ def build_app(service: SearchService, default_k: int = 5):
         except ValueError as err:
             return None, [], _error(err)
         picture = site_picture(pixels, service.channel_order, grid=True)
-        return picture, _site_gallery(service, hits), hits_markdown(hits, SITE_COLUMNS)
+        return picture, site_gallery(service, hits), hits_markdown(hits, SITE_COLUMNS)
 
     about = "\n".join(f"- **{name}**: {value}" for name, value in service.about.items())
     summary = model_card_summary(service.index.model_id) or "(the model folder has no card)"
@@ -213,4 +214,4 @@ def launch(app, host: str = "127.0.0.1", port: int | None = None, share: bool = 
 
 
 __all__ = ["MOLECULE_COLUMNS", "SITE_COLUMNS", "SearchService", "build_app", "channel_legend", "hits_markdown",
-           "launch", "molecule_drawing"]
+           "launch", "molecule_drawing", "site_gallery"]
