@@ -203,3 +203,27 @@ def test_space_folder_runs_the_page(tiny_served_store, service, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_stored_site_is_queried_by_its_embedding_where_images_are_out_of_reach(service, tiny_served_store,
+                                                                                  tmp_path):
+    """A saved IVF index (``--index``) with thumbnails and no reachable source: a key still queries, by the
+    stored embedding, and gives what its pixels give."""
+    from cloome_hf.inference.search import CloomeIndex
+    from cloome_hf.serve import SearchService
+
+    store = str(tiny_served_store["store"])
+    CloomeIndex.from_store(store, index_type="ivf").save(tmp_path / "index")
+    remote = SearchService.from_stores(store, index=str(tmp_path / "index"))
+    remote.sites = None  # as in a Space: only the store's embeddings and thumbnails
+    assert remote.about["index type"] == "ivf"
+    key = tiny_served_store["dataset"][11]["sample_key"]
+    stored = remote.stored_site(key)
+    by_pixels = service.site_to_molecules(service.site_by_key(key), 3)
+    by_embedding = remote.site_to_molecules(stored, 3)
+    assert by_embedding["smiles"].tolist() == by_pixels["smiles"].tolist()
+    np.testing.assert_allclose(by_embedding["score"], by_pixels["score"], atol=1e-4)
+    assert remote.similar_sites(stored, 2)["sample_key"].iloc[0] == key
+    assert remote.picture(key, stored.row).shape == (48, 48, 3)  # from the thumbnails
+    with pytest.raises(ValueError, match="no site with sample_key 'nope' in the image store"):
+        remote.stored_site("nope")

@@ -102,14 +102,18 @@ def channel_legend(channel_order) -> str:
 
 
 def _query_site(service: SearchService, key, files):
-    """The site a query names: uploaded files, else a stored key -> ``(pixels (C, H, W), processor input)``."""
+    """The site a query names -> ``(its picture, the query)``: uploaded files, else a stored key, by its pixels
+    where the source dataset is reachable (encoded as an upload would be), else by its stored embedding."""
     if files:
         site = read_uploaded_site([getattr(f, "name", f) for f in files], service.channel_order)
-        return site.pixels, site.query
+        return site_picture(site.pixels, service.channel_order, grid=True), site.query
     if not str(key or "").strip():
         raise ValueError("upload a site (one file, or one file per channel) or give a stored site's sample_key")
-    pixels = service.site_by_key(key)
-    return pixels, pixels
+    if service.sites is not None:
+        pixels = service.site_by_key(key)
+        return site_picture(pixels, service.channel_order, grid=True), pixels
+    stored = service.stored_site(key)
+    return service.picture(stored.key, stored.row), stored
 
 
 def _filters(values) -> dict:
@@ -122,8 +126,9 @@ def _filter_inputs(gr, choices: dict, prefix: str) -> list:
                         visible=c in choices, elem_id=f"{prefix}-filter-{c}") for c, label in FILTER_COLUMNS.items()]
 
 
-def _site_inputs(gr, prefix: str):
-    key = gr.Textbox(label="a stored site's sample_key", elem_id=f"{prefix}-key")
+def _site_inputs(gr, prefix: str, example_key: str | None):
+    key = gr.Textbox(label="a stored site's sample_key", elem_id=f"{prefix}-key",
+                     placeholder=f"e.g. {example_key}" if example_key else None)
     files = gr.File(label="or upload a site: one .npz / .npy / multi-page TIFF, or one file per channel",
                     file_count="multiple", type="filepath", elem_id=f"{prefix}-upload")
     return key, files
@@ -134,6 +139,8 @@ def build_app(service: SearchService, default_k: int = 5):
     import gradio as gr
 
     choices = service.filter_choices()
+    meta = service.index.images.metadata
+    example_key = str(meta["sample_key"].iloc[0]) if "sample_key" in meta else None
 
     def molecule_query(smiles, k, *filters):
         try:
@@ -144,20 +151,18 @@ def build_app(service: SearchService, default_k: int = 5):
 
     def site_query(key, files, k):
         try:
-            pixels, query = _query_site(service, key, files)
+            picture, query = _query_site(service, key, files)
             hits = service.site_to_molecules(query, k)
         except ValueError as err:
             return None, [], _error(err)
-        picture = site_picture(pixels, service.channel_order, grid=True)
         return picture, _molecule_gallery(hits), hits_markdown(hits, MOLECULE_COLUMNS)
 
     def similar_query(key, files, k, *filters):
         try:
-            pixels, query = _query_site(service, key, files)
+            picture, query = _query_site(service, key, files)
             hits = service.similar_sites(query, k, _filters(filters))
         except ValueError as err:
             return None, [], _error(err)
-        picture = site_picture(pixels, service.channel_order, grid=True)
         return picture, site_gallery(service, hits), hits_markdown(hits, SITE_COLUMNS)
 
     about = "\n".join(f"- **{name}**: {value}" for name, value in service.about.items())
@@ -178,7 +183,7 @@ def build_app(service: SearchService, default_k: int = 5):
                                height="auto", elem_id="site-gallery")
             site_hits = gr.Markdown(elem_id="site-hits")
         with gr.Tab("Site → molecules"):
-            key, files = _site_inputs(gr, "site")
+            key, files = _site_inputs(gr, "site", example_key)
             k_site = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
             go_site = gr.Button("Search", elem_id="search-site", variant="primary")
             picture = gr.Image(label="query site (composite, then each channel)", type="numpy", interactive=False)
@@ -186,7 +191,7 @@ def build_app(service: SearchService, default_k: int = 5):
                                    elem_id="molecule-gallery")
             molecule_hits = gr.Markdown(elem_id="molecule-hits")
         with gr.Tab("Site → similar sites"):
-            sim_key, sim_files = _site_inputs(gr, "similar")
+            sim_key, sim_files = _site_inputs(gr, "similar", example_key)
             k_sim = gr.Number(value=default_k, precision=0, minimum=1, maximum=100, label="top k")
             with gr.Row():
                 sim_filters = _filter_inputs(gr, choices, "similar")

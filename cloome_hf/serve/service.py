@@ -11,6 +11,7 @@ perturbation type, dose) restrict the rows FAISS searches; they never re-rank.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -52,6 +53,15 @@ def model_card_summary(model_id: str | None) -> str:
     return paragraphs[0] if paragraphs else ""
 
 
+@dataclass
+class StoredSite:
+    """A site of the image store, queried by its stored embedding (the ``row`` of the index)."""
+
+    key: str
+    row: int
+    embedding: np.ndarray
+
+
 class SearchService:
     """A loaded index, its encoder, the store's thumbnails and (where reachable) the source sites.
 
@@ -64,7 +74,7 @@ class SearchService:
 
     def __init__(self, index, sites=None, thumbnails=None, about: dict[str, Any] | None = None):
         self.index, self.sites, self.thumbnails, self.about = index, sites, thumbnails, dict(about or {})
-        self._row_of_key = {}
+        self._row_of_key, self._index_row_of_key = {}, None
         if sites is not None and "sample_key" in sites.column_names:
             self._row_of_key = {key: i for i, key in enumerate(sites["sample_key"])}
 
@@ -133,16 +143,38 @@ class SearchService:
             raise ValueError(f"{err}: {detail}" if detail else str(err)) from err
         return self.index.search_images(smiles=smiles, k=int(k), query_embeds=query, rows=self.allowed_rows(filters))
 
+    def _site_embedding(self, query) -> np.ndarray:
+        if isinstance(query, StoredSite):
+            return query.embedding[None]
+        return self.index.encode_images([query])
+
     def site_to_molecules(self, query, k: int = 5) -> pd.DataFrame:
-        """The top-k library molecules for one site: a processor input (array, file path, ``{channel: path}``)."""
+        """The top-k library molecules for one site: a processor input (array, file path, ``{channel: path}``) or
+        a :class:`StoredSite`."""
         if self.index.molecules is None:
             raise ValueError("this page has no molecule library: start it with --molecules STORE")
-        return self.index.search_molecules(query_embeds=self.index.encode_images([query]), k=int(k))
+        return self.index.search_molecules(query_embeds=self._site_embedding(query), k=int(k))
 
     def similar_sites(self, query, k: int = 5, filters: dict | None = None) -> pd.DataFrame:
         """The top-k stored sites nearest to one site (see :meth:`site_to_molecules` for ``query``)."""
-        return self.index.search_similar_images(query_embeds=self.index.encode_images([query]), k=int(k),
+        return self.index.search_similar_images(query_embeds=self._site_embedding(query), k=int(k),
                                                 rows=self.allowed_rows(filters))
+
+    def stored_site(self, key: str) -> "StoredSite":
+        """A site of the index by ``sample_key``, as its stored embedding: what a store without reachable images
+        (a Space, a 1 M-site store with thumbnails) can still query with."""
+        key = str(key).strip()
+        if self._index_row_of_key is None:
+            meta = self.index.images.metadata
+            keys = meta["sample_key"] if "sample_key" in meta.columns else []
+            self._index_row_of_key = {k: i for i, k in enumerate(keys)}
+        if key not in self._index_row_of_key:
+            raise ValueError(f"no site with sample_key {key!r} in the image store")
+        row = self._index_row_of_key[key]
+        index = self.index.images.index
+        if hasattr(index, "make_direct_map") and not index.direct_map.type:
+            index.make_direct_map()  # IVF: reconstructing a row needs the id -> list map (8 bytes a row), once
+        return StoredSite(key, row, index.reconstruct(row))
 
     # ----- sites ------------------------------------------------------------------------------------------
     def site_by_key(self, key: str) -> np.ndarray:
@@ -207,5 +239,5 @@ def open_sites(dataset: str | None, split: str | None):
     return ds
 
 
-__all__ = ["FILTER_COLUMNS", "SearchService", "local_store", "model_card_summary", "open_sites", "provenance",
+__all__ = ["FILTER_COLUMNS", "SearchService", "StoredSite", "local_store", "model_card_summary", "open_sites", "provenance",
            "store_part"]
