@@ -67,7 +67,7 @@ def test_unknown_command_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "cloome: error: unknown command 'trian'; the commands are train, prepare, embed, evaluate, search, "
-        "convert, push", "cloome: hint: run 'cloome --help'"]
+        "convert, push, serve, space", "cloome: hint: run 'cloome --help'"]
 
 
 def test_debug_anywhere_shows_the_traceback(tmp_path):
