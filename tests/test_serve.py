@@ -227,3 +227,14 @@ def test_a_stored_site_is_queried_by_its_embedding_where_images_are_out_of_reach
     assert remote.picture(key, stored.row).shape == (48, 48, 3)  # from the thumbnails
     with pytest.raises(ValueError, match="no site with sample_key 'nope' in the image store"):
         remote.stored_site("nope")
+
+
+def test_a_store_that_is_neither_a_folder_nor_a_hub_id_is_one_line(tmp_path, capsys):
+    from cloome_hf.cli import main
+
+    missing = str(tmp_path / "no" / "store")
+    assert main(["serve", "--images", missing]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"cloome serve: error: store {missing!r} is neither a folder here nor a Hub dataset id (owner/name)"
+    assert main(["space", "--images", missing, "--output_dir", str(tmp_path / "space")]) == 2
+    assert "is neither a folder here nor a Hub id" in capsys.readouterr().err

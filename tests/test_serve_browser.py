@@ -164,6 +164,25 @@ def test_similar_sites_and_about_tabs(page, tiny_served_store, tmp_path):
     _not_blank(driver, tmp_path / "about.png")
 
 
+def test_an_upload_with_the_wrong_channels_is_refused_in_the_page(page, tmp_path):
+    driver, _ = page
+    path = tmp_path / "three_channels.npy"
+    np.save(path, np.zeros((3, 64, 64), np.uint8))
+    _tab(driver, "similar sites")
+    driver.find_element(By.CSS_SELECTOR, "#similar-upload input[type=file]").send_keys(str(path))
+
+    def refused(d):  # until the upload has landed the page asks for a site; retry the search
+        text = d.find_element(By.CSS_SELECTOR, "#similar-hits").text
+        if "needs 5 channels" not in text:
+            d.find_element(By.CSS_SELECTOR, "#search-similar").click()
+            return False
+        return text
+
+    text = WebDriverWait(driver, 40, poll_frequency=2).until(refused)
+    assert "three_channels.npy: a site needs 5 channels" in text and "(3, 64, 64)" in text
+    assert "Traceback" not in driver.page_source
+
+
 def test_server_hands_out_no_file_of_the_disk(page, tiny_served_store):
     """The route the gallery's pictures come by (see the first test) refuses any other file."""
     _, url = page
