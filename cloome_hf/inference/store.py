@@ -6,6 +6,8 @@ Layout of a store folder::
     images/shard-00000.parquet   one row per site: sample_key, plate, well, site, inchikey, smiles,
                                  perturbation_type / concentration (when the dataset has them), embedding
     molecules/shard-00000.parquet  one row per library molecule: smiles, inchikey, ..., embedding
+    thumbnails/shard-00000.parquet  with --thumbnails: a small picture of each site of images/shard-00000
+                                 (see :mod:`~cloome_hf.inference.thumbnails`)
     README.md                    ``configs`` metadata, so ``datasets.load_dataset(folder, "images")`` works
 
 Rows are cut into shards of ``shard_size``; shard ``i`` is computed by process ``i % num_processes`` and
