@@ -214,6 +214,21 @@ def read_training_config(folder: str | os.PathLike) -> dict[str, Any] | None:
     return read_json(path, "training configuration") if os.path.isfile(path) else None
 
 
+#: ``cloome train`` argument -> ``CloomeMoleculeConfig`` field, for the molecule tower.
+_MOLECULE_TOWER_ARGUMENTS = {"molecule_encoder": "encoder", "gnn_layer": "gnn_layer", "gnn_readout": "gnn_readout",
+                             "atom_features": "atom_features", "bond_features": "bond_features",
+                             "molecule_model": "transformers_model", "token_pooling": "token_pooling",
+                             "max_sequence_length": "max_sequence_length", "truncation": "truncation"}
+
+
+def molecule_tower_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The molecule-tower fields of a ``CloomeMoleculeConfig`` from ``cloome train``'s argument values (those set)."""
+    out = {field: values[name] for name, field in _MOLECULE_TOWER_ARGUMENTS.items() if values.get(name) is not None}
+    if values.get("trust_remote_code"):
+        out["trust_remote_code"] = True
+    return out
+
+
 def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
     """The :class:`~cloome_hf.CloomeConfig` of a recipe's (possibly overridden) model values, with the optional
     ``cwcl_threshold``, ``concentration_encoding`` and ``concentration_buckets`` of ``cloome train``."""
@@ -233,7 +248,8 @@ def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
                              hidden_size=values["molecule_hidden_size"],
                              num_hidden_layers=values["molecule_num_layers"],
                              concentration_encoding=values.get("concentration_encoding"),
-                             concentration_buckets=values.get("concentration_buckets")),
+                             concentration_buckets=values.get("concentration_buckets"),
+                             **molecule_tower_values(values)),
         projection_dim=values["projection_dim"], loss=values["loss"],
         logit_scale_init_value=None if inverse_temperature is None else math.log(inverse_temperature),
         learnable_logit_scale=values.get("learnable_temperature", True), hopfield_beta=values["hopfield_beta"],
