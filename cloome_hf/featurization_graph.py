@@ -5,7 +5,9 @@ A **graph schema** names the atom and bond features and the values each may take
     {"atom": {"element": ["C", "N", ...], "degree": [0, 1, ...], ...}, "bond": {"bond_type": [...], ...}}
 
 It is recorded in ``molecule_config.graph_schema`` and in the processor, and a processor whose schema differs from
-its model's is refused, naming the feature. A feature's one-hot block has one column per value, in schema order.
+its model's is refused, naming the feature. A feature's one-hot block has one column per value, in the order of
+its values; the blocks follow the order of :data:`ATOM_FEATURES` / :data:`BOND_FEATURES` (not of the mapping: saved
+JSON sorts keys).
 
 **Atoms outside the schema** (an element, charge or degree the schema does not list) are an error naming the atom,
 its value and the molecule, never a silent "other" column: a graph tower trained on organic molecules has not
@@ -98,7 +100,9 @@ def checked_graph_schema(schema: Any) -> dict[str, dict[str, list]]:
             if not isinstance(values, (list, tuple)) or not values or len(set(map(repr, values))) != len(values):
                 raise ValueError(f"graph schema {part} feature {name!r} needs a non-empty list of distinct values, "
                                  f"got {values!r}")
-        out[part] = {name: list(values) for name, values in features.items()}
+        # The one-hot blocks follow the registry's order, whatever the mapping's: JSON files of transformers
+        # configs and processors are written with sorted keys.
+        out[part] = {name: list(features[name]) for name in _REGISTRIES[part] if name in features}
     if not out["atom"]:
         raise ValueError("a graph schema needs at least one atom feature")
     return out
