@@ -245,3 +245,22 @@ def test_remote_code_tower_is_refused_without_trust_remote_code(tiny_chem_lm_fol
 def test_missing_transformers_model_is_refused_naming_it(tmp_path):
     with pytest.raises(ValueError, match=r"molecule tower '.*no-such-lm' was not found"):
         _lm_config(str(tmp_path / "no-such-lm"))
+
+
+def test_chemberta_recipe_builds_a_transformers_tower_and_its_processor(tiny_chem_lm_folder, tmp_path):
+    from cloome_hf.recipes import get_recipe
+    from cloome_hf.train.params import parse_args
+    from cloome_hf.train.setup import build_model, build_processor
+
+    recipe = get_recipe("chemberta-style")
+    assert recipe.model["molecule_model"] == "seyonec/ChemBERTa-zinc-base-v1"
+    assert "seyonec/ChemBERTa-zinc-base-v1" in recipe.description and "trust_remote_code" in recipe.description
+    model_args, data_args, _, _ = parse_args(["--preset", "chemberta-style", "--output_dir", str(tmp_path),
+                                              "--molecule_model", tiny_chem_lm_folder, "--vision_layers", "1", "1",
+                                              "1", "1", "--base_width", "8", "--head_pool_size", "2"])
+    model = build_model(model_args, data_args)
+    molecule = model.config.molecule_config
+    assert molecule.encoder == "transformers" and molecule.token_pooling == "cls"
+    processor = build_processor(model_args, data_args)
+    processor.check_model_compatibility(model.config)
+    assert set(processor(smiles=["CCO"])) == {"input_ids", "attention_mask"}

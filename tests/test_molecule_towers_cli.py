@@ -34,8 +34,12 @@ def gnn_run(tmp_path_factory):
     _cli(["train", "--output_dir", "run", *TINY_TRAIN_ARGS, "--molecule_encoder", "gnn", "--gnn_layer", "gine",
           "--gnn_readout", "attention"], work)
     pd.DataFrame({"smiles": LIBRARY}).to_csv(work / "library.csv", index=False)
-    _cli(["embed", "--model", "run", "--dataset", "synthetic", "--molecules", "library.csv", "--output_dir",
-          "store"], work)
+    from cloome_hf.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(num_molecules=12, sites_per_molecule=2, num_plates=2, image_size=64,
+                           seed=0).save_to_disk(str(work / "sites"))
+    _cli(["embed", "--model", "run", "--dataset", "sites", "--molecules", "library.csv", "--output_dir", "store"],
+         work)
     return work
 
 
@@ -58,7 +62,7 @@ def test_embed_molecules_stores_the_gnn_embeddings(gnn_run):
 
     from cloome_hf.processing_cloome import load_model_and_processor
 
-    rows = datasets.load_dataset(str(gnn_run / "store"), "molecules", split="train").to_pandas()
+    rows = datasets.load_dataset(str(gnn_run / "store"), "molecules", split="train", cache_dir=str(gnn_run / "cache")).to_pandas()
     assert rows["smiles"].tolist() == LIBRARY
     model, processor = load_model_and_processor(gnn_run / "run")
     with torch.no_grad():
@@ -75,7 +79,7 @@ def test_search_by_smiles_ranks_the_stored_images(gnn_run):
          gnn_run)
     hits = pd.read_csv(gnn_run / "hits.csv")
     assert hits.groupby("query_index").size().tolist() == [3, 3]
-    images = datasets.load_dataset(str(gnn_run / "store"), "images", split="train").to_pandas()
+    images = datasets.load_dataset(str(gnn_run / "store"), "images", split="train", cache_dir=str(gnn_run / "cache")).to_pandas()
     model, processor = load_model_and_processor(gnn_run / "run")
     with torch.no_grad():
         query = model(**processor(smiles=["CCO", "c1ccccc1O"], return_tensors="pt")).molecule_embeds.numpy()
