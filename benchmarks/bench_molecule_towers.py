@@ -178,11 +178,13 @@ def parse_args(argv=None):
     parser.add_argument("--max_steps", type=int, default=30)
     parser.add_argument("--compare_lm_layers", type=int, default=2, help="the compared LM's layers (hidden 64)")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_speed:
             lm = char_lm_folder(os.path.join(tmp, "lm"), args.lm_layers, args.lm_hidden)

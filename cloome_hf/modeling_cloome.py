@@ -399,7 +399,8 @@ class CloomeModel(CloomePreTrainedModel):
                                                           **kwargs)
             molecule_embeds = F.normalize(molecule_outputs.pooler_output, dim=-1)
         elif concentrations is not None:
-            raise ValueError("concentrations are the doses of molecules: pass them with the molecules' inputs")
+            raise ValueError("concentrations are the doses of molecules: pass them with fingerprints (or the "
+                             "molecule tower's inputs)")
         if image_embeds is not None and molecule_embeds is not None:
             logits_per_image = self.logit_scale.exp() * image_embeds @ molecule_embeds.T
             if self.logit_bias is not None:

@@ -101,9 +101,9 @@ class CloomeProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        from .molecule_tower_registry import MOLECULE_INPUT_NAMES
-
-        return ["pixel_values", *MOLECULE_INPUT_NAMES, "concentrations"]
+        """What a call may return: pixels, the molecule tower's inputs, doses."""
+        molecules = TokenFeaturizer.model_input_names if self.featurizer is None else self.featurizer.model_input_names
+        return ["pixel_values", *molecules, "concentrations"]
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
