@@ -1,6 +1,7 @@
 """Molecule towers (#25): the registry, graph featurisation, the gnn and transformers towers behind one signature."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -229,17 +230,67 @@ def test_too_long_molecules_are_refused_or_truncated_with_a_warning(tiny_chem_lm
         _lm_config(tiny_chem_lm_folder, max_sequence_length=100)
 
 
-def test_remote_code_tower_is_refused_without_trust_remote_code(tiny_chem_lm_folder, tmp_path):
+REMOTE_LM = '''
+import pathlib
+pathlib.Path({marker!r}).write_text("the tower's code ran")
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+
+class TinyLMConfig(PretrainedConfig):
+    model_type = "tiny_remote_lm"
+
+    def __init__(self, vocab_size=64, hidden_size=8, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+
+
+class TinyLM(PreTrainedModel):
+    config_class = TinyLMConfig
+    base_model_prefix = "tiny"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False, return_dict=True):
+        return BaseModelOutput(last_hidden_state=self.embed(input_ids))
+'''
+
+
+def test_remote_code_tower_runs_only_with_trust_remote_code(tiny_chem_lm_folder, tmp_path):
     import shutil
 
-    folder = tmp_path / "remote-lm"
-    shutil.copytree(tiny_chem_lm_folder, folder)
-    config_file = folder / "config.json"
-    values = json.loads(config_file.read_text())
-    values["auto_map"] = {"AutoConfig": "does_not_exist.LMConfig", "AutoModel": "does_not_exist.LMModel"}
-    config_file.write_text(json.dumps(values))
-    with pytest.raises(ValueError, match=r"remote code .*does_not_exist.LMModel.*trust_remote_code=True"):
+    from safetensors.torch import save_file
+
+    folder, marker = tmp_path / "remote-lm", tmp_path / "code-ran.txt"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tiny_chem_lm_folder, name), folder / name)
+    (folder / "tiny_lm.py").write_text(REMOTE_LM.format(marker=str(marker)))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "tiny_remote_lm", "vocab_size": 64, "hidden_size": 8, "max_position_embeddings": 40,
+        "auto_map": {"AutoConfig": "tiny_lm.TinyLMConfig", "AutoModel": "tiny_lm.TinyLM"}}))
+    weights = {"embed.weight": torch.randn(64, 8)}
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"remote code .*tiny_lm.TinyLM.*trust_remote_code=True"):
         _lm_config(str(folder))
+    assert not marker.exists()  # refused after reading config.json as JSON, before importing any code
+    config = _lm_config(str(folder), token_pooling="mean", trust_remote_code=True)
+    model = CloomeModel(config).eval()
+    assert marker.exists() and torch.equal(model.molecule_model.model.embed.weight, weights["embed.weight"])
+    featurizer = get_molecule_tower("transformers").featurizer(config.molecule_config)
+    inputs = _tensors(featurizer.model_inputs(["CCO", "CCN"]))
+    expected = model.get_molecule_features(**inputs).pooler_output
+    model.save_pretrained(tmp_path / "cloome")
+    assert "trust_remote_code" not in (tmp_path / "cloome" / "config.json").read_text()
+    with pytest.raises(ValueError, match="is remote code"):
+        CloomeModel.from_pretrained(tmp_path / "cloome")
+    reloaded = CloomeModel.from_pretrained(tmp_path / "cloome", trust_remote_code=True).eval()
+    torch.testing.assert_close(reloaded.get_molecule_features(**inputs).pooler_output, expected)
 
 
 def test_missing_transformers_model_is_refused_naming_it(tmp_path):
