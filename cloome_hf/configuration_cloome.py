@@ -154,12 +154,27 @@ def _checked_channel_names(names, num_channels: int) -> list[str]:
 
 
 class CloomeMoleculeConfig(PreTrainedConfig):
-    """Configuration of the molecule encoder, an MLP over a fingerprint vector (and optionally the dose).
+    """Configuration of the molecule encoder (and optionally the dose it is given at).
 
     Args:
-        fingerprint_size: length of the input fingerprint (1024 Morgan bits, or 8192 Morgan/RDKit counts).
-        hidden_size: units of every hidden layer.
-        num_hidden_layers: number of Linear -> BatchNorm1d -> ReLU blocks before the projection.
+        encoder: the molecule tower, a name of :mod:`cloome_hf.molecule_tower_registry`: ``"mlp"`` (the published
+            MLP over a fingerprint), ``"gnn"`` (a graph network over the molecular graph) or ``"transformers"`` (a
+            chemical language model).
+        fingerprint_size: length of the input fingerprint (1024 Morgan bits, or 8192 Morgan/RDKit counts); ``mlp``.
+        hidden_size: units of every hidden layer (``mlp``, ``gnn``; a transformers tower has its own).
+        num_hidden_layers: number of Linear -> BatchNorm1d -> ReLU blocks before the projection (``mlp``), of
+            message-passing layers (``gnn``).
+        gnn_layer: ``"gin"``, ``"gine"`` or ``"nnconv"`` (see :mod:`cloome_hf.molecule_tower_gnn`).
+        gnn_readout: ``"sum"``, ``"mean"`` or ``"attention"``.
+        atom_features / bond_features: the graph features (names of :mod:`cloome_hf.featurization_graph`; default
+            all of them); ``graph_feature_values`` replaces the values a feature may take (e.g. ``{"element": [...]}``).
+        graph_schema: the recorded feature schema (made from the three above when not given; a saved model keeps it).
+        transformers_model: the text encoder of a ``transformers`` tower, a local folder or Hub id.
+        token_pooling: ``"cls"`` or ``"mean"``.
+        max_sequence_length: the most tokens per molecule (default: the tower's position limit).
+        truncation: cut longer molecules (with a warning) instead of refusing them.
+        tower_config: the transformers tower's ``config.json``, recorded so that a saved model rebuilds offline.
+        trust_remote_code: allow a remote-code transformers tower's code to run. Never saved.
         concentration_encoding: ``None`` (the published architecture: no dose input), ``"one_hot"`` (a one-hot of
             the log-concentration bucket) or ``"linear"`` (``log10(c / 1 uM)`` and a known-dose flag), concatenated
             to the fingerprint (see :class:`~cloome_hf.modeling_cloome.CloomeConcentrationEncoding`).
@@ -172,7 +187,12 @@ class CloomeMoleculeConfig(PreTrainedConfig):
 
     def __init__(self, fingerprint_size: int = 1024, hidden_size: int = 1024, num_hidden_layers: int = 4,
                  concentration_encoding: str | None = None, concentration_buckets: list[float] | None = None,
-                 **kwargs):
+                 encoder: str = "mlp", gnn_layer: str = "gine", gnn_readout: str = "sum",
+                 atom_features: list[str] | None = None, bond_features: list[str] | None = None,
+                 graph_feature_values: dict | None = None, graph_schema: dict | None = None,
+                 transformers_model: str | None = None, token_pooling: str = "cls",
+                 max_sequence_length: int | None = None, truncation: bool = False, tower_config: dict | None = None,
+                 trust_remote_code: bool = False, **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("fingerprint_size", fingerprint_size)
         _check_positive_int("hidden_size", hidden_size)
@@ -191,6 +211,26 @@ class CloomeMoleculeConfig(PreTrainedConfig):
         self.num_hidden_layers = num_hidden_layers
         self.concentration_encoding = concentration_encoding
         self.concentration_buckets = concentration_buckets
+        from .featurization_graph import DEFAULT_ATOM_FEATURES, DEFAULT_BOND_FEATURES
+        from .molecule_tower_kinds import get_molecule_tower
+
+        self.encoder = encoder
+        self.gnn_layer, self.gnn_readout = gnn_layer, gnn_readout
+        self.atom_features = list(DEFAULT_ATOM_FEATURES if atom_features is None else atom_features)
+        self.bond_features = list(DEFAULT_BOND_FEATURES if bond_features is None else bond_features)
+        self.graph_feature_values, self.graph_schema = graph_feature_values, graph_schema
+        self.transformers_model, self.token_pooling = transformers_model, token_pooling
+        if max_sequence_length is not None:
+            _check_positive_int("max_sequence_length", max_sequence_length)
+        self.max_sequence_length, self.truncation = max_sequence_length, bool(truncation)
+        self.tower_config, self.trust_remote_code = tower_config, bool(trust_remote_code)
+        get_molecule_tower(encoder).resolve(self)  # an unknown encoder is refused, naming the registered ones
+
+    def to_dict(self) -> dict[str, Any]:
+        # Consent to run remote code is the loader's, never the saved file's.
+        output = super().to_dict()
+        output.pop("trust_remote_code", None)
+        return output
 
     @property
     def num_concentration_features(self) -> int:
@@ -261,6 +301,9 @@ class CloomeConfig(PreTrainedConfig):
         if loss not in available_losses(include_aliases=True):
             raise ValueError(f"loss must be one of {available_losses(include_aliases=True)}, got {loss!r}")
         objective = get_loss(loss)
+        if "fingerprints" in objective.required and molecule_config.encoder != "mlp":
+            raise ValueError(f"loss {loss!r} weighs pairs by the molecules' fingerprints, which the "
+                             f"{molecule_config.encoder!r} molecule tower does not take; use it with encoder='mlp'")
         if not (isinstance(hopfield_beta, (int, float)) and math.isfinite(hopfield_beta) and hopfield_beta > 0):
             raise ValueError(f"hopfield_beta must be a positive finite number, got {hopfield_beta!r}")
         if isinstance(cwcl_threshold, bool) or not isinstance(cwcl_threshold, (int, float)) or not (

@@ -115,8 +115,127 @@ def smiles_diagnosis(text: str) -> str:
     return reason or (lines[0] if lines else "RDKit cannot parse it")
 
 
-class MoleculeFeaturizer:
-    """Turn SMILES (or InChI) strings into fingerprint matrices.
+class SmilesFeaturizer:
+    """What every molecule featuriser shares: each distinct string featurised once, a process pool above
+    ``parallel_threshold`` unique strings, the one parsing rule (:func:`parse_molecule`) and its refusals by
+    position.
+
+    A subclass sets ``tower`` (the molecule-tower kind it feeds, see :mod:`cloome_hf.molecule_tower_registry`)
+    and ``model_input_names``, and implements ``to_dict``, ``_empty_rows(n)``, ``_encode(mol, text)`` (one row) and
+    ``collate(rows)`` (rows -> the model's input arrays). Rows are a float matrix (fingerprints) or a 1-D object
+    array of per-molecule records (graphs, token ids); either indexes with an integer array.
+    """
+
+    tower = "mlp"
+    model_input_names: tuple[str, ...] = ()
+    parallel_threshold = 2000
+    num_workers: int | None = None
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]):
+        return cls(**dict(config))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    def _empty_rows(self, n: int) -> np.ndarray:
+        return np.empty(n, dtype=object)
+
+    def _featurize_unique(self, strings: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """Serial work unit: the rows of ``strings`` (failed rows left empty) and the failed positions."""
+        out = self._empty_rows(len(strings))
+        failed = []
+        for i, text in enumerate(strings):
+            mol = parse_molecule(text)
+            if mol is None:
+                failed.append(i)
+            else:
+                out[i] = self._encode(mol, text)
+        return out, failed
+
+    def _num_workers(self, num_unique: int) -> int:
+        if self.num_workers is not None:
+            available = int(self.num_workers)
+        else:
+            available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(available, math.ceil(num_unique / _CHUNK_SIZE)))
+
+    def _featurize_parallel(self, strings: Sequence[str], workers: int) -> tuple[np.ndarray, list[int]]:
+        from tqdm.auto import tqdm
+
+        # fork starts workers in milliseconds; they only run RDKit, so inheriting the parent's state is harmless.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        chunks = [strings[i : i + _CHUNK_SIZE] for i in range(0, len(strings), _CHUNK_SIZE)]
+        out = self._empty_rows(len(strings))
+        failed: list[int] = []
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            results = pool.map(_featurize_chunk, [self] * len(chunks), chunks)
+            for k, (rows, bad) in enumerate(tqdm(results, total=len(chunks), desc="featurising", unit="chunk")):
+                start = k * _CHUNK_SIZE
+                out[start : start + len(rows)] = rows
+                failed.extend(start + i for i in bad)
+        return out, failed
+
+    def _rows_for_transfer(self, rows: np.ndarray) -> np.ndarray:
+        """A worker's rows as they are sent back to the parent (a subclass may shrink them)."""
+        return rows
+
+    def featurize(self, smiles: Iterable[str] | str, errors: str = "raise") -> tuple[np.ndarray, list[int]]:
+        """Featurise a list of SMILES / InChI strings.
+
+        Args:
+            smiles: strings (a single string is treated as a list of one).
+            errors: "raise" -> ValueError naming the first invalid string and its position;
+                "skip" -> invalid entries are dropped.
+
+        Returns:
+            (rows of the valid entries, failed_indices: positions in the input).
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        if isinstance(smiles, str):
+            strings = [smiles]
+        elif smiles is None or isinstance(smiles, (bytes, bytearray)) or not isinstance(smiles, Iterable):
+            raise ValueError(invalid_message(smiles, 0) + ": expected a string or a list of strings")
+        else:
+            strings = list(smiles)
+        # Featurise each distinct string once; `inverse` maps input positions back to the unique rows.
+        unique: dict[Any, int] = {}
+        inverse = np.empty(len(strings), dtype=np.int64)
+        for i, text in enumerate(strings):
+            key = text if isinstance(text, str) else ("__not_a_string__", i)
+            inverse[i] = unique.setdefault(key, len(unique))
+        unique_strings = [k if isinstance(k, str) else None for k in unique]
+        workers = self._num_workers(len(unique_strings))
+        if len(unique_strings) > self.parallel_threshold and workers > 1:
+            rows, failed_unique = self._featurize_parallel(unique_strings, workers)
+        else:
+            rows, failed_unique = self._featurize_unique(unique_strings)
+        bad_unique = np.zeros(len(unique_strings), dtype=bool)
+        bad_unique[failed_unique] = True
+        failed = np.flatnonzero(bad_unique[inverse]).tolist()
+        if failed and errors == "raise":
+            first = failed[0]
+            more = f" (and {len(failed) - 1} more invalid entries)" if len(failed) > 1 else ""
+            raise ValueError(invalid_message(strings[first], first) + more)
+        keep = inverse if not failed else inverse[~bad_unique[inverse]]
+        return rows[keep], failed
+
+    def __call__(self, smiles: Iterable[str] | str) -> np.ndarray:
+        """The rows of ``smiles``; raises ValueError on the first invalid string."""
+        return self.featurize(smiles, errors="raise")[0]
+
+    def model_inputs(self, smiles: Iterable[str] | str) -> dict[str, np.ndarray]:
+        """``smiles`` -> the model's molecule inputs (``collate`` of their rows)."""
+        return self.collate(self(smiles))
+
+
+class MoleculeFeaturizer(SmilesFeaturizer):
+    """Turn SMILES (or InChI) strings into fingerprint matrices (the ``mlp`` molecule tower's input).
 
     Args:
         kind: one of `FINGERPRINT_KINDS`.
@@ -131,6 +250,9 @@ class MoleculeFeaturizer:
     `ValueError` naming it and its position. `featurize(smiles, errors="skip")` returns the valid rows and the
     failed positions instead.
     """
+
+    tower = "mlp"
+    model_input_names = ("fingerprints",)
 
     def __init__(
         self,
@@ -174,14 +296,6 @@ class MoleculeFeaturizer:
             "num_workers": self.num_workers,
         }
 
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> MoleculeFeaturizer:
-        return cls(**dict(config))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
-        return f"{type(self).__name__}({args})"
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MoleculeFeaturizer) and self.to_dict() == other.to_dict()
 
@@ -209,100 +323,31 @@ class MoleculeFeaturizer:
             }
         return self._generators[self.kind]
 
-    def _featurize_unique(self, strings: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-        """Serial work unit: (len(strings), F) float32 (failed rows stay zero) and the failed positions."""
-        fingerprint = self._fingerprint_fns()
-        out = np.zeros((len(strings), self.fingerprint_size), dtype=np.float32)
-        failed = []
-        for i, text in enumerate(strings):
-            mol = parse_molecule(text)
-            if mol is None:
-                failed.append(i)
-            else:
-                out[i] = fingerprint(mol)
-        return out, failed
+    def _empty_rows(self, n: int) -> np.ndarray:
+        return np.zeros((n, self.fingerprint_size), dtype=np.float32)
 
-    def _num_workers(self, num_unique: int) -> int:
-        if self.num_workers is not None:
-            available = int(self.num_workers)
-        else:
-            available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, min(available, math.ceil(num_unique / _CHUNK_SIZE)))
+    def _encode(self, mol, text: str) -> np.ndarray:
+        return self._fingerprint_fns()(mol)
 
-    def _featurize_parallel(self, strings: Sequence[str], workers: int) -> tuple[np.ndarray, list[int]]:
-        from tqdm.auto import tqdm
+    def _rows_for_transfer(self, rows: np.ndarray) -> np.ndarray:
+        """Fingerprints are small non-negative integers: sending them back as uint8/uint16 instead of float32 cuts
+        the pickling cost 2-4x (an 8192-bin chunk of 500 molecules is 16 MB as float32), and the cast back is
+        exact."""
+        peak = rows.max(initial=0)
+        for dtype in (np.uint8, np.uint16):
+            if peak <= np.iinfo(dtype).max:
+                return rows.astype(dtype)
+        return rows
 
-        # fork starts workers in milliseconds; they only run RDKit, so inheriting the parent's state is harmless.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        chunks = [strings[i : i + _CHUNK_SIZE] for i in range(0, len(strings), _CHUNK_SIZE)]
-        out = np.empty((len(strings), self.fingerprint_size), dtype=np.float32)
-        failed: list[int] = []
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            results = pool.map(_featurize_chunk, [self.to_dict()] * len(chunks), chunks)
-            for k, (rows, bad) in enumerate(tqdm(results, total=len(chunks), desc="featurising", unit="chunk")):
-                start = k * _CHUNK_SIZE
-                out[start : start + len(rows)] = rows
-                failed.extend(start + i for i in bad)
-        return out, failed
-
-    def featurize(self, smiles: Iterable[str] | str, errors: str = "raise") -> tuple[np.ndarray, list[int]]:
-        """Featurise a list of SMILES / InChI strings.
-
-        Args:
-            smiles: strings (a single string is treated as a list of one).
-            errors: "raise" -> ValueError naming the first invalid string and its position;
-                "skip" -> invalid entries are dropped.
-
-        Returns:
-            (fingerprints (N_valid, fingerprint_size) float32, failed_indices: positions in the input).
-        """
-        if errors not in ("raise", "skip"):
-            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-        if isinstance(smiles, str):
-            strings = [smiles]
-        elif smiles is None or isinstance(smiles, (bytes, bytearray)) or not isinstance(smiles, Iterable):
-            raise ValueError(invalid_message(smiles, 0) + ": expected a string or a list of strings")
-        else:
-            strings = list(smiles)
-        # Featurise each distinct string once; `inverse` maps input positions back to the unique rows.
-        unique: dict[Any, int] = {}
-        inverse = np.empty(len(strings), dtype=np.int64)
-        for i, text in enumerate(strings):
-            key = text if isinstance(text, str) else ("__not_a_string__", i)
-            inverse[i] = unique.setdefault(key, len(unique))
-        unique_strings = [k if isinstance(k, str) else None for k in unique]
-        workers = self._num_workers(len(unique_strings))
-        if len(unique_strings) > self.parallel_threshold and workers > 1:
-            rows, failed_unique = self._featurize_parallel(unique_strings, workers)
-        else:
-            rows, failed_unique = self._featurize_unique(unique_strings)
-        bad_unique = np.zeros(len(unique_strings), dtype=bool)
-        bad_unique[failed_unique] = True
-        failed = np.flatnonzero(bad_unique[inverse]).tolist()
-        if failed and errors == "raise":
-            first = failed[0]
-            more = f" (and {len(failed) - 1} more invalid entries)" if len(failed) > 1 else ""
-            raise ValueError(invalid_message(strings[first], first) + more)
-        keep = inverse if not failed else inverse[~bad_unique[inverse]]
-        return rows[keep], failed
-
-    def __call__(self, smiles: Iterable[str] | str) -> np.ndarray:
-        """(N, fingerprint_size) float32; raises ValueError on the first invalid string."""
-        return self.featurize(smiles, errors="raise")[0]
+    def collate(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Fingerprint rows -> ``{"fingerprints": (N, fingerprint_size) float32}``."""
+        return {"fingerprints": np.asarray(rows, dtype=np.float32)}
 
 
-def _featurize_chunk(config: dict[str, Any], strings: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-    """Process-pool entry point (module level so it pickles).
-
-    Fingerprints are small non-negative integers: sending them back as uint8/uint16 instead of float32 cuts the
-    pickling cost 2-4x (an 8192-bin chunk of 500 molecules is 16 MB as float32), and the cast back is exact.
-    """
-    rows, failed = MoleculeFeaturizer.from_dict(config)._featurize_unique(strings)
-    peak = rows.max(initial=0)
-    for dtype in (np.uint8, np.uint16):
-        if peak <= np.iinfo(dtype).max:
-            return rows.astype(dtype), failed
-    return rows, failed
+def _featurize_chunk(featurizer: SmilesFeaturizer, strings: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """Process-pool entry point (module level so it pickles; a featuriser pickles as its settings)."""
+    rows, failed = featurizer._featurize_unique(strings)
+    return featurizer._rows_for_transfer(rows), failed
 
 
 def check_concentrations(values: Any, count: int | None = None, where: str = "concentrations",
@@ -335,5 +380,5 @@ def check_concentrations(values: Any, count: int | None = None, where: str = "co
     return out
 
 
-__all__ = ["FINGERPRINT_KINDS", "MoleculeFeaturizer", "check_concentrations", "invalid_message",
+__all__ = ["FINGERPRINT_KINDS", "MoleculeFeaturizer", "SmilesFeaturizer", "check_concentrations", "invalid_message",
            "molecule_text_problem", "parse_molecule", "smiles_diagnosis"]

@@ -25,8 +25,11 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .channels import channel_permutation
-from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig
+from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig  # noqa: F401
 from .losses import contrastive_loss, get_loss
+from .molecule_tower_kinds import build_molecule_model, select_molecule_inputs
+from .molecule_tower_mlp import (  # noqa: F401  (re-exported: the published molecule tower's home was here)
+    CloomeConcentrationEncoding, CloomeMoleculeBlock, CloomeMoleculeEncoder)
 from .vision_tower_channels import pool_tower_features
 from .vision_tower_kinds import build_vision_model, without_pretrained_tower_weights
 from .vision_tower_preprocessing import TowerNormalize
@@ -71,80 +74,6 @@ def build_vision_backbone(config: CloomeVisionConfig) -> nn.Module:
     """The image trunk named by ``config.backbone`` under its channel strategy, from the tower registry
     (:mod:`cloome_hf.vision_towers`); it has ``num_features`` (the pooled feature size)."""
     return build_vision_model(config)
-
-
-class CloomeMoleculeBlock(nn.Module):
-    """``relu(batch_norm(dense(x)))``: ``(N, in_features)`` -> ``(N, hidden_size)``."""
-
-    def __init__(self, in_features: int, hidden_size: int):
-        super().__init__()
-        self.dense = nn.Linear(in_features, hidden_size)
-        self.norm = nn.BatchNorm1d(hidden_size)
-        self.activation = nn.ReLU()
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.norm(self.dense(hidden_states)))
-
-
-class CloomeConcentrationEncoding(nn.Module):
-    """The dose as molecule-tower inputs: ``(N,)`` concentrations in uM -> ``(N, num_concentration_features)``.
-
-    * ``"one_hot"``: a one-hot of the bucket of ``log10(c)`` between the ``concentration_buckets`` edges (left-closed:
-      ``edge_{k-1} <= c < edge_k``; ``len(edges) + 1`` buckets);
-    * ``"linear"``: ``(log10(c / 1 uM), 1)``; the first dense layer's weights over it are the learned projection.
-
-    An unknown dose (NaN) and a zero dose (vehicle controls) encode as all zeros: no dose information. Negative or
-    infinite concentrations are refused (``ValueError`` naming the first).
-    """
-
-    def __init__(self, config: CloomeMoleculeConfig):
-        super().__init__()
-        self.encoding = config.concentration_encoding
-        self.num_features = config.num_concentration_features
-        edges = torch.tensor(config.concentration_buckets or [], dtype=torch.float32)
-        self.register_buffer("bucket_edges", edges, persistent=False)  # from the config, not the weights
-
-    def forward(self, concentrations: torch.Tensor) -> torch.Tensor:
-        dose = concentrations.float()
-        invalid = ~(torch.isnan(dose) | (torch.isfinite(dose) & (dose >= 0)))
-        if invalid.any():  # one host sync, only for dose-conditioned models
-            i = int(invalid.nonzero()[0])
-            raise ValueError(f"concentrations[{i}] = {dose[i].item()} is not a dose in uM (finite and >= 0, or NaN)")
-        known = (dose > 0).unsqueeze(1)  # NaN > 0 is False
-        if self.encoding == "one_hot":
-            buckets = torch.bucketize(dose.nan_to_num(0.0), self.bucket_edges, right=True)
-            features = F.one_hot(buckets, self.num_features).float()
-        else:
-            features = torch.stack([torch.log10(dose.clamp_min(1e-30)), torch.ones_like(dose)], dim=1)
-        return torch.where(known, features, torch.zeros_like(features))
-
-
-class CloomeMoleculeEncoder(nn.Module):
-    """MLP over a fingerprint (and the dose encoding): ``(N, fingerprint_size)`` -> ``(N, hidden_size)``."""
-
-    def __init__(self, config: CloomeMoleculeConfig):
-        super().__init__()
-        self.concentration_encoding = (CloomeConcentrationEncoding(config) if config.concentration_encoding
-                                       else None)
-        sizes = ([config.fingerprint_size + config.num_concentration_features]
-                 + [config.hidden_size] * config.num_hidden_layers)
-        self.layers = nn.ModuleList(CloomeMoleculeBlock(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-
-    def forward(self, fingerprints: torch.Tensor, concentrations: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> BaseModelOutputWithPooling:
-        """``last_hidden_state`` = ``pooler_output`` = the last block's ``(N, hidden_size)`` activations; with
-        ``output_hidden_states``, the input (fingerprint and dose features) and every block's activations
-        (``num_hidden_layers + 1`` tensors). ``concentrations``: ``(N,)`` uM, for a dose-conditioned tower."""
-        hidden = fingerprints
-        if self.concentration_encoding is not None:
-            dose = self.concentration_encoding(concentrations).to(fingerprints.dtype)
-            hidden = torch.cat([fingerprints, dose], dim=1)
-        hidden_states = [hidden]
-        for layer in self.layers:
-            hidden = layer(hidden)
-            hidden_states.append(hidden)
-        states = tuple(hidden_states) if output_hidden_states else None
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=hidden, hidden_states=states)
 
 
 def logit_bias_init(config: CloomeConfig) -> float | None:
@@ -198,6 +127,7 @@ class CloomePreTrainedModel(PreTrainedModel):
             config = cls.config_class.from_pretrained(pretrained_model_name_or_path,
                                                       **{k: kwargs[k] for k in ("revision", "token") if k in kwargs})
             config.vision_config.trust_remote_code = True
+            config.molecule_config.trust_remote_code = True
             kwargs["config"] = config
         with without_pretrained_tower_weights():
             if kwargs.pop("output_loading_info", False):
@@ -266,8 +196,8 @@ class CloomeModel(CloomePreTrainedModel):
         super().__init__(config)
         self.vision_model = build_vision_backbone(config.vision_config)
         self.visual_projection = nn.Linear(self.vision_model.num_features, config.projection_dim)
-        self.molecule_model = CloomeMoleculeEncoder(config.molecule_config)
-        self.molecule_projection = nn.Linear(config.molecule_config.hidden_size, config.projection_dim)
+        self.molecule_model = build_molecule_model(config.molecule_config)
+        self.molecule_projection = nn.Linear(self.molecule_model.num_features, config.projection_dim)
         self.logit_scale = nn.Parameter(
             torch.tensor(config.logit_scale_init_value), requires_grad=config.learnable_logit_scale
         )
@@ -345,33 +275,37 @@ class CloomeModel(CloomePreTrainedModel):
 
     @can_return_tuple
     def get_molecule_features(
-        self, fingerprints: torch.Tensor, concentrations: torch.Tensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
+        self, fingerprints: torch.Tensor | None = None, concentrations: torch.Tensor | None = None, *,
+        x: torch.Tensor | None = None, edge_index: torch.Tensor | None = None, edge_attr: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | BaseModelOutputWithPooling:
-        """Project molecule fingerprints (and, for a dose-conditioned model, their doses) into the joint space.
+        """Project molecules (and, for a dose-conditioned model, their doses) into the joint space.
 
         Args:
-            fingerprints: ``(N, fingerprint_size)`` tensor from :class:`MoleculeFeaturizer`, cast to the model's dtype.
+            fingerprints: ``(N, fingerprint_size)`` from :class:`MoleculeFeaturizer`, for the ``mlp`` tower.
+            x, edge_index, edge_attr, batch: the molecular graphs (torch-geometric's batch layout, from
+                :class:`CloomeProcessor`), for the ``gnn`` tower.
+            input_ids, attention_mask: the tokenised SMILES, for the ``transformers`` tower.
             concentrations: ``(N,)`` doses in uM (NaN: unknown), required when
                 ``config.molecule_config.concentration_encoding`` is set and refused when it is not (a model without
                 dose conditioning would ignore them).
-            output_hidden_states: also return the input and every MLP block's activations.
-                ``return_dict=False``: a tuple.
+            output_hidden_states: also return the tower's intermediate states. ``return_dict=False``: a tuple.
+
+        Exactly the inputs of ``molecule_config.encoder``'s tower must be given (``ValueError`` naming the others).
 
         Returns:
             ``BaseModelOutputWithPooling``: ``pooler_output`` the ``(N, projection_dim)`` molecule features, **not**
-            normalised; ``last_hidden_state`` the last block's ``(N, hidden_size)`` activations.
+            normalised; ``last_hidden_state`` the tower's last states.
         """
         output_hidden_states = self._output_hidden_states(kwargs)
-        expected = self.config.molecule_config.fingerprint_size
-        if fingerprints.ndim != 2 or fingerprints.shape[1] != expected:
-            raise ValueError(f"fingerprints must have shape (batch, {expected}), got {tuple(fingerprints.shape)}")
-        self._check_concentrations(concentrations, fingerprints.shape[0])
-        if self.training and fingerprints.shape[0] == 1:
-            raise ValueError("BatchNorm needs more than one molecule per batch in training mode, got a batch of 1")
-        fingerprints = fingerprints.to(self.molecule_projection.weight.dtype)
-        outputs = self.molecule_model(fingerprints, concentrations, output_hidden_states=output_hidden_states)
-        outputs.pooler_output = self.molecule_projection(outputs.pooler_output)
+        inputs = select_molecule_inputs(self.config.molecule_config, dict(
+            fingerprints=fingerprints, x=x, edge_index=edge_index, edge_attr=edge_attr, batch=batch,
+            input_ids=input_ids, attention_mask=attention_mask))
+        self._check_concentrations(concentrations, self.molecule_model.num_molecules(**inputs))
+        outputs = self.molecule_model(**inputs, concentrations=concentrations,
+                                      output_hidden_states=output_hidden_states)
+        outputs.pooler_output = self.molecule_projection(outputs.pooler_output.to(self.molecule_projection.weight.dtype))
         return outputs
 
     def _check_concentrations(self, concentrations: torch.Tensor | None, num_molecules: int) -> None:
@@ -421,6 +355,12 @@ class CloomeModel(CloomePreTrainedModel):
         phenomic_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
         tower_features: torch.Tensor | None = None,
+        x: torch.Tensor | None = None,
+        edge_index: torch.Tensor | None = None,
+        edge_attr: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | CloomeOutput:
         """Embed images and/or molecules; with both, also their scaled similarities and optionally the loss.
@@ -428,6 +368,8 @@ class CloomeModel(CloomePreTrainedModel):
         Args:
             pixel_values: ``(N, num_channels, H, W)`` images.
             fingerprints: ``(M, fingerprint_size)`` molecules; with ``return_loss`` row i matches image i.
+            x, edge_index, edge_attr, batch / input_ids, attention_mask: the molecules for a ``gnn`` /
+                ``transformers`` molecule tower instead (see :meth:`get_molecule_features`).
             concentrations: ``(M,)`` doses in uM, for a dose-conditioned model (see :meth:`get_molecule_features`).
             phenomic_embeds: ``(N, k)`` embeddings of the images from a frozen phenomics model, for the soft labels of
                 ``loss="s2l"`` (default: this model's own image embeddings, detached). Only with ``return_loss``.
@@ -437,8 +379,11 @@ class CloomeModel(CloomePreTrainedModel):
             output_hidden_states: fill ``vision_model_output.hidden_states`` / ``molecule_model_output.hidden_states``.
             return_dict: ``False`` (here or in the config) returns a tuple of the non-None fields.
         """
-        if pixel_values is None and tower_features is None and fingerprints is None:
-            raise ValueError("pass pixel_values, fingerprints or both")
+        molecules = {name: value for name, value in dict(
+            fingerprints=fingerprints, x=x, edge_index=edge_index, edge_attr=edge_attr, batch=batch,
+            input_ids=input_ids, attention_mask=attention_mask).items() if value is not None}
+        if pixel_values is None and tower_features is None and not molecules:
+            raise ValueError("pass pixel_values, fingerprints (or the molecule tower's inputs) or both")
         self._output_hidden_states(kwargs)  # refuse unknown keyword arguments before any work
         if phenomic_embeds is not None and not (return_loss and get_loss(self.config.loss).name == "s2l"):
             raise ValueError(f"phenomic_embeds are the soft-label inputs of loss 's2l' (with return_loss=True); "
@@ -449,11 +394,13 @@ class CloomeModel(CloomePreTrainedModel):
             vision_outputs = self.get_image_features(pixel_values, tower_features=tower_features, return_dict=True,
                                                      **kwargs)
             image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
-        if fingerprints is not None:
-            molecule_outputs = self.get_molecule_features(fingerprints, concentrations, return_dict=True, **kwargs)
+        if molecules:
+            molecule_outputs = self.get_molecule_features(concentrations=concentrations, return_dict=True, **molecules,
+                                                          **kwargs)
             molecule_embeds = F.normalize(molecule_outputs.pooler_output, dim=-1)
         elif concentrations is not None:
-            raise ValueError("concentrations are the doses of molecules: pass them with fingerprints")
+            raise ValueError("concentrations are the doses of molecules: pass them with fingerprints (or the "
+                             "molecule tower's inputs)")
         if image_embeds is not None and molecule_embeds is not None:
             logits_per_image = self.logit_scale.exp() * image_embeds @ molecule_embeds.T
             if self.logit_bias is not None:
@@ -461,7 +408,8 @@ class CloomeModel(CloomePreTrainedModel):
             logits_per_molecule = logits_per_image.T
         if return_loss:
             if logits_per_image is None:
-                raise ValueError("return_loss=True needs both pixel_values and fingerprints")
+                raise ValueError("return_loss=True needs both pixel_values and molecules (fingerprints, or the "
+                                 "molecule tower's inputs)")
             loss = self._contrastive_loss(image_embeds, molecule_embeds, fingerprints, phenomic_embeds)
         return CloomeOutput(
             loss=loss,

@@ -96,7 +96,7 @@ class MoleculeImageRetrievalPipeline(_CloomePipeline):
         return self.processor(smiles=list(smiles), return_tensors="pt")  # invalid SMILES -> ValueError naming it
 
     def _forward(self, model_inputs):
-        return {"embeddings": embed_fingerprints(self.model, model_inputs["fingerprints"])}
+        return {"embeddings": embed_fingerprints(self.model, **dict(model_inputs))}  # whatever the molecule tower
 
     def postprocess(self, model_outputs, top_k: int = 10):
         table = self.index.images.search_table(model_outputs["embeddings"].numpy(), k=top_k)

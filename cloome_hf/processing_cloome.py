@@ -25,7 +25,9 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpa
 from transformers.utils import CONFIG_NAME, TensorType, cached_file
 
 from .configuration_cloome import CloomeConfig
-from .featurization_cloome import MoleculeFeaturizer, check_concentrations
+from .featurization_cloome import MoleculeFeaturizer, SmilesFeaturizer, check_concentrations
+from .featurization_graph import GraphFeaturizer
+from .featurization_tokens import TOKENIZER_FOLDER, TokenFeaturizer
 from .image_processing_cloome import CloomeImageProcessor, CloomeImageProcessorKwargs
 from .safe_io import read_json
 
@@ -49,11 +51,16 @@ class CloomeProcessor(ProcessorMixin):
 
     Args:
         image_processor: a `CloomeImageProcessor` (default settings if None).
-        featurizer: a `MoleculeFeaturizer` or its `to_dict()` (default Morgan r=3, 1024 bits, chirality if None).
+        featurizer: the molecule featuriser of the model's molecule tower, or its `to_dict()`: a
+            `MoleculeFeaturizer` (`mlp`; default Morgan r=3, 1024 bits, chirality if None), a `GraphFeaturizer`
+            (`gnn`) or a `TokenFeaturizer` (`transformers`; its tokenizer is saved in `molecule_tokenizer/`).
+            `CloomeProcessor.for_model(config)` makes the one a config needs.
 
     Call: `processor(images=..., smiles=..., return_tensors="pt")` -> `BatchFeature` with `pixel_values`
-    (N, C, H, W) float32 and/or `fingerprints` (M, fingerprint_size) float32, ready for `CloomeModel(**batch)`;
-    `concentrations=` (one dose in uM per SMILES) adds `concentrations` (M,) float32 for a dose-conditioned model.
+    (N, C, H, W) float32 and/or the molecule tower's inputs: `fingerprints` (M, fingerprint_size) float32, or the
+    graphs' `x`, `edge_index`, `edge_attr`, `batch`, or `input_ids` / `attention_mask`; ready for
+    `CloomeModel(**batch)`. `concentrations=` (one dose in uM per SMILES) adds `concentrations` (M,) float32 for a
+    dose-conditioned model.
     """
 
     valid_processor_kwargs = CloomeProcessorKwargs
@@ -66,23 +73,57 @@ class CloomeProcessor(ProcessorMixin):
     ):
         if image_processor is None:
             image_processor = CloomeImageProcessor()
+        self._pending_tokenizer = None  # a transformers tower's settings, until from_pretrained reads its tokenizer
         if featurizer is None:
             featurizer = MoleculeFeaturizer()
         elif isinstance(featurizer, dict):
-            featurizer = MoleculeFeaturizer.from_dict(featurizer)
-        elif not isinstance(featurizer, MoleculeFeaturizer):
-            raise ValueError(f"featurizer must be a MoleculeFeaturizer or a dict, got {type(featurizer).__name__}")
+            if featurizer.get("tower") == TokenFeaturizer.tower:
+                self._pending_tokenizer, featurizer = dict(featurizer), None
+            else:
+                featurizer = molecule_featurizer_from_dict(featurizer)
+        elif not isinstance(featurizer, SmilesFeaturizer):
+            raise ValueError(f"featurizer must be a MoleculeFeaturizer, GraphFeaturizer, TokenFeaturizer or a dict, "
+                             f"got {type(featurizer).__name__}")
         self.featurizer = featurizer
         super().__init__(image_processor, **kwargs)
 
+    @classmethod
+    def for_model(cls, config: CloomeConfig, image_processor: CloomeImageProcessor | None = None,
+                  **featurizer_options) -> "CloomeProcessor":
+        """The processor of a model of ``config``: its molecule tower's featuriser (``featurizer_options``, e.g.
+        ``fingerprint_kind="morgan"`` or ``tokenizer=...``; a transformers tower's tokenizer is read from
+        ``molecule_config.transformers_model`` by default)."""
+        from .molecule_tower_kinds import get_molecule_tower
+
+        molecule = config.molecule_config
+        featurizer = get_molecule_tower(molecule.encoder).featurizer(molecule, **featurizer_options)
+        return cls(image_processor=image_processor, featurizer=featurizer)
+
     @property
     def model_input_names(self) -> list[str]:
-        return ["pixel_values", "fingerprints", "concentrations"]
+        """What a call may return: pixels, the molecule tower's inputs, doses."""
+        molecules = TokenFeaturizer.model_input_names if self.featurizer is None else self.featurizer.model_input_names
+        return ["pixel_values", *molecules, "concentrations"]
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
-        output["featurizer"] = self.featurizer.to_dict()  # a plain object: ProcessorMixin cannot serialise it
+        # a plain object: ProcessorMixin cannot serialise it
+        output["featurizer"] = self._pending_tokenizer or self._molecule_featurizer().to_dict()
         return output
+
+    def _molecule_featurizer(self) -> SmilesFeaturizer:
+        if self.featurizer is None:
+            raise ValueError(f"this processor's transformers molecule tower has no tokenizer (it is read from "
+                             f"{TOKENIZER_FOLDER}/ beside processor_config.json by CloomeProcessor.from_pretrained)")
+        return self.featurizer
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``ProcessorMixin.save_pretrained``, plus a transformers tower's tokenizer in ``molecule_tokenizer/``."""
+        featurizer = self._molecule_featurizer()
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if isinstance(featurizer, TokenFeaturizer):
+            featurizer.tokenizer.save_pretrained(os.path.join(os.fspath(save_directory), TOKENIZER_FOLDER))
+        return result
 
     def __call__(self, images: Any = None, smiles: Any = None, concentrations: Any = None,
                  **kwargs: Unpack[CloomeProcessorKwargs]) -> BatchFeature:
@@ -114,10 +155,14 @@ class CloomeProcessor(ProcessorMixin):
             data["pixel_values"] = self.image_processor(images, **images_kwargs)["pixel_values"]
         elif images_kwargs:
             raise ValueError(f"image options {sorted(images_kwargs)} given without images")
+        num_molecules = 0
         if smiles is not None:
-            data["fingerprints"] = self.featurizer(smiles)
+            featurizer = self._molecule_featurizer()
+            rows = featurizer(smiles)
+            num_molecules = len(rows)
+            data.update(featurizer.collate(rows))
         if concentrations is not None:
-            data["concentrations"] = check_concentrations(concentrations, len(data["fingerprints"])).astype(np.float32)
+            data["concentrations"] = check_concentrations(concentrations, num_molecules).astype(np.float32)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @staticmethod
@@ -142,13 +187,9 @@ class CloomeProcessor(ProcessorMixin):
 
     def check_model_compatibility(self, config: CloomeConfig) -> None:
         """Raise a ValueError if this processor does not produce what a model with `config` expects."""
-        problems = []
-        fingerprint_size = config.molecule_config.fingerprint_size
-        if self.featurizer.fingerprint_size != fingerprint_size:
-            problems.append(
-                f"the featurizer makes {self.featurizer.fingerprint_size}-dimensional '{self.featurizer.kind}' "
-                f"fingerprints but the model's molecule encoder expects fingerprint_size={fingerprint_size}"
-            )
+        from .molecule_tower_kinds import featurizer_problems
+
+        problems = featurizer_problems(self._molecule_featurizer(), config.molecule_config)
         num_channels = config.vision_config.num_channels
         channel_order = self.image_processor.channel_order
         if len(channel_order) != num_channels:
@@ -164,9 +205,42 @@ class CloomeProcessor(ProcessorMixin):
         """Load a processor; if the same location holds a CLOOME model config, check that they match."""
         config = _load_cloome_config(pretrained_model_name_or_path, **kwargs)  # first: a damaged one is named
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if processor._pending_tokenizer is not None:
+            processor.featurizer = TokenFeaturizer.from_dict(
+                processor._pending_tokenizer, tokenizer=_load_tokenizer(pretrained_model_name_or_path, kwargs))
+            processor._pending_tokenizer = None
         if config is not None:
             processor.check_model_compatibility(config)
         return processor
+
+
+def molecule_featurizer_from_dict(settings: dict[str, Any]) -> SmilesFeaturizer:
+    """The featuriser a ``processor_config.json`` records: ``tower`` names its kind (none: the fingerprints of
+    processors saved before the molecule towers). A transformers tower's needs its tokenizer: see
+    :meth:`CloomeProcessor.from_pretrained`."""
+    tower = settings.get("tower", MoleculeFeaturizer.tower)
+    if tower == GraphFeaturizer.tower:
+        return GraphFeaturizer.from_dict(settings)
+    if tower == MoleculeFeaturizer.tower:
+        return MoleculeFeaturizer.from_dict({k: v for k, v in settings.items() if k != "tower"})
+    raise ValueError(f"the processor's featurizer is for an unknown molecule tower {tower!r}")
+
+
+def _load_tokenizer(path, kwargs: dict[str, Any]):
+    """The tokenizer saved in ``molecule_tokenizer/`` beside a processor; ``ValueError`` naming it when absent."""
+    from transformers import AutoTokenizer
+
+    folder = os.path.join(os.fspath(path), TOKENIZER_FOLDER)
+    if os.path.isdir(os.fspath(path)) and not os.path.isdir(folder):
+        raise ValueError(f"the processor in {path} is for a transformers molecule tower but its tokenizer is missing: "
+                         f"there is no {folder}")
+    hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+    try:
+        if os.path.isdir(folder):
+            return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(os.fspath(path), subfolder=TOKENIZER_FOLDER, **hub)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read the molecule tokenizer {TOKENIZER_FOLDER}/ of {path}: {err}") from err
 
 
 def _load_cloome_config(path, **kwargs) -> CloomeConfig | None:
@@ -216,4 +290,4 @@ AutoImageProcessor.register(
 AutoProcessor.register(CloomeConfig, CloomeProcessor, exist_ok=True)
 
 
-__all__ = ["CloomeProcessor", "CloomeProcessorKwargs", "load_model_and_processor"]
+__all__ = ["CloomeProcessor", "CloomeProcessorKwargs", "load_model_and_processor", "molecule_featurizer_from_dict"]

@@ -7,7 +7,8 @@ conversion (``cloome convert --preset``) and the model cards all read these reco
 
     >>> from cloome_hf.recipes import get_recipe, recipe_names
     >>> recipe_names()
-    ('bioactivity', 'cellclip-style', 'demo', 'molphenix-style', 'retrieval', 'vit-finetune', 'zero-shot')
+    ('bioactivity', 'cellclip-style', 'chemberta-style', 'demo', 'molphenix-style', 'retrieval', 'vit-finetune',
+     'zero-shot')
     >>> get_recipe("bioactivity").model["loss"]
     'infoloob'
 
@@ -173,17 +174,36 @@ register_recipe(Recipe(
                 "and a one-hot dose encoding in the molecule tower. OpenPhenom takes any channel count as "
                 "uint8 / 255 on 256 x 256 crops and ships no image processor, so the recipe states that convention "
                 "(`tower_preprocessing`). Reproduces: the frozen phenomics embeddings, S2L with the model's own "
-                "(detached) image embeddings as soft labels, dose conditioning. Does not reproduce: MolPhenix's "
-                "graph-network molecule encoder (this recipe uses CLOOME's fingerprint MLP until the graph "
-                "towers land), its well-level embedding averaging (trains per site), Phenom-1 (not public), nor "
-                "its reported numbers. OpenPhenom is channel-agnostic, but `channel_tokens` is not wired to it "
+                "(detached) image embeddings as soft labels, dose conditioning, a graph-network molecule encoder "
+                "(the `gnn` tower: GINE message passing over RDKit graphs, mean readout, the dose appended after "
+                "it). Does not reproduce: MolPhenix's pretrained MolGPS graph model (its weights are not public: "
+                "the graph tower trains from scratch here), its well-level embedding averaging (trains per site), "
+                "Phenom-1 (not public), nor its reported numbers. OpenPhenom is channel-agnostic, but `channel_tokens` is not wired to it "
                 "yet: the recipe runs it `per_channel`.",
     model=dict(_TOWER_MODEL, backbone="recursionpharma/OpenPhenom", channel_strategy="per_channel",
-               freeze_image_tower=True, loss="s2l", concentration_encoding="one_hot",
+               freeze_image_tower=True, loss="s2l", concentration_encoding="one_hot", molecule_encoder="gnn",
+               gnn_layer="gine", gnn_readout="mean", molecule_hidden_size=512, molecule_num_layers=5,
                tower_preprocessing=json.dumps({"rescale_factor": 1 / 255, "image_mean": None, "image_std": None,
                                                "input_size": [256, 256],
                                                "source": "the OpenPhenom model card (uint8 / 255, 256 x 256)"})),
     training=dict(_FROZEN_TOWER_TRAINING, image_size=[256, 256]),
+))
+register_recipe(Recipe(
+    name="chemberta-style",
+    description="CLOOME's image tower with a chemical language model as the molecule encoder: a RoBERTa-style "
+                "ChemBERTa (pass `--molecule_model seyonec/ChemBERTa-zinc-base-v1`, the default, or e.g. "
+                "`DeepChem/ChemBERTa-77M-MLM`; `ibm/MoLFormer-XL-both-10pct` is remote code: add "
+                "`--trust_remote_code true` after reading it) reads RDKit's canonical SMILES, its first (CLS) "
+                "token is projected into the joint space, and the whole language model fine-tunes with InfoNCE "
+                "at a low learning rate. Reproduces: the usual fine-tuning of a pretrained SMILES encoder with "
+                "its tokenizer, saved beside the model. Does not reproduce any published model or number (CellCLIP "
+                "encodes perturbation descriptions, not SMILES, with its BERT); molecules longer than the "
+                "tower's 512 tokens are refused unless `--truncation true`.",
+    model=dict(_TOWER_MODEL, backbone="cloome_resnet50", vision_layers=[3, 4, 6, 3], channel_strategy="stem",
+               freeze_image_tower=False, loss="infonce", molecule_encoder="transformers",
+               molecule_model="seyonec/ChemBERTa-zinc-base-v1", token_pooling="cls"),
+    training=dict(_FROZEN_TOWER_TRAINING, per_device_train_batch_size=128, learning_rate=5e-5, augment=True,
+                  num_train_epochs=30, image_size=[520, 520]),
 ))
 register_recipe(Recipe(
     name="vit-finetune",
@@ -214,6 +234,21 @@ def read_training_config(folder: str | os.PathLike) -> dict[str, Any] | None:
     return read_json(path, "training configuration") if os.path.isfile(path) else None
 
 
+#: ``cloome train`` argument -> ``CloomeMoleculeConfig`` field, for the molecule tower.
+_MOLECULE_TOWER_ARGUMENTS = {"molecule_encoder": "encoder", "gnn_layer": "gnn_layer", "gnn_readout": "gnn_readout",
+                             "atom_features": "atom_features", "bond_features": "bond_features",
+                             "molecule_model": "transformers_model", "token_pooling": "token_pooling",
+                             "max_sequence_length": "max_sequence_length", "truncation": "truncation"}
+
+
+def molecule_tower_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The molecule-tower fields of a ``CloomeMoleculeConfig`` from ``cloome train``'s argument values (those set)."""
+    out = {field: values[name] for name, field in _MOLECULE_TOWER_ARGUMENTS.items() if values.get(name) is not None}
+    if values.get("trust_remote_code"):
+        out["trust_remote_code"] = True
+    return out
+
+
 def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
     """The :class:`~cloome_hf.CloomeConfig` of a recipe's (possibly overridden) model values, with the optional
     ``cwcl_threshold``, ``concentration_encoding`` and ``concentration_buckets`` of ``cloome train``."""
@@ -233,7 +268,8 @@ def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
                              hidden_size=values["molecule_hidden_size"],
                              num_hidden_layers=values["molecule_num_layers"],
                              concentration_encoding=values.get("concentration_encoding"),
-                             concentration_buckets=values.get("concentration_buckets")),
+                             concentration_buckets=values.get("concentration_buckets"),
+                             **molecule_tower_values(values)),
         projection_dim=values["projection_dim"], loss=values["loss"],
         logit_scale_init_value=None if inverse_temperature is None else math.log(inverse_temperature),
         learnable_logit_scale=values.get("learnable_temperature", True), hopfield_beta=values["hopfield_beta"],

@@ -106,6 +106,12 @@ def without_pretrained_tower_weights():
         _LOAD_PRETRAINED_WEIGHTS.reset(token)
 
 
+def loading_pretrained_tower_weights() -> bool:
+    """Whether towers built now load their pretrained weights (False inside :func:`without_pretrained_tower_weights`,
+    the image and the molecule towers alike)."""
+    return _LOAD_PRETRAINED_WEIGHTS.get()
+
+
 def mark_initialised(module: nn.Module) -> nn.Module:
     """Flag a tower's loaded weights so that ``PreTrainedModel.post_init`` does not re-initialise them."""
     for sub in module.modules():
@@ -122,5 +128,6 @@ def build_vision_model(config) -> nn.Module:
     return build_channel_strategy(kind, config, load_weights=_LOAD_PRETRAINED_WEIGHTS.get())
 
 
-__all__ = ["CHANNEL_STRATEGIES", "VisionTowerKind", "build_vision_model", "get_tower_kind", "mark_initialised",
-           "register_tower_kind", "resolve_tower_kind", "tower_kind_names", "without_pretrained_tower_weights"]
+__all__ = ["CHANNEL_STRATEGIES", "VisionTowerKind", "build_vision_model", "get_tower_kind",
+           "loading_pretrained_tower_weights", "mark_initialised", "register_tower_kind",
+           "resolve_tower_kind", "tower_kind_names", "without_pretrained_tower_weights"]

@@ -54,6 +54,10 @@ def _read_json_file(source: str, filename: str, required: bool) -> tuple[dict | 
         return json.load(handle), f"the Hub repo {source!r}"
 
 
+#: Public name of the reader, for the molecule towers' transformers kind.
+read_tower_json = _read_json_file
+
+
 def _unreachable(source: str, err: Exception, required: bool) -> tuple[None, str]:
     if not required:
         return None, f"the Hub repo {source!r}"
@@ -191,4 +195,4 @@ register_tower_kind(VisionTowerKind(
     pretrained_in_channels=_original_channels,
 ))
 
-__all__ = ["TransformersTower", "needs_remote_code"]
+__all__ = ["TransformersTower", "needs_remote_code", "read_tower_json"]

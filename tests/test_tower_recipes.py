@@ -31,5 +31,5 @@ def test_tower_recipe_builds_what_its_card_says(name, tiny_tower_folder, tmp_pat
     if name == "molphenix-style":  # the recipe states OpenPhenom's convention: uint8 / 255, no mean / std, 256 px
         assert config.vision_config.tower_preprocessing["image_mean"] is None
         assert config.vision_config.tower_preprocessing["input_size"] == [256, 256]
-    if name == "molphenix-style":
-        assert "fingerprint MLP" in recipe.description  # the graph tower is not there yet, and the card says so
+    if name == "molphenix-style":  # MolPhenix's molecule side is a graph network: the gnn tower (#25)
+        assert config.molecule_config.encoder == "gnn" and config.molecule_config.gnn_layer == "gine"

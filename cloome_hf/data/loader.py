@@ -112,11 +112,12 @@ def _binary_views(column: pa.ChunkedArray) -> list[np.ndarray]:
 
 
 class CellPaintingCollator:
-    """Rows -> a batch of ``pixel_values`` (or uint8 ``images``), ``fingerprints``, ``sample_key``, ``inchikey``, and
-    ``concentrations`` ((N,) float32 uM) when the rows have a ``concentration`` column.
+    """Rows -> a batch of ``pixel_values`` (or uint8 ``images``), the molecule tower's inputs (``fingerprints``, or
+    graph tensors, or token ids), ``sample_key``, ``inchikey``, and ``concentrations`` ((N,) float32 uM) when the
+    rows have a ``concentration`` column.
 
     Args:
-        fingerprints: a :class:`FingerprintTable` (fingerprints joined by ``inchikey``) or ``None``.
+        fingerprints: a :class:`FingerprintTable` (featurised molecules joined by ``inchikey``) or ``None``.
         transform: training augmentation, called as ``transform(uint8 (N, C, H, W), seeds=...)``, plus ``out=``
             (a float32 batch in shared memory inside a worker) when it has ``output_shape(H, W)``, as
             :class:`~cloome_hf.transforms.CloomeTrainTransform` does; when ``None``, ``image_processor`` turns the
@@ -242,10 +243,12 @@ class CellPaintingCollator:
             out["pixel_values"] = self._augment(images, seeds, tokens)
         else:
             out["pixel_values"] = torch.from_numpy(self.image_processor(images.numpy())["pixel_values"])
+        molecules = {}
         if self.fingerprints is not None:
-            out["fingerprints"] = torch.from_numpy(self.fingerprints.lookup(inchikeys))
+            molecules = {k: torch.from_numpy(v) for k, v in self.fingerprints.model_inputs(inchikeys).items()}
+            out.update(molecules)
         if self.return_loss:
-            return {"pixel_values": out["pixel_values"], "fingerprints": out["fingerprints"], "return_loss": True}
+            return {"pixel_values": out["pixel_values"], **molecules, "return_loss": True}
         if doses is not None:
             from cloome_hf.featurization_cloome import check_concentrations
 

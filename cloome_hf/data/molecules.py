@@ -58,21 +58,27 @@ def invalid_smiles(smiles: Iterable[str]) -> list[int]:
 
 
 class FingerprintTable:
-    """One fingerprint row per molecule key.
+    """One featurised row per molecule key: a fingerprint, or the record another molecule tower's featuriser makes
+    (a graph, token ids; see :mod:`cloome_hf.molecule_tower_registry`).
 
     Attributes:
         keys: list of molecule keys (InChIKeys), row order of ``fingerprints``.
         smiles: the SMILES featurised for each key.
-        fingerprints: ``(num_molecules, fingerprint_size)`` float32.
+        fingerprints: ``(num_molecules, fingerprint_size)`` float32, or a ``(num_molecules,)`` object array of the
+            featuriser's records.
         invalid: ``{key: smiles}`` of molecules whose SMILES failed featurisation (``errors="skip"``).
+        collate: the featuriser's ``collate`` (rows -> the model's molecule inputs); ``None``: fingerprints.
     """
 
-    def __init__(self, keys: Sequence[str], smiles: Sequence[str], fingerprints: np.ndarray, invalid=None):
+    def __init__(self, keys: Sequence[str], smiles: Sequence[str], fingerprints: np.ndarray, invalid=None,
+                 collate=None):
         if len(keys) != len(fingerprints) or len(keys) != len(smiles):
             raise ValueError(f"{len(keys)} keys, {len(smiles)} SMILES and {len(fingerprints)} fingerprint rows differ")
         self.keys = list(keys)
         self.smiles = list(smiles)
-        self.fingerprints = np.ascontiguousarray(fingerprints, dtype=np.float32)
+        records = isinstance(fingerprints, np.ndarray) and fingerprints.dtype == object
+        self.fingerprints = fingerprints if records else np.ascontiguousarray(fingerprints, dtype=np.float32)
+        self.collate = collate
         self.invalid = dict(invalid or {})
         self._row = {k: i for i, k in enumerate(self.keys)}
         if len(self._row) != len(self.keys):
@@ -99,7 +105,7 @@ class FingerprintTable:
         bad = set(failed)
         good = [i for i in range(len(uniq_keys)) if i not in bad]
         return cls([uniq_keys[i] for i in good], [uniq_smiles[i] for i in good], fps,
-                   invalid={uniq_keys[i]: uniq_smiles[i] for i in failed})
+                   invalid={uniq_keys[i]: uniq_smiles[i] for i in failed}, collate=getattr(featurizer, "collate", None))
 
     @classmethod
     def from_dataset(cls, ds, featurizer, errors: str = "raise", key_column: str = "inchikey"):
@@ -122,11 +128,19 @@ class FingerprintTable:
                 from None
 
     def lookup(self, keys: Sequence[str]) -> np.ndarray:
-        """``(len(keys), fingerprint_size)`` float32 fingerprints of the given keys."""
+        """The rows of the given keys: ``(len(keys), fingerprint_size)`` float32 fingerprints, or records."""
         return self.fingerprints[self.rows(keys)]
 
+    def model_inputs(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The molecule tower's inputs for the given keys, in order (``{"fingerprints": ...}``, graph tensors, token
+        ids): one batch of the data loader."""
+        rows = self.lookup(keys)
+        return {"fingerprints": rows} if self.collate is None else self.collate(rows)
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write an ``.npz`` (``keys``, ``smiles``, ``fingerprints``)."""
+        """Write an ``.npz`` (``keys``, ``smiles``, ``fingerprints``); a table of fingerprints only."""
+        if self.fingerprints.dtype == object:
+            raise ValueError(f"only a fingerprint table is saved as .npz, not one of molecule records ({path})")
         np.savez(path, keys=np.array(self.keys), smiles=np.array(self.smiles), fingerprints=self.fingerprints)
 
     @classmethod

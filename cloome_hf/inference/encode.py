@@ -98,14 +98,18 @@ def backbone_features(model, pixel_values: torch.Tensor, autocast_dtype: torch.d
 SITE_FEATURES = {"embedding": embed_pixel_values, "backbone": backbone_features}
 
 
-def embed_fingerprints(model, fingerprints: torch.Tensor, autocast_dtype: torch.dtype | None = None,
-                       concentrations: torch.Tensor | None = None) -> torch.Tensor:
-    """``(N, fingerprint_size)`` (and ``(N,)`` doses in uM for a dose-conditioned model) -> ``(N, projection_dim)``
-    float32 L2-normalised embeddings on the CPU."""
+def embed_fingerprints(model, fingerprints: torch.Tensor | None = None, autocast_dtype: torch.dtype | None = None,
+                       concentrations: torch.Tensor | None = None, **molecule_inputs: torch.Tensor) -> torch.Tensor:
+    """``(N, fingerprint_size)`` fingerprints, or the inputs of another molecule tower (``x``, ``edge_index``, ...;
+    ``input_ids``, ``attention_mask``), and ``(N,)`` doses in uM for a dose-conditioned model -> ``(N,
+    projection_dim)`` float32 L2-normalised embeddings on the CPU."""
     device = _device(model)
     doses = None if concentrations is None else concentrations.to(device)
+    if fingerprints is not None:
+        molecule_inputs["fingerprints"] = fingerprints
+    inputs = {k: torch.as_tensor(v).to(device) for k, v in molecule_inputs.items()}
     with _inference(model), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        features = model.get_molecule_features(fingerprints=fingerprints.to(device), concentrations=doses).pooler_output
+        features = model.get_molecule_features(**inputs, concentrations=doses).pooler_output
     return F.normalize(features.float(), dim=-1).cpu()
 
 
@@ -201,25 +205,31 @@ def encode_molecules(model, processor, smiles: Sequence[str] | str | None = None
                      ) -> np.ndarray:
     """Embed molecules: ``(N, projection_dim)`` float32, L2-normalised.
 
-    Give ``smiles`` (featurised by ``processor``; an invalid SMILES is a ``ValueError`` naming it and its
-    position) or an already computed ``(N, fingerprint_size)`` ``fingerprints`` matrix; ``concentrations``: the
-    ``N`` doses in uM, for a dose-conditioned model.
+    Give ``smiles`` (featurised by ``processor``, whatever the molecule tower; an invalid SMILES is a
+    ``ValueError`` naming it and its position) or already featurised rows ``fingerprints`` (an ``(N,
+    fingerprint_size)`` matrix, or the records of the processor's featuriser, e.g. from a
+    :class:`~cloome_hf.data.molecules.FingerprintTable`); ``concentrations``: the ``N`` doses in uM, for a
+    dose-conditioned model.
     """
+    featurizer = processor.featurizer
     if fingerprints is None:
         if smiles is None:
             raise ValueError("give smiles or fingerprints")
         smiles = [smiles] if isinstance(smiles, str) else list(smiles)
         if not smiles:
             raise ValueError("no SMILES given")
-        fingerprints = processor.featurizer(smiles)  # validates every SMILES up front
-    fingerprints = torch.as_tensor(np.asarray(fingerprints, dtype=np.float32))
+        fingerprints = featurizer(smiles)  # validates every SMILES up front
+    elif not (isinstance(fingerprints, np.ndarray) and fingerprints.dtype == object):
+        fingerprints = np.asarray(fingerprints, dtype=np.float32)
     doses = None
     if concentrations is not None:
         from ..featurization_cloome import check_concentrations
 
         doses = torch.as_tensor(check_concentrations(concentrations, len(fingerprints)), dtype=torch.float32)
-    out = [embed_fingerprints(model, fingerprints[s:s + batch_size], autocast_dtype,
-                              None if doses is None else doses[s:s + batch_size])
+    out = [embed_fingerprints(model, autocast_dtype=autocast_dtype,
+                              concentrations=None if doses is None else doses[s:s + batch_size],
+                              **{k: torch.from_numpy(v) for k, v in
+                                 featurizer.collate(fingerprints[s:s + batch_size]).items()})
            for s in range(0, len(fingerprints), batch_size)]
     return torch.cat(out).numpy()
 

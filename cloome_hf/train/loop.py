@@ -65,7 +65,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
         images = {"tower_features": run.tower_features.features(batch["sample_key"]).to(accelerator.device)}
     buffers = run.guard.snapshot_buffers()  # the forward pass updates the batch-norm running statistics
     with accelerator.autocast():
-        loss = model(**images, fingerprints=batch["fingerprints"], return_loss=True,
+        loss = model(**images, **molecule_inputs(run, batch), return_loss=True,
                      **loss_inputs(run, batch, pixels)).loss
     global_loss = accelerator.reduce(loss.detach(), "mean")
     accelerator.backward(loss)
@@ -78,7 +78,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
     run.optimizer.zero_grad()
     raw_model.clamp_logit_scale()
     run.state.advance(run.steps_per_epoch)
-    run._seen += len(batch["fingerprints"]) * accelerator.num_processes
+    run._seen += len(batch["sample_key"]) * accelerator.num_processes
     if run.audit is not None:
         run.audit.write(json.dumps({"step": run.state.step, "rows": list(batch["sample_key"])}) + "\n")
     release_batch(batch)  # nothing reads the batch again: its worker may reuse the buffers
@@ -101,6 +101,13 @@ def _stop_if_non_finite(run: Run) -> None:
         else checkpoint(run)
     raise TrainingStopped(f"non-finite {problem} at step {run.state.step + 1}; the last good state "
                           f"(step {run.state.step}) is in {path}")
+
+
+def molecule_inputs(run: Run, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The batch's inputs of the model's molecule tower (fingerprints, graph tensors or token ids)."""
+    from ..molecule_tower_kinds import get_molecule_tower
+
+    return {name: batch[name] for name in get_molecule_tower(run.raw_model.config.molecule_config.encoder).input_names}
 
 
 def loss_inputs(run: Run, batch: dict[str, Any], pixels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -46,8 +46,8 @@ class ModelArguments:
     unfreeze_last: int = _field(0, help="with --freeze_image_tower: train the tower's last N blocks", preset=False)
     tower_preprocessing: str | None = _field(help="the tower's input convention as JSON (rescale_factor, image_mean, "
                                                   "image_std, input_size), for a tower whose files do not state it")
-    trust_remote_code: bool = _field(False, help="allow a remote-code image tower (e.g. recursionpharma/OpenPhenom) "
-                                                 "to run its own code", preset=False)
+    trust_remote_code: bool = _field(False, help="allow a remote-code image or molecule tower (e.g. "
+                                                 "recursionpharma/OpenPhenom) to run its own code", preset=False)
     vision_layers: list[int] | None = _field(help="bottleneck blocks per ResNet stage", nargs="+")
     base_width: int | None = _field(help="ResNet stem width (64 published)")
     head_pool_size: int | None = _field(help="ResNet head pool window (7 published)")
@@ -74,6 +74,28 @@ class ModelArguments:
     concentration_buckets: list[float] | None = _field(help="bucket edges (uM) of --concentration_encoding "
                                                        "one_hot (default 0.03 0.1 0.3 1 3 10)", preset=False,
                                                        nargs="+")
+    molecule_encoder: str | None = _field(help="the molecule tower: mlp (the published fingerprint MLP), gnn (a graph "
+                                          "network over the molecular graph) or transformers (a chemical language "
+                                          "model, --molecule_model); unset in the recipe: mlp",
+                                          choices=["mlp", "gnn", "transformers"])
+    gnn_layer: str | None = _field(help="--molecule_encoder gnn: message passing gin, gine or nnconv (default gine)",
+                                   choices=["gin", "gine", "nnconv"])
+    gnn_readout: str | None = _field(help="--molecule_encoder gnn: readout sum, mean or attention (default sum)",
+                                     choices=["sum", "mean", "attention"])
+    atom_features: list[str] | None = _field(help="--molecule_encoder gnn: atom features (default all of "
+                                             "cloome_hf.featurization_graph.ATOM_FEATURES)", preset=False, nargs="+")
+    bond_features: list[str] | None = _field(help="--molecule_encoder gnn: bond features (default all)", preset=False,
+                                             nargs="+")
+    molecule_model: str | None = _field(help="--molecule_encoder transformers: a text encoder folder or Hub id with "
+                                        "its tokenizer (e.g. seyonec/ChemBERTa-zinc-base-v1; remote code such as "
+                                        "ibm/MoLFormer-XL-both-10pct with --trust_remote_code true)")
+    token_pooling: str | None = _field(help="--molecule_encoder transformers: cls or mean (default cls)",
+                                       choices=["cls", "mean"])
+    max_sequence_length: int | None = _field(help="--molecule_encoder transformers: most tokens per molecule "
+                                             "(default the tower's limit); longer ones are refused unless "
+                                             "--truncation true", preset=False)
+    truncation: bool = _field(False, help="--molecule_encoder transformers: cut molecules longer than the limit "
+                              "(with a warning) instead of refusing them", preset=False)
     fingerprint_kind: str | None = _field(help="molecule featurisation",
                                           choices=["morgan", "morgan_count", "rdkit_count", "morgan_rdkit_max"])
     fingerprint_size: int | None = _field(help="fingerprint length")

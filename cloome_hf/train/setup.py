@@ -61,7 +61,6 @@ def build_accelerator(train_args):
 
 def build_processor(model_args, data_args):
     """The processor saved with the model: the recipe's fingerprints; a centre crop to the training size."""
-    from ..featurization_cloome import MoleculeFeaturizer
     from ..image_processing_cloome import CloomeImageProcessor
     from ..processing_cloome import CloomeProcessor
     from ..vision_towers import tower_image_processor
@@ -71,10 +70,27 @@ def build_processor(model_args, data_args):
     vision = None if model_args.model_name_or_path else tower_vision_config(model_args, data_args)
     image_processor = (tower_image_processor(vision, crop_size=crop) if vision is not None
                        else CloomeImageProcessor(do_center_crop=True, crop_size=crop))
-    return CloomeProcessor(
-        image_processor=image_processor,
-        featurizer=MoleculeFeaturizer(kind=model_args.fingerprint_kind, fingerprint_size=model_args.fingerprint_size),
-    )
+    return CloomeProcessor(image_processor=image_processor, featurizer=molecule_featurizer(model_args, data_args))
+
+
+def molecule_featurizer(model_args, data_args):
+    """The featuriser of the run's molecule tower: the recipe's fingerprints for ``mlp``; for the other towers the
+    one the tower's config asks for (the saved processor's, starting from ``--model_name_or_path``)."""
+    from ..featurization_cloome import MoleculeFeaturizer
+    from ..molecule_tower_kinds import get_molecule_tower
+
+    if model_args.model_name_or_path:
+        from ..configuration_cloome import CloomeConfig
+        from ..processing_cloome import CloomeProcessor
+
+        saved = CloomeConfig.from_pretrained(model_args.model_name_or_path).molecule_config
+        if saved.encoder != "mlp":
+            return CloomeProcessor.from_pretrained(model_args.model_name_or_path).featurizer
+    elif (model_args.molecule_encoder or "mlp") != "mlp":
+        values = {**asdict(model_args), "learnable_logit_scale": model_args.learnable_temperature}
+        molecule = model_config(values, data_args.image_size).molecule_config
+        return get_molecule_tower(molecule.encoder).featurizer(molecule)
+    return MoleculeFeaturizer(kind=model_args.fingerprint_kind, fingerprint_size=model_args.fingerprint_size)
 
 
 def tower_vision_config(model_args, data_args):
@@ -193,6 +209,10 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
     tower_parts = {"model": model, "processor": processor}
     apply_tower_options(tower_parts, model_args, data_args)
     _check_dose_data(model.config, data)
+    if accelerator.num_processes > 1 and model.config.molecule_config.encoder == "gnn":
+        # accelerate cuts every batch tensor into equal row blocks; a graph batch's atom rows are not per molecule
+        raise ValueError("the gnn molecule tower trains in one process for now: accelerate would split the graph "
+                         "batch by atoms, not by molecules")
     phenomic_model = load_phenomic_model(model_args, model.config, accelerator.device)
     model = _prepare_model(model, accelerator, train_args)
     optimizer = build_optimizer(model, train_args.learning_rate, train_args.weight_decay,
