@@ -69,18 +69,26 @@ def _scaler(method: str):
             "mad_robustize": lambda: RobustMAD(epsilon=MAD_EPSILON)}[method]()
 
 
-def _feature_frame(profiles: pd.DataFrame, feats: list[str]) -> pd.DataFrame:
-    """The features alone, without ``attrs`` (pandas deep-copies them on every operation of a plate's slice)."""
-    features = profiles[feats]
-    features.attrs = {}
-    return features
+def _feature_rows(profiles: pd.DataFrame, feats: list[str]):
+    """``rows -> DataFrame`` of those rows' features (only they are copied; without ``attrs``, which pandas
+    deep-copies on every operation)."""
+    positions = profiles.columns.get_indexer(feats)
+
+    def take(rows) -> pd.DataFrame:
+        part = profiles.iloc[rows, positions]
+        part.attrs = {}
+        return part
+
+    return take
 
 
 def _with_feature_values(profiles: pd.DataFrame, feats: list[str], values: np.ndarray) -> pd.DataFrame:
     """``profiles``' metadata and ``values`` as its features, in ``profiles``' column order and index."""
     meta = metadata_columns(profiles)
-    out = pd.concat([profiles[meta], pd.DataFrame(values, index=profiles.index, columns=feats)], axis=1)
-    return out[[c for c in profiles.columns if c in set(meta) | set(feats)]]
+    out = pd.concat([profiles[meta], pd.DataFrame(values, index=profiles.index, columns=feats, copy=False)],
+                    axis=1)
+    order = [c for c in profiles.columns if c in set(meta) | set(feats)]
+    return out if list(out.columns) == order else out[order]
 
 
 def _scale_per_plate(profiles: pd.DataFrame, options: NormalizeOptions, method: str) -> tuple[pd.DataFrame, dict]:
@@ -89,12 +97,12 @@ def _scale_per_plate(profiles: pd.DataFrame, options: NormalizeOptions, method: 
     (the controls query is evaluated once; one plate's slice is copied at a time)."""
     feats = feature_columns(profiles)
     is_control = control_mask(profiles, options.controls)
-    features = _feature_frame(profiles, feats)
+    features = _feature_rows(profiles, feats)
     out = None
     for plate, rows in _plate_rows(profiles, options):
         if not is_control[rows].any():
             raise ValueError(f"controls query {options.controls!r} matches no row of the plate {plate!r} table")
-        part = features.iloc[rows]
+        part = features(rows)
         scaled = np.asarray(_scaler(method).fit(part[is_control[rows]]).transform(part))
         if out is None:
             out = np.empty((len(profiles), len(feats)), dtype=scaled.dtype)
@@ -123,11 +131,11 @@ def _sphering(profiles: pd.DataFrame, options: NormalizeOptions) -> tuple[pd.Dat
     """ZCA-cor sphering fitted on all controls: pycytominer's ``Spherize``, as ``pycytominer.normalize(
     method="spherize")`` fits it, applied in blocks of rows (the transform is row by row: same values)."""
     feats = feature_columns(profiles)
-    features = _feature_frame(profiles, feats)
-    scaler = _scaler("spherize").fit(features[control_mask(profiles, options.controls)])
+    features = _feature_rows(profiles, feats)
+    scaler = _scaler("spherize").fit(features(np.flatnonzero(control_mask(profiles, options.controls))))
     out = None
     for start in range(0, len(profiles), SPHERIZE_BLOCK_ROWS):
-        block = np.asarray(scaler.transform(features.iloc[start:start + SPHERIZE_BLOCK_ROWS]))
+        block = np.asarray(scaler.transform(features(slice(start, start + SPHERIZE_BLOCK_ROWS))))
         if out is None:
             out = np.empty((len(profiles), block.shape[1]), dtype=block.dtype)
         out[start:start + len(block)] = block
@@ -245,7 +253,7 @@ def normalize(
     options = NormalizeOptions(controls_query(controls), plate_column, batch_column, seed, coral_regularization,
                                dict(harmony_kwargs or {}))
     feature_columns(profiles)
-    out = profiles.copy()
+    out = profiles.copy(deep=not steps)  # each step makes a new table: no need to copy the input first
     out.attrs["profiling"] = {"pipeline": [], **copy.deepcopy(profiles.attrs.get("profiling", {}))}
     for name in steps:
         result, info = NORMALIZATION_STEPS[name](out, options)
