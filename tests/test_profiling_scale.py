@@ -74,6 +74,13 @@ def test_plate_by_plate_normalisation_is_bit_identical_to_whole_table_pycytomine
     assert list(sphered.columns) == list(wells.columns) and sphered.index.equals(wells.index)
 
 
+def test_the_thin_svd_sphering_fit_is_bit_identical_to_pycytominers(wells, monkeypatch):
+    monkeypatch.setattr(normalize_module, "THIN_SVD_CONTROLS", 0)  # the large-scale fit, on these few controls
+    _, sphered_ref = _whole_table_reference(wells)
+    feats = _features(wells)
+    assert np.array_equal(normalize(wells, "mad_robustize,sphering")[feats].to_numpy(), sphered_ref[feats].to_numpy())
+
+
 @pytest.mark.parametrize("method", ["standardize", "robustize"])
 def test_the_other_per_plate_scalers_are_bit_identical_too(wells, method):
     from pycytominer import normalize as pyc_normalize

@@ -69,6 +69,36 @@ def _scaler(method: str):
             "mad_robustize": lambda: RobustMAD(epsilon=MAD_EPSILON)}[method]()
 
 
+#: Controls above which sphering is fitted without pycytominer's ``svd(full_matrices=True)``, whose U matrix is
+#: controls x controls (50,000 controls: 20 GB of float64).
+THIN_SVD_CONTROLS = 8_000
+
+
+def _fit_spherize(controls: pd.DataFrame):
+    """pycytominer's ``Spherize`` (ZCA-cor) fitted on ``controls``. Up to :data:`THIN_SVD_CONTROLS` rows its own
+    ``fit``; above, the same steps with the thin SVD (``full_matrices=False``: the same singular values and right
+    singular vectors from LAPACK for a matrix with more rows than columns; tests/test_profiling_scale.py checks
+    the two agree bit for bit), so that memory grows with the controls, not with their square."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = _scaler("spherize")
+    n, d = controls.shape
+    if n <= THIN_SVD_CONTROLS or n <= d:
+        return scaler.fit(controls)
+    values = controls.values
+    scaler.standard_scaler = StandardScaler().fit(values)
+    if np.any(scaler.standard_scaler.var_ == 0):
+        raise ValueError("sphering: a feature is constant over the controls; drop it first (feature_select)")
+    standardized = scaler.standard_scaler.transform(values)
+    rank = np.linalg.matrix_rank(standardized)
+    if rank != d:
+        raise ValueError(f"sphering: the controls' features are linearly dependent (rank {rank} of {d})")
+    _, sigma, vt = np.linalg.svd(standardized, full_matrices=False)
+    sigma = sigma + scaler.epsilon
+    scaler.W = ((vt / sigma[:, np.newaxis]).transpose() * np.sqrt(n - 1)) @ vt
+    return scaler
+
+
 def _feature_rows(profiles: pd.DataFrame, feats: list[str]):
     """``rows -> DataFrame`` of those rows' features (only they are copied; without ``attrs``, which pandas
     deep-copies on every operation)."""
@@ -132,7 +162,7 @@ def _sphering(profiles: pd.DataFrame, options: NormalizeOptions) -> tuple[pd.Dat
     method="spherize")`` fits it, applied in blocks of rows (the transform is row by row: same values)."""
     feats = feature_columns(profiles)
     features = _feature_rows(profiles, feats)
-    scaler = _scaler("spherize").fit(features(np.flatnonzero(control_mask(profiles, options.controls))))
+    scaler = _fit_spherize(features(np.flatnonzero(control_mask(profiles, options.controls))))
     out = None
     for start in range(0, len(profiles), SPHERIZE_BLOCK_ROWS):
         block = np.asarray(scaler.transform(features(slice(start, start + SPHERIZE_BLOCK_ROWS))))
