@@ -66,16 +66,59 @@ def test_an_onnx_store_matches_the_torch_model_and_records_its_backend(tiny, tmp
     assert sorted(p.name for p in (tmp_path / "onnx" / "images").iterdir()) == before
 
 
-def test_int8_is_a_quantised_graph_calibrated_on_the_sites_and_within_bounds(tiny, tmp_path):
+def _calibration_and_held_out(tiny):
     rows_cal, rows_held = backends.sample_rows(len(tiny["ds"]), 16, 16)
     assert len(rows_cal) == len(rows_held) == 16 and not set(rows_cal) & set(rows_held)
     calibration, _ = backends.sample_pixel_values(tiny["ds"], tiny["processor"], rows_cal)
     held_out, keys = backends.sample_pixel_values(tiny["ds"], tiny["processor"], rows_held)
     assert keys == [tiny["ds"][r]["sample_key"] for r in rows_held]
+    return calibration, held_out, keys
+
+
+def test_int8_is_a_torch_ao_quantised_trunk_calibrated_on_the_sites_and_within_bounds(tiny, tmp_path):
+    calibration, held_out, keys = _calibration_and_held_out(tiny)
     encoder = backends.build_image_encoder("int8", tiny["model"], calibration=calibration, workdir=str(tmp_path))
+    quantized = [m for m in encoder.trunk.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+    assert any("Conv" in type(m).__name__ for m in quantized)  # int8 convolutions, not the fp32 trunk
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.trunk.modules())  # folded
+    check = backends.check_backend("int8", encoder, tiny["model"], held_out, keys)
+    assert 0.999 <= check.min_cosine < 1 - 1e-7  # close to fp32, and not the fp32 trunk itself
+    assert check.top_k_overlap >= backends.OVERLAP_BOUND
+
+
+def test_the_int8_store_records_its_backend_and_its_calibration(tiny, tmp_path):
+    engine = torch.backends.quantized.engine
+    _embed(tiny, tmp_path / "int8", "--backend", "int8")
+    assert torch.backends.quantized.engine == engine  # the encoder sets its engine only while it runs
+    info = json.loads((tmp_path / "int8" / "embedding_info.json").read_text())
+    assert info["backend"] == "int8"
+    check = info["model_info"]["backend_check"]
+    assert check["passed"] and check["calibration_sites"] == 16 and check["min_cosine"] < 1 - 1e-7
+    got = np.stack(read_embeddings(str(tmp_path / "int8" / "images")).to_pandas()["embedding"].to_numpy())
+    assert got.shape == (len(tiny["ds"]), 16) and np.isfinite(got).all()
+
+
+def test_int8_refuses_a_tower_it_cannot_quantise_and_names_the_other_backend(tiny):
+    class OtherTower(torch.nn.Module):
+        pass
+
+    model = type("M", (), {"vision_model": OtherTower()})()
+    with pytest.raises(ValueError, match="OtherTower: use --backend onnx-int8"):
+        backends.TorchInt8ImageEncoder(model, torch.zeros(1, 5, SIZE, SIZE))
+
+
+def test_the_command_offers_every_backend():
+    action = next(a for a in embed.build_parser()._actions if a.dest == "backend")
+    assert tuple(action.choices) == backends.BACKENDS
+
+
+def test_onnx_int8_is_a_quantised_graph_calibrated_on_the_sites_and_within_bounds(tiny, tmp_path):
+    calibration, held_out, keys = _calibration_and_held_out(tiny)
+    encoder = backends.build_image_encoder("onnx-int8", tiny["model"], calibration=calibration,
+                                           workdir=str(tmp_path))
     ops = {node.op_type for node in onnx.load(encoder.path).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # int8 weights and activations, not the fp32 graph
-    check = backends.check_backend("int8", encoder, tiny["model"], held_out, keys)
+    check = backends.check_backend("onnx-int8", encoder, tiny["model"], held_out, keys)
     assert 0.999 <= check.min_cosine < 1 - 1e-7  # close to fp32, and not the fp32 graph itself
     assert check.top_k_overlap >= backends.OVERLAP_BOUND
 

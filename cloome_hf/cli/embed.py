@@ -44,13 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers decoding the sites")
     p.add_argument("--shard_size", type=int, default=4096, help="rows per output shard (unit of resumption)")
     p.add_argument("--bf16", action="store_true", help="run the encoders under bfloat16 autocast")
-    p.add_argument("--backend", choices=["torch", "onnx", "int8"], default="torch",
-                   help="image encoder: the torch model, ONNX Runtime (fp32), or int8 ONNX Runtime calibrated on "
-                        "the dataset's sites; onnx/int8 are checked against fp32 on held-out sites first and "
-                        "refused (no store written) below cosine 0.999 per site or top-10 overlap 0.95")
-    p.add_argument("--calibration_sites", type=int, default=32, help="--backend int8: sites it is calibrated on")
+    p.add_argument("--backend", choices=["torch", "onnx", "int8", "onnx-int8"], default="torch",
+                   help="image encoder: the torch model, ONNX Runtime (fp32), int8 torch.ao (the fastest on a CPU; "
+                        "cloome_resnet50 towers), or int8 ONNX Runtime; int8 is calibrated on the dataset's sites; "
+                        "all but torch are checked against fp32 on held-out sites first and refused (no store "
+                        "written) below cosine 0.999 per site or top-10 overlap 0.95")
+    p.add_argument("--calibration_sites", type=int, default=32,
+                   help="--backend int8/onnx-int8: sites it is calibrated on")
     p.add_argument("--check_sites", type=int, default=32,
-                   help="--backend onnx/int8: held-out sites it is checked on against fp32")
+                   help="--backend onnx/int8/onnx-int8: held-out sites it is checked on against fp32")
     p.add_argument("--embedding_dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--features", choices=["embedding", "backbone"], default="embedding",
                    help="'backbone': each site's image-tower features before the projection head (a cache for "
@@ -168,7 +170,7 @@ def _image_backend(args, model, processor, sites):
         raise ValueError(f"--backend {args.backend} exports the embedding model; --features {args.features} runs "
                          "the torch tower: drop one of them")
     if args.bf16:
-        raise ValueError(f"--bf16 is autocast of the torch model; --backend {args.backend} runs ONNX Runtime: "
+        raise ValueError(f"--bf16 is autocast of the torch model; --backend {args.backend} runs its own graph: "
                          "drop one of them")
     import atexit
     import shutil

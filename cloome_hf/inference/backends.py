@@ -1,9 +1,14 @@
 """Image-encoder backends of ``cloome embed --backend``: the torch model, ONNX Runtime, and int8 ONNX Runtime.
 
-    torch  the model itself (``get_image_features``, optionally under bf16 autocast: ``--bf16``)
-    onnx   the image tower exported with ``torch.onnx`` and run by ONNX Runtime's CPU provider (fp32)
-    int8   that graph statically quantised by ``onnxruntime.quantization`` (QDQ, per-channel int8 weights, uint8
-           activations with MinMax ranges), calibrated on a sample of the dataset's own sites
+    torch      the model itself (``get_image_features``, optionally under bf16 autocast: ``--bf16``)
+    onnx       the image tower exported with ``torch.onnx`` and run by ONNX Runtime's CPU provider (fp32)
+    int8       the image tower's ResNet trunk statically quantised by ``torch.ao`` (FX graph mode, the oneDNN
+               engine where torch has it, else ``x86`` or ``qnnpack``: batch norm folded, per-channel int8 weights, uint8
+               activations with MinMax ranges), calibrated on a sample of the dataset's own sites; the head pool
+               and projection stay float32. The fastest of the three on the CPUs measured
+               (``benchmarks/bench_backends.py``); only for the ``cloome_resnet50`` tower
+    onnx-int8  the ONNX graph statically quantised by ``onnxruntime.quantization`` (QDQ, per-channel int8
+               weights, uint8 activations with MinMax ranges), calibrated likewise; any exportable tower
 
 Every backend but ``torch`` is checked against the fp32 torch model on a held-out sample of the dataset's sites
 (disjoint from the calibration sample) before anything is written: each site's embedding must have cosine
@@ -18,6 +23,8 @@ tensor``, the contract of :func:`cloome_hf.inference.encode.embed_pixel_values`.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import tempfile
 import warnings
@@ -31,7 +38,7 @@ from torch import nn
 
 from .encode import embed_pixel_values
 
-BACKENDS = ("torch", "onnx", "int8")
+BACKENDS = ("torch", "onnx", "int8", "onnx-int8")
 #: Per-site cosine similarity to the fp32 embedding a backend must reach on the held-out sample.
 COSINE_BOUND = 0.999
 #: Mean overlap of the top-``TOP_K`` site-to-site neighbours with the fp32 ones a backend must reach.
@@ -127,6 +134,63 @@ def quantize_int8(fp32_path: str, int8_path: str, calibration: torch.Tensor, bat
     return int8_path
 
 
+def _quantized_engine() -> str:
+    """oneDNN on x86 (VNNI / AMX int8 kernels, full 8-bit activation range), else the best torch has."""
+    engines = torch.backends.quantized.supported_engines
+    return next((e for e in ("onednn", "x86", "qnnpack") if e in engines), engines[-1])
+
+
+class TorchInt8ImageEncoder:
+    """The ``cloome_resnet50`` image tower with its trunk (stem and four stages) statically quantised to int8 by
+    ``torch.ao`` FX graph mode, calibrated on ``calibration`` pixel values, as an :data:`ImageEncoder`. The head
+    pool and the projection run in float32 on the dequantised final map."""
+
+    def __init__(self, model, calibration: torch.Tensor, batch_size: int = 4):
+        from torch.ao.quantization import QConfig, QConfigMapping, default_per_channel_weight_observer
+        from torch.ao.quantization.observer import MinMaxObserver
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        from ..vision_tower_resnet import CloomeResNet, cloome_head_pool
+
+        tower = model.vision_model
+        if type(tower) is not CloomeResNet:
+            raise ValueError(f"backend 'int8' quantises the cloome_resnet50 tower; this model's image tower is "
+                             f"{type(tower).__name__}: use --backend onnx-int8")
+        if not len(calibration):
+            raise ValueError("int8 quantisation needs calibration sites, got none")
+        self.engine, self.head_pool_size, self._pool = _quantized_engine(), tower.head_pool_size, cloome_head_pool
+        self.projection = copy.deepcopy(model.visual_projection).to("cpu", torch.float32).eval()
+        parts = [tower.conv1, tower.bn1, tower.relu, tower.maxpool, tower.layer1, tower.layer2, tower.layer3,
+                 tower.layer4]
+        trunk = copy.deepcopy(nn.Sequential(*parts)).to("cpu", torch.float32).eval()
+        # uint8 activations; fbgemm's kernels (behind "x86") need 7 bits to keep 16-bit sums from saturating
+        activation = MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=self.engine in ("x86", "fbgemm"))
+        mapping = QConfigMapping().set_global(QConfig(activation=activation,
+                                                      weight=default_per_channel_weight_observer))
+        calibration = calibration.to("cpu", torch.float32)
+        with self._engine(), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's notice that it moves to torchao
+            prepared = prepare_fx(trunk, mapping, (calibration[:1],))
+            for i in range(0, len(calibration), batch_size):
+                prepared(calibration[i:i + batch_size])
+            self.trunk = convert_fx(prepared)
+
+    @contextlib.contextmanager
+    def _engine(self):
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = self.engine
+        try:
+            yield
+        finally:
+            torch.backends.quantized.engine = before
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with self._engine(), torch.no_grad():
+            final_map = self.trunk(pixel_values.detach().to("cpu", torch.float32))
+            features = self.projection(self._pool(final_map, self.head_pool_size))
+        return F.normalize(features.float(), dim=-1)
+
+
 class TorchImageEncoder:
     """The model itself (optionally under autocast), as an :data:`ImageEncoder`."""
 
@@ -146,6 +210,8 @@ def build_image_encoder(backend: str, model, *, calibration: torch.Tensor | None
         return TorchImageEncoder(model, autocast_dtype)
     if calibration is None or not len(calibration):
         raise ValueError(f"backend {backend!r} needs sample sites (to export and calibrate on), got none")
+    if backend == "int8":
+        return TorchInt8ImageEncoder(model, calibration)
     fp32_path = export_image_onnx(model, calibration, os.path.join(workdir, "image_encoder.onnx"))
     if backend == "onnx":
         return OnnxImageEncoder(fp32_path)
@@ -254,10 +320,11 @@ def prepare_backend(backend: str, model, processor, sites, *, calibration_sites:
     ``torch``)."""
     if backend == "torch":
         return build_image_encoder("torch", model, workdir="", autocast_dtype=autocast_dtype), None
-    if backend == "int8" and calibration_sites < 1:
-        raise ValueError(f"backend int8 is calibrated on the dataset's sites: calibration_sites must be >= 1, got "
+    calibrated = backend in ("int8", "onnx-int8")
+    if calibrated and calibration_sites < 1:
+        raise ValueError(f"backend {backend} is calibrated on the dataset's sites: calibration_sites must be >= 1, got "
                          f"{calibration_sites}")
-    calibration_rows, held_rows = sample_rows(len(sites), calibration_sites if backend == "int8" else 0,
+    calibration_rows, held_rows = sample_rows(len(sites), calibration_sites if calibrated else 0,
                                               check_sites)
     held_out, keys = sample_pixel_values(sites, processor, held_rows)
     # onnx calibrates nothing: a held-out site is only the export's example input
@@ -268,11 +335,11 @@ def prepare_backend(backend: str, model, processor, sites, *, calibration_sites:
     log(f"backend {backend}: on {check.num_sites} held-out sites, cosine to fp32 min {check.min_cosine:.6f} "
         f"(bound {COSINE_BOUND}), top-{check.top_k} overlap {check.top_k_overlap:.4f} (bound {OVERLAP_BOUND})")
     check.require_within_bounds()
-    record = {**check.to_dict(), "calibration_sites": len(calibration_rows) if backend == "int8" else 0}
+    record = {**check.to_dict(), "calibration_sites": len(calibration_rows) if calibrated else 0}
     return encoder, record
 
 
 __all__ = ["BACKENDS", "COSINE_BOUND", "OVERLAP_BOUND", "TOP_K", "BackendBoundError", "BackendCheck",
-           "ImageEncoder", "OnnxImageEncoder", "TorchImageEncoder", "build_image_encoder", "check_backend",
+           "ImageEncoder", "OnnxImageEncoder", "TorchImageEncoder", "TorchInt8ImageEncoder", "build_image_encoder", "check_backend",
            "export_image_onnx", "prepare_backend", "quantize_int8", "sample_pixel_values", "sample_rows",
            "top_k_overlap"]

@@ -84,9 +84,10 @@ def phenotypic_activity(
         _PLATE: plates,
         _ROLE: np.where(is_control, "negcon", "trt"),
     })
-    check_finite(profiles.loc[scored | is_control], feats, "phenotypic activity")
-    ap = _chunked_average_precision(meta, profiles[feats].to_numpy(), scored, is_control, chunk_size, distance,
-                                    show_progress)
+    values = profiles[feats].to_numpy()
+    check_finite(profiles, feats, "phenotypic activity", values=values, rows=scored | is_control)
+    ap = _chunked_average_precision(meta, values, scored, is_control, chunk_size, distance, show_progress)
+    del values
     maps = mean_average_precision(ap, [_GROUP], null_size=null_size, threshold=threshold, seed=seed,
                                   progress_bar=show_progress)
     ap = pd.concat([profiles.drop(columns=feats).iloc[ap.index].reset_index(drop=True),
@@ -112,12 +113,19 @@ def _chunked_average_precision(meta, values, scored, is_control, chunk_size, dis
     from copairs.map import average_precision
 
     logging.getLogger("copairs").setLevel(logging.WARNING)
-    plates, groups = meta[_PLATE].to_numpy(), meta[_GROUP].to_numpy()
+    # integer codes: selecting a chunk's rows is then a lookup per row, not a string search over all wells
+    plate_codes, plate_names = pd.factorize(meta[_PLATE])
+    group_codes = pd.factorize(meta[_GROUP])[0]
     parts = []
-    for chunk in tqdm(_plate_chunks(plates, scored, chunk_size), desc="phenotypic activity", disable=not show_progress):
-        queries = scored & np.isin(plates, chunk)
-        rows = np.flatnonzero(queries | (is_control & np.isin(plates, chunk))
-                              | (scored & np.isin(groups, groups[queries])))
+    for chunk in tqdm(_plate_chunks(meta[_PLATE].to_numpy(), scored, chunk_size), desc="phenotypic activity",
+                      disable=not show_progress):
+        in_chunk = np.zeros(len(plate_names), dtype=bool)
+        in_chunk[plate_names.get_indexer(chunk)] = True
+        on_plates = in_chunk[plate_codes]
+        queries = scored & on_plates
+        query_groups = np.zeros(group_codes.max() + 1, dtype=bool)
+        query_groups[group_codes[queries]] = True
+        rows = np.flatnonzero(queries | (is_control & on_plates) | (scored & query_groups[group_codes]))
         ap = average_precision(meta.iloc[rows], values[rows], pos_sameby=[_GROUP], pos_diffby=[],
                                neg_sameby=[_PLATE], neg_diffby=[_ROLE, _GROUP], progress_bar=False,
                                distance=distance)

@@ -51,37 +51,126 @@ class NormalizeOptions:
     harmony_kwargs: dict = field(default_factory=dict)
 
 
+#: pycytominer.normalize's settings for the steps it runs here (its defaults: ``mad_robustize_epsilon``,
+#: ``spherize_epsilon``); the scalers are pycytominer's / scikit-learn's, the ones pycytominer.normalize builds.
+MAD_EPSILON, SPHERIZE_EPSILON = 1e-18, 1e-6
+#: Rows per block of the sphering transform: bounds its float64 temporaries (the transform is row by row).
+SPHERIZE_BLOCK_ROWS = 50_000
+
+
+def _scaler(method: str):
+    """The scaler ``pycytominer.normalize(method=method)`` fits (same class, same settings)."""
+    from pycytominer.operations import RobustMAD, Spherize
+    from sklearn.preprocessing import RobustScaler, StandardScaler
+
+    if method == "spherize":
+        return Spherize(center=True, method="ZCA-cor", epsilon=SPHERIZE_EPSILON, return_numpy=True)
+    return {"standardize": StandardScaler, "robustize": RobustScaler,
+            "mad_robustize": lambda: RobustMAD(epsilon=MAD_EPSILON)}[method]()
+
+
+#: Controls above which sphering is fitted without pycytominer's ``svd(full_matrices=True)``, whose U matrix is
+#: controls x controls (50,000 controls: 20 GB of float64).
+THIN_SVD_CONTROLS = 8_000
+
+
+def _fit_spherize(controls: pd.DataFrame):
+    """pycytominer's ``Spherize`` (ZCA-cor) fitted on ``controls``. Up to :data:`THIN_SVD_CONTROLS` rows its own
+    ``fit``; above, the same steps with the thin SVD (``full_matrices=False``: the same singular values and right
+    singular vectors from LAPACK for a matrix with more rows than columns; tests/test_profiling_scale.py checks
+    the two agree bit for bit), so that memory grows with the controls, not with their square."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = _scaler("spherize")
+    n, d = controls.shape
+    if n <= THIN_SVD_CONTROLS or n <= d:
+        return scaler.fit(controls)
+    values = controls.values
+    scaler.standard_scaler = StandardScaler().fit(values)
+    if np.any(scaler.standard_scaler.var_ == 0):
+        raise ValueError("sphering: a feature is constant over the controls; drop it first (feature_select)")
+    standardized = scaler.standard_scaler.transform(values)
+    rank = np.linalg.matrix_rank(standardized)
+    if rank != d:
+        raise ValueError(f"sphering: the controls' features are linearly dependent (rank {rank} of {d})")
+    _, sigma, vt = np.linalg.svd(standardized, full_matrices=False)
+    sigma = sigma + scaler.epsilon
+    scaler.W = ((vt / sigma[:, np.newaxis]).transpose() * np.sqrt(n - 1)) @ vt
+    return scaler
+
+
+def _feature_rows(profiles: pd.DataFrame, feats: list[str]):
+    """``rows -> DataFrame`` of those rows' features (only they are copied; without ``attrs``, which pandas
+    deep-copies on every operation)."""
+    positions = profiles.columns.get_indexer(feats)
+
+    def take(rows) -> pd.DataFrame:
+        part = profiles.iloc[rows, positions]
+        part.attrs = {}
+        return part
+
+    return take
+
+
+def _with_feature_values(profiles: pd.DataFrame, feats: list[str], values: np.ndarray) -> pd.DataFrame:
+    """``profiles``' metadata and ``values`` as its features, in ``profiles``' column order and index."""
+    meta = metadata_columns(profiles)
+    out = pd.concat([profiles[meta], pd.DataFrame(values, index=profiles.index, columns=feats, copy=False)],
+                    axis=1)
+    order = [c for c in profiles.columns if c in set(meta) | set(feats)]
+    return out if list(out.columns) == order else out[order]
+
+
 def _scale_per_plate(profiles: pd.DataFrame, options: NormalizeOptions, method: str) -> tuple[pd.DataFrame, dict]:
-    """``pycytominer.normalize(method=method)`` on each plate, fitted on that plate's controls."""
-    from pycytominer import normalize as pycytominer_normalize
+    """pycytominer's scaler of ``method`` fitted on each plate's controls and applied to that plate, as
+    ``pycytominer.normalize(plate, samples=controls, method=method)`` does, plate by plate into one output array
+    (the controls query is evaluated once; one plate's slice is copied at a time)."""
+    feats = feature_columns(profiles)
+    is_control = control_mask(profiles, options.controls)
+    features = _feature_rows(profiles, feats)
+    out = None
+    for plate, rows in _plate_rows(profiles, options):
+        if not is_control[rows].any():
+            raise ValueError(f"controls query {options.controls!r} matches no row of the plate {plate!r} table")
+        part = features(rows)
+        scaled = np.asarray(_scaler(method).fit(part[is_control[rows]]).transform(part))
+        if out is None:
+            out = np.empty((len(profiles), len(feats)), dtype=scaled.dtype)
+        out[rows] = scaled
+    return _with_feature_values(profiles, feats, out), {
+        "fit_on": options.controls, "per": options.plate_column or "all plates",
+        "library": f"pycytominer {version('pycytominer')}"}
 
-    feats, meta = feature_columns(profiles), metadata_columns(profiles)
-    plates = [(None, profiles)] if options.plate_column is None else _plates(profiles, options)
-    parts = []
-    for plate, part in plates:
-        control_mask(part, options.controls, where="profiles" if plate is None else f"plate {plate!r}")
-        parts.append(pycytominer_normalize(part, features=feats, meta_features=meta, samples=options.controls,
-                                           method=method, output_file=None))
-    out = pd.concat(parts).loc[profiles.index, list(profiles.columns)]
-    return out, {"fit_on": options.controls, "per": options.plate_column or "all plates",
-                 "library": f"pycytominer {version('pycytominer')}"}
 
-
-def _plates(profiles: pd.DataFrame, options: NormalizeOptions):
+def _plate_rows(profiles: pd.DataFrame, options: NormalizeOptions) -> list[tuple[object, np.ndarray]]:
+    """``(plate, row positions)`` per plate in order of first appearance (one plate of every row when
+    ``plate_column`` is None); a row without a plate is refused, naming it."""
+    if options.plate_column is None:
+        return [(None, np.arange(len(profiles)))]
     require_columns(profiles, [options.plate_column], "per-plate normalisation")
-    return list(profiles.groupby(options.plate_column, sort=False))
+    codes, plates = pd.factorize(profiles[options.plate_column], sort=False)
+    if (codes < 0).any():
+        raise ValueError(f"row {profiles.index[int(np.flatnonzero(codes < 0)[0])]!r} has no "
+                         f"{options.plate_column}; per-plate normalisation needs one on every row")
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(plates) + 1))
+    return [(plates[i], order[bounds[i]:bounds[i + 1]]) for i in range(len(plates))]
 
 
 def _sphering(profiles: pd.DataFrame, options: NormalizeOptions) -> tuple[pd.DataFrame, dict]:
-    """ZCA-cor sphering fitted on all controls (pycytominer's ``spherize``)."""
-    from pycytominer import normalize as pycytominer_normalize
-
-    control_mask(profiles, options.controls)
-    out = pycytominer_normalize(profiles, features=feature_columns(profiles), meta_features=metadata_columns(profiles),
-                                samples=options.controls, method="spherize", spherize_method="ZCA-cor",
-                                spherize_center=True, output_file=None)
-    return out[list(profiles.columns)], {"fit_on": options.controls, "method": "ZCA-cor",
-                                         "library": f"pycytominer {version('pycytominer')}"}
+    """ZCA-cor sphering fitted on all controls: pycytominer's ``Spherize``, as ``pycytominer.normalize(
+    method="spherize")`` fits it, applied in blocks of rows (the transform is row by row: same values)."""
+    feats = feature_columns(profiles)
+    features = _feature_rows(profiles, feats)
+    scaler = _fit_spherize(features(np.flatnonzero(control_mask(profiles, options.controls))))
+    out = None
+    for start in range(0, len(profiles), SPHERIZE_BLOCK_ROWS):
+        block = np.asarray(scaler.transform(features(slice(start, start + SPHERIZE_BLOCK_ROWS))))
+        if out is None:
+            out = np.empty((len(profiles), block.shape[1]), dtype=block.dtype)
+        out[start:start + len(block)] = block
+    return _with_feature_values(profiles, feats, out), {"fit_on": options.controls, "method": "ZCA-cor",
+                                                        "library": f"pycytominer {version('pycytominer')}"}
 
 
 FEATURE_SELECT_OPERATIONS = ("variance_threshold", "correlation_threshold", "drop_na_columns")
@@ -194,7 +283,7 @@ def normalize(
     options = NormalizeOptions(controls_query(controls), plate_column, batch_column, seed, coral_regularization,
                                dict(harmony_kwargs or {}))
     feature_columns(profiles)
-    out = profiles.copy()
+    out = profiles.copy(deep=not steps)  # each step makes a new table: no need to copy the input first
     out.attrs["profiling"] = {"pipeline": [], **copy.deepcopy(profiles.attrs.get("profiling", {}))}
     for name in steps:
         result, info = NORMALIZATION_STEPS[name](out, options)

@@ -179,10 +179,14 @@ def record_step(result: pd.DataFrame, source: pd.DataFrame, key: str, entry: dic
     return result
 
 
-def check_finite(profiles: pd.DataFrame, feats: Sequence[str], purpose: str) -> None:
-    """Refuse NaN / inf features, naming the first bad row's plate and well (or index)."""
-    values = profiles[list(feats)].to_numpy()
+def check_finite(profiles: pd.DataFrame, feats: Sequence[str], purpose: str, *, values: np.ndarray | None = None,
+                 rows: np.ndarray | None = None) -> None:
+    """Refuse NaN / inf features, naming the first bad row's plate and well (or index). ``values``: the features
+    as an array already (not copied again); ``rows``: ``(N,)`` bool, only these rows are checked."""
+    values = profiles[list(feats)].to_numpy() if values is None else values
     bad = ~np.isfinite(values).all(axis=1)
+    if rows is not None:
+        bad &= rows
     if bad.any():
         row = profiles.iloc[int(np.flatnonzero(bad)[0])]
         where = ", ".join(f"{c}={row[c]}" for c in ("Metadata_Plate", "Metadata_Well") if c in profiles.columns)
