@@ -42,8 +42,9 @@ class CloomeVisionConfig(PreTrainedConfig):
             CLOOME order for 5 channels, ``channel_0`` ... otherwise); sites are matched to it by name.
         channel_strategy: ``"stem"``, ``"per_channel"`` or ``"channel_tokens"`` (see
             :mod:`cloome_hf.vision_towers.channels`); one the tower cannot run is refused here.
-        stem_init: how ``stem`` adapts a pretrained transformers patch embedding to ``num_channels``:
-            ``"average"`` (mean over the pretrained channels) or ``"reinit"``.
+        stem_init: how ``stem`` adapts a pretrained transformers patch embedding to ``num_channels`` (and
+            ``channel_tokens`` to one channel): ``"average"`` (mean over the pretrained channels, scaled so that a
+            replicated channel is answered as the pretrained tower answers it) or ``"reinit"``.
         channel_pooling_layers / channel_pooling_heads: the ``per_channel`` cross-channel transformer (heads
             ``None``: the largest of 8, 4, 2, 1 dividing the feature size).
         tower_weights: a timm tower's pretrained weights: a local file or a Hub id.
