@@ -42,8 +42,9 @@ class CloomeVisionConfig(PreTrainedConfig):
             CLOOME order for 5 channels, ``channel_0`` ... otherwise); sites are matched to it by name.
         channel_strategy: ``"stem"``, ``"per_channel"`` or ``"channel_tokens"`` (see
             :mod:`cloome_hf.vision_towers.channels`); one the tower cannot run is refused here.
-        stem_init: how ``stem`` adapts a pretrained transformers patch embedding to ``num_channels``:
-            ``"average"`` (mean over the pretrained channels) or ``"reinit"``.
+        stem_init: how ``stem`` adapts a pretrained transformers patch embedding to ``num_channels`` (and
+            ``channel_tokens`` to one channel): ``"average"`` (mean over the pretrained channels, scaled so that a
+            replicated channel is answered as the pretrained tower answers it) or ``"reinit"``.
         channel_pooling_layers / channel_pooling_heads: the ``per_channel`` cross-channel transformer (heads
             ``None``: the largest of 8, 4, 2, 1 dividing the feature size).
         tower_weights: a timm tower's pretrained weights: a local file or a Hub id.
@@ -54,6 +55,9 @@ class CloomeVisionConfig(PreTrainedConfig):
             a saved model rebuilds without the network.
         tower_kind: the registered kind that resolved ``backbone`` (recorded).
         trust_remote_code: allow a remote-code tower's code to run. Never saved: pass it again when loading.
+        bag_pooling: ``None`` (the unit is a site), ``"mean"`` or ``"attention"``: how a bag of sites (a well, a
+            molecule x dose; ``get_image_features(..., bag_sizes=...)``) is pooled into one image feature before
+            the projection head (see :mod:`cloome_hf.bag_pooling`).
     """
 
     model_type = "cloome_vision_model"
@@ -78,10 +82,14 @@ class CloomeVisionConfig(PreTrainedConfig):
         tower_config: dict | None = None,
         tower_kind: str | None = None,
         trust_remote_code: bool = False,
+        bag_pooling: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_positive_int("base_width", base_width)
+        if bag_pooling not in (None, "mean", "attention"):
+            raise ValueError(f"bag_pooling must be None, 'mean' or 'attention', got {bag_pooling!r}")
+        self.bag_pooling = bag_pooling
         _check_positive_int("head_pool_size", head_pool_size)
         if not isinstance(backbone, str) or not backbone:
             raise ValueError(f"backbone must be a non-empty string, got {backbone!r}")

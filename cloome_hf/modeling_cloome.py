@@ -30,6 +30,7 @@ from .losses import contrastive_loss, get_loss
 from .molecule_tower_kinds import build_molecule_model, select_molecule_inputs
 from .molecule_tower_mlp import (  # noqa: F401  (re-exported: the published molecule tower's home was here)
     CloomeConcentrationEncoding, CloomeMoleculeBlock, CloomeMoleculeEncoder)
+from .bag_pooling import BagPooling
 from .vision_tower_channels import pool_tower_features
 from .vision_tower_kinds import build_vision_model, without_pretrained_tower_weights
 from .vision_tower_preprocessing import TowerNormalize
@@ -195,6 +196,8 @@ class CloomeModel(CloomePreTrainedModel):
     def __init__(self, config: CloomeConfig):
         super().__init__(config)
         self.vision_model = build_vision_backbone(config.vision_config)
+        bags = config.vision_config.bag_pooling
+        self.bag_pooling = None if bags is None else BagPooling(bags, self.vision_model.num_features)
         self.visual_projection = nn.Linear(self.vision_model.num_features, config.projection_dim)
         self.molecule_model = build_molecule_model(config.molecule_config)
         self.molecule_projection = nn.Linear(self.molecule_model.num_features, config.projection_dim)
@@ -228,7 +231,8 @@ class CloomeModel(CloomePreTrainedModel):
     @can_return_tuple
     def get_image_features(
         self, pixel_values: torch.Tensor | None = None, channel_names: list[str] | None = None,
-        tower_features: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs]
+        tower_features: torch.Tensor | None = None, bag_sizes: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs]
     ) -> tuple | BaseModelOutputWithPooling:
         """Project images into the joint space.
 
@@ -241,6 +245,8 @@ class CloomeModel(CloomePreTrainedModel):
             tower_features: instead of ``pixel_values``, the frozen tower's cached per-site features
                 (:func:`cloome_hf.vision_towers.tower_features`: ``(N, D)``, or ``(N, C, D)`` under
                 ``per_channel``); only what is trained after the tower runs.
+            bag_sizes: ``(B,)`` sites per bag, for a model with ``vision_config.bag_pooling``: the N sites are B
+                bags one after the other, and each bag gets one feature (``pooler_output`` ``(B, projection_dim)``).
             output_hidden_states: also return the trunk's per-stage feature maps. ``return_dict=False``: a tuple.
 
         Returns:
@@ -250,11 +256,14 @@ class CloomeModel(CloomePreTrainedModel):
         output_hidden_states = self._output_hidden_states(kwargs)
         if (pixel_values is None) == (tower_features is None):
             raise ValueError("pass either pixel_values or tower_features")
+        if bag_sizes is not None and self.bag_pooling is None:
+            raise ValueError("bag_sizes given, but this model pools no bags (vision_config.bag_pooling is None); "
+                             "make the model with bag_pooling='mean' or 'attention'")
         if tower_features is not None:
             if not tower_features.is_floating_point():
                 raise ValueError(f"tower_features must be a floating-point tensor, got {tower_features.dtype}")
             features = tower_features.to(self.visual_projection.weight.dtype)
-            pooled = pool_tower_features(self.vision_model, features)
+            pooled = self._pool_bags(pool_tower_features(self.vision_model, features), bag_sizes)
             return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=self.visual_projection(pooled))
         if channel_names is not None:
             if pixel_values.ndim != 4 or pixel_values.shape[1] != len(channel_names):
@@ -270,8 +279,11 @@ class CloomeModel(CloomePreTrainedModel):
             raise ValueError(f"pixel_values must be a floating-point tensor, got {pixel_values.dtype}")
         pixel_values = pixel_values.to(self.visual_projection.weight.dtype)
         outputs = self.vision_model(pixel_values, output_hidden_states=output_hidden_states)
-        outputs.pooler_output = self.visual_projection(outputs.pooler_output)
+        outputs.pooler_output = self.visual_projection(self._pool_bags(outputs.pooler_output, bag_sizes))
         return outputs
+
+    def _pool_bags(self, features: torch.Tensor, bag_sizes: torch.Tensor | None) -> torch.Tensor:
+        return features if bag_sizes is None else self.bag_pooling(features, bag_sizes)
 
     @can_return_tuple
     def get_molecule_features(
@@ -361,6 +373,7 @@ class CloomeModel(CloomePreTrainedModel):
         batch: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        bag_sizes: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | CloomeOutput:
         """Embed images and/or molecules; with both, also their scaled similarities and optionally the loss.
@@ -376,6 +389,8 @@ class CloomeModel(CloomePreTrainedModel):
             return_loss: compute ``config.loss`` over the (global, when distributed) batch.
             tower_features: instead of ``pixel_values``, the frozen image tower's cached features of the images
                 (see :meth:`get_image_features`).
+            bag_sizes: ``(B,)`` sites per bag (see :meth:`get_image_features`); ``fingerprints`` then has one row
+                per bag.
             output_hidden_states: fill ``vision_model_output.hidden_states`` / ``molecule_model_output.hidden_states``.
             return_dict: ``False`` (here or in the config) returns a tuple of the non-None fields.
         """
@@ -391,8 +406,8 @@ class CloomeModel(CloomePreTrainedModel):
         vision_outputs = molecule_outputs = image_embeds = molecule_embeds = None
         logits_per_image = logits_per_molecule = loss = None
         if pixel_values is not None or tower_features is not None:
-            vision_outputs = self.get_image_features(pixel_values, tower_features=tower_features, return_dict=True,
-                                                     **kwargs)
+            vision_outputs = self.get_image_features(pixel_values, tower_features=tower_features,
+                                                     bag_sizes=bag_sizes, return_dict=True, **kwargs)
             image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         if molecules:
             molecule_outputs = self.get_molecule_features(concentrations=concentrations, return_dict=True, **molecules,

@@ -176,17 +176,20 @@ register_recipe(Recipe(
                 "(`tower_preprocessing`). Reproduces: the frozen phenomics embeddings, S2L with the model's own "
                 "(detached) image embeddings as soft labels, dose conditioning, a graph-network molecule encoder "
                 "(the `gnn` tower: GINE message passing over RDKit graphs, mean readout, the dose appended after "
-                "it). Does not reproduce: MolPhenix's pretrained MolGPS graph model (its weights are not public: "
-                "the graph tower trains from scratch here), its well-level embedding averaging (trains per site), "
-                "Phenom-1 (not public), nor its reported numbers. OpenPhenom is channel-agnostic, but `channel_tokens` is not wired to it "
-                "yet: the recipe runs it `per_channel`.",
+                "it), and its well-level averaging: the training unit is a well, a bag of its sites whose features "
+                "are averaged (`--bag_by well`, `bag_pooling` mean; no two wells of one molecule in a batch). Does "
+                "not reproduce: MolPhenix's pretrained MolGPS graph model (its weights are not public: the graph "
+                "tower trains from scratch here), Phenom-1 (not public), nor its reported numbers. OpenPhenom is "
+                "channel-agnostic through its own remote code, which `channel_tokens` (written for transformers "
+                "ViT / DINOv2 towers) does not wrap: the recipe runs it `per_channel`.",
     model=dict(_TOWER_MODEL, backbone="recursionpharma/OpenPhenom", channel_strategy="per_channel",
-               freeze_image_tower=True, loss="s2l", concentration_encoding="one_hot", molecule_encoder="gnn",
+               freeze_image_tower=True, loss="s2l", concentration_encoding="one_hot", bag_pooling="mean",
+               molecule_encoder="gnn",
                gnn_layer="gine", gnn_readout="mean", molecule_hidden_size=512, molecule_num_layers=5,
                tower_preprocessing=json.dumps({"rescale_factor": 1 / 255, "image_mean": None, "image_std": None,
                                                "input_size": [256, 256],
                                                "source": "the OpenPhenom model card (uint8 / 255, 256 x 256)"})),
-    training=dict(_FROZEN_TOWER_TRAINING, image_size=[256, 256]),
+    training=dict(_FROZEN_TOWER_TRAINING, image_size=[256, 256], bag_by="well"),
 ))
 register_recipe(Recipe(
     name="chemberta-style",
@@ -256,7 +259,7 @@ def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
 
     inverse_temperature = values["init_inverse_temperature"]
     optional = {k: values[k] for k in ("cwcl_threshold",) if values.get(k) is not None}
-    tower = {k: values[k] for k in ("channel_strategy", "tower_preprocessing", "trust_remote_code")
+    tower = {k: values[k] for k in ("channel_strategy", "tower_preprocessing", "trust_remote_code", "bag_pooling")
              if values.get(k) is not None}
     if isinstance(tower.get("tower_preprocessing"), str):  # from the command line: JSON
         tower["tower_preprocessing"] = json.loads(tower["tower_preprocessing"])

@@ -5,8 +5,13 @@
 * ``per_channel``: each channel goes alone through the tower, replicated to its k input channels, and a small
   transformer across the C channel embeddings, each tagged with a learned embedding of its channel name, pools
   them through a class token (CellCLIP's design);
-* ``channel_tokens`` (channel-as-token patch embedding, ChannelViT / OpenPhenom style) needs a tower built for it;
-  no registered kind supports it yet, so it is refused when the config is made.
+* ``channel_tokens`` (channel-as-token patch embedding, ChannelViT / OpenPhenom style): each channel is cut into
+  patches alone by a one-channel patch embedding (the pretrained one summed over its input channels, so a channel
+  is answered as the pretrained tower answers it replicated to RGB), every patch token gets the tower's position
+  embedding of its place *and* a learned embedding of its channel's name, and the transformer attends across all
+  C x P tokens and one class token, whose output is the site's feature. It needs a ViT-like tower whose
+  ``embeddings`` module returns ``[CLS, patches]`` (transformers ViT and DINOv2); other towers are refused when the
+  config is made.
 
 Channels are matched by name before any of this (``CloomeModel.get_image_features(..., channel_names=...)``
 re-orders a site to the config's ``channel_names``), so every strategy embeds a site identically whatever order its
@@ -82,6 +87,50 @@ class PerChannelTower(nn.Module):
                                           hidden_states=hidden_states)
 
 
+class ChannelTokensTower(nn.Module):
+    """The ``channel_tokens`` strategy around a ViT-like ``tower`` built for one input channel (its ``model``'s
+    ``embeddings`` turns ``(n, 1, H, W)`` into ``(n, 1 + P, D)``: class token, then P patch tokens with their
+    position embeddings).
+
+    The C channels of a site go through those embeddings as C one-channel images; a forward hook on the
+    embeddings then regroups them into one sequence per site, ``[CLS, P tokens of channel 0 + e_0, ...]``, where
+    ``e_c`` is the learned embedding of the c-th name of ``config.channel_names``, and the rest of the tower runs on
+    that sequence. ``pooler_output`` is the class token's output, ``last_hidden_state`` all ``1 + C * P`` tokens.
+    The attributes ``model`` and ``normalize`` are the tower's (``--unfreeze_last`` finds its blocks there).
+    """
+
+    def __init__(self, tower: nn.Module, config):
+        super().__init__()
+        self.model = tower.model
+        self.normalize = tower.normalize
+        self.num_features = tower.num_features
+        self.num_channels = config.num_channels
+        self.channel_embeddings = nn.Parameter(torch.randn(config.num_channels, tower.num_features) * 0.02)
+
+    def _site_tokens(self, num_sites: int):
+        def hook(module, args, tokens: torch.Tensor) -> torch.Tensor:
+            per_channel = tokens.reshape(num_sites, self.num_channels, *tokens.shape[1:])
+            patches = per_channel[:, :, 1:] + self.channel_embeddings.to(tokens.dtype)[None, :, None]
+            return torch.cat([per_channel[:, 0, :1], patches.flatten(1, 2)], dim=1)
+
+        return hook
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> BaseModelOutputWithPooling:
+        n, c, h, w = pixel_values.shape
+        if c != self.num_channels:
+            raise ValueError(f"channel_tokens tower takes {self.num_channels} channels, got pixel_values of shape "
+                             f"{tuple(pixel_values.shape)}")
+        single = self.normalize(pixel_values.reshape(n * c, 1, h, w))
+        handle = self.model.embeddings.register_forward_hook(self._site_tokens(n))
+        try:
+            out = self.model(pixel_values=single, output_hidden_states=output_hidden_states, return_dict=True)
+        finally:
+            handle.remove()
+        last = out.last_hidden_state
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=last[:, 0],
+                                          hidden_states=getattr(out, "hidden_states", None))
+
+
 def build_channel_strategy(kind, config, load_weights: bool) -> nn.Module:
     """The tower of ``kind`` under ``config.channel_strategy``."""
     if config.channel_strategy == "stem":
@@ -89,6 +138,8 @@ def build_channel_strategy(kind, config, load_weights: bool) -> nn.Module:
     if config.channel_strategy == "per_channel":
         channels = kind.pretrained_in_channels(config)
         return PerChannelTower(kind.build(config, channels, load_weights), config, channels)
+    if config.channel_strategy == "channel_tokens":
+        return ChannelTokensTower(kind.build(config, 1, load_weights), config)
     raise ValueError(f"channel_strategy {config.channel_strategy!r} has no implementation")
 
 
@@ -110,5 +161,5 @@ def tower_module(vision_model: nn.Module) -> nn.Module:
     return vision_model.tower if isinstance(vision_model, PerChannelTower) else vision_model
 
 
-__all__ = ["CrossChannelPooling", "PerChannelTower", "build_channel_strategy", "pool_tower_features",
+__all__ = ["ChannelTokensTower", "CrossChannelPooling", "PerChannelTower", "build_channel_strategy", "pool_tower_features",
            "tower_features", "tower_module"]

@@ -81,16 +81,31 @@ def _refuse_remote_code(config) -> None:
                          "trust_remote_code=True, after you have read that code")
 
 
+#: The transformers model types whose ``embeddings`` return ``[CLS, patches]``, which ``channel_tokens`` regroups.
+CHANNEL_TOKEN_MODEL_TYPES = ("vit", "dinov2")
+
+
+def _refuse_channel_tokens(config) -> None:
+    model_type = config.tower_config.get("model_type")
+    if config.channel_strategy == "channel_tokens" and model_type not in CHANNEL_TOKEN_MODEL_TYPES:
+        raise ValueError(f"channel_strategy 'channel_tokens' is not supported by the transformers tower "
+                         f"{config.backbone!r} (model_type {model_type!r}): it needs a ViT-like tower whose "
+                         f"embeddings return [CLS, patches], model_type one of {list(CHANNEL_TOKEN_MODEL_TYPES)}; "
+                         "use 'stem' or 'per_channel'")
+
+
 def _claims(config) -> bool:
     return True  # the last kind: a folder or Hub id, or the error that says neither
 
 
 def _resolve(config) -> None:
     if config.tower_config is not None and config.tower_config.get("_cloome_source") == config.backbone:
+        _refuse_channel_tokens(config)
         return  # resolved before (a saved model): nothing to fetch
     tower_config, where = _read_json_file(config.backbone, CONFIG_FILE, required=True)
     config.tower_config = dict(tower_config, _cloome_source=config.backbone)
     _refuse_remote_code(config)
+    _refuse_channel_tokens(config)
     if config.tower_preprocessing is not None:
         config.tower_preprocessing = checked_tower_preprocessing(config.tower_preprocessing, config.backbone)
     else:
@@ -193,6 +208,7 @@ register_tower_kind(VisionTowerKind(
     resolve=_resolve,
     build=_build,
     pretrained_in_channels=_original_channels,
+    channel_strategies=("stem", "per_channel", "channel_tokens"),
 ))
 
-__all__ = ["TransformersTower", "needs_remote_code", "read_tower_json"]
+__all__ = ["CHANNEL_TOKEN_MODEL_TYPES", "TransformersTower", "needs_remote_code", "read_tower_json"]

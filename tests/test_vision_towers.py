@@ -25,7 +25,7 @@ def image_features(model, images, **kwargs):
 
 
 @pytest.mark.parametrize("kind", ["dinov2", "vit"])
-@pytest.mark.parametrize("strategy", ["stem", "per_channel"])
+@pytest.mark.parametrize("strategy", ["stem", "per_channel", "channel_tokens"])
 def test_transformers_tower_keeps_its_weights_and_round_trips_without_its_folder(tiny_tower_folder, tmp_path, kind,
                                                                                  strategy):
     folder = tiny_tower_folder(kind)
@@ -41,6 +41,8 @@ def test_transformers_tower_keeps_its_weights_and_round_trips_without_its_folder
         if strategy == "stem" and key == adapted:  # 3 pretrained channels averaged onto 5, scaled by 3 / 5
             expected = source[key].mean(1, keepdim=True).expand(-1, 5, -1, -1) * (3 / 5)
             torch.testing.assert_close(value, expected)
+        elif strategy == "channel_tokens" and key == adapted:  # one channel: the 3 pretrained ones summed
+            torch.testing.assert_close(value, source[key].sum(1, keepdim=True))
         else:
             assert torch.equal(value, source[key]), key  # pretrained, not re-initialised by post_init
     images = torch.rand(2, 5, 32, 32)
@@ -69,6 +71,8 @@ STRATEGIES = [
     dict(TINY_VISION, backbone="test_resnet", channel_strategy="per_channel"),
     "dinov2-stem",
     "dinov2-per_channel",
+    "dinov2-channel_tokens",
+    "vit-channel_tokens",
 ]
 
 
@@ -115,11 +119,35 @@ def test_tower_without_a_known_input_convention_is_refused_by_name(tiny_tower_fo
     assert not CloomeModel(config).vision_model.normalize.active
 
 
-def test_channel_tokens_are_refused_when_the_config_is_made(tiny_tower_folder):
-    with pytest.raises(ValueError, match="channel_strategy 'channel_tokens' is not supported by the transformers"):
-        config_with(backbone=tiny_tower_folder("vit"), channel_strategy="channel_tokens")
+def test_channel_tokens_are_refused_when_the_config_is_made_for_towers_without_patch_tokens(tmp_path):
+    from transformers import ConvNextConfig, ConvNextModel
+
+    folder = tmp_path / "tiny-convnext"
+    ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "rescale_factor": 1 / 255, "do_normalize": False, "size": {"height": 32, "width": 32}}))
+    with pytest.raises(ValueError, match="'channel_tokens' is not supported by the transformers tower .*'convnext'"):
+        config_with(backbone=str(folder), channel_strategy="channel_tokens")
     with pytest.raises(ValueError, match="channel_strategy 'channel_tokens' is not supported by the cloome_resnet50"):
         config_with(**dict(TINY_VISION, channel_strategy="channel_tokens"))
+    with pytest.raises(ValueError, match="channel_strategy 'channel_tokens' is not supported by the timm"):
+        config_with(**dict(TINY_VISION, backbone="test_resnet", channel_strategy="channel_tokens"))
+
+
+def test_channel_tokens_attend_over_every_channels_patches_tagged_by_channel_name(tiny_tower_folder):
+    model = CloomeModel(config_with(backbone=tiny_tower_folder("dinov2"), channel_strategy="channel_tokens",
+                                    image_size=[32, 32])).eval()
+    images = torch.rand(2, 5, 32, 32)
+    with torch.no_grad():
+        out = model.vision_model(images)
+    assert out.last_hidden_state.shape == (2, 1 + 5 * 16, 32)  # CLS + 5 channels x 4 x 4 patches of 8 px
+    # the channel embedding is what tells the channels apart: equal embeddings make two channels interchangeable
+    with torch.no_grad():
+        model.vision_model.channel_embeddings[1] = model.vision_model.channel_embeddings[0]
+        same = model.vision_model(images).pooler_output
+        swapped = model.vision_model(images[:, [1, 0, 2, 3, 4]]).pooler_output
+    torch.testing.assert_close(swapped, same, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out.pooler_output, same)
 
 
 def test_missing_channel_names_must_match_the_channel_count():

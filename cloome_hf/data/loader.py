@@ -46,7 +46,8 @@ from .molecules import FingerprintTable
 from .sampling import UniqueMoleculeBatchSampler, StreamingUniqueBatches, unique_molecule_batches
 from .schema import CONCENTRATION, channels_of, decode_image
 
-OUTPUTS = ("pixel_values", "uint8")
+#: ``"none"``: no images at all (training on cached tower features reads only the keys, molecules and doses).
+OUTPUTS = ("pixel_values", "uint8", "none")
 #: Batches each worker process prepares ahead (``DataLoader(prefetch_factor=...)``).
 PREFETCH_BATCHES = 2
 
@@ -64,37 +65,43 @@ def _in_worker() -> bool:
 class CellPaintingTorchDataset(torch.utils.data.Dataset):
     """Map-style view of a ``datasets.Dataset`` that reads only the columns a batch needs, a batch at a time.
 
-    Keys are rows, or ``(row, augmentation_seed)`` pairs from :class:`UniqueMoleculeBatchSampler`.
+    Keys are rows, ``(row, augmentation_seed)`` pairs from :class:`UniqueMoleculeBatchSampler`, or
+    ``(row, augmentation_seed or None, bag)`` triples from :class:`~cloome_hf.data.bags.BagBatchSampler`.
+    ``images=False`` reads no image column.
     """
 
     columns = ("sample_key", "inchikey", "image", "image_shape")
 
-    def __init__(self, ds, rows: Sequence[int] | None = None):
+    def __init__(self, ds, rows: Sequence[int] | None = None, images: bool = True):
         # Arrow format: a batch is a zero-copy slice of the memory-mapped table, images never become Python bytes
-        self.ds = ds.select_columns(batch_columns(ds)).with_format("arrow")
+        self.ds = ds.select_columns(batch_columns(ds, images)).with_format("arrow")
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ds) if self.rows is None else len(self.rows)
 
-    def __getitems__(self, keys: Sequence) -> tuple[pa.Table, list[int] | None]:
-        """``(table of the rows, their augmentation seeds or None)``."""
+    def __getitems__(self, keys: Sequence) -> tuple:
+        """``(table of the rows, their augmentation seeds or None)``, and their bag positions for bag keys."""
         keys = list(keys)
-        seeds = None
+        seeds = bags = None
         if keys and isinstance(keys[0], (tuple, list)):
-            seeds = [int(s) for _, s in keys]
-            keys = [int(r) for r, _ in keys]
+            if len(keys[0]) == 3:
+                bags = [int(k[2]) for k in keys]
+            seeds = None if keys[0][1] is None else [int(k[1]) for k in keys]
+            keys = [int(k[0]) for k in keys]
         idx = keys if self.rows is None else self.rows[keys].tolist()
-        return self.ds[idx], seeds
+        return (self.ds[idx], seeds) if bags is None else (self.ds[idx], seeds, bags)
 
     def __getitem__(self, key):
         return self.__getitems__([key])
 
 
-def batch_columns(ds) -> list[str]:
-    """The columns a batch reads: :attr:`CellPaintingTorchDataset.columns`, and ``concentration`` when ``ds`` has it."""
+def batch_columns(ds, images: bool = True) -> list[str]:
+    """The columns a batch reads: :attr:`CellPaintingTorchDataset.columns` (without the image ones unless
+    ``images``), and ``concentration`` when ``ds`` has it."""
     names = ds.column_names or list((ds.features or {}).keys())
-    return list(CellPaintingTorchDataset.columns) + ([CONCENTRATION] if CONCENTRATION in names else [])
+    columns = [c for c in CellPaintingTorchDataset.columns if images or c not in ("image", "image_shape")]
+    return columns + ([CONCENTRATION] if CONCENTRATION in names else [])
 
 
 def _binary_views(column: pa.ChunkedArray) -> list[np.ndarray]:
@@ -126,7 +133,11 @@ class CellPaintingCollator:
             the published normalisation).
         channel_permutation: index of each output channel in the stored image (``None``: stored order).
         output: ``"pixel_values"``, or ``"uint8"`` for untransformed ``images`` (N, C, H, W) uint8 plus their
-            ``seeds``: a quarter of the bytes between worker processes, for augmentation on the accelerator.
+            ``seeds``: a quarter of the bytes between worker processes, for augmentation on the accelerator; or
+            ``"none"``: no images (training on cached tower features).
+
+    Rows with bag positions (:class:`~cloome_hf.data.bags.BagBatchSampler`) give a batch of bags: ``bag_sizes``
+    (B,) and one ``fingerprints`` / ``concentrations`` / ``inchikey`` entry per bag, ``sample_key`` per site.
         return_loss: yield exactly the model's keyword arguments (``pixel_values``, ``fingerprints``,
             ``return_loss=True``), as ``transformers.Trainer`` calls ``model(**batch)``; no doses (the Trainer path
             trains models without dose conditioning).
@@ -184,23 +195,27 @@ class CellPaintingCollator:
             self._sites = torch.empty(int(np.prod(shape)), dtype=torch.uint8)
         return self._sites[:int(np.prod(shape))].view(shape)
 
-    def _decode(self, batch, tokens: list) -> tuple[torch.Tensor, list[str], list[str], list[int] | None,
-                                                    list | None]:
-        seeds = None
-        # (pyarrow.Table, seeds) from CellPaintingTorchDataset.__getitems__ (a list once Trainer's column filter
-        # has passed over it)
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], pa.Table):
-            batch, seeds = batch
+    def _decode(self, batch, tokens: list) -> tuple[torch.Tensor | None, list[str], list[str], list[int] | None,
+                                                    list | None, list[int] | None]:
+        seeds = bags = None
+        # (pyarrow.Table, seeds[, bags]) from CellPaintingTorchDataset.__getitems__ (a list once Trainer's column
+        # filter has passed over it)
+        if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) and isinstance(batch[0], pa.Table):
+            batch, seeds, *rest = batch
+            bags = rest[0] if rest else None
+        images = self.output != "none"
         if isinstance(batch, pa.Table):
-            image_views = _binary_views(batch.column("image"))
-            names = ("sample_key", "inchikey", "image_shape") + ((CONCENTRATION,) if CONCENTRATION in
-                                                                  batch.column_names else ())
+            image_views = _binary_views(batch.column("image")) if images else None
+            names = ("sample_key", "inchikey") + (("image_shape",) if images else ()) + (
+                (CONCENTRATION,) if CONCENTRATION in batch.column_names else ())
             batch = {c: batch.column(c).to_pylist() for c in names}
         else:
             if not isinstance(batch, Mapping):  # list of rows (plain DataLoader without __getitems__)
                 batch = {k: [row[k] for row in batch] for k in batch[0]}
-            image_views = [np.frombuffer(d, dtype=np.uint8) for d in batch["image"]]
+            image_views = [np.frombuffer(d, dtype=np.uint8) for d in batch["image"]] if images else None
         keys = list(batch["sample_key"])
+        if not images:
+            return None, keys, list(batch["inchikey"]), seeds, batch.get(CONCENTRATION), bags
         shapes = {tuple(s) for s in batch["image_shape"]}
         if len(shapes) != 1:
             raise ValueError(f"sites of different shapes {sorted(shapes)} in one batch (samples {keys})")
@@ -215,7 +230,7 @@ class CellPaintingCollator:
         if blank.any():
             n, c = np.argwhere(blank)[0]
             raise ValueError(f"sample {keys[n]!r}: channel {c} is all zero")
-        return buffer, keys, list(batch["inchikey"]), seeds, batch.get(CONCENTRATION)
+        return buffer, keys, list(batch["inchikey"]), seeds, batch.get(CONCENTRATION), bags
 
     def _augment(self, images: torch.Tensor, seeds: list[int] | None, tokens: list) -> torch.Tensor:
         output_shape = getattr(self.transform, "output_shape", None)
@@ -234,9 +249,19 @@ class CellPaintingCollator:
             raise
 
     def _collate(self, batch, tokens: list) -> dict[str, Any]:
-        images, keys, inchikeys, seeds, doses = self._decode(batch, tokens)
+        images, keys, inchikeys, seeds, doses, bags = self._decode(batch, tokens)
         out: dict[str, Any] = {}
-        if self.output == "uint8":
+        if bags is not None:  # one molecule (and dose) per bag: its first site's
+            from .bags import bag_sizes_of
+
+            sizes = bag_sizes_of(bags)
+            firsts = np.cumsum([0] + sizes[:-1]).tolist()
+            inchikeys = [inchikeys[i] for i in firsts]
+            doses = None if doses is None else [doses[i] for i in firsts]
+            out["bag_sizes"] = torch.tensor(sizes, dtype=torch.long)
+        if self.output == "none":
+            pass
+        elif self.output == "uint8":
             out["images"] = images
             out["seeds"] = seeds
         elif self.transform is not None:
@@ -253,7 +278,8 @@ class CellPaintingCollator:
             from cloome_hf.featurization_cloome import check_concentrations
 
             out["concentrations"] = torch.from_numpy(check_concentrations(
-                doses, where="concentration column", labels=keys).astype(np.float32))
+                doses, where="concentration column", labels=inchikeys if bags is not None else keys
+            ).astype(np.float32))
         out["sample_key"], out["inchikey"] = keys, inchikeys
         if tokens:
             out["buffer_tokens"] = tokens
@@ -286,6 +312,8 @@ def build_dataloader(
     shuffle_buffer: int = 1000,
     output: str = "pixel_values",
     return_loss: bool = False,
+    bag_by: str | None = None,
+    max_bag_sites: int | None = None,
     **dataloader_kwargs,
 ) -> CellPaintingDataLoader:
     """The ``DataLoader`` of ``{"pixel_values", "fingerprints", "sample_key", "inchikey"}`` batches.
@@ -313,6 +341,9 @@ def build_dataloader(
         shuffle_buffer: shuffle buffer of streaming datasets.
         output: ``"pixel_values"`` or ``"uint8"`` (``images`` and ``seeds``; augment on the accelerator).
         return_loss: batches of exactly the model's keyword arguments plus ``return_loss=True`` (Trainer).
+        bag_by: ``"well"`` or ``"molecule_dose"``: batches of ``batch_size`` bags of sites (unique molecules per
+            bag; :mod:`cloome_hf.data.bags`), with ``bag_sizes``; ``None`` / ``"site"``: sites. Map-style only.
+        max_bag_sites: at most this many sites per bag and epoch (``None``: all).
         dataloader_kwargs: passed to the ``DataLoader``; by default workers are persistent (except for a streaming
             dataset, whose epoch must reach them), prefetch :data:`PREFETCH_BATCHES` batches each, and batches are
             pinned when CUDA is present.
@@ -336,7 +367,11 @@ def build_dataloader(
                                     output, return_loss, reuse_buffers=num_workers > 0 and not return_loss)
     drop_last = train if drop_last is None else drop_last
     dataloader_kwargs = _loader_options(num_workers, streaming, dataloader_kwargs)
+    bagged = bag_by not in (None, "site")
     if streaming:
+        if bagged:
+            raise ValueError(f"bag_by={bag_by!r} needs a map-style dataset (the bags are made from all its sites); "
+                             "this one is streamed")
         return _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, unique_molecules, seed,
                                  num_replicas, rank, shuffle_buffer, num_workers, dataloader_kwargs)
     keys = column_values(ds, "inchikey")
@@ -346,8 +381,15 @@ def build_dataloader(
         if not ok.all():
             rows = np.flatnonzero(ok)
             keys = [keys[i] for i in rows]
-    data = CellPaintingTorchDataset(ds, rows)
-    if train or unique_molecules:
+    data = CellPaintingTorchDataset(ds, rows, images=output != "none")
+    if bagged:
+        from .bags import BagBatchSampler, site_bags
+
+        bags, molecules = site_bags(ds, bag_by, rows)
+        sampler = BagBatchSampler(bags, molecules if unique_molecules else range(len(bags)), batch_size,
+                                  shuffle=train, seed=seed, drop_last=drop_last, num_replicas=num_replicas,
+                                  rank=rank, augmentation_seeds=train, max_sites=max_bag_sites)
+    elif train or unique_molecules:
         sampler = UniqueMoleculeBatchSampler(keys if unique_molecules else range(len(keys)), batch_size,
                                              shuffle=train, seed=seed, drop_last=drop_last,
                                              num_replicas=num_replicas, rank=rank, augmentation_seeds=train)

@@ -13,7 +13,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-_SEED_RANGE = 2**62
+#: Augmentation seeds are drawn from [0, SEED_RANGE).
+SEED_RANGE = 2**62
 
 
 class _EpochHandle:
@@ -150,7 +151,7 @@ class UniqueMoleculeBatchSampler(torch.utils.data.Sampler):
         if self._cache is None or self._cache[0] != self.epoch:
             rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
             # drawn first, so a row's seed depends on (seed, epoch, row) only, not on the batch plan
-            seeds = rng.integers(0, _SEED_RANGE, size=len(self.keys)) if self.augmentation_seeds and rng else None
+            seeds = rng.integers(0, SEED_RANGE, size=len(self.keys)) if self.augmentation_seeds and rng else None
             batches = unique_molecule_batches(self.keys, self.batch_size, rng, self.drop_last)
             if seeds is not None:
                 batches = [[(row, int(seeds[row])) for row in batch] for batch in batches]
@@ -219,4 +220,4 @@ class StreamingUniqueBatches(torch.utils.data.IterableDataset):
             yield self._columns(current)
 
 
-__all__ = ["UniqueMoleculeBatchSampler", "unique_molecule_batches"]
+__all__ = ["SEED_RANGE", "UniqueMoleculeBatchSampler", "unique_molecule_batches"]

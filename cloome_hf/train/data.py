@@ -109,13 +109,17 @@ def training_loader(data: TrainingData, data_args, image_processor, global_batch
     """The training ``DataLoader``: global batches of ``global_batch`` sites, cut per process by accelerate.
 
     With ``--augment_on_device`` its batches hold uint8 ``images`` and their ``seeds`` instead of
-    ``pixel_values``: the training step applies :func:`training_transform` to them on the accelerator."""
+    ``pixel_values``: the training step applies :func:`training_transform` to them on the accelerator. With
+    ``--image_features`` they hold no images (the steps read the cached tower features); with ``--bag_by`` they are
+    batches of ``global_batch`` bags (:mod:`cloome_hf.data.bags`)."""
+    output = ("none" if data_args.image_features is not None
+              else "uint8" if data_args.augment_on_device else "pixel_values")
     return build_dataloader(
         data.train, data.fingerprints, batch_size=global_batch, train=True,
         transform=training_transform(data_args, image_processor), channel_order=image_processor.channel_order,
         unique_molecules=data_args.unique_molecules_per_batch, seed=seed,
         num_workers=data_args.dataloader_num_workers,
-        output="uint8" if data_args.augment_on_device else "pixel_values",
+        output=output, bag_by=data_args.bag_by, max_bag_sites=data_args.max_bag_sites,
     )
 
 

@@ -64,6 +64,8 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
         pixels = None
         images = {"tower_features": run.tower_features.features(batch["sample_key"]).to(accelerator.device)}
     buffers = run.guard.snapshot_buffers()  # the forward pass updates the batch-norm running statistics
+    if "bag_sizes" in batch:  # --bag_by: the sites of each bag, one molecule per bag
+        images["bag_sizes"] = batch["bag_sizes"].to(accelerator.device)
     with accelerator.autocast():
         loss = model(**images, **molecule_inputs(run, batch), return_loss=True,
                      **loss_inputs(run, batch, pixels)).loss
@@ -78,7 +80,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
     run.optimizer.zero_grad()
     raw_model.clamp_logit_scale()
     run.state.advance(run.steps_per_epoch)
-    run._seen += len(batch["sample_key"]) * accelerator.num_processes
+    run._seen += len(batch["sample_key"]) * accelerator.num_processes  # sites (a bag counts its sites)
     if run.audit is not None:
         run.audit.write(json.dumps({"step": run.state.step, "rows": list(batch["sample_key"])}) + "\n")
     release_batch(batch)  # nothing reads the batch again: its worker may reuse the buffers

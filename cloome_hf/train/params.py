@@ -44,6 +44,8 @@ class ModelArguments:
     freeze_image_tower: bool | None = _field(help="freeze the image tower (kept in eval mode); the heads and the "
                                                   "per_channel pooling train")
     unfreeze_last: int = _field(0, help="with --freeze_image_tower: train the tower's last N blocks", preset=False)
+    bag_pooling: str | None = _field(help="with --bag_by well / molecule_dose: how a bag's site features are pooled "
+                                          "(default mean)", choices=["mean", "attention"])
     tower_preprocessing: str | None = _field(help="the tower's input convention as JSON (rescale_factor, image_mean, "
                                                   "image_std, input_size), for a tower whose files do not state it")
     trust_remote_code: bool = _field(False, help="allow a remote-code image or molecule tower (e.g. "
@@ -125,6 +127,12 @@ class DataArguments:
     synthetic_image_size: int = _field(64, help="synthetic data: site size in pixels", preset=False)
     dataloader_num_workers: int = _field(0, help="DataLoader worker processes (persistent, one thread each)",
                                          preset=False)
+    bag_by: str | None = _field(help="the training unit: a site (default), or a bag of the sites of a well or of a "
+                                     "molecule x dose (pooled by --bag_pooling; the batch size counts bags, and no "
+                                     "two bags of one molecule share a batch)",
+                                choices=["site", "well", "molecule_dose"])
+    max_bag_sites: int | None = _field(help="with --bag_by: at most this many sites of a bag per epoch, drawn anew "
+                                            "each epoch (default all)", preset=False)
     image_features: str | None = _field(help="a store of `cloome embed --features backbone`: train on its cached "
                                              "tower features instead of running the frozen tower", preset=False)
     augment_on_device: bool | None = _field(None, help="the loader hands over uint8 sites and the training step "
@@ -225,6 +233,8 @@ def parse_args(argv: list[str] | None = None):
                 used[name] = value
     if len(data_args.image_size) == 1:
         data_args.image_size = data_args.image_size * 2
+    if data_args.bag_by not in (None, "site") and model_args.bag_pooling is None:
+        model_args.bag_pooling = "mean"
     return model_args, data_args, train_args, used
 
 

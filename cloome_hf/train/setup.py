@@ -187,6 +187,17 @@ def setup_run(model_args, data_args, train_args, recipe_used: dict[str, Any]) ->
         raise
 
 
+def _refuse_bags_that_cannot_run(model_args, data_args, accelerator) -> None:
+    if data_args.bag_by in (None, "site"):
+        return
+    if accelerator.num_processes > 1:  # accelerate cuts a global batch into equal slices of sites, across bags
+        raise ValueError(f"--bag_by {data_args.bag_by} trains on one process for now: a batch of bags cannot be cut "
+                         f"into {accelerator.num_processes} equal slices of sites")
+    if model_args.s2l_phenomic_model:
+        raise ValueError(f"--bag_by {data_args.bag_by} with --s2l_phenomic_model: the phenomic model embeds sites, "
+                         "not bags; leave it out (S2L then uses the model's own bag embeddings)")
+
+
 def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used) -> Run:
     processor = build_processor(model_args, data_args)
     log = tqdm.write if accelerator.is_main_process else (lambda message: None)
@@ -200,6 +211,7 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
         log(f"augment_on_device={data_args.augment_on_device} (the default on {accelerator.device.type}"
             + ("; --no_augment_on_device augments in the loader)" if data_args.augment_on_device else ")"))
     global_batch = train_args.per_device_train_batch_size * accelerator.num_processes
+    _refuse_bags_that_cannot_run(model_args, data_args, accelerator)
     loader = training_loader(data, data_args, processor.image_processor, global_batch, train_args.seed)
     steps_per_epoch = len(loader)
     total_steps = train_args.max_steps if train_args.max_steps > 0 else train_args.num_train_epochs * steps_per_epoch

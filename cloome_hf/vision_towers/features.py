@@ -7,13 +7,13 @@ names), a digest of its weights, and the preprocessing (the tower's convention a
 model whose tower or preprocessing differs in any of these is refused by name: its features would be other
 features.
 
-The store is read through ``datasets`` as memory-mapped Arrow: training gathers the rows of each batch from the
-mapped file, so a cache larger than memory (1M sites x 1,536 fp16 values is 3 GB) streams instead of loading.
+The store is read as memory-mapped Arrow (:class:`~cloome_hf.vision_towers.mapped_features.MappedFeatures`):
+training gathers the rows of each batch from the mapped files, so a cache larger than memory (1M sites x 1,536
+fp16 values is 3 GB) streams instead of loading (``benchmarks/bench_tower_cache.py`` measures it).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..vision_tower_channels import PerChannelTower, tower_module
+from .mapped_features import MappedFeatures
 
 #: The processor settings that change what a tower computes (file reading options do not).
 _PROCESSOR_KEYS = ("channel_order", "do_rescale_to_uint8", "intensity_clip_fraction", "intensity_scale",
@@ -85,32 +86,27 @@ class CachedTowerFeatures:
             (:func:`check_feature_store`).
     """
 
-    def __init__(self, store: str | os.PathLike, model, image_processor):
-        import datasets
-
+    def __init__(self, store: str | os.PathLike, model, image_processor, cache_dir: str | os.PathLike | None = None):
         info = check_feature_store(store, model, image_processor)
-        files = sorted(glob.glob(os.path.join(os.fspath(store), "images", "*.parquet")))
-        if not files:
-            raise ValueError(f"the feature store {os.fspath(store)} has no images/*.parquet shards")
         self.store = os.fspath(store)
         self.shape = list(info["tower"]["feature_shape"])
-        self.table = datasets.Dataset.from_parquet(files, keep_in_memory=False).with_format("numpy")
-        keys = self.table["sample_key"]
-        self.rows = {str(key): i for i, key in enumerate(keys)}
-        if len(self.rows) != len(keys):
-            raise ValueError(f"the feature store {self.store} holds some sample_key more than once")
+        self.table = MappedFeatures(store, cache_dir)
+        if self.table.dim != int(np.prod(self.shape)):
+            raise ValueError(f"the feature store {self.store} holds {self.table.dim} values per site, but its info "
+                             f"says feature_shape {self.shape}")
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.table)
 
     def features(self, sample_keys: Sequence[str]) -> torch.Tensor:
         """``(len(sample_keys), *feature_shape)`` float32 features; ``ValueError`` naming a key the store lacks."""
-        missing = [k for k in sample_keys if str(k) not in self.rows]
-        if missing:
-            raise ValueError(f"the feature store {self.store} has no features for sample_key(s) {missing[:5]}"
-                             f"{' ...' if len(missing) > 5 else ''}; embed the training dataset into it")
-        rows = self.table[[self.rows[str(k)] for k in sample_keys]]["embedding"]
-        values = np.asarray(np.stack(rows) if rows.dtype == object else rows, dtype=np.float32)
+        try:
+            rows = self.table.rows_of(sample_keys)
+        except KeyError as err:
+            missing = err.args[0]
+            raise ValueError(f"the feature store {self.store} has no features for sample_key(s) {missing}"
+                             f"{' ...' if len(missing) == 5 else ''}; embed the training dataset into it") from None
+        values = self.table.gather(rows)
         return torch.from_numpy(values.reshape(len(sample_keys), *self.shape))
 
 
