@@ -105,3 +105,27 @@ def test_feature_store_of_another_tower_is_refused_by_name(tiny_tower_folder, si
         CachedTowerFeatures(store, vit, other_crop)
     with pytest.raises(ValueError, match="no features for sample_key\\(s\\) \\['missing-site'\\]"):
         cache.features(["missing-site"])
+
+
+def test_guard_copies_only_what_a_step_changes_and_still_undoes_a_bad_step(tiny_tower_folder):
+    from cloome_hf.train.guard import NonFiniteGuard
+
+    model = tower_model(tiny_tower_folder("dinov2"), channel_strategy="per_channel")
+    freeze_image_tower(model)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    guard = NonFiniteGuard(model, optimizer, "cpu")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    params, _ = guard.snapshot_state()
+    assert len(params) == len(trainable) < len(list(model.parameters()))  # the frozen tower is not copied
+    before = [p.detach().clone() for p in model.parameters()]
+    buffers = guard.snapshot_buffers()
+    out = model(pixel_values=torch.rand(4, 5, 32, 32), fingerprints=torch.rand(4, 64), return_loss=True)
+    out.loss.backward()
+    guard.record(out.loss * float("nan"), None)  # a non-finite step: it must be undone
+    state = guard.snapshot_state()
+    optimizer.step()
+    guard.undo_if_skipped(buffers, state)
+    assert guard.read() == ("loss", 1)
+    for old, new in zip(before, model.parameters()):
+        assert torch.equal(old, new)

@@ -16,6 +16,10 @@ queue the next one ahead. :class:`NonFiniteGuard` keeps the check on the device 
   the last good state.
 
 All processes see the same flag: the loss is reduced over processes and the gradients are all-reduced.
+
+Only what a step can change is copied and put back: the parameters that train (a frozen image tower's, which no
+update touches, are left alone; copying a frozen DINOv2-giant every step would cost 4 GB of memory traffic) and the
+buffers of modules in training mode (a frozen tower stays in eval mode, so its batch-norm statistics do not move).
 """
 
 from __future__ import annotations
@@ -43,9 +47,18 @@ class NonFiniteGuard:
         self._record = torch.zeros(2, dtype=torch.int64, device=device)
 
     # ------------------------------------------------------------------ device side, every step
+    def _parameters(self) -> list[torch.Tensor]:
+        """The parameters a step can change: those that train."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _buffers(self) -> list[torch.Tensor]:
+        """The buffers a forward pass can change: those of modules in training mode."""
+        return [b for m in self.model.modules() if m.training for b in m.buffers(recurse=False)]
+
     def snapshot_buffers(self) -> list[torch.Tensor]:
-        """Copies of the model's buffers (the batch-norm running statistics), taken before the forward pass."""
-        return [t.detach().clone() for t in self.model.buffers()]
+        """Copies of the buffers of the modules in training mode (the batch-norm running statistics), taken
+        before the forward pass."""
+        return [t.detach().clone() for t in self._buffers()]
 
     def record(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
         """Note whether this step's global ``loss`` or ``grad_norm`` (None: not checked) is non-finite."""
@@ -59,7 +72,7 @@ class NonFiniteGuard:
         """After ``optimizer.step()``: note (on the device) whether a parameter is now non-finite. The largest
         absolute value of each parameter (one fused pass; NaN propagates, and unlike the 2-norm it cannot overflow
         on large finite weights) is finite exactly when the parameter is."""
-        params = [p.detach() for p in self.model.parameters() if p.is_floating_point()]
+        params = [p.detach() for p in self._parameters() if p.is_floating_point()]
         if not params:
             return
         total = torch.stack(torch._foreach_norm(params, float("inf"))).isfinite().all()
@@ -74,7 +87,7 @@ class NonFiniteGuard:
 
     def snapshot_state(self) -> tuple[list[torch.Tensor], dict[tuple[int, str], torch.Tensor]]:
         """Copies of the parameters and the optimiser's state tensors, taken before ``optimizer.step()``."""
-        params = [p.detach().clone() for p in self.model.parameters()]
+        params = [p.detach().clone() for p in self._parameters()]
         return params, {key: value.detach().clone() for key, value in self._optimizer_tensors()}
 
     def undo_if_skipped(self, buffers: list[torch.Tensor], state) -> None:
@@ -83,7 +96,7 @@ class NonFiniteGuard:
         skip = self._record[0] != 0
         params, optimizer_state = state
         with torch.no_grad():
-            for current, saved in zip(list(self.model.buffers()) + list(self.model.parameters()), buffers + params):
+            for current, saved in zip(self._buffers() + self._parameters(), buffers + params, strict=True):
                 torch.where(skip, saved, current, out=current)
             for key, current in self._optimizer_tensors():
                 saved = optimizer_state.get(key)
