@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from test_training import TINY_ARGS
+from conftest import TINY_ARGS
 from lock_holder import lock_held_elsewhere
 
 ARGS = [*TINY_ARGS, "--vision_layers", "1", "1", "1", "1", "--max_steps", "2", "--save_steps", "1",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_training import TINY_ARGS, load_train_script, read_log
+from conftest import TINY_ARGS, load_train_script, read_log
 
 SHORT = [*TINY_ARGS, "--vision_layers", "1", "1", "1", "1", "--eval_steps", "100", "--save_steps", "100"]
 

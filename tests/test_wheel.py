@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_convert import make_upstream_state_dict
+from upstream_checkpoint import make_upstream_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
