@@ -1,23 +1,20 @@
 """README.md: the set-up commands are the ones CI runs, and the model examples run as written."""
 
 import csv
+import re
 import io
 import json
 import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
+from readme_blocks import README, ROOT, blocks, cloome_argv, command_lines, run_cloome, section
 
-ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def _section(name: str) -> str:
-    return README.split(f"<!-- BEGIN {name} -->", 1)[1].split(f"<!-- END {name} -->", 1)[0]
+_section = section
 
 
 def test_two_set_up_commands_and_ci_runs_the_test_command():
@@ -125,3 +122,289 @@ def test_prepare_help_names_the_command_and_gives_the_readme_index_schema(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("usage: cloome prepare ")
     assert ",".join(rows[0]) in proc.stdout  # the README's index header is the one --help documents
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every other block, run from a working folder outside the clone (``cwd`` = a temporary folder; the package comes
+# from the install / PYTHONPATH). Shell lines run in this process through ``cloome_hf.cli.main``, the entry point
+# of the ``cloome`` console script; the own-data recipe above runs the same commands as subprocesses.
+# ---------------------------------------------------------------------------------------------------------------
+# The model settings added to the README's training lines so that each runs in seconds on a CPU.
+TINY_MODEL = ["--vision_layers", "1", "1", "1", "1", "--base_width", "8", "--molecule_hidden_size", "32",
+              "--projection_dim", "16", "--fingerprint_size", "128", "--image_size", "64", "--head_pool_size", "2",
+              "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"]
+# Where the README's inputs are the user's downloads, the test writes local equivalents under the same names:
+DATA = ROOT / "tests" / "data"
+
+
+def _user_downloads(work):
+    """The annotation, activity and CellProfiler files the README's Bray evaluation names, from the subsets of the
+    real files in tests/data (PROVENANCE.md there)."""
+    import gzip
+    import shutil
+
+    pd = __import__("pandas")
+    pd.read_csv(DATA / "compound_moa_annotations_subset.csv").to_csv(work / "compound_moa_annotations.csv.gz",
+                                                                     index=False)
+    with gzip.open(DATA / "activity_label_matrix.mtx.gz", "rb") as src, open(work / "label-matrix.mtx", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    pd.read_csv(DATA / "activity_row_compound_index.csv.gz").to_csv(work / "row-compound-index.csv", index=False)
+    shutil.copy(DATA / "activity_column_assay_index.csv", work / "column-assay-index.csv")
+    shutil.copy(DATA / "cellprofiler_profiles_SQ00015054_subset.csv.gz", work / "cellprofiler_profiles.csv.gz")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, finished_tiny_run):
+    """A user's folder: ``runs/demo`` is the README's main job (``cloome train --output_dir runs/demo``) as the
+    shared tiny run trained it (conftest.TINY_TRAIN_ARGS added), ``data/bray`` a prepared dataset (train and test
+    splits) of synthetic sites written in the Bray npz layout, and the evaluation's downloads."""
+    import shutil
+
+    from cloome_hf.data import write_synthetic_layout
+
+    work = tmp_path_factory.mktemp("readme") / "elsewhere"
+    shutil.copytree(finished_tiny_run, work / "runs" / "demo")
+    layout = write_synthetic_layout(work / "raw", "bray_npz", num_molecules=30, sites_per_molecule=2, num_plates=2,
+                                    image_size=64)
+    for split in ("train", "test"):
+        run_cloome(["prepare", "--layout", "bray_npz", "--index", layout["index"], "--root", layout["root"],
+                    "--output_dir", str(work / "data" / "bray"), "--split", split])
+    _user_downloads(work)
+    return work
+
+
+def _site_npz(path, flip=False):
+    """A Bray-style ``.npz`` site (array ``sample``, uint8 H x W x 5) made from the package's example site."""
+    from cloome_hf import CloomeImageProcessor, example_site
+
+    site = CloomeImageProcessor().load_uint8_site(example_site())
+    np.savez(path, sample=(site[:, ::-1] if flip else site).transpose(1, 2, 0))
+
+
+def _config(run):
+    return json.loads((run / "training_config.json").read_text())
+
+
+def test_training_blocks_run_from_outside_the_clone(workspace, monkeypatch, one_thread):
+    """The training section's commands on ``data/bray`` with TINY_MODEL added (2 steps of a 1-block ResNet). The
+    main job is ``runs/demo`` of the workspace (the shared tiny run, not trained again). ``accelerate launch`` lines
+    run as the single process such a launch starts here (one CPU; real multi-process launches:
+    tests/test_training_distributed.py). The multi-node block cannot run on one machine: accelerate's own parser
+    checks its launcher flags, and its ``cloome`` command is the bioactivity line run here."""
+    import yaml
+
+    main_job, bioactivity, retrieval, from_file = command_lines(blocks(section("training"), "bash")[0])
+    assert main_job == "cloome train --output_dir runs/demo"
+    assert _config(workspace / "runs" / "demo")["arguments"]["output_dir"].endswith("run")  # the shared run
+    monkeypatch.chdir(workspace)
+    for command in (bioactivity, retrieval):
+        run_cloome([*cloome_argv(command), *TINY_MODEL])
+    bio, ret = _config(workspace / "runs" / "bio"), _config(workspace / "runs" / "ret")
+    assert (bio["preset"], ret["preset"]) == ("bioactivity", "retrieval")
+    assert json.loads((workspace / "runs" / "bio" / "config.json").read_text())["loss"] in ("cloob", "infoloob")
+    assert ret["arguments"]["mixed_precision"] == "bf16"
+
+    settings = {"output_dir": "runs/from_file", "dataset": "data/bray", "learning_rate": 0.5, "vision_layers": [1] * 4,
+                "base_width": 8, "molecule_hidden_size": 32, "projection_dim": 16, "fingerprint_size": 128,
+                "image_size": [64], "head_pool_size": 2, "per_device_train_batch_size": 8, "max_steps": 2}
+    (workspace / "train.yaml").write_text(yaml.safe_dump(settings))
+    run_cloome(cloome_argv(from_file))
+    used = _config(workspace / "runs" / "from_file")["arguments"]
+    assert used["learning_rate"] == 1e-4 and used["projection_dim"] == 16  # the command line wins over the file
+
+    node0, = command_lines(blocks(section("training"), "bash")[1])
+    inner = cloome_argv(node0)
+    assert inner[inner.index("--output_dir") + 1] == "/shared/runs/bio"
+    inner[inner.index("--output_dir") + 1] = "runs/bio"
+    assert inner == cloome_argv(bioactivity)
+
+
+# The size settings added to the README's evaluation lines: a small synthetic set, two C values, a small null, and
+# the linear probe in this process (joblib's workers take 30 s to start on a busy 2-core machine; the parallel
+# probe equals the serial one in tests/test_evaluation_linear_probe.py).
+TINY_SYNTHETIC = ["--synthetic_molecules", "30", "--synthetic_sites_per_molecule", "2", "--synthetic_plates", "2"]
+TINY_TASKS = ["--linear_probe_C", "0.1", "1", "--map_null_size", "300", "--n_jobs", "1"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(workspace):
+    """The evaluation section's two ``cloome evaluate`` lines run in the workspace (DIR_OR_HUB_ID = runs/demo)."""
+    synthetic, bray = command_lines(blocks(section("evaluation"), "bash")[0])
+    here = os.getcwd()
+    os.chdir(workspace)
+    try:
+        printed = run_cloome([*cloome_argv(synthetic), *TINY_SYNTHETIC])
+        run_cloome([*cloome_argv(bray.replace("DIR_OR_HUB_ID", "runs/demo")), *TINY_TASKS])
+    finally:
+        os.chdir(here)
+    return printed
+
+
+def test_evaluation_lines_write_the_documented_figures_and_tables(workspace, evaluated):
+    """The first line writes the two figures the README names and lists t-SNE by MoA as not drawn (no MoA in the
+    synthetic data); the Bray line (tests/data's subsets of the real downloads under the README's file names, on
+    the test split of data/bray) runs every task it names, with the CellProfiler baseline."""
+    demo = workspace / "runs" / "demo" / "eval"
+    assert (demo / "tsne_molecule.png").is_file() and (demo / "retrieval_gallery.png").is_file()
+    assert not (demo / "tsne_moa.png").exists()
+    assert "t-SNE by MoA" in json.loads((demo / "results.json").read_text())["figures_not_drawn"]
+    assert "not drawn: t-SNE by MoA" in evaluated
+    results = json.loads((workspace / "eval" / "results.json").read_text())
+    assert set(results["tasks"]) == {"retrieval", "zeroshot_molecule", "zeroshot_moa", "linear_probe", "map"}
+    assert results["tasks"]["linear_probe"]["n_molecules_matched"] > 0
+    assert "CellProfiler features" in results["baselines"]
+    assert (workspace / "eval" / "tsne_moa.png").is_file()  # MoA annotations given: the MoA t-SNE is drawn
+
+
+def test_evaluation_python_blocks_run(workspace, monkeypatch):
+    """The functions on plain numpy embeddings, and the offline ``evaluate`` modules, on random unit vectors."""
+    import re
+
+    functions, modules = blocks(section("evaluation"), "python")
+    monkeypatch.chdir(workspace)  # label-matrix.mtx and its index files are there
+    rng = np.random.default_rng(0)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    image_embeds, molecule_embeds = unit(rng.normal(size=(40, 8))), unit(rng.normal(size=(40, 8)))
+    namespace = {"image_embeds": image_embeds, "molecule_embeds": molecule_embeds, "img": image_embeds,
+                 "mol": molecule_embeds, "moa": np.array(["a", "b"] * 20), "molecule_ids": np.arange(40) % 10,
+                 "plates": np.arange(40) % 4}
+    exec(compile(functions, "README-evaluation-functions", "exec"), namespace)
+    assert set(namespace["res"]["image_to_molecule"]["top1"]) >= {"value", "ci_low", "ci_high", "k", "n"}
+    assert namespace["labels"] is not None
+    claimed = re.search(r"clopper_pearson\(31, 100\)\s+# \(([\d.]+), ([\d.]+)\)", functions).groups()
+    assert namespace["clopper_pearson"](31, 100) == pytest.approx(tuple(map(float, claimed)), abs=1e-4)
+    exec(compile(modules, "README-evaluation-modules", "exec"), namespace)
+    scores = namespace["retrieval"].compute(image_embeds=image_embeds, molecule_embeds=molecule_embeds)
+    assert all(np.isscalar(v) for v in scores.values()) and scores
+
+
+def test_jump_evaluation_line_runs_on_synthetic_screening_plates(tmp_path, monkeypatch, finished_tiny_run):
+    """The JUMP protocol line on synthetic screening plates saved as ``jump_parquet`` (a real cpg0016 plate with
+    its DMSO controls is too large here), their MoA table as ``compound_moa_annotations.csv.gz`` and their
+    intensity features as ``cellprofiler_profiles.csv.gz`` (DMSO wells named ``DMSO``, as in CellProfiler's LINCS
+    tables); ``--map_null_size 300`` added."""
+    import pandas as pd
+
+    from cloome_hf.data.synthetic_plates import make_synthetic_plates, plan_synthetic_plates, plan_site_features
+
+    jump, = [c for c in command_lines(blocks(section("evaluation"), "bash")[1]) if "jump_parquet" in c]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "demo").symlink_to(finished_tiny_run, target_is_directory=True)  # read only
+    options = dict(num_compounds=10, num_moas=2, replicates=2, controls_per_plate=6, num_batches=1, image_size=64,
+                   seed=2)
+    make_synthetic_plates(**options).save_to_disk("jump_parquet")
+    plan = plan_synthetic_plates(**options)
+    plan.annotations.rename(columns={"inchikey": "Metadata_InChIKey"}).to_csv("compound_moa_annotations.csv.gz",
+                                                                               index=False)
+    sites = plan.records
+    features = pd.DataFrame(plan_site_features(plan)).add_prefix("feature_")
+    pd.concat([pd.DataFrame({"Metadata_Plate": sites.plate, "Metadata_Well": sites.well,
+                             "Metadata_broad_sample": np.where(sites.perturbation_type == "negcon", "DMSO", sites.name),
+                             "Metadata_InChIKey14": sites.inchikey.str[:14]}), features], axis=1).to_csv(
+        "cellprofiler_profiles.csv.gz", index=False)
+    run_cloome([*cloome_argv(jump), "--map_null_size", "300"])
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["tasks"]) == {"jump_activity", "jump_consistency"}
+    assert results["tasks"]["jump_activity"]["fraction_retrieved"]["n"] == 10
+    assert "CellProfiler features" in results["baselines"]
+    assert (tmp_path / "eval" / "jump_activity.png").is_file() and (tmp_path / "eval" / "jump_consistency.png").is_file()
+
+
+
+def test_search_section_embeds_searches_serves_and_publishes(workspace, evaluated, monkeypatch, one_thread):
+    """Embed -> search (Python and the shell line in the text) -> pipelines -> push, in the workspace: ``data/sites``
+    a synthetic dataset the package makes, ``library.csv`` its molecules and two others, ``site.npz``, ``a.npz``,
+    ``b.npz`` Bray-style files of the package's example site, ``eval/results.json`` from the evaluation lines.
+    ``cloome push`` runs with its ``--local_dir`` option only: the Hub is not reachable here (the Hub commit is
+    tested against a local fake in tests/test_hub.py)."""
+    import pandas as pd
+
+    from cloome_hf.data import make_synthetic_dataset
+
+    text = section("search")
+    embed_line, = command_lines(blocks(text, "bash")[0])
+    push_line, = command_lines(blocks(text, "bash")[1])
+    search_python, pipelines = blocks(text, "python")
+    monkeypatch.chdir(workspace)
+    sites = make_synthetic_dataset(num_molecules=12, sites_per_molecule=2, num_plates=2, image_size=64, seed=1)
+    sites.save_to_disk("data/sites")
+    library = sorted(set(sites["smiles"])) + ["CC(=O)Oc1ccccc1C(=O)O", "CCO"]
+    pd.DataFrame({"smiles": library}).to_csv("library.csv", index=False)
+    for name, flip in (("site.npz", False), ("a.npz", False), ("b.npz", True)):
+        _site_npz(workspace / name, flip)
+
+    run_cloome(cloome_argv(embed_line))  # with its optional --bf16 --embedding_dtype float16
+    info = json.loads((workspace / "embeddings" / "embedding_info.json").read_text())
+    assert info["embedding_dtype"] == "float16"
+
+    namespace: dict = {}
+    exec(compile(search_python, "README-search", "exec"), namespace)
+    index = namespace["index"]
+    hits = index.search_images(smiles=["CC(=O)Oc1ccccc1C(=O)O"], k=10)
+    assert list(hits["rank"]) == list(range(10)) and hits["score"].is_monotonic_decreasing
+    molecules = index.search_molecules(images=["site.npz"], k=10)
+    assert set(molecules["smiles"]) <= set(library) and len(molecules) == 10
+    assert (workspace / "index").is_dir()
+
+    inline = re.search(r"From the shell: `(cloome search [^`]+)`", text).group(1)
+    printed = run_cloome(cloome_argv(inline))
+    assert len(pd.read_csv("hits.csv")) == 5 and "hits.csv" in printed
+
+    exec(compile(pipelines, "README-pipelines", "exec"), namespace)
+    features = namespace["extract"](["a.npz", "b.npz"], batch_size=32)
+    assert len(features) == 2 and all(np.isclose(np.linalg.norm(f), 1, atol=1e-5) for f in features)
+    assert len(features[0]) == json.loads((workspace / "runs" / "demo" / "config.json").read_text())["projection_dim"]
+    top = namespace["retrieve"]("CCO", top_k=5)
+    assert [hit["rank"] for hit in top] == list(range(5)) and top[0]["score"] >= top[-1]["score"]
+
+    run_cloome(cloome_argv(push_line))
+    assert (workspace / "publish" / "model" / "model.safetensors").is_file()
+    assert list((workspace / "publish" / "dataset" / "images").glob("*.parquet"))
+
+
+def test_data_section_python_block_runs(tmp_path, monkeypatch):
+    """The datasets example as written (a small synthetic set, two epochs, two workers)."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(blocks(section("data"), "python")[0], "README-data", "exec"), namespace)
+    batch, splits = namespace["batch"], namespace["splits"]
+    assert batch["pixel_values"].shape[1:] == (5, 64, 64) and batch["fingerprints"].shape[1] == 1024
+    assert len(set(batch["inchikey"])) == len(batch["inchikey"])  # one molecule at most once per batch
+    train, test = set(splits["train"]["inchikey"]), set(splits["test"]["inchikey"])
+    assert train and test and not train & test  # split by molecule
+
+
+def test_data_section_prepare_lines_convert_each_layout(tmp_path, monkeypatch):
+    """The three ``cloome prepare`` lines, on the same synthetic sites written as Bray npz files (``npzs/``), 16-bit
+    TIFFs (``images/``, one ``index.csv`` serving both layouts) and a LoadData table with cpg0016's well and
+    compound tables (``cpg0016/``); ``--num_proc 8`` as written."""
+    import shutil
+
+    import pandas as pd
+
+    from cloome_hf.data import load_cell_painting, write_synthetic_layout
+
+    lines = command_lines(blocks(section("data"), "bash")[0])
+    assert [line.split()[:3] for line in lines] == [["cloome", "prepare", "--layout"]] * 3
+    monkeypatch.chdir(tmp_path)
+    options = dict(num_molecules=6, sites_per_molecule=2, num_plates=2, image_size=64, seed=0)
+    npz = write_synthetic_layout(tmp_path / "w_npz", "bray_npz", **options)
+    tiff = write_synthetic_layout(tmp_path / "w_tiff", "tiff", **options)
+    jump = write_synthetic_layout(tmp_path / "w_jump", "jump", **options)
+    shutil.move(npz["root"], "npzs")
+    shutil.move(tiff["root"], "images")
+    shutil.move(jump["root"], "cpg0016")
+    shutil.copy(tiff["index"], "index.csv")  # the TIFF index: the Bray columns plus IMG_*
+    load_data = pd.read_csv("cpg0016/load_data.csv")
+    load_data.drop(columns="Metadata_JCP2022").to_csv("load_data.csv", index=False)
+    load_data[["Metadata_Source", "Metadata_Plate", "Metadata_Well", "Metadata_JCP2022"]].drop_duplicates().to_csv(
+        "well.csv.gz", index=False)
+    pd.read_csv("cpg0016/compound.csv").to_csv("compound.csv.gz", index=False)
+    for line in lines:
+        run_cloome(cloome_argv(line))
+    expected = set(pd.read_csv("index.csv")["SAMPLE_KEY"])
+    bray, raw = (load_cell_painting(folder, split="train") for folder in ("bray_parquet", "bray_raw_parquet"))
+    assert set(bray["sample_key"]) == set(raw["sample_key"]) == expected
+    jump_sites = load_cell_painting("jump_parquet", split="train")
+    assert len(jump_sites) == len(expected) and set(jump_sites["inchikey"]) == set(bray["inchikey"])
