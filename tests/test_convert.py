@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from upstream_checkpoint import (
     make_upstream_state_dict,
     reference_image_features,
@@ -292,58 +291,3 @@ def test_command_help_and_run(tmp_path, capsys):
     out = main(["--checkpoint_path", str(_save(sd, tmp_path / "c.pt")), "--output_dir", str(tmp_path / "o"),
                 "--preset", "bioactivity"])
     assert (Path(out) / "model.safetensors").is_file()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# README "Use the published weights": the example runs, on converted random fixtures, and prints the right table
-# --------------------------------------------------------------------------------------------------------------
-def _readme_python_blocks() -> list[str]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("<!-- BEGIN published-weights -->", 1)[1].split("<!-- END published-weights -->", 1)[0]
-    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
-    assert len(blocks) == 2, "expected the download/convert block and the embedding block"
-    return blocks
-
-
-def test_readme_published_weights_example(tmp_path, monkeypatch, capsys):
-    import huggingface_hub
-
-    from cloome_hf.processing_cloome import CloomeProcessor
-
-    fixtures = {
-        "cloome-retrieval-zero-shot.pt": make_upstream_state_dict(fingerprint_size=8192, hidden_size=64, seed=20),
-        "cloome-bioactivity.pt": make_upstream_state_dict(fingerprint_size=1024, hidden_size=64, seed=21),
-    }
-    downloads = []
-
-    def fake_download(repo_id, filename, **kwargs):
-        downloads.append((repo_id, filename))
-        return str(_save({"epoch": 1, "state_dict": fixtures[filename]}, tmp_path / filename))
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    work = tmp_path / "work"
-    work.mkdir()  # outside the clone: the README example reads the site the package ships
-    monkeypatch.chdir(work)
-
-    download_block, embed_block = _readme_python_blocks()
-    exec(compile(download_block, "README-download", "exec"), {})
-    assert downloads == [("anasanchezf/cloome", "cloome-retrieval-zero-shot.pt"), ("anasanchezf/cloome", "cloome-bioactivity.pt")]
-    assert json.loads((work / "cloome-bioactivity" / "config.json").read_text())["molecule_config"]["fingerprint_size"] == 1024
-    capsys.readouterr()
-    namespace: dict = {}
-    exec(compile(embed_block, "README-embed", "exec"), namespace)
-    lines = capsys.readouterr().out.strip().splitlines()
-
-    # Expected table from the independent reference forward on the same processed inputs.
-    sd = fixtures["cloome-retrieval-zero-shot.pt"]
-    processor = CloomeProcessor.from_pretrained(work / "cloome-retrieval")
-    smiles = namespace["smiles"]
-    inputs = processor(images=namespace["site"], smiles=list(smiles.values()), return_tensors="pt")
-    assert inputs["pixel_values"].shape == (1, 5, 520, 696)
-    image = F.normalize(reference_image_features(sd, inputs["pixel_values"]), dim=-1)
-    molecules = F.normalize(reference_molecule_features(sd, inputs["fingerprints"]), dim=-1)
-    expected = (image @ molecules.T)[0].tolist()
-    assert lines[0].split() == ["molecule", "cosine"]
-    assert [line.split()[0] for line in lines[1:]] == ["estradiol", "aspirin", "caffeine"]
-    for line, value in zip(lines[1:], expected):
-        assert abs(float(line.split()[1]) - value) <= 1e-3 + 1e-9

@@ -408,3 +408,109 @@ def test_data_section_prepare_lines_convert_each_layout(tmp_path, monkeypatch):
     assert set(bray["sample_key"]) == set(raw["sample_key"]) == expected
     jump_sites = load_cell_painting("jump_parquet", split="train")
     assert len(jump_sites) == len(expected) and set(jump_sites["inchikey"]) == set(bray["inchikey"])
+
+
+def test_published_weights_blocks_run_on_converted_random_checkpoints(tmp_path, monkeypatch, capsys):
+    """Download -> convert -> embed the example site. The Hub is not reachable here: ``hf_hub_download`` is
+    replaced by a local function that hands back random checkpoints in the upstream layout
+    (tests/upstream_checkpoint.py), and the printed table must equal the independent upstream forward on the same
+    processed inputs."""
+    import huggingface_hub
+    import torch
+    import torch.nn.functional as F
+    from upstream_checkpoint import make_upstream_state_dict, reference_image_features, reference_molecule_features
+
+    from cloome_hf.processing_cloome import CloomeProcessor
+
+    fixtures = {
+        "cloome-retrieval-zero-shot.pt": make_upstream_state_dict(fingerprint_size=8192, hidden_size=64, seed=20),
+        "cloome-bioactivity.pt": make_upstream_state_dict(fingerprint_size=1024, hidden_size=64, seed=21),
+    }
+    downloads = []
+
+    def local_download(repo_id, filename, **kwargs):
+        downloads.append((repo_id, filename))
+        torch.save({"epoch": 1, "state_dict": fixtures[filename]}, tmp_path / filename)
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", local_download)
+    work = tmp_path / "work"
+    work.mkdir()  # outside the clone: the README example reads the site the package ships
+    monkeypatch.chdir(work)
+
+    download_block, embed_block = blocks(section("published-weights"), "python")
+    exec(compile(download_block, "README-download", "exec"), {})
+    assert downloads == [("anasanchezf/cloome", "cloome-retrieval-zero-shot.pt"),
+                         ("anasanchezf/cloome", "cloome-bioactivity.pt")]
+    assert json.loads((work / "cloome-bioactivity" / "config.json").read_text())["molecule_config"][
+        "fingerprint_size"] == 1024
+    capsys.readouterr()
+    namespace: dict = {}
+    exec(compile(embed_block, "README-embed", "exec"), namespace)
+    lines = capsys.readouterr().out.strip().splitlines()
+
+    sd = fixtures["cloome-retrieval-zero-shot.pt"]
+    processor = CloomeProcessor.from_pretrained(work / "cloome-retrieval")
+    inputs = processor(images=namespace["site"], smiles=list(namespace["smiles"].values()), return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 5, 520, 696)
+    image = F.normalize(reference_image_features(sd, inputs["pixel_values"]), dim=-1)
+    molecules = F.normalize(reference_molecule_features(sd, inputs["fingerprints"]), dim=-1)
+    expected = (image @ molecules.T)[0].tolist()
+    assert lines[0].split() == ["molecule", "cosine"]
+    assert [line.split()[0] for line in lines[1:]] == ["estradiol", "aspirin", "caffeine"]
+    for line, value in zip(lines[1:], expected):
+        assert abs(float(line.split()[1]) - value) <= 1e-3 + 1e-9
+
+
+def test_jump_plate_block_runs_against_a_local_s3_server(tmp_path, monkeypatch):
+    """The cpg0016 plate example with local equivalents of what needs the network: the plate (four wells: a
+    compound, DMSO, a positive control and a reagent without a structure; 520 x 520 sites, the zero-shot crop) in
+    its exact bucket keys on a local moto S3 server, which the unchanged ``s3://`` URLs reach through
+    ``AWS_ENDPOINT_URL_S3``, read anonymously as the gallery is; cpg0016's well / compound / plate tables written
+    where ``curl`` would put them; a random checkpoint in the upstream layout where ``huggingface-cli download``
+    would put the published one (tests/upstream_checkpoint.py). ``pip install`` is the environment under test."""
+    import pandas as pd
+    import torch
+    from cpg0016_layout import BUCKET, DMSO, PLATES, REAGENT, WELLS, expected_site, load_data_key, write_cpg0016
+    from local_servers import moto_s3_server, upload_folder
+    from upstream_checkpoint import make_upstream_state_dict
+
+    from cloome_hf.data import load_cell_painting, decode_row
+    from cloome_hf.inference.store import read_embeddings
+
+    lines = command_lines(blocks(section("data"), "bash")[2])
+    assert lines[:6] == [
+        "pip install cloome-hf", "for t in well compound plate; do",
+        "curl -LO https://github.com/jump-cellpainting/datasets/raw/main/metadata/$t.csv.gz", "done",
+        "P=s3://cellpainting-gallery/cpg0016-jump/source_4/workspace/load_data_csv/2021_04_26_Batch1/BR00117035",
+        "huggingface-cli download anasanchezf/cloome cloome-retrieval-zero-shot.pt --local-dir ."]
+    plate_prefix = lines[4].split("=", 1)[1]
+    plate = plate_prefix.rsplit("/", 1)[1]
+    assert plate in PLATES and plate_prefix.startswith(f"s3://{BUCKET}/")
+    monkeypatch.chdir(tmp_path)
+    layout = write_cpg0016(tmp_path / "bucket", shape=(520, 520), sites=1, plates=(plate,))
+    table = tmp_path / "bucket" / load_data_key(plate, "load_data_with_illum.parquet")
+    table.parent.mkdir(parents=True)
+    layout["url_table"].to_parquet(table)
+    assert f"s3://{BUCKET}/{load_data_key(plate, '')}" == plate_prefix + "/"
+    for name in ("well", "compound", "plate"):  # what the curl loop downloads
+        layout[f"{name}s"].to_csv(f"{name}.csv.gz", index=False)
+    torch.save({"epoch": 1, "state_dict": make_upstream_state_dict(fingerprint_size=8192, seed=5)},
+               "cloome-retrieval-zero-shot.pt")
+
+    with moto_s3_server() as endpoint:
+        upload_folder(endpoint, tmp_path / "bucket", BUCKET)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+        for line in lines[6:]:
+            run_cloome(cloome_argv(line, {"P": plate_prefix}))
+
+    images = read_embeddings(str(tmp_path / "BR00117035_embeddings" / "images")).to_pandas()
+    kinds = dict(zip(images["well"], images["perturbation_type"]))
+    assert kinds[next(w for w, j in WELLS.items() if j == DMSO)] == "negcon"
+    assert kinds[next(w for w, j in WELLS.items() if j == REAGENT)] == "unknown"
+    assert len(images) == len(WELLS) and "Metadata_JCP2022" in images and len(images["embedding"][0]) == 512
+    sites = load_cell_painting("BR00117035_sites", split="train")
+    assert len(sites) == len(WELLS)
+    row = sites[0]
+    np.testing.assert_array_equal(decode_row(row), expected_site(layout, plate, row["well"], 1))
+    assert pd.read_csv("plate.csv.gz")["Metadata_Plate"].tolist() == [plate]
