@@ -24,6 +24,19 @@ def test_two_set_up_commands_and_ci_runs_the_test_command():
                         'pip install -e ".[test]" && HF_HUB_OFFLINE=1 python -m pytest tests -q']
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == commands[1]
+    # issue 23, finding 7: a CPU-only machine is told how to get the CPU build of torch (not runnable offline)
+    assert "`pip install torch --index-url https://download.pytorch.org/whl/cpu`, then\n`pip install .`" in setup
+
+
+def test_embedding_shapes_per_recipe_are_the_recipes_own():
+    """Issue 23, finding 6: the README's per-recipe embedding sizes are those the recipes define."""
+    from cloome_hf.recipes import get_recipe
+
+    text = section("search").split("**Embedding shapes per recipe**", 1)[1].split("\n\n", 1)[0]
+    assert re.search(r"`demo` \(the default of\s+`cloome train`, so `runs/demo`\) 64;", text), text
+    assert get_recipe("demo").model["projection_dim"] == 64
+    assert re.search(r"`retrieval`, `zero-shot`, `bioactivity` and the converted published\s+weights 512", text)
+    assert {get_recipe(n).model["projection_dim"] for n in ("retrieval", "zero-shot", "bioactivity")} == {512}
 
 
 def test_model_section_examples_run(tmp_path, monkeypatch, one_thread):
