@@ -43,14 +43,34 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# The smallest `cloome train` run the CLI accepts: 2 steps, a checkpoint at each, no validation in between.
-TINY_TRAIN_ARGS = [
+# ---- newcomer3: shared training-run helpers (were in test_training.py, imported by other test modules) ----
+# A tiny CLOOME on a small synthetic set: every `cloome train` run with these takes seconds on one CPU core.
+TINY_ARGS = [
     "--synthetic_molecules", "40", "--synthetic_sites_per_molecule", "3", "--base_width", "8",
     "--molecule_hidden_size", "32", "--projection_dim", "16", "--fingerprint_size", "128",
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
-    "--vision_layers", "1", "1", "1", "1", "--max_steps", "2", "--save_steps", "1", "--eval_steps", "100",
-    "--save_total_limit", "0",
 ]
+# The smallest `cloome train` run the CLI accepts: 2 steps, a checkpoint at each, no validation in between.
+TINY_TRAIN_ARGS = [*TINY_ARGS, "--vision_layers", "1", "1", "1", "1", "--max_steps", "2", "--save_steps", "1",
+                   "--eval_steps", "100", "--save_total_limit", "0"]
+
+
+def load_train_script():
+    """``cloome train`` as the package implements it (``scripts/train.py`` is a shim over it)."""
+    import types
+
+    from cloome_hf.train import loop, params
+
+    return types.SimpleNamespace(main=loop.main, parse_args=params.parse_args)
+
+
+def read_log(folder):
+    """The per-step records of a run's ``train_log.jsonl``."""
+    import json
+
+    with open(os.path.join(folder, "train_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+# ---- end newcomer3 ----
 
 
 @pytest.fixture(scope="session")

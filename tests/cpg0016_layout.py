@@ -19,6 +19,7 @@ import os
 import numpy as np
 import pandas as pd
 import tifffile
+from uint8_rule import reference_uint8
 
 BUCKET = "cellpainting-gallery"
 SOURCE, BATCH = "source_4", "2021_04_26_Batch1"
@@ -100,16 +101,6 @@ def write_cpg0016(root, shape=(24, 32), sites=2, plates=tuple(PLATES), wells=Non
                                 "Metadata_PlateType": "COMPOUND"})
     return {"raw": raw, "illum": illum, "url_table": pd.DataFrame(url_rows), "file_table": pd.DataFrame(file_rows),
             "wells": well_table, "plates": plate_table, "compounds": COMPOUNDS.copy()}
-
-
-def reference_uint8(values) -> np.ndarray:
-    """CLOOME's 16 -> 8 bit rule written out independently: T = the n-th largest value, n = round(H*W*2.8e-5)
-    clamped to [1, H*W]; out = uint8(clip(x * (256 / T), 0, 255)), truncated."""
-    v = np.asarray(values, dtype=np.float64)
-    ranked = np.sort(v.ravel())[::-1]
-    n = min(max(round(v.size * 2.8e-5), 1), v.size)
-    t = ranked[n - 1]
-    return np.maximum(np.minimum(v * (256.0 / t), 255.0), 0.0).astype(np.uint8)
 
 
 def expected_site(layout: dict, plate: str, well: str, site: int, illumination: bool = True,

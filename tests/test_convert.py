@@ -1,8 +1,7 @@
 """Conversion of the published CLOOME checkpoints: key mapping, failure modes, Hub upload and numerical parity.
 
-The parity reference is written here from the upstream tensors with functional calls only (F.conv2d,
-F.batch_norm, F.avg_pool2d, F.max_pool2d, F.linear), following the upstream architecture description, so it
-shares no code with CloomeModel.
+The parity reference (tests/upstream_checkpoint.py) is written from the upstream tensors with functional calls
+only, following the upstream architecture description, so it shares no code with CloomeModel.
 """
 
 from __future__ import annotations
@@ -14,7 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from upstream_checkpoint import (
+    make_upstream_state_dict,
+    reference_image_features,
+    reference_molecule_features,
+    without_module_prefix,
+)
 
 from cloome_hf.publish.convert import (
     ConversionError,
@@ -25,117 +29,6 @@ from cloome_hf.publish.convert import (
 )
 
 TOL = 1e-4  # max |delta| <= TOL * max |y|
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Fixture: a random state dict in the exact upstream layout
-# --------------------------------------------------------------------------------------------------------------
-def _bn(sd: dict, prefix: str, n: int, g: torch.Generator) -> None:
-    sd[prefix + "weight"] = torch.rand(n, generator=g) + 0.5
-    sd[prefix + "bias"] = torch.randn(n, generator=g) * 0.1
-    sd[prefix + "running_mean"] = torch.randn(n, generator=g) * 0.1
-    sd[prefix + "running_var"] = torch.rand(n, generator=g) * 1.5 + 0.5  # strictly positive
-    sd[prefix + "num_batches_tracked"] = torch.tensor(1000 + int(torch.randint(0, 100, (1,), generator=g)))
-
-
-def _conv(out_ch: int, in_ch: int, k: int, g: torch.Generator) -> torch.Tensor:
-    # He-scaled so 16 residual blocks neither vanish nor overflow in float32.
-    return torch.randn(out_ch, in_ch, k, k, generator=g) * math.sqrt(2.0 / (in_ch * k * k))
-
-
-def make_upstream_state_dict(
-    layers=(1, 1, 1, 1),
-    fingerprint_size=1024,
-    hidden_size=64,
-    molecule_layers=4,
-    projection_dim=512,
-    channels=5,
-    prefix="module.",
-    seed=0,
-) -> dict[str, torch.Tensor]:
-    """Random ``CLIPGeneral`` state dict in the upstream key layout (``visual.``, ``transformer.``)."""
-    g = torch.Generator().manual_seed(seed)
-    sd: dict[str, torch.Tensor] = {}
-    sd["visual.conv1.weight"] = _conv(64, channels, 7, g)
-    _bn(sd, "visual.bn1.", 64, g)
-    inplanes = 64
-    for stage, blocks in enumerate(layers, start=1):
-        planes = 64 * 2 ** (stage - 1)
-        for b in range(blocks):
-            p = f"visual.layer{stage}.{b}."
-            sd[p + "conv1.weight"] = _conv(planes, inplanes, 1, g)
-            _bn(sd, p + "bn1.", planes, g)
-            sd[p + "conv2.weight"] = _conv(planes, planes, 3, g)
-            _bn(sd, p + "bn2.", planes, g)
-            sd[p + "conv3.weight"] = _conv(planes * 4, planes, 1, g) * 0.5
-            _bn(sd, p + "bn3.", planes * 4, g)
-            if b == 0:
-                sd[p + "downsample.0.weight"] = _conv(planes * 4, inplanes, 1, g)
-                _bn(sd, p + "downsample.1.", planes * 4, g)
-            inplanes = planes * 4
-    sd["visual.fc.weight"] = torch.randn(projection_dim, 2048, generator=g) / math.sqrt(2048)
-    sd["visual.fc.bias"] = torch.randn(projection_dim, generator=g) * 0.1
-    fan_in = fingerprint_size
-    for i in range(molecule_layers):
-        sd[f"transformer.layers.{i}.0.weight"] = torch.randn(hidden_size, fan_in, generator=g) / math.sqrt(fan_in)
-        sd[f"transformer.layers.{i}.0.bias"] = torch.randn(hidden_size, generator=g) * 0.1
-        _bn(sd, f"transformer.layers.{i}.1.", hidden_size, g)
-        fan_in = hidden_size
-    sd[f"transformer.layers.{molecule_layers}.0.weight"] = torch.randn(projection_dim, fan_in, generator=g) / math.sqrt(fan_in)
-    sd[f"transformer.layers.{molecule_layers}.0.bias"] = torch.randn(projection_dim, generator=g) * 0.1
-    sd["logit_inv_tau"] = torch.ones([]) * (1.0 + 3.0 * torch.rand((), generator=g).item())
-    return {prefix + k: v for k, v in sd.items()}
-
-
-def _bare(sd: dict) -> dict:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Independent reference forward, straight from the upstream tensors
-# --------------------------------------------------------------------------------------------------------------
-def _ref_bn(x, sd, p):
-    return F.batch_norm(x, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"], sd[p + "bias"],
-                        training=False, eps=1e-5)
-
-
-def reference_image_features(sd: dict, x: torch.Tensor) -> torch.Tensor:
-    """Upstream ``encode_image``: anti-aliased ResNet, AvgPool2d(7, 1) head (+ mean if not 1x1), fc."""
-    sd = _bare(sd)
-    x = F.relu(_ref_bn(F.conv2d(x, sd["visual.conv1.weight"], stride=2, padding=3), sd, "visual.bn1."))
-    x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
-    for stage in range(1, 5):
-        b = 0
-        while f"visual.layer{stage}.{b}.conv1.weight" in sd:
-            p = f"visual.layer{stage}.{b}."
-            stride = 2 if (stage > 1 and b == 0) else 1
-            out = F.relu(_ref_bn(F.conv2d(x, sd[p + "conv1.weight"]), sd, p + "bn1."))
-            out = F.relu(_ref_bn(F.conv2d(out, sd[p + "conv2.weight"], padding=1), sd, p + "bn2."))
-            if stride > 1:
-                out = F.avg_pool2d(out, stride)
-            out = _ref_bn(F.conv2d(out, sd[p + "conv3.weight"]), sd, p + "bn3.")
-            identity = x
-            if p + "downsample.0.weight" in sd:
-                if stride > 1:
-                    identity = F.avg_pool2d(identity, stride)
-                identity = _ref_bn(F.conv2d(identity, sd[p + "downsample.0.weight"]), sd, p + "downsample.1.")
-            x = F.relu(out + identity)
-            b += 1
-    x = F.avg_pool2d(x, kernel_size=7, stride=1)
-    if x.shape[-2:] != (1, 1):
-        x = x.mean(dim=(-2, -1), keepdim=True)
-    return F.linear(torch.flatten(x, 1), sd["visual.fc.weight"], sd["visual.fc.bias"])
-
-
-def reference_molecule_features(sd: dict, fp: torch.Tensor) -> torch.Tensor:
-    """Upstream ``encode_text``: (Linear -> BatchNorm1d -> ReLU) x n, then Linear."""
-    sd = _bare(sd)
-    i = 0
-    while f"transformer.layers.{i}.1.weight" in sd:
-        p = f"transformer.layers.{i}."
-        fp = F.relu(_ref_bn(F.linear(fp, sd[p + "0.weight"], sd[p + "0.bias"]), sd, p + "1."))
-        i += 1
-    return F.linear(fp, sd[f"transformer.layers.{i}.0.weight"], sd[f"transformer.layers.{i}.0.bias"])
 
 
 def _assert_close(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -228,7 +121,7 @@ def test_infers_layer_counts_sizes_and_logit_scale():
 
 def test_module_prefixed_and_bare_give_identical_weights():
     prefixed = make_upstream_state_dict(seed=8)
-    bare = _bare(prefixed)
+    bare = without_module_prefix(prefixed)
     assert all(k.startswith("module.") for k in prefixed) and not any(k.startswith("module.") for k in bare)
     _, a = convert_state_dict(prefixed)
     _, b = convert_state_dict(bare)
@@ -398,58 +291,3 @@ def test_command_help_and_run(tmp_path, capsys):
     out = main(["--checkpoint_path", str(_save(sd, tmp_path / "c.pt")), "--output_dir", str(tmp_path / "o"),
                 "--preset", "bioactivity"])
     assert (Path(out) / "model.safetensors").is_file()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# README "Use the published weights": the example runs, on converted random fixtures, and prints the right table
-# --------------------------------------------------------------------------------------------------------------
-def _readme_python_blocks() -> list[str]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("<!-- BEGIN published-weights -->", 1)[1].split("<!-- END published-weights -->", 1)[0]
-    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
-    assert len(blocks) == 2, "expected the download/convert block and the embedding block"
-    return blocks
-
-
-def test_readme_published_weights_example(tmp_path, monkeypatch, capsys):
-    import huggingface_hub
-
-    from cloome_hf.processing_cloome import CloomeProcessor
-
-    fixtures = {
-        "cloome-retrieval-zero-shot.pt": make_upstream_state_dict(fingerprint_size=8192, hidden_size=64, seed=20),
-        "cloome-bioactivity.pt": make_upstream_state_dict(fingerprint_size=1024, hidden_size=64, seed=21),
-    }
-    downloads = []
-
-    def fake_download(repo_id, filename, **kwargs):
-        downloads.append((repo_id, filename))
-        return str(_save({"epoch": 1, "state_dict": fixtures[filename]}, tmp_path / filename))
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    work = tmp_path / "work"
-    work.mkdir()  # outside the clone: the README example reads the site the package ships
-    monkeypatch.chdir(work)
-
-    download_block, embed_block = _readme_python_blocks()
-    exec(compile(download_block, "README-download", "exec"), {})
-    assert downloads == [("anasanchezf/cloome", "cloome-retrieval-zero-shot.pt"), ("anasanchezf/cloome", "cloome-bioactivity.pt")]
-    assert json.loads((work / "cloome-bioactivity" / "config.json").read_text())["molecule_config"]["fingerprint_size"] == 1024
-    capsys.readouterr()
-    namespace: dict = {}
-    exec(compile(embed_block, "README-embed", "exec"), namespace)
-    lines = capsys.readouterr().out.strip().splitlines()
-
-    # Expected table from the independent reference forward on the same processed inputs.
-    sd = fixtures["cloome-retrieval-zero-shot.pt"]
-    processor = CloomeProcessor.from_pretrained(work / "cloome-retrieval")
-    smiles = namespace["smiles"]
-    inputs = processor(images=namespace["site"], smiles=list(smiles.values()), return_tensors="pt")
-    assert inputs["pixel_values"].shape == (1, 5, 520, 696)
-    image = F.normalize(reference_image_features(sd, inputs["pixel_values"]), dim=-1)
-    molecules = F.normalize(reference_molecule_features(sd, inputs["fingerprints"]), dim=-1)
-    expected = (image @ molecules.T)[0].tolist()
-    assert lines[0].split() == ["molecule", "cosine"]
-    assert [line.split()[0] for line in lines[1:]] == ["estradiol", "aspirin", "caffeine"]
-    for line, value in zip(lines[1:], expected):
-        assert abs(float(line.split()[1]) - value) <= 1e-3 + 1e-9

@@ -25,9 +25,9 @@ from cpg0016_layout import (
     SOURCE,
     expected_site,
     load_data_key,
-    reference_uint8,
     write_cpg0016,
 )
+from uint8_rule import reference_uint8
 
 from cloome_hf import cli
 from cloome_hf.inference.encode import SITE_METADATA

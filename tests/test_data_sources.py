@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from uint8_rule import reference_uint8
 
 from cloome_hf import example_site
 from cloome_hf.channels import CHANNELS
@@ -15,14 +16,6 @@ from cloome_hf.data import decode_row, load_cell_painting, open_source, write_sy
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 JUMP_NAMES = {"Mito": "Mito", "ERSyto": "ER", "ERSytoBleed": "RNA", "Ph_golgi": "AGP", "Hoechst": "DNA"}
-
-
-def reference_uint8(channel16):
-    """The published 16 -> 8 bit rule, written out: T = n-th largest value, n = round(H*W*2.8e-5) >= 1."""
-    flat = np.sort(channel16.ravel().astype(np.float64))[::-1]
-    n = min(max(round(channel16.size * 2.8e-5), 1), channel16.size)
-    t = flat[n - 1]
-    return np.minimum(channel16.astype(np.float64) * (256.0 / t), 255.0).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

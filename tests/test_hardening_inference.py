@@ -163,7 +163,7 @@ def test_convert_uploads_only_the_files_it_wrote(tmp_path, monkeypatch):
     import huggingface_hub
 
     from cloome_hf.publish.convert import convert_original_checkpoint
-    from test_convert import make_upstream_state_dict
+    from upstream_checkpoint import make_upstream_state_dict
 
     committed = []
 
@@ -196,7 +196,7 @@ def test_convert_uploads_only_the_files_it_wrote(tmp_path, monkeypatch):
 
 def test_a_damaged_upstream_checkpoint_is_named(tmp_path):
     from cloome_hf.publish.convert import load_upstream_checkpoint
-    from test_convert import make_upstream_state_dict
+    from upstream_checkpoint import make_upstream_state_dict
 
     path = tmp_path / "c.pt"
     torch.save({"state_dict": make_upstream_state_dict(seed=1)}, path)

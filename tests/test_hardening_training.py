@@ -7,17 +7,14 @@ import shutil
 
 import pytest
 
-from test_training import TINY_ARGS
+from conftest import TINY_TRAIN_ARGS
 from lock_holder import lock_held_elsewhere
-
-ARGS = [*TINY_ARGS, "--vision_layers", "1", "1", "1", "1", "--max_steps", "2", "--save_steps", "1",
-        "--eval_steps", "100", "--save_total_limit", "0"]
 
 
 def _train(out, *extra):
     from cloome_hf.train import main
 
-    return main(["--output_dir", str(out), *ARGS, *extra])
+    return main(["--output_dir", str(out), *TINY_TRAIN_ARGS, *extra])
 
 
 class Payload:
@@ -30,11 +27,10 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hardening") / "run"
-    _train(out)
-    return out
+@pytest.fixture
+def finished_run(finished_tiny_run):
+    """The shared tiny run (conftest: ``cloome train`` with TINY_TRAIN_ARGS); every test copies it first."""
+    return finished_tiny_run
 
 
 def test_a_pickle_in_any_checkpoint_file_is_refused_and_runs_nothing(finished_run, tmp_path, one_thread):

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
+from uint8_rule import reference_uint8
 
 from cloome_hf import example_site
 from cloome_hf.channels import CHANNELS, CLOOME_CHANNEL_MEAN
@@ -20,17 +21,6 @@ SITE_DIR = Path(example_site()["Mito"]).parent
 SITE_FILES = {c: str(SITE_DIR / f"{c}.tif") for c in CHANNELS}
 JUMP_NAMES = {"Mito": "Mito", "ERSyto": "ER", "ERSytoBleed": "RNA", "Ph_golgi": "AGP", "Hoechst": "DNA"}
 MEAN = np.asarray(CLOOME_CHANNEL_MEAN, dtype=np.float32)
-
-
-def reference_uint8(x, fraction=2.8e-5, scale=256.0):
-    """The published rule written out naively: sort, pick the n-th largest, float64 math, truncate."""
-    x = np.asarray(x)
-    n = min(max(int(round(x.size * fraction)), 1), x.size)  # n=0 -> the maximum, n > size -> the minimum
-    threshold = float(np.sort(x.ravel())[::-1][n - 1])
-    if threshold <= 0:
-        return np.zeros(x.shape, np.uint8)
-    out = np.minimum(x.astype(np.float64) * (scale / threshold), 255)
-    return np.clip(out, 0, None).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

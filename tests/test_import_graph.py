@@ -154,3 +154,18 @@ def test_no_module_imports_another_modules_private_name():
                     wrong += [f"{path.relative_to(root)}:{node.lineno} {a.name}" for a in node.names
                               if a.name.startswith("_") and not a.name.startswith("__")]
     assert not wrong, "private names imported across modules: " + "; ".join(wrong)
+
+
+# ---- newcomer3 (#21 item 5) ----
+def test_no_test_module_imports_another_test_module():
+    """Shared test code lives in conftest.py (fixtures) or a support module (no ``test_`` prefix), so a test module
+    can run, move or be deleted alone."""
+    tests = PACKAGE_DIR.parent / "tests"
+    modules = {path.stem for path in tests.rglob("test_*.py")}
+    wrong = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            wrong += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[-1] in modules]
+    assert not wrong, "; ".join(wrong)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TINY_MOLECULE, TINY_VISION
-from test_convert import make_upstream_state_dict
+from upstream_checkpoint import make_upstream_state_dict
 
 from cloome_hf import CloomeConfig, CloomeModel
 from cloome_hf.losses import available_losses, cloob_loss, cwcl_loss, infonce_loss, s2l_loss, siglip_loss

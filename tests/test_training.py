@@ -2,35 +2,14 @@
 
 import json
 import math
-import os
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_ARGS, load_train_script, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
-# A tiny CLOOME on a small synthetic set: every run below takes seconds on one CPU core.
-TINY_ARGS = [
-    "--synthetic_molecules", "40", "--synthetic_sites_per_molecule", "3", "--base_width", "8",
-    "--molecule_hidden_size", "32", "--projection_dim", "16", "--fingerprint_size", "128",
-    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32",
-]
-
-
-def load_train_script():
-    """``cloome train`` as the package implements it (``scripts/train.py`` is a shim over it)."""
-    from cloome_hf.train import loop, params
-
-    return types.SimpleNamespace(main=loop.main, parse_args=params.parse_args)
-
-
-
-
-def read_log(folder):
-    with open(os.path.join(folder, "train_log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def reference_lr(t, base, warmup, total, period):

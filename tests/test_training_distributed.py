@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_training import ROOT, TINY_ARGS, load_train_script, read_log
+from conftest import TINY_ARGS, load_train_script, read_log
 
+ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "scripts" / "train.py")
 
 

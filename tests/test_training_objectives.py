@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from conftest import TINY_VISION
-from test_training import TINY_ARGS, load_train_script
+from conftest import TINY_ARGS, load_train_script
 
 from cloome_hf import CloomeConfig, CloomeModel
 from cloome_hf.train import loop

@@ -198,31 +198,6 @@ def test_pixels_depend_on_the_seed_alone():
         torch.testing.assert_close(transform(images, generator=g1), transform(images, generator=g2), rtol=0, atol=0)
 
 
-class _Augmented(torch.utils.data.Dataset):
-    """Each item: the transform of one image with its seed, in whichever worker process loads it."""
-
-    def __init__(self, images, seeds, transform):
-        self.images, self.seeds, self.transform = images, seeds, transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        torch.manual_seed(1000 + i)  # a worker's own global generator plays no part
-        return self.transform(self.images[i], seeds=[self.seeds[i]])
-
-
-def test_pixels_are_the_same_in_worker_processes():
-    images = torch.randint(0, 256, (6, 5, 30, 34), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    seeds = [4, 8, 15, 16, 23, 42]
-    transform = CloomeTrainTransform(output_size=(16, 16))
-    expected = transform(images, seeds=seeds)
-    for workers, batch_size in ((0, 6), (2, 2), (2, 3)):
-        loader = torch.utils.data.DataLoader(_Augmented(images, seeds, transform), batch_size=batch_size,
-                                             num_workers=workers, multiprocessing_context="fork" if workers else None)
-        torch.testing.assert_close(torch.cat(list(loader)), expected, rtol=0, atol=0)
-
-
 # ---------------------------------------------------------------- distributions
 def test_boxes_are_torchvisions():
     """Same seed, same box as torchvision's RandomCrop / RandomResizedCrop.get_params (also with a window)."""
