@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .channels import channel_permutation
+from .config_bounds import check_model_sizes
 from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig
 from .losses import contrastive_loss, get_loss
 from .vision_tower_channels import pool_tower_features
@@ -263,6 +264,7 @@ class CloomeModel(CloomePreTrainedModel):
     accepts_loss_kwargs = False
 
     def __init__(self, config: CloomeConfig):
+        check_model_sizes(config)  # again: a config may have been changed since it was made
         super().__init__(config)
         self.vision_model = build_vision_backbone(config.vision_config)
         self.visual_projection = nn.Linear(self.vision_model.num_features, config.projection_dim)
