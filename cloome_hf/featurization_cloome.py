@@ -80,6 +80,20 @@ def invalid_message(text: Any, position: int) -> str:
     return f"Invalid SMILES {text!r} at position {position}" + (f" ({problem})" if problem else "")
 
 
+def _check_featurizer_sizes(fingerprint_size, radius, min_path, max_path, parallel_threshold, num_workers) -> None:
+    """The sizes of a (possibly hostile) ``processor_config.json``, bounded as the model's are
+    (:mod:`cloome_hf.config_bounds`): a Morgan radius past 16 bonds or RDKit paths past 32 only cost time."""
+    from .config_bounds import MAX_FINGERPRINT_SIZE, checked_int
+
+    checked_int("featurizer.fingerprint_size", fingerprint_size, MAX_FINGERPRINT_SIZE)
+    checked_int("featurizer.radius", radius, 16, low=0)
+    checked_int("featurizer.min_path", min_path, 32)
+    checked_int("featurizer.max_path", max_path, 32)
+    checked_int("featurizer.parallel_threshold", parallel_threshold, 2**31, low=0)
+    if num_workers is not None:
+        checked_int("featurizer.num_workers", num_workers, 1024)
+
+
 class MoleculeFeaturizer:
     """Turn SMILES (or InChI) strings into fingerprint matrices.
 
@@ -110,10 +124,9 @@ class MoleculeFeaturizer:
     ):
         if kind not in FINGERPRINT_KINDS:
             raise ValueError(f"Unknown fingerprint kind {kind!r}; choose one of {FINGERPRINT_KINDS}")
-        fingerprint_size = _DEFAULT_SIZES[kind] if fingerprint_size is None else int(fingerprint_size)
-        if fingerprint_size <= 0:
-            raise ValueError(f"fingerprint_size must be positive, got {fingerprint_size}")
-        if radius < 0 or min_path < 1 or max_path < min_path:
+        fingerprint_size = _DEFAULT_SIZES[kind] if fingerprint_size is None else fingerprint_size
+        _check_featurizer_sizes(fingerprint_size, radius, min_path, max_path, parallel_threshold, num_workers)
+        if max_path < min_path:
             raise ValueError(f"Invalid radius/path settings: radius={radius}, min_path={min_path}, max_path={max_path}")
         self.kind = kind
         self.fingerprint_size = fingerprint_size

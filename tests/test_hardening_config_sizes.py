@@ -205,3 +205,26 @@ def test_class3_the_parameter_counts_the_budget_uses_are_the_built_models():
     built = sum(p.numel() for p in CloomeResNet(vision).parameters())
     assert built == resnet_parameter_count(vision.layers, vision.base_width, vision.num_channels)
     assert sum(p.numel() for p in CloomeMoleculeEncoder(molecule).parameters()) == molecule_parameter_count(molecule)
+
+
+@pytest.mark.parametrize("fields, name", [
+    ({"fingerprint_size": 10**12}, "featurizer.fingerprint_size"),
+    ({"fingerprint_size": "1024"}, "featurizer.fingerprint_size"),
+    ({"fingerprint_size": 1024.0}, "featurizer.fingerprint_size"),
+    ({"radius": 10**9}, "featurizer.radius"),
+    ({"radius": -1}, "featurizer.radius"),
+    ({"max_path": 10**6}, "featurizer.max_path"),
+    ({"num_workers": 10**6}, "featurizer.num_workers"),
+    ({"num_workers": True}, "featurizer.num_workers"),
+])
+def test_class3_a_hostile_processor_config_featurizer_is_refused_by_name(tmp_path, fields, name):
+    from cloome_hf import CloomeProcessor, MoleculeFeaturizer
+    from cloome_hf.image_processing_cloome import CloomeImageProcessor
+
+    CloomeProcessor(CloomeImageProcessor(), MoleculeFeaturizer(fingerprint_size=64)).save_pretrained(tmp_path)
+    path = tmp_path / "processor_config.json"
+    saved = json.loads(path.read_text())
+    saved["featurizer"].update(fields)
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=name):
+        CloomeProcessor.from_pretrained(tmp_path)
