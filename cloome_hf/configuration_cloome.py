@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from . import config_bounds as bounds
 from .losses import CWCL_THRESHOLD, available_losses, get_loss
 
 CLOOME_RESNET50 = "cloome_resnet50"
@@ -17,11 +18,6 @@ CONCENTRATION_ENCODINGS = ("one_hot", "linear")
 #: Bucket edges (uM) of the one-hot dose encoding: half-log steps, so the usual dose series (e.g. LINCS's 0.04,
 #: 0.12, 0.37, 1.11, 3.33, 10 uM) fall into distinct buckets.
 DEFAULT_CONCENTRATION_BUCKETS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class CloomeVisionConfig(PreTrainedConfig):
@@ -85,48 +81,34 @@ class CloomeVisionConfig(PreTrainedConfig):
         bag_pooling: str | None = None,
         **kwargs,
     ):
+        bounds.check_base_kwargs("vision_config.", kwargs)
         super().__init__(**kwargs)
-        _check_positive_int("base_width", base_width)
         if bag_pooling not in (None, "mean", "attention"):
             raise ValueError(f"bag_pooling must be None, 'mean' or 'attention', got {bag_pooling!r}")
         self.bag_pooling = bag_pooling
-        _check_positive_int("head_pool_size", head_pool_size)
         if not isinstance(backbone, str) or not backbone:
             raise ValueError(f"backbone must be a non-empty string, got {backbone!r}")
-        _check_positive_int("num_channels", num_channels)
-        layers = list(layers)
-        if len(layers) != 4:
-            raise ValueError(f"layers must list the blocks of the 4 ResNet stages, got {layers!r}")
-        for count in layers:
-            _check_positive_int("every entry of layers", count)
-        if isinstance(image_size, int):
+        if isinstance(image_size, int) and not isinstance(image_size, bool):
             image_size = [image_size, image_size]
-        image_size = list(image_size)
-        if len(image_size) != 2:
-            raise ValueError(f"image_size must be [height, width], got {image_size!r}")
-        for side in image_size:
-            _check_positive_int("image_size", side)
         self.backbone = backbone
         self.num_channels = num_channels
-        self.layers = layers
-        self.image_size = image_size
+        self.layers = list(layers) if isinstance(layers, (list, tuple)) else layers
+        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
         self.timm_pretrained = bool(timm_pretrained)
         self.base_width = base_width
         self.head_pool_size = head_pool_size
+        self.channel_strategy = channel_strategy
+        self.channel_pooling_layers = channel_pooling_layers
+        self.channel_pooling_heads = channel_pooling_heads
+        bounds.check_vision_sizes(self)  # before anything sized by them is made
         self.channel_names = _checked_channel_names(channel_names, num_channels)
         if channel_strategy not in CHANNEL_STRATEGIES:
             raise ValueError(f"channel_strategy must be one of {CHANNEL_STRATEGIES}, got {channel_strategy!r}")
         if stem_init not in ("average", "reinit"):
             raise ValueError(f"stem_init must be 'average' or 'reinit', got {stem_init!r}")
-        _check_positive_int("channel_pooling_layers", channel_pooling_layers)
-        if channel_pooling_heads is not None:
-            _check_positive_int("channel_pooling_heads", channel_pooling_heads)
         if tower_weights is not None and (not isinstance(tower_weights, str) or not tower_weights):
             raise ValueError(f"tower_weights must be a file or a Hub id, got {tower_weights!r}")
-        self.channel_strategy = channel_strategy
         self.stem_init = stem_init
-        self.channel_pooling_layers = channel_pooling_layers
-        self.channel_pooling_heads = channel_pooling_heads
         self.tower_weights = tower_weights
         self.tower_preprocessing = tower_preprocessing
         self.tower_config = tower_config
@@ -138,6 +120,7 @@ class CloomeVisionConfig(PreTrainedConfig):
             resolve_tower_kind(self)  # the tower exists, its convention is known, it runs the channel strategy
         elif self.tower_kind is None:
             self.tower_kind = CLOOME_RESNET50
+        bounds.check_tower_config(self.tower_config, backbone)
 
     def to_dict(self) -> dict[str, Any]:
         # Consent to run remote code is the loader's, never the saved file's.
@@ -201,22 +184,21 @@ class CloomeMoleculeConfig(PreTrainedConfig):
                  transformers_model: str | None = None, token_pooling: str = "cls",
                  max_sequence_length: int | None = None, truncation: bool = False, tower_config: dict | None = None,
                  trust_remote_code: bool = False, **kwargs):
+        bounds.check_base_kwargs("molecule_config.", kwargs)
         super().__init__(**kwargs)
-        _check_positive_int("fingerprint_size", fingerprint_size)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("num_hidden_layers", num_hidden_layers)
+        self.fingerprint_size = fingerprint_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
         if concentration_encoding is not None and concentration_encoding not in CONCENTRATION_ENCODINGS:
             raise ValueError(f"concentration_encoding must be None or one of {CONCENTRATION_ENCODINGS}, got "
                              f"{concentration_encoding!r}")
+        bounds.check_concentration_buckets(concentration_buckets)
         if concentration_encoding == "one_hot":
             concentration_buckets = _checked_buckets(
                 DEFAULT_CONCENTRATION_BUCKETS if concentration_buckets is None else concentration_buckets)
         elif concentration_buckets is not None:
             raise ValueError(f"concentration_buckets apply to concentration_encoding='one_hot' only, not "
                              f"{concentration_encoding!r}")
-        self.fingerprint_size = fingerprint_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
         self.concentration_encoding = concentration_encoding
         self.concentration_buckets = concentration_buckets
         from .featurization_graph import DEFAULT_ATOM_FEATURES, DEFAULT_BOND_FEATURES
@@ -228,11 +210,11 @@ class CloomeMoleculeConfig(PreTrainedConfig):
         self.bond_features = list(DEFAULT_BOND_FEATURES if bond_features is None else bond_features)
         self.graph_feature_values, self.graph_schema = graph_feature_values, graph_schema
         self.transformers_model, self.token_pooling = transformers_model, token_pooling
-        if max_sequence_length is not None:
-            _check_positive_int("max_sequence_length", max_sequence_length)
         self.max_sequence_length, self.truncation = max_sequence_length, bool(truncation)
         self.tower_config, self.trust_remote_code = tower_config, bool(trust_remote_code)
+        bounds.check_molecule_sizes(self)  # before the tower's config is read: a hostile one may be large
         get_molecule_tower(encoder).resolve(self)  # an unknown encoder is refused, naming the registered ones
+        bounds.check_molecule_sizes(self)  # and after: the tower's config.json, now recorded
 
     def to_dict(self) -> dict[str, Any]:
         # Consent to run remote code is the loader's, never the saved file's.
@@ -305,7 +287,8 @@ class CloomeConfig(PreTrainedConfig):
         self.vision_config = vision_config
         self.molecule_config = molecule_config
 
-        _check_positive_int("projection_dim", projection_dim)
+        bounds.check_base_kwargs("", kwargs)
+        bounds.checked_int("projection_dim", projection_dim, bounds.MAX_WIDTH)
         if loss not in available_losses(include_aliases=True):
             raise ValueError(f"loss must be one of {available_losses(include_aliases=True)}, got {loss!r}")
         objective = get_loss(loss)
@@ -324,6 +307,7 @@ class CloomeConfig(PreTrainedConfig):
         self.hopfield_beta = float(hopfield_beta)
         self.logit_bias_init_value = _checked_logit_bias(logit_bias_init_value, objective)
         self.cwcl_threshold = float(cwcl_threshold)
+        bounds.check_model_sizes(self)  # the whole model's parameters, before any module is built
         super().__init__(**kwargs)
 
 

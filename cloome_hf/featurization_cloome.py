@@ -234,6 +234,18 @@ class SmilesFeaturizer:
         return self.collate(self(smiles))
 
 
+def _check_featurizer_sizes(fingerprint_size, radius, min_path, max_path, parallel_threshold, num_workers) -> None:
+    """The sizes of a (possibly hostile) ``processor_config.json``, bounded as the model's are
+    (:mod:`cloome_hf.config_bounds`): a Morgan radius past 16 bonds or RDKit paths past 32 only cost time."""
+    from .config_bounds import MAX_FINGERPRINT_SIZE, check_featurizer_parallelism, checked_int
+
+    checked_int("featurizer.fingerprint_size", fingerprint_size, MAX_FINGERPRINT_SIZE)
+    checked_int("featurizer.radius", radius, 16, low=0)
+    checked_int("featurizer.min_path", min_path, 32)
+    checked_int("featurizer.max_path", max_path, 32)
+    check_featurizer_parallelism(parallel_threshold, num_workers)
+
+
 class MoleculeFeaturizer(SmilesFeaturizer):
     """Turn SMILES (or InChI) strings into fingerprint matrices (the ``mlp`` molecule tower's input).
 
@@ -267,10 +279,9 @@ class MoleculeFeaturizer(SmilesFeaturizer):
     ):
         if kind not in FINGERPRINT_KINDS:
             raise ValueError(f"Unknown fingerprint kind {kind!r}; choose one of {FINGERPRINT_KINDS}")
-        fingerprint_size = _DEFAULT_SIZES[kind] if fingerprint_size is None else int(fingerprint_size)
-        if fingerprint_size <= 0:
-            raise ValueError(f"fingerprint_size must be positive, got {fingerprint_size}")
-        if radius < 0 or min_path < 1 or max_path < min_path:
+        fingerprint_size = _DEFAULT_SIZES[kind] if fingerprint_size is None else fingerprint_size
+        _check_featurizer_sizes(fingerprint_size, radius, min_path, max_path, parallel_threshold, num_workers)
+        if max_path < min_path:
             raise ValueError(f"Invalid radius/path settings: radius={radius}, min_path={min_path}, max_path={max_path}")
         self.kind = kind
         self.fingerprint_size = fingerprint_size

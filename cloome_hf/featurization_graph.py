@@ -150,8 +150,11 @@ class GraphFeaturizer(SmilesFeaturizer):
     model_input_names = ("x", "edge_index", "edge_attr", "batch")
 
     def __init__(self, schema: Mapping | None = None, parallel_threshold: int = 2000, num_workers: int | None = None):
+        from .config_bounds import check_featurizer_parallelism
+
+        check_featurizer_parallelism(parallel_threshold, num_workers)
         self.schema = checked_graph_schema(graph_schema() if schema is None else schema)
-        self.parallel_threshold = int(parallel_threshold)
+        self.parallel_threshold = parallel_threshold
         self.num_workers = num_workers
         self._lookup = {part: [(name, {repr(v): i for i, v in enumerate(values)}, _REGISTRIES[part][name][1])
                                for name, values in self.schema[part].items()] for part in ("atom", "bond")}

@@ -42,15 +42,17 @@ class TokenFeaturizer(SmilesFeaturizer):
         if tokenizer is None:
             raise ValueError("a transformers molecule tower needs its tokenizer: the processor has none (it is saved "
                              f"in {TOKENIZER_FOLDER}/ beside processor_config.json)")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+        from .config_bounds import MAX_TOKENS, check_featurizer_parallelism, checked_int
+
+        checked_int("featurizer.max_length", max_length, MAX_TOKENS, low=2)
+        check_featurizer_parallelism(parallel_threshold, num_workers)
         if tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no padding token; set one before use")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.truncation = bool(truncation)
         self.canonicalize = bool(canonicalize)
-        self.parallel_threshold = int(parallel_threshold)
+        self.parallel_threshold = parallel_threshold
         self.num_workers = num_workers
 
     def to_dict(self) -> dict[str, Any]:

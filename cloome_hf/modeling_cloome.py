@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .channels import channel_permutation
+from .config_bounds import check_model_sizes
 from .configuration_cloome import CloomeConfig, CloomeMoleculeConfig, CloomeVisionConfig  # noqa: F401
 from .losses import contrastive_loss, get_loss
 from .molecule_tower_kinds import build_molecule_model, select_molecule_inputs
@@ -194,6 +195,7 @@ class CloomeModel(CloomePreTrainedModel):
     accepts_loss_kwargs = False
 
     def __init__(self, config: CloomeConfig):
+        check_model_sizes(config)  # again: a config may have been changed since it was made
         super().__init__(config)
         self.vision_model = build_vision_backbone(config.vision_config)
         bags = config.vision_config.bag_pooling

@@ -128,8 +128,11 @@ def shard_problem(shard_path: str, run_digest: str) -> str | None:
         return f"{name}: written by another run (settings {record.get('settings_digest')}, this run {run_digest})"
     if file_sha256(shard_path) != record.get("sha256"):
         return f"{name}: its checksum does not match its record (cut off, damaged or replaced)"
+    recorded = record.get("rows")
+    if isinstance(recorded, bool) or not isinstance(recorded, int):
+        return f"{name}: its record's row count {recorded!r} is not a number of rows (damaged record)"
     rows = _parquet_rows(shard_path)
-    if rows != record.get("rows"):
+    if rows != recorded:
         return f"{name}: holds {rows} rows, its record says {record.get('rows')}"
     return None
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config_bounds import MAX_IMAGE_SIDE
+
 PREPROCESSING_KEYS = ("rescale_factor", "image_mean", "image_std", "input_size", "source")
 
 
@@ -56,9 +58,10 @@ def checked_tower_preprocessing(value: Mapping[str, Any], tower: str) -> dict[st
                          f"(or neither), got {mean} and {std}")
     size = value["input_size"]
     size = [size, size] if isinstance(size, int) else list(size)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(f"tower_preprocessing['input_size'] of tower {tower!r} must be [height, width], got "
-                         f"{value['input_size']!r}")
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_IMAGE_SIDE
+                                 for s in size):
+        raise ValueError(f"tower_preprocessing['input_size'] of tower {tower!r} must be [height, width] of 1 to "
+                         f"{MAX_IMAGE_SIDE} pixels, got {value['input_size']!r}")
     return {"rescale_factor": _floats(value["rescale_factor"], "rescale_factor", tower, positive=True)[0],
             "image_mean": mean, "image_std": std, "input_size": size,
             "source": str(value.get("source") or "given in vision_config.tower_preprocessing")}

@@ -30,11 +30,27 @@ def resnet_output_size(size: int) -> int:
 
 
 def resnet_min_input_size(head_pool_size: int) -> int:
-    """Smallest input side whose feature map still fits the head's ``head_pool_size`` window."""
-    size = 1
-    while resnet_output_size(size) < head_pool_size:
-        size += 1
-    return size
+    """Smallest input side whose feature map still fits the head's ``head_pool_size`` window.
+
+    In closed form (a search would take as long as the window is large): the map side ``s // 8`` after the stem's
+    two halvings needs ``8 w`` pixels, hence ``16 w - 1`` after the stem conv and ``32 w - 3`` at the input.
+    """
+    return max(1, 32 * head_pool_size - 3)
+
+
+def resnet_parameter_count(layers, base_width: int, in_channels: int) -> int:
+    """Parameters of :class:`CloomeResNet` (convolutions and batch norms), from its config alone."""
+    width = base_width
+    count = in_channels * width * 49 + 2 * width  # stem conv and its norm
+    block_in = width
+    for stage, num_blocks in enumerate(layers):
+        planes = width * 2**stage
+        out = 4 * planes
+        per_block = planes * (9 * planes + 4 * planes) + 12 * planes  # conv2, conv3, three norms (2p, 2p, 8p)
+        count += num_blocks * per_block + block_in * planes + out * planes * (num_blocks - 1)  # conv1 of each
+        count += block_in * out + 2 * out  # the first block's shortcut (it always changes width or stride)
+        block_in = out
+    return count
 
 
 def cloome_head_pool(feature_map: torch.Tensor, window: int) -> torch.Tensor:
@@ -144,4 +160,4 @@ register_tower_kind(VisionTowerKind(
 ))
 
 __all__ = ["CloomeBottleneck", "CloomeResNet", "build_cloome_resnet", "cloome_head_pool", "resnet_min_input_size",
-           "resnet_output_size"]
+           "resnet_output_size", "resnet_parameter_count"]

@@ -101,7 +101,9 @@ def _claims(config) -> bool:
 def _resolve(config) -> None:
     if config.tower_config is not None and config.tower_config.get("_cloome_source") == config.backbone:
         _refuse_channel_tokens(config)
-        return  # resolved before (a saved model): nothing to fetch
+        if config.tower_preprocessing is not None:  # a saved model: nothing to fetch, but its file is checked
+            config.tower_preprocessing = checked_tower_preprocessing(config.tower_preprocessing, config.backbone)
+        return
     tower_config, where = _read_json_file(config.backbone, CONFIG_FILE, required=True)
     config.tower_config = dict(tower_config, _cloome_source=config.backbone)
     _refuse_remote_code(config)

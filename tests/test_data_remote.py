@@ -136,5 +136,7 @@ def test_locations_map_to_a_local_mirror():
     url = _url("cpg0016-jump/source_4/images/b/images/p/Images/f.tiff")
     assert resolve_location(url, "/data/mirror") == "/data/mirror/cpg0016-jump/source_4/images/b/images/p/Images/f.tiff"
     assert resolve_location("images/p/f.tiff", "/data") == "/data/images/p/f.tiff"
-    assert resolve_location("/abs/f.tiff", "/data") == "/abs/f.tiff"
+    assert resolve_location("/data/abs/f.tiff", "/data") == "/data/abs/f.tiff"  # an absolute path inside the root
+    with pytest.raises(ValueError, match="outside the root folder /data"):  # #22 class 5: local paths stay under it
+        resolve_location("/abs/f.tiff", "/data")
     assert resolve_location(url) == url

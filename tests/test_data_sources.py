@@ -97,9 +97,10 @@ def test_jump_compounds_joined_through_a_well_table(layouts, tmp_path):
 def test_real_example_site_and_real_index_rows(tmp_path):
     index = pd.read_csv(os.path.join(DATA, "bray2017_index_sample.csv")).head(3).copy()
     for c in CHANNELS:  # the real example site stands in for the first real row; the others are missing
-        index[f"IMG_{c}"] = [example_site()[c], "missing_a", "missing_b"]
+        index[f"IMG_{c}"] = [os.path.basename(example_site()[c]), "missing_a", "missing_b"]
     index.to_csv(tmp_path / "index.csv", index=False)
-    source = open_source("tiff", index=tmp_path / "index.csv", root=tmp_path, errors="skip")
+    root = os.path.dirname(example_site()[CHANNELS[0]])  # the table's files lie under the root (#22 class 5)
+    source = open_source("tiff", index=tmp_path / "index.csv", root=root, errors="skip")
     rows = list(source.iter_rows())
     assert len(rows) == 1 and [s.row for s in source.skipped] == [1, 2]
     assert "not found" in source.skipped[0].reason and "missing_a" in source.skipped[0].reason

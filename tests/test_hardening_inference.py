@@ -99,6 +99,23 @@ def test_an_embed_resumed_after_the_model_changed_is_refused_and_never_mixes(sit
     _embed(model_dir, sites, out)  # and an unchanged rerun is a resume, not a refusal
 
 
+def test_class7_an_image_shard_cut_off_mid_file_is_named_and_recomputed(sites, tmp_path, caplog):
+    """#22 class 7 on the images store: a kept shard cut off mid-file fails its recorded checksum on resume, is
+    named and recomputed, and the store reads back whole, equal to the model's own embeddings."""
+    import logging
+
+    model, processor = _save_model(tmp_path / "model", seed=0)
+    out = tmp_path / "out"
+    _embed(tmp_path / "model", sites, out)
+    shard = out / "images" / "shard-00001.parquet"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 3])
+    with caplog.at_level(logging.WARNING, logger="cloome_hf.inference.store"):
+        _embed(tmp_path / "model", sites, out)
+    assert "shard-00001.parquet: its checksum does not match its record" in caplog.text
+    np.testing.assert_allclose(_stored(out), _reference(model, processor, sites["ds"]), atol=1e-5)
+
+
 def test_an_embed_into_a_model_folder_leaves_its_card_alone(sites, tmp_path):
     model_dir = tmp_path / "model"
     _save_model(model_dir, seed=0)

@@ -115,9 +115,39 @@ def _record_without_file(path):
     os.remove(path)
 
 
+def _emptied(path):
+    open(path, "wb").close()
+
+
+def _one_byte_changed(path):
+    """Same length, one byte in the middle flipped: only the checksum can tell."""
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def _record_garbled(path):
+    open(shard_record_path(path), "w").write('{"rows": 2, "sha2')  # the record itself cut off
+
+
+def _record_removed(path):
+    os.remove(shard_record_path(path))  # killed between the rename and the record
+
+
+def _record_rows_as_text(path):
+    record = read_json(shard_record_path(path), "record")
+    atomic_write_json(shard_record_path(path), {**record, "rows": str(record["rows"])})
+
+
+# #22 class 7: every way a kept shard can be half-written or not match what was recorded when it was written.
 DAMAGE = {"cut off mid-file": (_cut_off, "its checksum does not match its record"),
           "wrong row count": (_fewer_rows, "holds 1 rows, its record says 2"),
-          "record without its file": (_record_without_file, "its record exists but the file is missing")}
+          "record without its file": (_record_without_file, "its record exists but the file is missing"),
+          "emptied": (_emptied, "its checksum does not match its record"),
+          "one byte changed": (_one_byte_changed, "its checksum does not match its record"),
+          "record garbled": (_record_garbled, "cannot read the shard record"),
+          "record removed": (_record_removed, "no record (written by an older or interrupted run)"),
+          "record rows as text": (_record_rows_as_text, "its record's row count '2' is not a number of rows")}
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
@@ -164,6 +194,8 @@ def test_prepare_resume_recomputes_a_bad_shard_and_names_it(layout, tmp_path, da
     spoil, reason = DAMAGE[damage]
     if damage == "wrong row count":
         reason = "holds 3 rows, its record says 4"
+    elif damage == "record rows as text":
+        reason = "its record's row count '4' is not a number of rows"
     spoil(shard)
     with caplog.at_level(logging.WARNING, logger="cloome_hf.data.prepare"):
         report = prepare_dataset(_source(layout), out, shard_size=4, progress=False)

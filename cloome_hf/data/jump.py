@@ -27,8 +27,9 @@ from ..channels import CHANNELS, JUMP_CHANNELS
 from ..image_files import decode_image_bytes, read_image_file
 from .illumination import IlluminationCache, correct_illumination
 from .perturbations import CONTROL_TYPE_COLUMNS, JUMP_POSITIVE_CONTROLS, NEGATIVE_CONTROLS, PERT_TYPE_COLUMNS
-from .remote import is_url, read_bytes, read_table, resolve_location
-from .sources import SiteSource, common_columns, refuse_outside, require_columns
+from .locations import resolve_table_value
+from .remote import is_url, read_bytes, read_table
+from .sources import SiteSource, common_columns, require_columns
 
 #: Extra channels some sources image; read only when asked for (``extra_channels``).
 BRIGHTFIELD_CHANNELS = ("Brightfield", "Brightfield_H", "Brightfield_L")
@@ -51,20 +52,16 @@ def location_columns(table: pd.DataFrame, stage: str, channel: str) -> tuple[str
 
 
 def _locations(table: pd.DataFrame, columns: Sequence[str], root: str | None, where: str) -> list[str]:
-    """Per row, where the file is (``""`` where the table gives none), mapped under ``root``; a relative path or
-    URL key that ``..`` leads out of ``root`` is refused, naming the row (an absolute local path is the table's
-    explicit choice and kept)."""
+    """Per row, where the file is (``""`` where the table gives none), by the one resolver
+    (:mod:`~cloome_hf.data.locations`): mapped under ``root``, and refused, naming the row, when it is of a scheme
+    that is not allowed or leads out of ``root``."""
     if len(columns) == 1:
         raw = [v.strip() for v in table[columns[0]].astype(str)]
     else:
         raw = [("" if not n.strip() else (f"{p.strip().rstrip('/')}/{n.strip()}" if p.strip() else n.strip()))
                for p, n in zip(table[columns[0]].astype(str), table[columns[1]].astype(str))]
-    out = [resolve_location(v, root) if v else "" for v in raw]
-    if root is not None:
-        for row, (value, location) in enumerate(zip(raw, out)):
-            if value and not value.startswith("file://") and (is_url(value) or not os.path.isabs(value)):
-                refuse_outside(where, row, " + ".join(columns), value, root, location)
-    return out
+    column = " + ".join(columns)
+    return [resolve_table_value(where, row, column, v, root) if v else "" for row, v in enumerate(raw)]
 
 
 def _first_site(table: pd.DataFrame, rows=None) -> str:

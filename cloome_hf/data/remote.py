@@ -1,7 +1,8 @@
-"""Reading site files and tables from anywhere ``fsspec`` reaches: local paths, ``s3://``, ``gs://``, ``https://``.
+"""Reading site files and tables from local paths and the URLs fsspec reaches (``s3://``, ``gs://``, ``https://``).
 
-* :func:`resolve_location` maps a URL to a local mirror (``root``): ``s3://bucket/key`` -> ``root/key``;
-  relative paths are taken under ``root``.
+* Where a location leads is decided by the one resolver, :mod:`cloome_hf.data.locations` (allowed schemes, local
+  paths under the root); :func:`resolve_location` is its entry point here: ``s3://bucket/key`` -> ``root/key``,
+  relative paths under ``root``.
 * :func:`storage_options_for` adds ``anon=True`` for the public Cell Painting Gallery bucket unless the caller
   gave credentials of their own.
 * :func:`read_bytes` reads one file with retries and exponential backoff on transient errors (connection
@@ -21,6 +22,8 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from .locations import local_path, parse_location, resolve, url_scheme
+
 #: The public bucket of the Cell Painting Gallery (cpg0016-jump and friends); read anonymously by default.
 CELL_PAINTING_GALLERY = "cellpainting-gallery"
 #: HTTP statuses worth retrying: timeouts, throttling and server-side failures.
@@ -31,9 +34,10 @@ TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet", ".pq")
 
 
 def is_url(location: str) -> bool:
-    """True for ``scheme://...`` locations other than ``file://``."""
-    scheme = urlsplit(str(location)).scheme
-    return len(scheme) > 1 and scheme != "file" and "://" in str(location)
+    """True for ``scheme://...`` locations other than ``file:`` URLs (any case; whether the scheme is allowed is
+    the resolver's to say when the location is opened)."""
+    scheme = url_scheme(str(location).strip())
+    return scheme is not None and scheme != "file"
 
 
 def is_table_location(location: Any) -> bool:
@@ -43,27 +47,21 @@ def is_table_location(location: Any) -> bool:
     location = os.fspath(location)
     if is_url(location):
         return location.lower().endswith(TABLE_SUFFIXES)
-    return os.path.isfile(location)
+    try:
+        return os.path.isfile(local_path(location))
+    except ValueError:
+        return False
 
 
 def resolve_location(location: str, root: str | None = None) -> str:
     """Where to read ``location`` from.
 
-    Without ``root`` the location is used as it is. With ``root`` (a local mirror, or another URL prefix) a URL
-    ``scheme://bucket/key`` becomes ``root/key`` (the mirror holds the bucket's keys, e.g. after
-    ``aws s3 sync s3://cellpainting-gallery/cpg0016-jump/... root/cpg0016-jump/...``), a relative path
-    becomes ``root/path`` and an absolute local path is kept.
+    Without ``root`` the location is used as it is (a ``file:`` URL as its path). With ``root`` (a local mirror,
+    or another URL prefix) a URL ``scheme://bucket/key`` becomes ``root/key`` (the mirror holds the bucket's keys,
+    e.g. after ``aws s3 sync s3://cellpainting-gallery/cpg0016-jump/... root/cpg0016-jump/...``) and a relative
+    path ``root/path``; whatever ends outside ``root`` is refused (:func:`cloome_hf.data.locations.resolve`).
     """
-    location = str(location)
-    if root is None:
-        return location
-    root = os.fspath(root)
-    if is_url(location):
-        key = urlsplit(location).path.lstrip("/")
-        return os.path.join(root, key)
-    if location.startswith("file://"):
-        return location[len("file://"):]
-    return location if os.path.isabs(location) else os.path.join(root, location)
+    return resolve(str(location), root)
 
 
 def storage_options_for(location: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -103,12 +101,13 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _read_once(location: str, storage_options: Mapping[str, Any]) -> bytes:
-    if not is_url(location):
-        with open(location[len("file://"):] if location.startswith("file://") else location, "rb") as f:
+    parsed = parse_location(location)  # refuses a scheme that is not allowed, before fsspec sees it
+    if not parsed.is_remote:
+        with open(parsed.path, "rb") as f:
             return f.read()
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(location, **storage_options_for(location, storage_options))
+    fs, path = fsspec.core.url_to_fs(parsed.url, **storage_options_for(parsed.url, storage_options))
     return fs.cat_file(path)
 
 
@@ -121,6 +120,10 @@ def read_bytes(location: str, storage_options: Mapping[str, Any] | None = None, 
     """
     if retries < 0 or retry_wait < 0:
         raise ValueError(f"retries and retry_wait must be >= 0, got {retries} and {retry_wait}")
+    try:
+        parse_location(location)
+    except ValueError as err:
+        raise ValueError(f"cannot read {location!r}: it {err}") from None
     for attempt in range(retries + 1):
         try:
             return _read_once(location, storage_options or {})
@@ -158,7 +161,11 @@ def read_table(table: Any, what: str, storage_options: Mapping[str, Any] | None 
     if isinstance(table, pd.DataFrame):
         return table.reset_index(drop=True), str(table.attrs.get("source", f"{what} table"))
     location = os.fspath(table)
-    if not is_url(location) and not os.path.isfile(location):
+    try:
+        parsed = parse_location(location)
+    except ValueError as err:
+        raise ValueError(f"{what} table {location!r} {err}") from None
+    if not parsed.is_remote and not os.path.isfile(parsed.path):
         raise ValueError(f"{what} table {location} does not exist")
     data = io.BytesIO(read_bytes(location, storage_options, retries, retry_wait))
     name = location.lower()

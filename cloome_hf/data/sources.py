@@ -17,7 +17,6 @@ whose SMILES RDKit rejects are excluded when the source is built (``errors="rais
 from __future__ import annotations
 
 import os
-import posixpath
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import pandas as pd
 from ..channels import CHANNELS
 from .molecules import inchikeys_from_smiles, invalid_smiles
 from .perturbations import perturbation_types
+from .locations import parse_location, resolve_table_value
 from .remote import is_url, read_table
 from .schema import CONCENTRATION, CONCENTRATION_SOURCE_COLUMNS, encode_image
 
@@ -249,21 +249,6 @@ class SiteSource:
         return features(self.extra_features())
 
 
-def stays_under(root: str, path: str) -> bool:
-    """True when ``path`` (``root`` joined with a table's value) stays inside ``root`` once ``..`` and ``.`` are
-    resolved: a table cannot reach files outside the folder it was given (``../../etc/passwd``). Lexical, so a
-    symlink inside ``root`` (a mirror on another disk) is followed as the user set it up."""
-    norm = posixpath.normpath if is_url(root) else os.path.abspath  # abspath: root "." holds "./m" too
-    root, path = norm(os.fspath(root)), norm(os.fspath(path))
-    return path == root or path.startswith(root.rstrip("/" + os.sep) + ("/" if is_url(root) else os.sep))
-
-
-def refuse_outside(where: str, row: int, column: str, value: str, root: str, path: str) -> None:
-    if not stays_under(root, path):
-        raise ValueError(f"{where}, row {row}: {column} {value!r} resolves to {path}, outside the root folder "
-                         f"{root}; refusing to read files outside it")
-
-
 def with_concentration(records: pd.DataFrame, where: str) -> pd.DataFrame:
     """``records`` with the schema's ``concentration`` column (uM) from the first dose column it has (see
     :data:`~cloome_hf.data.schema.CONCENTRATION_SOURCE_COLUMNS`), unchanged when it has none; a dose that is not
@@ -306,9 +291,9 @@ class BrayNpzSource(SiteSource):
     def __init__(self, index, root, errors: str = "raise", expected_shape=None, processor=None):
         table, where = read_table(index, "index")
         require_columns(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"], where)
-        files = [os.path.join(os.fspath(root), f"{k}.npz") for k in table.SAMPLE_KEY]
-        for row, (key, path) in enumerate(zip(table.SAMPLE_KEY, files)):
-            refuse_outside(where, row, "SAMPLE_KEY", str(key), os.fspath(root), path)
+        self.root = os.fspath(root)
+        files = [(resolve_table_value(where, row, "SAMPLE_KEY", str(key), self.root) if str(key).strip()
+                  else os.path.join(self.root, "")) + ".npz" for row, key in enumerate(table.SAMPLE_KEY)]
         records = common_columns(table, _BRAY_MAPPING, [f"IMG_{c}" for c in CHANNELS])
         super().__init__(records, files, where, errors, expected_shape, processor)
 
@@ -318,11 +303,24 @@ class BrayNpzSource(SiteSource):
         return super()._load(i)
 
 
-def _resolve_file(value: str, root: str | None, plate: str) -> str | None:
-    """Find a channel file given as an absolute path, a path under root, or a stem (``.tif``/``.tiff`` added),
-    also under ``root/{plate}/``."""
-    bases = [value] if os.path.isabs(value) or root is None else [os.path.join(root, value),
-                                                                   os.path.join(root, plate, value)]
+def _tiff_bases(where: str, row: int, column: str, value: str, root: str | None, plate: str) -> list[str]:
+    """Where a channel file given as a path or stem may be: the value resolved under ``root`` and, for a relative
+    value, under ``root/{plate}/`` too; every candidate by the resolver's rule (a URL needs ``root``, the local
+    mirror, as a TIFF index reads local files). An empty value has none: its site is not found when read."""
+    if not value.strip():
+        return []
+    first = resolve_table_value(where, row, column, value, root)
+    if root is None and is_url(first):
+        raise ValueError(f"{where}, row {row}: {column} {value!r} is a URL; a TIFF index reads local files (give "
+                         "root, the local mirror of its bucket, or use a load_data table)")
+    location = parse_location(value)
+    if root is None or location.is_remote or os.path.isabs(location.path):
+        return [first]  # the value names one place
+    return [first, resolve_table_value(where, row, f"PLATE_ID + {column}", f"{plate}/{location.path}", root)]
+
+
+def _resolve_file(bases: Sequence[str]) -> str | None:
+    """The first existing file of ``bases``, each as given or as a stem (``.tif``/``.tiff`` added)."""
     for base in bases:
         for candidate in (base, base + ".tif", base + ".tiff"):
             if os.path.isfile(candidate):
@@ -341,20 +339,16 @@ class TiffSource(SiteSource):
         require_columns(table, ["SAMPLE_KEY", "PLATE_ID", "WELL_POSITION", "SITE", "SMILES"] + channel_cols, where)
         self.root = None if root is None else os.fspath(root)
         files = [{c: str(table[f"IMG_{c}"][i]) for c in CHANNELS} for i in range(len(table))]
-        for row, channels in enumerate(files if self.root is not None else []):
-            plate = str(table.PLATE_ID[row])
-            for c, value in channels.items():  # absolute paths are the table's explicit choice; relative stay in
-                if not os.path.isabs(value):
-                    for path in (os.path.join(self.root, value), os.path.join(self.root, plate, value)):
-                        refuse_outside(where, row, f"IMG_{c}", value, self.root, path)
+        bases = [{c: _tiff_bases(where, row, f"IMG_{c}", value, self.root, str(table.PLATE_ID[row]))
+                  for c, value in channels.items()} for row, channels in enumerate(files)]
         records = common_columns(table, _BRAY_MAPPING, channel_cols)
         super().__init__(records, files, where, errors, expected_shape, processor)
+        self._bases = [bases[row] for row in self.source_rows]  # where each kept site's channels may be
 
     def _load(self, i: int) -> np.ndarray:
-        plate = str(self.records.plate[i])
         resolved = {}
         for c, value in self._files[i].items():
-            path = _resolve_file(value, self.root, plate)
+            path = _resolve_file(self._bases[i][c])
             if path is None:
                 raise ValueError(f"channel {c} file not found: {value!r} (looked under {self.root})")
             resolved[c] = path
