@@ -20,10 +20,8 @@ chosen preset and a rendered ``README.md`` model card.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,14 +31,12 @@ import torch
 from ..channels import CHANNELS, CLOOME_CHANNEL_MEAN, DEFAULT_CLIP_FRACTION, DEFAULT_INTENSITY_SCALE, SITE_SIZE
 from ..configuration_cloome import CLOOME_RESNET50, CloomeConfig
 from ..recipes import get_recipe, recipe_names
-from ..safe_io import atomic_write_text
 
 HUB_REPO_ID = "anasanchezf/cloome"
 #: Presets that convert a published checkpoint.
 PRESETS: tuple[str, ...] = tuple(n for n in recipe_names() if get_recipe(n).checkpoint is not None)
 CHECKPOINTS = {n: get_recipe(n).checkpoint for n in PRESETS}
 
-HUB_REPO_ID = "anasanchezf/cloome"
 # Recipes with a published checkpoint (see cloome_hf.recipes): retrieval (full 520 x 696 sites, Morgan+RDKit
 # count fingerprints of length 8192), zero-shot (the same weights with a 520 x 520 centre crop) and bioactivity
 # (full sites, 1024-bit Morgan). The fingerprint *size* is always taken from the weights; ``loss`` and
@@ -321,7 +317,7 @@ def convert_original_checkpoint(
         ``output_dir`` as a :class:`~pathlib.Path`.
     """
     from ..modeling_cloome import CloomeModel
-    from .card import render_model_card
+    from .model_folder import write_model_folder
 
     if preset is not None:
         converted_recipe(preset)
@@ -333,28 +329,11 @@ def convert_original_checkpoint(
     model = CloomeModel(config)
     model.load_state_dict(state_dict, strict=True)
     model.eval()
-    fingerprint_size = config.molecule_config.fingerprint_size
-    processor = build_processor(preset, fingerprint_size)
-    card = render_model_card(
-        "model",
-        model_id=push_to_hub or output_dir.name,
-        source="converted",
-        preset=preset,
-        checkpoint=Path(checkpoint_path).name,
-        config=config,
-        processor=processor_settings(preset, fingerprint_size),
-    )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # Written into a fresh folder first, so that exactly the files of this conversion are known (and uploaded):
-    # nothing else in output_dir (a `.env`, notes, an older conversion's extras) ever reaches the Hub.
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".converting-") as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        processor.save_pretrained(staging)
-        atomic_write_text(os.path.join(staging, "README.md"), card)
-        written = sorted(os.path.relpath(os.path.join(d, f), staging) for d, _, fs in os.walk(staging) for f in fs)
-        for name in written:
-            os.makedirs(os.path.dirname(output_dir / name), exist_ok=True)
-            os.replace(os.path.join(staging, name), output_dir / name)
+    processor = build_processor(preset, config.molecule_config.fingerprint_size)
+    # Only the files written here are uploaded: nothing else in output_dir (a `.env`, notes, an older
+    # conversion's extras) ever reaches the Hub.
+    written = write_model_folder(output_dir, model, processor, model_id=push_to_hub or output_dir.name,
+                                 source="converted", preset=preset, checkpoint=Path(checkpoint_path).name)
     if push_to_hub:
         upload_files(output_dir, written, push_to_hub,
                      commit_message=f"Convert {Path(checkpoint_path).name} to cloome-hf")
@@ -362,15 +341,11 @@ def convert_original_checkpoint(
 
 
 def upload_files(folder: str | Path, files: list[str], repo_id: str, commit_message: str, api=None) -> Any:
-    """Create ``repo_id`` (if needed) and commit exactly ``files`` (paths relative to ``folder``) to its root
-    in one commit; nothing else in ``folder`` is uploaded."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    """Commit exactly ``files`` (paths relative to ``folder``) to ``repo_id``'s root in one commit
+    (:func:`~cloome_hf.publish.commit.commit_files`); nothing else in ``folder`` is uploaded."""
+    from .commit import commit_files
 
-    api = api or HfApi()
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    operations = [CommitOperationAdd(path_in_repo=name.replace(os.sep, "/"), path_or_fileobj=str(Path(folder) / name))
-                  for name in files]
-    return api.create_commit(repo_id=repo_id, operations=operations, repo_type="model", commit_message=commit_message)
+    return commit_files(repo_id, folder, files, commit_message=commit_message, api=api)
 
 
 __all__ = [
