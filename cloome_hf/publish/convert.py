@@ -28,9 +28,10 @@ from typing import Any, Mapping
 
 import torch
 
-from ..channels import CHANNELS, CLOOME_CHANNEL_MEAN, DEFAULT_CLIP_FRACTION, DEFAULT_INTENSITY_SCALE, SITE_SIZE
+from ..channels import SITE_SIZE
 from ..configuration_cloome import CLOOME_RESNET50, CloomeConfig
-from ..recipes import get_recipe, recipe_names
+from ..recipes import get_recipe, recipe_names, recipe_processor
+from ..recipes import processor_settings as recipe_processor_settings
 
 HUB_REPO_ID = "anasanchezf/cloome"
 #: Presets that convert a published checkpoint.
@@ -254,46 +255,28 @@ def load_upstream_checkpoint(checkpoint_path: str | Path) -> dict[str, torch.Ten
     return state_dict
 
 
-def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, Any]:
-    """Image-processor and featuriser keyword arguments for a preset.
-
-    The fingerprint size always follows the weights; the kind follows the preset, or, without one, the
-    size (8192 -> ``morgan_rdkit_max`` as for the retrieval model, otherwise ``morgan``).
-    """
+def _processor_values(preset: str | None, fingerprint_size: int) -> tuple[dict[str, Any], tuple[int, int]]:
+    """The recipe values and crop of a converted model: the fingerprint size always follows the weights; the kind
+    follows the preset, or, without one, the size (8192 -> ``morgan_rdkit_max`` as for the retrieval model,
+    otherwise ``morgan``). A centre crop to the full 520 x 696 site leaves Bray 2017 sites untouched and cuts
+    larger fields of view (e.g. JUMP) to the size the model was trained on."""
     if preset is None:
-        kind = "morgan_rdkit_max" if fingerprint_size == 8192 else "morgan"
-        crop = {"height": SITE_SIZE[0], "width": SITE_SIZE[1]}
+        kind, crop = ("morgan_rdkit_max" if fingerprint_size == 8192 else "morgan"), SITE_SIZE
     else:
         recipe = converted_recipe(preset)
-        kind, crop = recipe.model["fingerprint_kind"], recipe.processor_crop()
-    # A centre crop to the full 520 x 696 site leaves Bray 2017 sites untouched and cuts larger fields of view
-    # (e.g. JUMP) to the size the model was trained on.
-    image = {
-        "channel_order": list(CHANNELS),
-        "do_rescale_to_uint8": True,
-        "intensity_clip_fraction": DEFAULT_CLIP_FRACTION,
-        "intensity_scale": DEFAULT_INTENSITY_SCALE,
-        "do_center_crop": True,
-        "crop_size": dict(crop),
-        "do_normalize": True,
-        "image_mean": list(CLOOME_CHANNEL_MEAN),
-        "image_std": list(CLOOME_CHANNEL_MEAN),
-    }
-    featurizer = {"kind": kind, "fingerprint_size": int(fingerprint_size)}
-    return {"image_processor": image, "featurizer": featurizer}
+        kind, crop = recipe.model["fingerprint_kind"], recipe.inference_crop
+    return {"fingerprint_kind": kind, "fingerprint_size": int(fingerprint_size)}, crop
+
+
+def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, Any]:
+    """Image-processor and featuriser keyword arguments for a preset (:func:`cloome_hf.recipes.processor_settings`)."""
+    return recipe_processor_settings(*_processor_values(preset, fingerprint_size))
 
 
 def build_processor(preset: str | None, fingerprint_size: int):
-    """The :class:`~cloome_hf.processing_cloome.CloomeProcessor` matching :func:`processor_settings`."""
-    from ..featurization_cloome import MoleculeFeaturizer
-    from ..image_processing_cloome import CloomeImageProcessor
-    from ..processing_cloome import CloomeProcessor
-
-    settings = processor_settings(preset, fingerprint_size)
-    return CloomeProcessor(
-        image_processor=CloomeImageProcessor(**settings["image_processor"]),
-        featurizer=MoleculeFeaturizer(**settings["featurizer"]),
-    )
+    """The :class:`~cloome_hf.processing_cloome.CloomeProcessor` matching :func:`processor_settings`
+    (:func:`cloome_hf.recipes.recipe_processor`)."""
+    return recipe_processor(*_processor_values(preset, fingerprint_size))
 
 
 def convert_original_checkpoint(

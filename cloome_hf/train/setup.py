@@ -17,7 +17,7 @@ from ..data.loader import column_values
 from ..distributed import convert_sync_batchnorm
 from ..evaluation.stats import random_retrieval_baseline
 from ..output_folder import changed_fields, dataset_digest, refuse_changed_settings
-from ..recipes import model_config
+from ..recipes import model_config, recipe_processor
 from ..safe_io import OutputLock
 from .checkpoint import (
     clean_incomplete_checkpoints,
@@ -60,21 +60,10 @@ def build_accelerator(train_args):
 
 
 def build_processor(model_args, data_args):
-    """The processor saved with the model: the recipe's fingerprints; a centre crop to the training size."""
-    from ..featurization_cloome import MoleculeFeaturizer
-    from ..image_processing_cloome import CloomeImageProcessor
-    from ..processing_cloome import CloomeProcessor
-    from ..vision_towers import tower_image_processor
-
-    height, width = data_args.image_size
-    crop = {"height": height, "width": width}
+    """The processor saved with the model (:func:`cloome_hf.recipes.recipe_processor`): the recipe's fingerprints,
+    a centre crop to the training size, a pretrained tower's input convention."""
     vision = None if model_args.model_name_or_path else tower_vision_config(model_args, data_args)
-    image_processor = (tower_image_processor(vision, crop_size=crop) if vision is not None
-                       else CloomeImageProcessor(do_center_crop=True, crop_size=crop))
-    return CloomeProcessor(
-        image_processor=image_processor,
-        featurizer=MoleculeFeaturizer(kind=model_args.fingerprint_kind, fingerprint_size=model_args.fingerprint_size),
-    )
+    return recipe_processor(asdict(model_args), data_args.image_size, vision)
 
 
 def tower_vision_config(model_args, data_args):
