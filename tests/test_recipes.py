@@ -12,7 +12,7 @@ def test_train_and_convert_build_the_same_processor_for_a_recipe(recipe, fingerp
     from cloome_hf.train.setup import build_processor as trained_processor
 
     height, width = get_recipe(recipe).inference_crop
-    model_args, data_args, _, _ = parse_args(["--output_dir", str(tmp_path), "--preset", recipe,
+    model_args, data_args, _, _ = parse_args(["--output_dir", str(tmp_path), "--recipe", recipe,
                                               "--image_size", str(height), str(width)])
     trained = trained_processor(model_args, data_args)
     converted = converted_processor(recipe, fingerprint_size)

@@ -51,8 +51,8 @@ def write_model_repo(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                      results: str | os.PathLike | Mapping | None = None, eval_dataset_name: str = "cell-painting",
                      eval_dataset_type: str = "cell-painting", eval_split: str | None = "test",
                      description: str | None = None, training_config: Mapping[str, Any] | None = None,
-                     datasets: list[str] | None = None) -> list[str]:
-    """Write the model repo layout of ``model_dir`` (a saved CloomeModel + CloomeProcessor) into ``out_dir``, with
+                     datasets: list[str] | None = None, model_revision: str | None = None) -> list[str]:
+    """Write the model repo layout of ``model_dir`` (a folder or Hub id, at ``model_revision``) (a saved CloomeModel + CloomeProcessor) into ``out_dir``, with
     :func:`~cloome_hf.publish.model_folder.write_model_folder` (the writer ``cloome train`` uses).
 
     ``results``: an evaluation ``results.json`` (path or dict) -> the card's ``model-index`` and results table.
@@ -64,7 +64,7 @@ def write_model_repo(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     from .card import eval_results_from_json
     from .model_folder import write_model_folder
 
-    model, processor = load_model_and_processor(model_dir)
+    model, processor = load_model_and_processor(model_dir, revision=model_revision)
     if training_config is None:
         training_config = read_training_config(model_dir)
     eval_results = None

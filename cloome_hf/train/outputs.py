@@ -23,7 +23,7 @@ def training_config(run: Run) -> dict[str, Any]:
     from ..runtime import runtime_report
 
     model_args, data_args, train_args = run.args
-    return {"preset": train_args.preset or "demo", "recipe_values_used": dict(run.recipe_used),
+    return {"recipe": train_args.recipe or "demo", "recipe_values_used": dict(run.recipe_used),
             "arguments": resolved_arguments(model_args, data_args, train_args), "runtime": runtime_report()}
 
 
