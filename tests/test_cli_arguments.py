@@ -3,14 +3,13 @@ shared groups are defined once, one name per idea, old spellings are hidden alia
 is read by one function."""
 
 import ast
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 import cloome_hf
 from cloome_hf import cli
-from cloome_hf.cli import convert, embed, evaluate, prepare, push, search
+from cloome_hf.cli import convert, embed, evaluate, prepare, push
 from cloome_hf.cli.arguments import image_size_pair, parse_command, synthetic_options
 
 PACKAGE = Path(cloome_hf.__file__).parent
