@@ -76,8 +76,8 @@ def main(argv=None) -> dict:
     if argv[:1] == ["synthetic"]:
         return synthetic(argv[1:])
     if argv[:1] in (["-h"], ["--help"]):
-        print(__doc__)
-        return {}
+        print("usage: python -m cloome_hf.data {prepare,synthetic} ... (COMMAND --help for its options)\n" + __doc__)
+        raise SystemExit(0)
     return command_error("data", "choose a command: prepare or synthetic (python -m cloome_hf.data COMMAND --help)")
 
 
