@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..configuration_cloome import CONCENTRATION_ENCODINGS
@@ -25,13 +25,15 @@ from ..losses import available_losses
 from ..recipes import get_recipe, recipe_names
 from ..cli.arguments import (CommandParser, DatasetArguments, ModelSourceArguments, ResumableOutputArguments,
                              SyntheticDataArguments, image_size_pair)
+from ..cli.arguments import arg as argument_field
 from ..safe_io import read_json
 
 _PRESET_HELP = " (default: from --recipe)"
 
 
 def _field(default=None, help="", preset=True, **kw):
-    return field(default=default, metadata={"help": help + (_PRESET_HELP if preset else ""), **kw})
+    """:func:`cloome_hf.cli.arguments.arg`, whose help says when the recipe fills the value in."""
+    return argument_field(default, help + (_PRESET_HELP if preset else ""), **kw)
 
 
 @dataclass
@@ -119,7 +121,7 @@ class TrainArguments(ResumableOutputArguments):
     _argument_group_name = "training"
 
     recipe: str | None = _field(help="recipe filling unset hyper-parameters (default 'demo')", preset=False,
-                                choices=list(recipe_names()), old_spellings=("--preset",))
+                                choices=list(recipe_names()), old=("--preset",))
     config: str | None = _field(help="YAML or JSON file of arguments; explicit CLI arguments override it",
                                 preset=False)
     per_device_train_batch_size: int | None = _field(help="batch per process (global = x processes)")
