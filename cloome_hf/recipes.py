@@ -2,8 +2,8 @@
 
 A :class:`Recipe` holds everything that defines a recipe in one place: the model (architecture, objective,
 molecule featurisation), the training hyper-parameters, the processor crop the published weights are used with,
-the upstream checkpoint it converts from and the model-card text. Training (``cloome train --preset``),
-conversion (``cloome convert --preset``) and the model cards all read these records.
+the upstream checkpoint it converts from and the model-card text. Training (``cloome train --recipe``),
+conversion (``cloome convert --recipe``) and the model cards all read these records.
 
     >>> from cloome_hf.recipes import get_recipe, recipe_names
     >>> recipe_names()
@@ -34,7 +34,7 @@ class Recipe:
     """One recipe.
 
     Args:
-        name: registry key (``--preset`` value).
+        name: registry key (``--recipe`` value).
         description: what the recipe is for, as the model card says it.
         model: architecture and objective, in the names of ``cloome train``'s model arguments (``backbone``,
             ``vision_layers``, ``base_width``, ``head_pool_size``, ``molecule_hidden_size``,

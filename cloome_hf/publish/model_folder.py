@@ -7,7 +7,7 @@ shape, for every producer.
 ``cloome train`` (the final folder and ``best/``), ``cloome convert`` and ``cloome push`` (``--local_dir`` and the
 pushed repo) all write through :func:`write_model_folder`, so the same model with the same training
 configuration gets the same files and the same card whichever command wrote it. ``training_config`` is always
-the ``training_config.json`` shape that training records (``preset``, ``recipe_values_used``, ``arguments``,
+the ``training_config.json`` shape that training records (``recipe``, ``recipe_values_used``, ``arguments``,
 ``runtime``); the card's hyper-parameter table is derived from it here (:func:`card_training_table`).
 
 The files are written into a staging folder inside ``folder`` first and moved into place, so exactly this
@@ -38,12 +38,12 @@ STALE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch
 
 
 def card_training_table(training_config: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The model card's hyper-parameter table of a ``training_config.json``: the recipe (``preset``), the
+    """The model card's hyper-parameter table of a ``training_config.json``: the recipe, the
     dataset, the recipe values the run took and the main optimisation arguments."""
     if not training_config:
         return None
     arguments = training_config.get("arguments") or {}
-    table = {"preset": training_config.get("recipe", training_config.get("preset")),
+    table = {"recipe": training_config.get("recipe", training_config.get("preset")),  # spelt preset until 0.1
              "dataset": arguments.get("dataset"), **(training_config.get("recipe_values_used") or {})}
     table.update({k: arguments[k] for k in CARD_ARGUMENTS if k in arguments})
     return {k: v for k, v in table.items() if v is not None}
