@@ -68,3 +68,15 @@ def test_only_the_commit_helper_talks_to_the_hub_api():
     callers = {str(p.relative_to(package)) for p in package.rglob("*.py")
                if _calls(ast.parse(p.read_text(encoding="utf-8"))) & hub_calls}
     assert callers == {"publish/commit.py"}
+
+
+def test_only_the_model_folder_writer_saves_a_model_folder():
+    package = Path(cloome_hf.__file__).parent
+    savers = set()
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "save_pretrained" and \
+                    not (isinstance(node.func.value, ast.Call) and getattr(node.func.value.func, "id", "") == "super"):
+                savers.add(str(path.relative_to(package)))
+    assert savers == {"publish/model_folder.py"}
