@@ -10,11 +10,27 @@ silently ignoring it.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from .parser import arg
+
+
+class JsonObject(dict):
+    """A JSON object given on the command line (``--storage_options '{"anon": false}'``): refused while parsing,
+    as a usage error, when it is not one."""
+
+    def __init__(self, value: Any = ()):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise argparse.ArgumentTypeError(f"not valid JSON: {value!r} ({err})") from err
+            if not isinstance(value, dict):
+                raise argparse.ArgumentTypeError(f"expected a JSON object of fsspec options, got {value!r}")
+        super().__init__(value)
 
 
 @dataclass
@@ -51,21 +67,11 @@ class SiteTableArguments:
     plates: str | None = arg(None, "JUMP plate table (plate -> Metadata_Batch, Metadata_PlateType)")
     illumination: str | None = arg(None, "divide by the plate's illumination functions (default auto: when the "
                                          "table has Illum columns)", choices=sorted(_ILLUMINATION))
-    storage_options: str | None = arg(None, 'fsspec options as JSON, e.g. \'{"anon": false}\' or '
+    storage_options: JsonObject | None = arg(None, 'fsspec options as JSON, e.g. \'{"anon": false}\' or '
                                             '\'{"client_kwargs": {"endpoint_url": "http://..."}}\' (the Cell '
                                             'Painting Gallery is read anonymously)')
     read_threads: int | None = arg(None, "sites read at once per process (load_data tables; default 8)")
     retries: int | None = arg(None, "retries of transient read errors (load_data tables; default 3)")
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--storage_options is not valid JSON: {text!r} ({err})") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"--storage_options takes a JSON object of fsspec options, not {text!r}")
-    return value
 
 
 def table_arguments(args) -> dict[str, Any]:
@@ -74,8 +80,8 @@ def table_arguments(args) -> dict[str, Any]:
     options = {name: getattr(args, name) for name in LOAD_DATA_OPTIONS if getattr(args, name) is not None}
     if "illumination" in options:
         options["illumination"] = _ILLUMINATION[options["illumination"]]
-    if isinstance(options.get("storage_options"), str):
-        options["storage_options"] = _json_object(options["storage_options"])
+    if "storage_options" in options:
+        options["storage_options"] = dict(options["storage_options"])
     return {"root": args.root, "compounds": args.compounds, "wells": args.wells, "source_options": options}
 
 
