@@ -2,8 +2,8 @@
 
 A :class:`Recipe` holds everything that defines a recipe in one place: the model (architecture, objective,
 molecule featurisation), the training hyper-parameters, the processor crop the published weights are used with,
-the upstream checkpoint it converts from and the model-card text. Training (``cloome train --preset``),
-conversion (``cloome convert --preset``) and the model cards all read these records.
+the upstream checkpoint it converts from and the model-card text. Training (``cloome train --recipe``),
+conversion (``cloome convert --recipe``) and the model cards all read these records.
 
     >>> from cloome_hf.recipes import get_recipe, recipe_names
     >>> recipe_names()
@@ -35,7 +35,7 @@ class Recipe:
     """One recipe.
 
     Args:
-        name: registry key (``--preset`` value).
+        name: registry key (``--recipe`` value).
         description: what the recipe is for, as the model card says it.
         model: architecture and objective, in the names of ``cloome train``'s model arguments (``backbone``,
             ``vision_layers``, ``base_width``, ``head_pool_size``, ``molecule_hidden_size``,
@@ -62,12 +62,6 @@ class Recipe:
     def values(self) -> dict[str, Any]:
         """Every hyper-parameter of the recipe in one flat dict (model and training arguments)."""
         return {**self.model, **self.training}
-
-    def processor_crop(self) -> dict[str, int] | None:
-        """The processor's ``crop_size`` for the published weights, or ``None`` (use the training size)."""
-        if self.inference_crop is None:
-            return None
-        return {"height": int(self.inference_crop[0]), "width": int(self.inference_crop[1])}
 
 
 _RECIPES: dict[str, Recipe] = {}
@@ -252,6 +246,58 @@ def molecule_tower_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def processor_settings(values: Mapping[str, Any], crop_size) -> dict[str, Any]:
+    """The image-processor and featuriser keyword arguments of a recipe's (possibly overridden) model values:
+    the published preprocessing (16 -> 8 bit, ``x / m - 1`` with the training-set channel means) with a centre
+    crop to ``crop_size`` (``(height, width)`` or ``{"height", "width"}``), and ``fingerprint_kind`` /
+    ``fingerprint_size`` fingerprints."""
+    from .channels import CHANNELS, CLOOME_CHANNEL_MEAN, DEFAULT_CLIP_FRACTION, DEFAULT_INTENSITY_SCALE
+
+    if not isinstance(crop_size, Mapping):
+        crop_size = {"height": int(crop_size[0]), "width": int(crop_size[1])}
+    image = {
+        "channel_order": list(CHANNELS), "do_rescale_to_uint8": True, "intensity_clip_fraction": DEFAULT_CLIP_FRACTION,
+        "intensity_scale": DEFAULT_INTENSITY_SCALE, "do_center_crop": True, "crop_size": dict(crop_size),
+        "do_normalize": True, "image_mean": list(CLOOME_CHANNEL_MEAN), "image_std": list(CLOOME_CHANNEL_MEAN),
+    }
+    featurizer = {"kind": values["fingerprint_kind"], "fingerprint_size": int(values["fingerprint_size"])}
+    return {"image_processor": image, "featurizer": featurizer}
+
+
+def recipe_processor(values: Mapping[str, Any], crop_size, vision_config=None):
+    """The :class:`~cloome_hf.CloomeProcessor` of a recipe's model values (:func:`processor_settings`), the one
+    ``cloome train`` saves with a model and ``cloome convert`` with the published weights. ``vision_config``: a
+    pretrained tower's, whose recorded input convention the image processor then follows
+    (:func:`~cloome_hf.vision_towers.tower_image_processor`). A molecule tower other than the fingerprint MLP
+    (``molecule_encoder``) gets the featuriser its config asks for (a graph schema, a tokenizer)."""
+    from .featurization_cloome import MoleculeFeaturizer
+    from .image_processing_cloome import CloomeImageProcessor
+    from .processing_cloome import CloomeProcessor
+
+    settings = processor_settings(values, crop_size)
+    if vision_config is not None:
+        from .vision_towers import tower_image_processor
+
+        image_processor = tower_image_processor(vision_config, crop_size=settings["image_processor"]["crop_size"])
+    else:
+        image_processor = CloomeImageProcessor(**settings["image_processor"])
+    if (values.get("molecule_encoder") or "mlp") != "mlp":
+        from .molecule_tower_kinds import get_molecule_tower
+
+        molecule = model_config(values, crop_size_pair(crop_size)).molecule_config
+        featurizer = get_molecule_tower(molecule.encoder).featurizer(molecule)
+    else:
+        featurizer = MoleculeFeaturizer(**settings["featurizer"])
+    return CloomeProcessor(image_processor=image_processor, featurizer=featurizer)
+
+
+def crop_size_pair(crop_size) -> list[int]:
+    """``[height, width]`` of ``(height, width)`` or ``{"height", "width"}``."""
+    if isinstance(crop_size, Mapping):
+        return [int(crop_size["height"]), int(crop_size["width"])]
+    return [int(crop_size[0]), int(crop_size[1])]
+
+
 def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
     """The :class:`~cloome_hf.CloomeConfig` of a recipe's (possibly overridden) model values, with the optional
     ``cwcl_threshold``, ``concentration_encoding`` and ``concentration_buckets`` of ``cloome train``."""
@@ -280,5 +326,5 @@ def model_config(values: Mapping[str, Any], image_size, num_channels: int = 5):
     )
 
 
-__all__ = ["TRAINING_CONFIG_FILE", "Recipe", "get_recipe", "model_config", "read_training_config", "recipe_names",
-           "register_recipe"]
+__all__ = ["TRAINING_CONFIG_FILE", "Recipe", "get_recipe", "model_config", "processor_settings", "read_training_config",
+           "recipe_names", "recipe_processor", "register_recipe"]

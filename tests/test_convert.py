@@ -291,3 +291,22 @@ def test_command_help_and_run(tmp_path, capsys):
     out = main(["--checkpoint_path", str(_save(sd, tmp_path / "c.pt")), "--output_dir", str(tmp_path / "o"),
                 "--preset", "bioactivity"])
     assert (Path(out) / "model.safetensors").is_file()
+
+
+def test_converted_folder_is_what_the_model_folder_writer_writes(tmp_path):
+    """convert writes through cloome_hf.publish.model_folder: the same model and card settings give the same files."""
+    from cloome_hf.processing_cloome import load_model_and_processor
+    from cloome_hf.publish.model_folder import write_model_folder
+
+    sd = make_upstream_state_dict(fingerprint_size=1024, seed=18)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "training_config.json").write_text("{}")  # an earlier trained model's: not this conversion's
+    convert_original_checkpoint(_save({"state_dict": sd}, tmp_path / "cloome-bioactivity.pt"), out, preset="bioactivity")
+    assert not (out / "training_config.json").exists()
+    model, processor = load_model_and_processor(out)
+    again = write_model_folder(tmp_path / "again", model, processor, model_id="out", source="converted",
+                               preset="bioactivity", checkpoint="cloome-bioactivity.pt")
+    assert sorted(again) == sorted(p.name for p in out.iterdir())
+    for name in ("README.md", "processor_config.json", "model.safetensors"):  # config.json gains a dtype on loading
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name

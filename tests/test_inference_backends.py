@@ -108,8 +108,12 @@ def test_int8_refuses_a_tower_it_cannot_quantise_and_names_the_other_backend(tin
 
 
 def test_the_command_offers_every_backend():
-    action = next(a for a in embed.build_parser()._actions if a.dest == "backend")
-    assert tuple(action.choices) == backends.BACKENDS
+    import dataclasses
+
+    backend = next(f for f in dataclasses.fields(embed.EmbedArguments) if f.name == "backend")
+    assert tuple(backend.metadata["choices"]) == backends.BACKENDS
+    with pytest.raises(SystemExit):  # and the parser enforces them
+        embed.parse_arguments(["--model", "m", "--output_dir", "o", "--backend", "fp8"])
 
 
 def test_onnx_int8_is_a_quantised_graph_calibrated_on_the_sites_and_within_bounds(tiny, tmp_path):

@@ -94,13 +94,13 @@ def test_help_lists_every_argument_with_defaults(capsys):
     with pytest.raises(SystemExit):
         script.main(["--help"])
     text = capsys.readouterr().out
-    for arg in ("--dataset", "--output_dir", "--preset", "--loss", "--per_device_train_batch_size", "--learning_rate",
+    for arg in ("--dataset", "--output_dir", "--recipe", "--loss", "--per_device_train_batch_size", "--learning_rate",
                 "--weight_decay", "--num_train_epochs", "--max_steps", "--warmup_steps", "--image_size",
                 "--mixed_precision", "--gradient_checkpointing", "--seed", "--eval_steps", "--save_steps",
                 "--resume_from_checkpoint", "--report_to", "--config", "--sync_batchnorm", "--torch_compile"):
         assert arg in text, arg
     flat = " ".join(text.split())  # argparse wraps help lines
-    assert "from --preset" in flat and "(default: synthetic)" in flat, flat
+    assert "from --recipe" in flat and "(default: synthetic)" in flat, flat
 
 
 def test_config_file_then_cli_override(tmp_path):

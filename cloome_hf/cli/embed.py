@@ -22,51 +22,50 @@ new or empty folder, and the main process holds the folder's lock (``.cloome.loc
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
+from dataclasses import dataclass
 from typing import Any
 
-from ..data.options import add_table_arguments, table_arguments
 from ..inference.thumbnails import DEFAULT_THUMBNAIL_SIZE
+from .arguments import (DatasetSplitArguments, ModelSourceArguments, ResumableOutputArguments, SiteTableArguments,
+                        arg, parse_command, table_arguments)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloome embed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model folder or Hub id (model + processor saved together)")
-    p.add_argument("--revision", default=None, help="Hub revision of --model")
-    p.add_argument("--dataset", default=None, help="image dataset (anything load_cell_painting reads)")
-    p.add_argument("--split", default="train", help="split of the dataset")
-    p.add_argument("--molecules", default=None, help="molecule table (CSV or Parquet with a 'smiles' column)")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers decoding the sites")
-    p.add_argument("--shard_size", type=int, default=4096, help="rows per output shard (unit of resumption)")
-    p.add_argument("--bf16", action="store_true", help="run the encoders under bfloat16 autocast")
-    p.add_argument("--backend", choices=["torch", "onnx", "int8", "onnx-int8"], default="torch",
-                   help="image encoder: the torch model, ONNX Runtime (fp32), int8 torch.ao (the fastest on a CPU; "
-                        "cloome_resnet50 towers), or int8 ONNX Runtime; int8 is calibrated on the dataset's sites; "
-                        "all but torch are checked against fp32 on held-out sites first and refused (no store "
-                        "written) below cosine 0.999 per site or top-10 overlap 0.95")
-    p.add_argument("--calibration_sites", type=int, default=32,
-                   help="--backend int8/onnx-int8: sites it is calibrated on")
-    p.add_argument("--check_sites", type=int, default=32,
-                   help="--backend onnx/int8/onnx-int8: held-out sites it is checked on against fp32")
-    p.add_argument("--embedding_dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--features", choices=["embedding", "backbone"], default="embedding",
-                   help="'backbone': each site's image-tower features before the projection head (a cache for "
-                        "`cloome train --image_features`), recorded with a digest of the tower and its preprocessing")
-    p.add_argument("--thumbnails", type=int, nargs="?", const=DEFAULT_THUMBNAIL_SIZE, default=None,
-                   metavar="PIXELS", help="also store a small picture of each site (longest side PIXELS, default "
-                                          f"{DEFAULT_THUMBNAIL_SIZE}) for `cloome serve`, which then need not open "
-                                          "the raw images")
-    p.add_argument("--keep_columns", nargs="*", default=[], help="extra dataset columns to copy to the output")
-    p.add_argument("--max_samples", type=int, default=None, help="embed only the first N rows (smoke tests)")
-    p.add_argument("--overwrite_output_dir", action="store_true",
-                   help="replace a store made with other settings (removes only the store's own files)")
-    add_table_arguments(p)
-    return p
+@dataclass
+class EmbedArguments:
+    _argument_group_name = "embedding"
+
+    molecules: str | None = arg(None, "molecule table (CSV or Parquet with a 'smiles' column)")
+    batch_size: int = arg(64, "sites (or molecules) per forward pass")
+    num_workers: int = arg(0, "DataLoader workers decoding the sites")
+    shard_size: int = arg(4096, "rows per output shard (unit of resumption)")
+    bf16: bool = arg(False, "run the encoders under bfloat16 autocast")
+    backend: str = arg("torch", "image encoder: the torch model, ONNX Runtime (fp32), int8 torch.ao (the fastest on a "
+                                "CPU; cloome_resnet50 towers), or int8 ONNX Runtime; int8 is calibrated on the "
+                                "dataset's sites; all but torch are checked against fp32 on held-out sites first and "
+                                "refused (no store written) below cosine 0.999 per site or top-10 overlap 0.95",
+                       choices=["torch", "onnx", "int8", "onnx-int8"])
+    calibration_sites: int = arg(32, "--backend int8/onnx-int8: sites it is calibrated on")
+    check_sites: int = arg(32, "--backend onnx/int8/onnx-int8: held-out sites it is checked on against fp32")
+    embedding_dtype: str = arg("float32", "dtype of the stored embeddings", choices=["float32", "float16"])
+    features: str = arg("embedding", "'backbone': each site's image-tower features before the projection head (a "
+                                     "cache for `cloome train --image_features`), recorded with a digest of the "
+                                     "tower and its preprocessing", choices=["embedding", "backbone"])
+    thumbnails: int | None = arg(None, "also store a small picture of each site (longest side PIXELS; "
+                                       f"--thumbnails alone: {DEFAULT_THUMBNAIL_SIZE}) for `cloome serve`, which then "
+                                       "need not open the raw images", nargs="?", const=DEFAULT_THUMBNAIL_SIZE,
+                                 metavar="PIXELS")
+    keep_columns: list[str] = arg([], "extra dataset columns to copy to the output")
+
+
+ARGUMENTS = (ModelSourceArguments, DatasetSplitArguments, SiteTableArguments, ResumableOutputArguments,
+             EmbedArguments)
+
+
+def parse_arguments(argv=None):
+    return parse_command("embed", ARGUMENTS, argv, required=("model", "output_dir"), defaults={"split": "train"},
+                         description=__doc__)
 
 
 def load_molecule_table(path: str):
@@ -95,7 +94,7 @@ def _settings(args, model, processor, sites, molecules) -> dict[str, Any]:
         "processor": processor.to_dict(),
         "embedding_dtype": args.embedding_dtype, "bf16": bool(args.bf16), "shard_size": args.shard_size,
         "dataset": args.dataset, "split": args.split if args.dataset else None, "molecules": args.molecules,
-        "max_samples": args.max_samples, "keep_columns": list(args.keep_columns),
+        "max_samples": args.max_sites, "keep_columns": list(args.keep_columns),
         "cloome_hf_version": cloome_hf.__version__,
     }
     # A raw table's shards are its rows: a changed table (or compound join) must not be resumed into. The
@@ -158,7 +157,7 @@ def report_written(args) -> None:
         raise IncompleteOutputError(
             f"wrote 0 {' and 0 '.join(empty)} rows: {', '.join(f'{given[e]!r} holds no rows' for e in empty)} "
             f"(see {os.path.join(args.output_dir, 'embedding_info.json')})",
-            "check --dataset / --split / --max_samples, or the molecule table's rows")
+            "check --dataset / --split / --max_sites, or the molecule table's rows")
 
 
 def _image_backend(args, model, processor, sites):
@@ -192,7 +191,7 @@ def _image_backend(args, model, processor, sites):
 
 
 def main(argv=None) -> str:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     if args.dataset is None and args.molecules is None:
         raise ValueError("nothing to embed: give --dataset and/or --molecules")
     from ..data.loading import refuse_missing_local_path
@@ -228,7 +227,7 @@ def main(argv=None) -> str:
         if sites is not None:
             store.embed_images_to_store(sites, model, processor, os.path.join(args.output_dir, "images"),
                                         keep_columns=args.keep_columns, num_workers=args.num_workers,
-                                        max_rows=args.max_samples, image_encoder=image_encoder,
+                                        max_rows=args.max_sites, image_encoder=image_encoder,
                                         features=args.features, thumbnails=args.thumbnails, **common)
         if molecules is not None:
             store.embed_molecules_to_store(molecules, model, processor, os.path.join(args.output_dir, "molecules"),

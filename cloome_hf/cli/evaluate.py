@@ -16,82 +16,96 @@ on its own rows and appears as an extra method row in every table it took part i
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .arguments import (DatasetSplitArguments, ModelSourceArguments, OutputArguments, SyntheticDataArguments, arg,
+                        parse_command, synthetic_options)
+
 DEFAULT_TASKS = "retrieval,zeroshot_molecule,map"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloome evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="saved CLOOME folder or Hub id (model and processor)")
-    p.add_argument("--revision", default=None, help="Hub revision of --model")
-    p.add_argument("--dataset", default="synthetic",
-                   help="anything load_cell_painting reads: 'synthetic' (embedded generator), a prepared or "
-                   "save_to_disk folder, a Hub dataset id, a raw index / load_data table")
-    p.add_argument("--split", default=None, help="split to evaluate (default: 'test' if the dataset has one, "
-                   "else its first)")
-    p.add_argument("--tasks", default=DEFAULT_TASKS,
-                   help="comma-separated: retrieval, zeroshot_molecule, zeroshot_moa, linear_probe, map, "
-                   f"jump_activity, jump_consistency (default {DEFAULT_TASKS})")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="seeds prototypes, retrieval sites, non-matches, splits")
-    p.add_argument("--max_sites", type=int, default=None, help="evaluate only the first N sites")
-    g = p.add_argument_group("synthetic data")
-    g.add_argument("--synthetic_molecules", type=int, default=200)
-    g.add_argument("--synthetic_sites_per_molecule", type=int, default=4)
-    g.add_argument("--synthetic_plates", type=int, default=4)
-    g.add_argument("--synthetic_image_size", type=int, default=64)
-    g = p.add_argument_group("annotations")
-    g.add_argument("--moa_column", default=None, help="dataset column holding each site's MoA")
-    g.add_argument("--moa_annotations", default=None,
-                   help="CSV with InChIKey and MoA columns (e.g. the Drug Repurposing Hub annotations)")
-    g.add_argument("--moa_key_column", default="Metadata_InChIKey")
-    g.add_argument("--moa_value_column", default="Metadata_moa")
-    g.add_argument("--activity_labels", default=None, help="MatrixMarket activity label matrix (+1/-1)")
-    g.add_argument("--activity_row_index", default=None, help="CSV INDEX,INCHIKEY of the matrix rows")
-    g.add_argument("--activity_column_index", default=None, help="CSV ASSAY_ID of the matrix columns")
-    g.add_argument("--linear_probe_C", type=float, nargs="+", default=None,
-                   help="C grid of the linear probe (default 1e-6 ... 1e6)")
-    g.add_argument("--n_jobs", type=int, default=1, help="parallel linear-probe tasks (-1 = all cores)")
-    g.add_argument("--map_null_size", type=int, default=10000, help="copairs permutation null size")
-    g = p.add_argument_group("JUMP protocol (jump_activity, jump_consistency)")
-    g.add_argument("--profile_pipeline", default="mad_robustize,sphering",
-                   help="normalisation steps of the well profiles, fitted on the controls ('' = raw profiles)")
-    g.add_argument("--controls", default=None,
-                   help="negative controls: a perturbation type ('negcon', the default) or a pandas query")
-    g.add_argument("--annotations", default=None,
-                   help="compound annotation table (CSV/Parquet) with --moa_key_column and the --consistency_by "
-                   "column, for jump_consistency")
-    g.add_argument("--consistency_by", default="target", help="annotation of phenotypic consistency: target or moa")
-    g.add_argument("--active_only", action="store_true",
-                   help="consistency only among the compounds jump_activity retrieves (the JUMP papers' choice)")
-    g = p.add_argument_group("features baseline")
-    g.add_argument("--baseline_features", default=None, help="CSV of per-site/per-well features + Metadata_*")
-    g.add_argument("--baseline_name", default="CellProfiler features")
-    g.add_argument("--baseline_molecule_column", default="Metadata_broad_sample")
-    g.add_argument("--baseline_plate_column", default="Metadata_Plate")
-    g.add_argument("--baseline_inchikey_column", default="Metadata_InChIKey14")
-    g.add_argument("--baseline_moa_column", default="Metadata_moa")
-    g.add_argument("--baseline_controls", default=None,
-                   help="query of the baseline's negative controls for the JUMP tasks (default: --controls)")
-    g = p.add_argument_group("figures")
-    g.add_argument("--gallery_queries", type=int, default=4, help="query sites in the retrieval gallery")
-    g.add_argument("--tsne_max_points", type=int, default=3000)
-    return p
+@dataclass
+class EvaluateArguments:
+    _argument_group_name = "evaluation"
+
+    tasks: str = arg(DEFAULT_TASKS, "comma-separated: retrieval, zeroshot_molecule, zeroshot_moa, linear_probe, map, "
+                                    "jump_activity, jump_consistency")
+    batch_size: int = arg(64, "sites per forward pass")
+    seed: int = arg(0, "seeds prototypes, retrieval sites, non-matches, splits (and the synthetic data)")
+
+
+@dataclass
+class AnnotationArguments:
+    _argument_group_name = "annotations"
+
+    moa_column: str | None = arg(None, "dataset column holding each site's MoA")
+    moa_annotations: str | None = arg(None, "table (CSV/Parquet) with InChIKey and MoA columns (e.g. the Drug "
+                                            "Repurposing Hub annotations)")
+    moa_key_column: str = arg("Metadata_InChIKey", "InChIKey column of --moa_annotations / --annotations")
+    moa_value_column: str = arg("Metadata_moa", "MoA column of --moa_annotations")
+    activity_labels: str | None = arg(None, "MatrixMarket activity label matrix (+1/-1)")
+    activity_row_index: str | None = arg(None, "CSV INDEX,INCHIKEY of the matrix rows")
+    activity_column_index: str | None = arg(None, "CSV ASSAY_ID of the matrix columns")
+    linear_probe_C: list[float] | None = arg(None, "C grid of the linear probe (default 1e-6 ... 1e6)")
+    n_jobs: int = arg(1, "parallel linear-probe tasks (-1 = all cores)")
+    map_null_size: int = arg(10000, "copairs permutation null size")
+
+
+@dataclass
+class JumpProtocolArguments:
+    _argument_group_name = "JUMP protocol (jump_activity, jump_consistency)"
+
+    profile_pipeline: str = arg("mad_robustize,sphering", "normalisation steps of the well profiles, fitted on the "
+                                                          "controls ('' = raw profiles)")
+    controls: str | None = arg(None, "negative controls: a perturbation type ('negcon', the default) or a pandas "
+                                     "query")
+    annotations: str | None = arg(None, "compound annotation table (CSV/Parquet) with --moa_key_column and the "
+                                        "--consistency_by column, for jump_consistency")
+    consistency_by: str = arg("target", "annotation of phenotypic consistency: target or moa")
+    active_only: bool = arg(False, "consistency only among the compounds jump_activity retrieves (the JUMP "
+                                   "papers' choice)")
+
+
+@dataclass
+class BaselineArguments:
+    _argument_group_name = "features baseline"
+
+    baseline_features: str | None = arg(None, "table of per-site/per-well features + Metadata_* columns")
+    baseline_name: str = arg("CellProfiler features", "its name in the tables")
+    baseline_molecule_column: str = arg("Metadata_broad_sample", "its molecule column")
+    baseline_plate_column: str = arg("Metadata_Plate", "its plate column")
+    baseline_inchikey_column: str = arg("Metadata_InChIKey14", "its InChIKey column")
+    baseline_moa_column: str = arg("Metadata_moa", "its MoA column")
+    baseline_controls: str | None = arg(None, "query of the baseline's negative controls for the JUMP tasks "
+                                              "(default: --controls)")
+
+
+@dataclass
+class FigureArguments:
+    _argument_group_name = "figures"
+
+    gallery_queries: int = arg(4, "query sites in the retrieval gallery")
+    tsne_max_points: int = arg(3000, "sites drawn in the t-SNE")
+
+
+ARGUMENTS = (ModelSourceArguments, DatasetSplitArguments, SyntheticDataArguments, OutputArguments, EvaluateArguments,
+             AnnotationArguments, JumpProtocolArguments, BaselineArguments, FigureArguments)
+
+
+def parse_arguments(argv=None):
+    """The split defaults to 'test' when the dataset has one, else its first."""
+    return parse_command("evaluate", ARGUMENTS, argv, required=("model", "output_dir"),
+                         defaults={"dataset": "synthetic"}, description=__doc__)
 
 
 def _load_sites(args):
     from ..data import load_cell_painting
 
-    synthetic = dict(num_molecules=args.synthetic_molecules, sites_per_molecule=args.synthetic_sites_per_molecule,
-                     num_plates=args.synthetic_plates, image_size=args.synthetic_image_size, seed=args.seed)
-    splits = load_cell_painting(args.dataset, synthetic=synthetic)
+    splits = load_cell_painting(args.dataset, synthetic=synthetic_options(args, args.seed))
     split = args.split or ("test" if "test" in splits else next(iter(splits)))
     if split not in splits:
         raise ValueError(f"dataset {args.dataset!r} has no split {split!r}; it has {list(splits)}")
@@ -194,7 +208,7 @@ def _add_protocol_results(args, tasks, emb, baseline, results: dict, output_dir)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     from accelerate import Accelerator
 
     from ..evaluation import write_report

@@ -5,36 +5,54 @@
     cloome search --index index/ --images a.npz --similar                             # image -> images
 
 Queries are encoded with the model that made the embeddings, at the revision recorded in the store
-(``--model`` overrides it).
+(``--model`` / ``--revision`` override them).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
+
+from .arguments import ModelSourceArguments, arg, command_error, parse_command
+
+DESCRIPTION = ("Query CLOOME embeddings: SMILES -> images (--smiles), image -> molecules (--images), image -> images "
+               "(--images --similar). Results: one row per (query, hit) with score and metadata.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloome search", description=(
-        "Query CLOOME embeddings: SMILES -> images (--smiles), image -> molecules (--images), image -> images "
-        "(--images --similar). Results: one row per (query, hit) with score and metadata."))
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--embeddings", help="'cloome embed' output folder (images/ and optionally molecules/)")
-    src.add_argument("--index", help="a saved CloomeIndex folder (see --save_index)")
-    p.add_argument("--model", default=None,
-                   help="model for encoding queries (default: the one, at the revision, that made the embeddings)")
-    q = p.add_mutually_exclusive_group()
-    q.add_argument("--smiles", nargs="+", help="query molecules (molecule -> image search)")
-    q.add_argument("--smiles_file", help="text/CSV file of query SMILES (column 'smiles' or one per line)")
-    q.add_argument("--images", nargs="+", help="query sites (paths the processor reads, e.g. .npz)")
-    p.add_argument("--similar", action="store_true", help="with --images: image -> image instead of image -> molecule")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--index_type", choices=["flat", "ivf", "hnsw"], default="flat",
-                   help="image index type when building from --embeddings (approximate for >= 1M rows)")
-    p.add_argument("--report_recall", action="store_true", help="print recall@k of the approximate index vs exact")
-    p.add_argument("--save_index", default=None, help="save the built index here for reuse with --index")
-    p.add_argument("--output", default=None, help="write results to .csv or .parquet (default: print)")
-    return p
+@dataclass
+class SearchArguments:
+    _argument_group_name = "search"
+
+    embeddings: str | None = arg(None, "'cloome embed' output folder (images/ and optionally molecules/)")
+    index: str | None = arg(None, "a saved CloomeIndex folder (see --save_index)")
+    smiles: list[str] | None = arg(None, "query molecules (molecule -> image search)")
+    smiles_file: str | None = arg(None, "text/CSV file of query SMILES (column 'smiles' or one per line)")
+    images: list[str] | None = arg(None, "query sites (paths the processor reads, e.g. .npz)")
+    similar: bool = arg(False, "with --images: image -> image instead of image -> molecule")
+    k: int = arg(10, "hits per query")
+    index_type: str = arg("flat", "image index type when building from --embeddings (approximate for >= 1M rows)",
+                          choices=["flat", "ivf", "hnsw"])
+    report_recall: bool = arg(False, "print recall@k of the approximate index vs exact")
+    save_index: str | None = arg(None, "save the built index here for reuse with --index")
+    output: str | None = arg(None, "write results to .csv or .parquet (default: print)")
+
+
+#: --model here encodes the queries; by default it is the model (at the revision) that made the embeddings.
+ARGUMENTS = (ModelSourceArguments, SearchArguments)
+
+
+def parse_arguments(argv=None):
+    args = parse_command("search", ARGUMENTS, argv, description=DESCRIPTION)
+    given = lambda *names: [f"--{n}" for n in names if getattr(args, n) not in (None, [])]  # noqa: E731
+    if len(given("embeddings", "index")) != 1:
+        command_error("search", "give one of --embeddings and --index" + (
+            f", not both ({' '.join(given('embeddings', 'index'))})" if given("embeddings", "index") else ""))
+    if len(given("smiles", "smiles_file", "images")) > 1:
+        command_error("search", f"give one query option, not {' and '.join(given('smiles', 'smiles_file', 'images'))}")
+    if args.revision and not args.model:
+        command_error("search", "--revision is the revision of --model: give --model too (the store records "
+                      "the revision of the model that made it)")
+    return args
 
 
 def _query_smiles(args) -> list[str] | None:
@@ -55,13 +73,13 @@ def main(argv=None):
 
     from ..inference.search import CloomeIndex
 
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     if args.embeddings:
         index = CloomeIndex.from_store(args.embeddings, model_id=args.model, index_type=args.index_type)
     else:
         index = CloomeIndex.load(args.index)
-        if args.model:
-            index.model_id, index.revision = args.model, None
+    if args.model:
+        index.model_id, index.revision = args.model, args.revision
     if args.save_index:
         index.save(args.save_index)
     if not (args.smiles or args.smiles_file or args.images):

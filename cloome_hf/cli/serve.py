@@ -9,31 +9,33 @@ link unless ``--share`` is given; it serves no file of the disk.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+
+from .arguments import ModelSourceArguments, PageStoreArguments, arg, parse_command
+
+DESCRIPTION = ("Serve a CLOOME search page: SMILES -> sites, site -> molecules and site -> similar sites over a "
+               "'cloome embed' store.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloome serve", description=(
-        "Serve a CLOOME search page: SMILES -> sites, site -> molecules and site -> similar sites over a "
-        "'cloome embed' store."))
-    p.add_argument("--model", default=None,
-                   help="model encoding the queries (default: the one, at the revision, that made the embeddings)")
-    p.add_argument("--images", required=True,
-                   help="image embedding store ('cloome embed' output folder or Hub dataset id): metadata, "
-                        "thumbnails, provenance, and the index unless --index is given")
-    p.add_argument("--molecules", default=None,
-                   help="molecule embedding store (default: the image store's molecules/, if it has one)")
-    p.add_argument("--index", default=None,
-                   help="a saved index ('cloome search --save_index', e.g. IVF for 1M sites), loaded once at start")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--k", type=int, default=5, help="default number of hits shown")
-    p.add_argument("--share", action="store_true", help="also open a public gradio.live share link")
-    return p
+@dataclass
+class ServeArguments:
+    _argument_group_name = "server"
+
+    host: str = arg("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
+    port: int = arg(7860, "port to listen on")
+    share: bool = arg(False, "also open a public gradio.live share link")
+
+
+#: --model encodes the queries; by default it is the model (at the revision) that made the embeddings.
+ARGUMENTS = (ModelSourceArguments, PageStoreArguments, ServeArguments)
+
+
+def parse_arguments(argv=None):
+    return parse_command("serve", ARGUMENTS, argv, required=("images",), description=DESCRIPTION)
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         import gradio  # noqa: F401
     except ImportError as err:
@@ -43,3 +45,6 @@ def main(argv=None):
     service = SearchService.from_stores(args.images, args.molecules, model=args.model, index=args.index)
     launch(build_app(service, default_k=args.k), host=args.host, port=args.port, share=args.share)
     return None
+
+
+__all__ = ["ARGUMENTS", "ServeArguments", "main", "parse_arguments"]

@@ -9,27 +9,31 @@ app_file, the model and dataset ids). A Space reaches only Hub ids: give those f
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
+
+from .arguments import ModelSourceArguments, OutputArguments, PageStoreArguments, arg, parse_command
+
+DESCRIPTION = "Write a Hugging Face Space folder (app.py, requirements.txt, README.md) serving the 'cloome serve' page."
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloome space", description=(
-        "Write a Hugging Face Space folder (app.py, requirements.txt, README.md) serving the 'cloome serve' page."))
-    p.add_argument("--model", default=None,
-                   help="model encoding the queries, a Hub id or folder (default: the one that made the store)")
-    p.add_argument("--images", required=True, help="image embedding store: Hub dataset id or 'cloome embed' folder")
-    p.add_argument("--molecules", default=None, help="molecule embedding store (default: the image store's)")
-    p.add_argument("--index", default=None, help="a saved index folder ('cloome search --save_index')")
-    p.add_argument("--output_dir", required=True, help="the Space folder to write (new or empty)")
-    p.add_argument("--k", type=int, default=5, help="default number of hits shown")
-    p.add_argument("--title", default="CLOOME search", help="the Space's title")
-    return p
+@dataclass
+class SpaceArguments:
+    _argument_group_name = "space"
+
+    title: str = arg("CLOOME search", "the Space's title")
+
+
+ARGUMENTS = (ModelSourceArguments, PageStoreArguments, OutputArguments, SpaceArguments)
+
+
+def parse_arguments(argv=None):
+    return parse_command("space", ARGUMENTS, argv, required=("images", "output_dir"), description=DESCRIPTION)
 
 
 def main(argv=None) -> list[str]:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     from ..serve.space import local_folders, write_space
 
     for name in ("images", "molecules", "index", "model"):

@@ -1,4 +1,4 @@
-"""An index CSV inferred from the file names of a TIFF folder (``cloome prepare --layout tiff --root DIR``
+"""An index CSV inferred from the file names of a TIFF folder (``cloome prepare --kind tiff --root DIR``
 without ``--index``).
 
 Two naming schemes are recognised, each file's path taken relative to the root:

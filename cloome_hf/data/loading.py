@@ -122,7 +122,7 @@ def load_cell_painting(
               ``load_data`` has no compound column); its rows carry ``perturbation_type``;
             * a :class:`~cloome_hf.data.sources.SiteSource`.
         kind: ``"auto"``, ``"parquet"``, ``"hub"``, ``"bray_npz"``, ``"tiff"`` or ``"jump"``. The raw layouts
-            are ``cloome prepare --layout``'s names; a prepare manifest records them as ``source_kind``.
+            are ``cloome prepare --kind``'s names; a prepare manifest records them as ``source_kind``.
         split: a split name to return one ``Dataset`` / ``IterableDataset``; ``None`` returns a ``DatasetDict``
             (index / JUMP sources have a single ``"train"`` split).
         streaming: ``IterableDataset`` reading lazily (Parquet shards, Hub, or the raw files themselves).

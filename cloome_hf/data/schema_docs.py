@@ -1,7 +1,7 @@
 """What ``cloome prepare --help`` (and the README's "Bring your own images") says about each input layout."""
 
 PREPARE_EPILOG = """\
-input layouts (--layout; the library's load_cell_painting(kind=...) and the manifest's source_kind are the
+input kinds (--kind; the library's load_cell_painting(kind=...) and the manifest's source_kind are the
 same names):
 
   tiff      a folder of 16-bit TIFFs, one file per channel, and an index CSV (--index) with one row per site:

@@ -149,13 +149,13 @@ def split_from_files(ds, files: Mapping[str, str | os.PathLike], key_column: str
     Each CSV must have ``key_column`` (matched against the dataset's ``sample_key``). ``ValueError`` names the
     file and the first sample key missing from the dataset, or a key listed in two split files.
     """
-    import pandas as pd
+    from .remote import read_table
 
     index = {k: i for i, k in enumerate(_keys(ds, "sample_key"))}
     seen: dict[str, str] = {}
     rows = {}
     for name, path in files.items():
-        table = pd.read_csv(path, usecols=lambda c: c == key_column)
+        table, _ = read_table(path, "split")
         if key_column not in table.columns:
             raise ValueError(f"split file {path} has no column {key_column!r}")
         wanted = table[key_column].astype(str).tolist()

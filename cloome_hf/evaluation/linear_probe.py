@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 from joblib import Parallel, delayed
@@ -63,7 +62,9 @@ def load_activity_matrix(mtx_path, row_index_path=None, column_index_path=None) 
     matrix = matrix.astype(np.int8)
     inchikeys = assay_ids = None
     if row_index_path is not None:
-        rows = pd.read_csv(row_index_path)
+        from ..data.remote import read_table
+
+        rows, _ = read_table(row_index_path, "activity row index", as_text=False)
         if "INCHIKEY" not in rows.columns or len(rows) != matrix.shape[0]:
             raise ValueError(
                 f"{row_index_path}: need an INCHIKEY column with {matrix.shape[0]} rows, got columns "
@@ -74,7 +75,9 @@ def load_activity_matrix(mtx_path, row_index_path=None, column_index_path=None) 
         for i, key in zip(order, rows["INCHIKEY"].astype(str)):
             inchikeys[int(i)] = key
     if column_index_path is not None:
-        cols = pd.read_csv(column_index_path, dtype=str)
+        from ..data.remote import read_table
+
+        cols, _ = read_table(column_index_path, "activity column index")
         if len(cols) != matrix.shape[1]:
             raise ValueError(f"{column_index_path}: has {len(cols)} rows, matrix has {matrix.shape[1]} columns")
         assay_ids = cols.iloc[:, 0].tolist()

@@ -20,27 +20,24 @@ chosen preset and a rendered ``README.md`` model card.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from ..channels import CHANNELS, CLOOME_CHANNEL_MEAN, DEFAULT_CLIP_FRACTION, DEFAULT_INTENSITY_SCALE, SITE_SIZE
+from ..channels import SITE_SIZE
 from ..configuration_cloome import CLOOME_RESNET50, CloomeConfig
-from ..recipes import get_recipe, recipe_names
-from ..safe_io import atomic_write_text
+from ..recipes import get_recipe, recipe_names, recipe_processor
+from ..recipes import processor_settings as recipe_processor_settings
 
 HUB_REPO_ID = "anasanchezf/cloome"
 #: Presets that convert a published checkpoint.
 PRESETS: tuple[str, ...] = tuple(n for n in recipe_names() if get_recipe(n).checkpoint is not None)
 CHECKPOINTS = {n: get_recipe(n).checkpoint for n in PRESETS}
 
-HUB_REPO_ID = "anasanchezf/cloome"
 # Recipes with a published checkpoint (see cloome_hf.recipes): retrieval (full 520 x 696 sites, Morgan+RDKit
 # count fingerprints of length 8192), zero-shot (the same weights with a 520 x 520 centre crop) and bioactivity
 # (full sites, 1024-bit Morgan). The fingerprint *size* is always taken from the weights; ``loss`` and
@@ -258,46 +255,28 @@ def load_upstream_checkpoint(checkpoint_path: str | Path) -> dict[str, torch.Ten
     return state_dict
 
 
-def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, Any]:
-    """Image-processor and featuriser keyword arguments for a preset.
-
-    The fingerprint size always follows the weights; the kind follows the preset, or, without one, the
-    size (8192 -> ``morgan_rdkit_max`` as for the retrieval model, otherwise ``morgan``).
-    """
+def _processor_values(preset: str | None, fingerprint_size: int) -> tuple[dict[str, Any], tuple[int, int]]:
+    """The recipe values and crop of a converted model: the fingerprint size always follows the weights; the kind
+    follows the preset, or, without one, the size (8192 -> ``morgan_rdkit_max`` as for the retrieval model,
+    otherwise ``morgan``). A centre crop to the full 520 x 696 site leaves Bray 2017 sites untouched and cuts
+    larger fields of view (e.g. JUMP) to the size the model was trained on."""
     if preset is None:
-        kind = "morgan_rdkit_max" if fingerprint_size == 8192 else "morgan"
-        crop = {"height": SITE_SIZE[0], "width": SITE_SIZE[1]}
+        kind, crop = ("morgan_rdkit_max" if fingerprint_size == 8192 else "morgan"), SITE_SIZE
     else:
         recipe = converted_recipe(preset)
-        kind, crop = recipe.model["fingerprint_kind"], recipe.processor_crop()
-    # A centre crop to the full 520 x 696 site leaves Bray 2017 sites untouched and cuts larger fields of view
-    # (e.g. JUMP) to the size the model was trained on.
-    image = {
-        "channel_order": list(CHANNELS),
-        "do_rescale_to_uint8": True,
-        "intensity_clip_fraction": DEFAULT_CLIP_FRACTION,
-        "intensity_scale": DEFAULT_INTENSITY_SCALE,
-        "do_center_crop": True,
-        "crop_size": dict(crop),
-        "do_normalize": True,
-        "image_mean": list(CLOOME_CHANNEL_MEAN),
-        "image_std": list(CLOOME_CHANNEL_MEAN),
-    }
-    featurizer = {"kind": kind, "fingerprint_size": int(fingerprint_size)}
-    return {"image_processor": image, "featurizer": featurizer}
+        kind, crop = recipe.model["fingerprint_kind"], recipe.inference_crop
+    return {"fingerprint_kind": kind, "fingerprint_size": int(fingerprint_size)}, crop
+
+
+def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, Any]:
+    """Image-processor and featuriser keyword arguments for a preset (:func:`cloome_hf.recipes.processor_settings`)."""
+    return recipe_processor_settings(*_processor_values(preset, fingerprint_size))
 
 
 def build_processor(preset: str | None, fingerprint_size: int):
-    """The :class:`~cloome_hf.processing_cloome.CloomeProcessor` matching :func:`processor_settings`."""
-    from ..featurization_cloome import MoleculeFeaturizer
-    from ..image_processing_cloome import CloomeImageProcessor
-    from ..processing_cloome import CloomeProcessor
-
-    settings = processor_settings(preset, fingerprint_size)
-    return CloomeProcessor(
-        image_processor=CloomeImageProcessor(**settings["image_processor"]),
-        featurizer=MoleculeFeaturizer(**settings["featurizer"]),
-    )
+    """The :class:`~cloome_hf.processing_cloome.CloomeProcessor` matching :func:`processor_settings`
+    (:func:`cloome_hf.recipes.recipe_processor`)."""
+    return recipe_processor(*_processor_values(preset, fingerprint_size))
 
 
 def convert_original_checkpoint(
@@ -321,7 +300,7 @@ def convert_original_checkpoint(
         ``output_dir`` as a :class:`~pathlib.Path`.
     """
     from ..modeling_cloome import CloomeModel
-    from .card import render_model_card
+    from .model_folder import write_model_folder
 
     if preset is not None:
         converted_recipe(preset)
@@ -333,28 +312,11 @@ def convert_original_checkpoint(
     model = CloomeModel(config)
     model.load_state_dict(state_dict, strict=True)
     model.eval()
-    fingerprint_size = config.molecule_config.fingerprint_size
-    processor = build_processor(preset, fingerprint_size)
-    card = render_model_card(
-        "model",
-        model_id=push_to_hub or output_dir.name,
-        source="converted",
-        preset=preset,
-        checkpoint=Path(checkpoint_path).name,
-        config=config,
-        processor=processor_settings(preset, fingerprint_size),
-    )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # Written into a fresh folder first, so that exactly the files of this conversion are known (and uploaded):
-    # nothing else in output_dir (a `.env`, notes, an older conversion's extras) ever reaches the Hub.
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".converting-") as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        processor.save_pretrained(staging)
-        atomic_write_text(os.path.join(staging, "README.md"), card)
-        written = sorted(os.path.relpath(os.path.join(d, f), staging) for d, _, fs in os.walk(staging) for f in fs)
-        for name in written:
-            os.makedirs(os.path.dirname(output_dir / name), exist_ok=True)
-            os.replace(os.path.join(staging, name), output_dir / name)
+    processor = build_processor(preset, config.molecule_config.fingerprint_size)
+    # Only the files written here are uploaded: nothing else in output_dir (a `.env`, notes, an older
+    # conversion's extras) ever reaches the Hub.
+    written = write_model_folder(output_dir, model, processor, model_id=push_to_hub or output_dir.name,
+                                 source="converted", preset=preset, checkpoint=Path(checkpoint_path).name)
     if push_to_hub:
         upload_files(output_dir, written, push_to_hub,
                      commit_message=f"Convert {Path(checkpoint_path).name} to cloome-hf")
@@ -362,15 +324,11 @@ def convert_original_checkpoint(
 
 
 def upload_files(folder: str | Path, files: list[str], repo_id: str, commit_message: str, api=None) -> Any:
-    """Create ``repo_id`` (if needed) and commit exactly ``files`` (paths relative to ``folder``) to its root
-    in one commit; nothing else in ``folder`` is uploaded."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    """Commit exactly ``files`` (paths relative to ``folder``) to ``repo_id``'s root in one commit
+    (:func:`~cloome_hf.publish.commit.commit_files`); nothing else in ``folder`` is uploaded."""
+    from .commit import commit_files
 
-    api = api or HfApi()
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    operations = [CommitOperationAdd(path_in_repo=name.replace(os.sep, "/"), path_or_fileobj=str(Path(folder) / name))
-                  for name in files]
-    return api.create_commit(repo_id=repo_id, operations=operations, repo_type="model", commit_message=commit_message)
+    return commit_files(repo_id, folder, files, commit_message=commit_message, api=api)
 
 
 __all__ = [

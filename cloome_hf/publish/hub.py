@@ -26,7 +26,6 @@ import glob
 import json
 import math
 import os
-import shutil
 import tempfile
 from typing import Any, Mapping
 
@@ -52,72 +51,40 @@ def write_model_repo(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                      results: str | os.PathLike | Mapping | None = None, eval_dataset_name: str = "cell-painting",
                      eval_dataset_type: str = "cell-painting", eval_split: str | None = "test",
                      description: str | None = None, training_config: Mapping[str, Any] | None = None,
-                     datasets: list[str] | None = None) -> list[str]:
-    """Write the model repo layout of ``model_dir`` (a saved CloomeModel + CloomeProcessor) into ``out_dir``.
+                     datasets: list[str] | None = None, model_revision: str | None = None) -> list[str]:
+    """Write the model repo layout of ``model_dir`` (a folder or Hub id, at ``model_revision``) (a saved CloomeModel + CloomeProcessor) into ``out_dir``, with
+    :func:`~cloome_hf.publish.model_folder.write_model_folder` (the writer ``cloome train`` uses).
 
     ``results``: an evaluation ``results.json`` (path or dict) -> the card's ``model-index`` and results table.
-    ``training_config``: defaults to the ``training_config.json`` that ``cloome train`` saved in ``model_dir``
-    (copied into the repo as well).
+    ``training_config``: defaults to the ``training_config.json`` that ``cloome train`` saved in ``model_dir``.
     Returns the repo-relative paths written, sorted.
     """
     from ..processing_cloome import load_model_and_processor
-    from ..recipes import TRAINING_CONFIG_FILE, read_training_config
-    from .card import eval_results_from_json, render_model_card
+    from ..recipes import read_training_config
+    from .card import eval_results_from_json
+    from .model_folder import write_model_folder
 
-    model, processor = load_model_and_processor(model_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    stale_config = os.path.join(out_dir, TRAINING_CONFIG_FILE)
-    if os.path.isfile(stale_config):  # an earlier layout's; copied again below when this model has one
-        os.remove(stale_config)
-    model.save_pretrained(out_dir)  # safetensors by default; removes weight shards of an earlier save
-    processor.save_pretrained(out_dir)
+    model, processor = load_model_and_processor(model_dir, revision=model_revision)
     if training_config is None:
         training_config = read_training_config(model_dir)
-        if training_config is not None:
-            shutil.copy(os.path.join(model_dir, TRAINING_CONFIG_FILE), os.path.join(out_dir, TRAINING_CONFIG_FILE))
     eval_results = None
     if results is not None:
         eval_results = eval_results_from_json(results, dataset_name=eval_dataset_name, dataset_type=eval_dataset_type,
                                               dataset_split=eval_split)
-    proc = processor.to_dict()
-    card = render_model_card(
-        "model", model_id=model_id, description=description, source="trained", config=model.config,
-        processor={"image_processor": proc.get("image_processor"), "featurizer": proc.get("featurizer")},
-        training_config=training_config, eval_results=eval_results, datasets=datasets,
-        site_picture=_example_site_picture(out_dir, processor.image_processor.channel_order),
-    )
-    atomic_write_text(os.path.join(out_dir, "README.md"), card)
-    return _list_files(out_dir)
-
-
-EXAMPLE_SITE_PICTURE = "example_site.png"
-
-
-def _example_site_picture(out_dir, channel_order) -> dict[str, str] | None:
-    """The bundled example site drawn into the repo for its card (``None`` for a model whose channels it lacks)."""
-    from ..channels import CHANNELS, canonical_channel_name
-    from ..inference.site_picture import colour_legend, write_site_picture
-    from ..resources import example_site
-
-    if sorted(canonical_channel_name(c) for c in channel_order) != sorted(CHANNELS):
-        return None
-    write_site_picture(os.path.join(out_dir, EXAMPLE_SITE_PICTURE), example_site(), list(channel_order),
-                       max_side=1200)
-    return {"file": EXAMPLE_SITE_PICTURE, "legend": colour_legend(list(channel_order))}
+    return write_model_folder(out_dir, model, processor, model_id=model_id, training_config=training_config,
+                              description=description, eval_results=eval_results, datasets=datasets)
 
 
 def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
                revision: str | None = None, commit_message: str = "Upload CLOOME model", **card_kwargs):
-    """Create ``repo_id`` (model) if needed and commit the :func:`write_model_repo` layout in one commit."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    """Commit the :func:`write_model_repo` layout to ``repo_id`` (created if needed) in one commit
+    (:func:`~cloome_hf.publish.commit.commit_files`)."""
+    from .commit import commit_files
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         files = write_model_repo(model_dir, tmp, model_id=repo_id, **card_kwargs)
-        ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=os.path.join(tmp, f)) for f in files]
-        return api.create_commit(repo_id, operations=ops, repo_type="model", revision=revision,
-                                 commit_message=commit_message)
+        return commit_files(repo_id, tmp, files, commit_message=commit_message, private=private, token=token,
+                            revision=revision)
 
 
 # --------------------------------------------------------------------------------------------- dataset repo
@@ -195,18 +162,17 @@ def push_embeddings(embeddings_dir: str | os.PathLike, repo_id: str, *, private:
     """Push the embeddings to a dataset repo: the card and ``embedding_info.json`` first (one commit), then each
     config with ``Dataset.push_to_hub(config_name=...)``, which adds its ``configs`` / ``dataset_info`` metadata
     to that card."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from .commit import commit_files
 
     embeddings = load_store(embeddings_dir)
     info = read_info(embeddings_dir)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     card = render_dataset_card(embeddings, info, dataset_id=repo_id, source_dataset=source_dataset,
                                description=description)
-    ops = [CommitOperationAdd("README.md", card.encode())]
+    contents = {"README.md": card.encode()}
     if info:
-        ops.append(CommitOperationAdd(EMBEDDING_INFO, json.dumps(info, indent=2).encode()))
-    api.create_commit(repo_id, operations=ops, repo_type="dataset", commit_message="Add dataset card")
+        contents[EMBEDDING_INFO] = json.dumps(info, indent=2).encode()
+    commit_files(repo_id, contents=contents, repo_type="dataset", private=private, token=token,
+                 commit_message="Add dataset card")
     for name, ds in embeddings.items():
         ds.push_to_hub(repo_id, config_name=name, split=SPLIT, token=token, num_shards=_num_shards(ds),
                        commit_message=f"Upload {name} embeddings")

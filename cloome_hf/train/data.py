@@ -65,12 +65,12 @@ def load_training_data(data_args, featurizer, log) -> TrainingData:
     retrieval of DMSO, or of a site without a molecule, would be meaningless too. Held-out molecules are drawn
     after that selection, so the validation fraction is one of trainable molecules.
     """
-    synthetic = dict(num_molecules=data_args.synthetic_molecules,
-                     sites_per_molecule=data_args.synthetic_sites_per_molecule,
-                     image_size=data_args.synthetic_image_size, seed=data_args.split_seed)
+    from ..cli.arguments import synthetic_options
+
+    synthetic = synthetic_options(data_args, seed=data_args.split_seed)
     if data_args.dataset == "synthetic":
         log(f"rendering {synthetic['num_molecules']} x {synthetic['sites_per_molecule']} synthetic sites of "
-            f"{synthetic['image_size']} px")
+            f"{synthetic['image_size'][0]} x {synthetic['image_size'][1]} px")
     ds = load_cell_painting(data_args.dataset, synthetic=synthetic)
     if "train" not in ds:
         raise ValueError(f"dataset {data_args.dataset!r} has no 'train' split; it has {list(ds)}")

@@ -8,8 +8,7 @@ import os
 from typing import Any
 
 
-from ..recipes import TRAINING_CONFIG_FILE
-from ..safe_io import atomic_write_json, atomic_write_text
+from ..safe_io import atomic_write_json
 from .checkpoint import (
     parameter_digest,
 )
@@ -24,39 +23,23 @@ def training_config(run: Run) -> dict[str, Any]:
     from ..runtime import runtime_report
 
     model_args, data_args, train_args = run.args
-    return {"preset": train_args.preset or "demo", "recipe_values_used": dict(run.recipe_used),
+    return {"recipe": train_args.recipe or "demo", "recipe_values_used": dict(run.recipe_used),
             "arguments": resolved_arguments(model_args, data_args, train_args), "runtime": runtime_report()}
 
 
 def save_model_folder(run: Run, folder: str, metrics: dict[str, Any]) -> None:
-    """A ``from_pretrained`` folder: model, processor, ``training_config.json`` and the model card."""
-    from ..publish.card import render_model_card
-
-    os.makedirs(folder, exist_ok=True)
-    run.raw_model.save_pretrained(folder)
-    run.processor.save_pretrained(folder)
-    config = training_config(run)
-    atomic_write_json(os.path.join(folder, TRAINING_CONFIG_FILE), config)
+    """A ``from_pretrained`` folder (:func:`~cloome_hf.publish.model_folder.write_model_folder`: model, processor,
+    ``training_config.json``, the model card) and the molecules the run trained on."""
     from ..data.loader import column_values
     from ..evaluation.training_overlap import write_training_molecules
+    from ..publish.model_folder import write_model_folder
 
+    config = training_config(run)
+    write_model_folder(folder, run.raw_model, run.processor, model_id=os.path.basename(os.path.abspath(folder)),
+                       training_config=config, metrics=metrics)
     # cloome evaluate reads these to say how many of its molecules the model has seen in training
     write_training_molecules(folder, column_values(run.data.train, "inchikey"),
                              column_values(run.data.validation, "inchikey"), config["arguments"].get("dataset"))
-    card = render_model_card(
-        "model", model_id=os.path.basename(os.path.abspath(folder)), source="trained", config=run.raw_model.config,
-        processor={"image_processor": run.processor.image_processor.to_dict(),
-                   "featurizer": run.processor.featurizer.to_dict()},
-        training_config={"preset": config["preset"], "dataset": config["arguments"]["dataset"],
-                         **config["recipe_values_used"],
-                         **{k: config["arguments"][k] for k in _CARD_ARGUMENTS}},
-        metrics=metrics,
-    )
-    atomic_write_text(os.path.join(folder, "README.md"), card)
-
-
-_CARD_ARGUMENTS = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps",
-                   "restart_epochs", "per_device_train_batch_size", "seed", "mixed_precision")
 
 
 def finish(run: Run) -> dict[str, Any]:

@@ -1,42 +1,48 @@
 """Arguments of ``cloome train``: three dataclasses parsed by ``HfArgumentParser``, filled in from a recipe.
 
     cloome train --output_dir runs/demo                                  # embedded synthetic data, CPU
-    accelerate launch -m cloome_hf.cli train --preset bioactivity --dataset data/bray --output_dir runs/bio
+    accelerate launch -m cloome_hf.cli train --recipe bioactivity --dataset data/bray --output_dir runs/bio
     cloome train --config train.yaml --learning_rate 1e-4                # config file + CLI overrides
 
-Every hyper-parameter left unset comes from ``--preset`` (a recipe of :mod:`cloome_hf.recipes`: ``retrieval``,
+Every hyper-parameter left unset comes from ``--recipe`` (old spelling ``--preset``; a recipe of :mod:`cloome_hf.recipes`: ``retrieval``,
 ``zero-shot`` and ``bioactivity`` are the paper's, ``demo`` (default) is CPU-sized); the resolved values are
-printed at start and saved in ``training_config.json``. The output folder ends up ``from_pretrained``-ready
+printed at start and saved in ``training_config.json``. The groups shared with the other commands (``--model``,
+``--dataset``, the synthetic data, ``--output_dir``) are those of :mod:`cloome_hf.cli.arguments`; the classes here
+extend them. The output folder ends up ``from_pretrained``-ready
 (model, processor, model card; the best validation model in ``best/``), with checkpoints in ``checkpoints/``
 (``--resume_from_checkpoint latest``), ``train_log.jsonl`` and ``all_results.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-from transformers import HfArgumentParser
 
 from ..configuration_cloome import CONCENTRATION_ENCODINGS
 from ..losses import available_losses
 from ..recipes import get_recipe, recipe_names
+from ..cli.arguments import (CommandParser, DatasetArguments, ModelSourceArguments, ResumableOutputArguments,
+                             SyntheticDataArguments, image_size_pair)
+from ..cli.arguments import arg as argument_field
 from ..safe_io import read_json
 
-_PRESET_HELP = " (default: from --preset)"
+_PRESET_HELP = " (default: from --recipe)"
 
 
 def _field(default=None, help="", preset=True, **kw):
-    return field(default=default, metadata={"help": help + (_PRESET_HELP if preset else ""), **kw})
+    """:func:`cloome_hf.cli.arguments.arg`, whose help says when the recipe fills the value in."""
+    return argument_field(default, help + (_PRESET_HELP if preset else ""), **kw)
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str | None = _field(help="start from a saved CLOOME folder or Hub id (e.g. the converted "
-                                            "published weights) instead of a fresh model", preset=False)
+class ModelArguments(ModelSourceArguments):
+    """``--model`` (a saved CLOOME folder or Hub id, e.g. the converted published weights): start from it instead of
+    a fresh model."""
+
+    _argument_group_name = "model"
+
     backbone: str | None = _field(help="'cloome_resnet50', a timm model name, or a transformers model folder / Hub id "
                                        "(e.g. facebook/dinov2-giant; see cloome_hf.vision_towers)")
     channel_strategy: str | None = _field(help="how the tower sees the channels: stem, per_channel or channel_tokens",
@@ -104,10 +110,9 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset: str = _field("synthetic", help="'synthetic' (embedded generator), a folder written by "
-                          "'cloome prepare' (Parquet shards), a save_to_disk folder, a Hub dataset id in the Cell "
-                          "Painting schema, or a raw index / load_data table", preset=False)
+class DataArguments(DatasetArguments, SyntheticDataArguments):
+    _argument_group_name = "data"
+
     validation_fraction: float = _field(0.2, help="fraction of molecules held out for validation when the "
                                         "dataset has no 'validation' split", preset=False)
     split_seed: int = _field(0, help="seed of the molecule split", preset=False)
@@ -122,9 +127,6 @@ class DataArguments:
                                     "never trained on)", preset=False)
     unique_molecules_per_batch: bool = _field(True, help="never put two sites of one molecule in a batch "
                                               "(they would be false negatives)", preset=False)
-    synthetic_molecules: int = _field(1200, help="synthetic data: number of molecules", preset=False)
-    synthetic_sites_per_molecule: int = _field(2, help="synthetic data: sites per molecule", preset=False)
-    synthetic_image_size: int = _field(64, help="synthetic data: site size in pixels", preset=False)
     dataloader_num_workers: int = _field(0, help="DataLoader worker processes (persistent, one thread each)",
                                          preset=False)
     bag_by: str | None = _field(help="the training unit: a site (default), or a bag of the sites of a well or of a "
@@ -145,10 +147,11 @@ class DataArguments:
 
 
 @dataclass
-class TrainArguments:
-    output_dir: str = _field(help="where the model, checkpoints and logs go", preset=False)
-    preset: str | None = _field(help="recipe filling unset hyper-parameters (default 'demo')", preset=False,
-                                choices=list(recipe_names()))
+class TrainArguments(ResumableOutputArguments):
+    _argument_group_name = "training"
+
+    recipe: str | None = _field(help="recipe filling unset hyper-parameters (default 'demo')", preset=False,
+                                choices=list(recipe_names()), old=("--preset",))
     config: str | None = _field(help="YAML or JSON file of arguments; explicit CLI arguments override it",
                                 preset=False)
     per_device_train_batch_size: int | None = _field(help="batch per process (global = x processes)")
@@ -175,8 +178,6 @@ class TrainArguments:
     save_steps: int = _field(0, help="checkpoint every N steps (0 = every epoch) and at the end", preset=False)
     save_total_limit: int = _field(2, help="checkpoints to keep (0 = all)", preset=False)
     resume_from_checkpoint: str | None = _field(help="checkpoint folder, or 'latest' in output_dir", preset=False)
-    overwrite_output_dir: bool = _field(False, help="replace the training run already in output_dir (its checkpoints, "
-                                        "logs and model)", preset=False)
     allow_changed_settings: bool = _field(False, help="resume although the batch size, schedule, recipe, data or "
                                           "model differ from the checkpoint's (refused otherwise)", preset=False)
     report_to: str = _field("none", help="accelerate trackers: tensorboard, trackio, wandb, all or none",
@@ -204,35 +205,36 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return values
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after every option (as HfArgumentParser shows them), the description's examples kept as written."""
+#: ``cloome train``'s own defaults of shared fields: the embedded synthetic data, sized for the demo recipe.
+TRAIN_DEFAULTS = {"dataset": "synthetic", "synthetic_molecules": 1200, "synthetic_sites_per_molecule": 2}
 
 
 def parse_args(argv: list[str] | None = None):
     """``(model_args, data_args, train_args, recipe_values_used)`` with every recipe field resolved."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES, prog="cloome train", description=__doc__,
-                              formatter_class=_HelpFormatter)
-    argv = _boolean_flags(list(sys.argv[1:] if argv is None else argv))
+    parser = CommandParser("train", ARGUMENT_CLASSES, description=__doc__)
+    parser.set_defaults(**TRAIN_DEFAULTS)
+    argv = _boolean_flags(parser.new_spellings(list(sys.argv[1:] if argv is None else argv)))
     config_path = _config_path(argv)
     if config_path:
-        values = _read_config_file(config_path)
+        values = {parser.old_spellings.get(f"--{k}", f"--{k}")[2:]: v for k, v in _read_config_file(config_path).items()}
         known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"config file {config_path!r} has unknown arguments {unknown}")
         parser.set_defaults(**values)
-    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, train_args = parser.parse_groups(argv)
     if not train_args.output_dir:
         raise ValueError("--output_dir is required")
-    recipe = get_recipe(train_args.preset).values()
+    recipe = get_recipe(train_args.recipe).values()
     used = {}
     for args in (model_args, data_args, train_args):
         for name, value in recipe.items():
             if hasattr(args, name) and getattr(args, name) is None:
                 setattr(args, name, value)
                 used[name] = value
-    if len(data_args.image_size) == 1:
-        data_args.image_size = data_args.image_size * 2
+    if data_args.image_size is not None:
+        data_args.image_size = list(image_size_pair(data_args.image_size))
+    data_args.synthetic_image_size = list(image_size_pair(data_args.synthetic_image_size, "--synthetic_image_size"))
     if data_args.bag_by not in (None, "site") and model_args.bag_pooling is None:
         model_args.bag_pooling = "mean"
     return model_args, data_args, train_args, used

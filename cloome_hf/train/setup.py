@@ -17,7 +17,7 @@ from ..data.loader import column_values
 from ..distributed import convert_sync_batchnorm
 from ..evaluation.stats import random_retrieval_baseline
 from ..output_folder import changed_fields, dataset_digest, refuse_changed_settings
-from ..recipes import model_config
+from ..recipes import model_config, recipe_processor
 from ..safe_io import OutputLock
 from .checkpoint import (
     clean_incomplete_checkpoints,
@@ -60,37 +60,20 @@ def build_accelerator(train_args):
 
 
 def build_processor(model_args, data_args):
-    """The processor saved with the model: the recipe's fingerprints; a centre crop to the training size."""
-    from ..image_processing_cloome import CloomeImageProcessor
-    from ..processing_cloome import CloomeProcessor
-    from ..vision_towers import tower_image_processor
-
-    height, width = data_args.image_size
-    crop = {"height": height, "width": width}
-    vision = None if model_args.model_name_or_path else tower_vision_config(model_args, data_args)
-    image_processor = (tower_image_processor(vision, crop_size=crop) if vision is not None
-                       else CloomeImageProcessor(do_center_crop=True, crop_size=crop))
-    return CloomeProcessor(image_processor=image_processor, featurizer=molecule_featurizer(model_args, data_args))
-
-
-def molecule_featurizer(model_args, data_args):
-    """The featuriser of the run's molecule tower: the recipe's fingerprints for ``mlp``; for the other towers the
-    one the tower's config asks for (the saved processor's, starting from ``--model_name_or_path``)."""
-    from ..featurization_cloome import MoleculeFeaturizer
-    from ..molecule_tower_kinds import get_molecule_tower
-
-    if model_args.model_name_or_path:
+    """The processor saved with the model (:func:`cloome_hf.recipes.recipe_processor`): the recipe's fingerprints,
+    a centre crop to the training size, a pretrained tower's input convention; fine-tuning a saved model with
+    another molecule tower keeps that model's featuriser (its graph schema or tokenizer)."""
+    if model_args.model:
         from ..configuration_cloome import CloomeConfig
         from ..processing_cloome import CloomeProcessor
 
-        saved = CloomeConfig.from_pretrained(model_args.model_name_or_path).molecule_config
-        if saved.encoder != "mlp":
-            return CloomeProcessor.from_pretrained(model_args.model_name_or_path).featurizer
-    elif (model_args.molecule_encoder or "mlp") != "mlp":
-        values = {**asdict(model_args), "learnable_logit_scale": model_args.learnable_temperature}
-        molecule = model_config(values, data_args.image_size).molecule_config
-        return get_molecule_tower(molecule.encoder).featurizer(molecule)
-    return MoleculeFeaturizer(kind=model_args.fingerprint_kind, fingerprint_size=model_args.fingerprint_size)
+        if CloomeConfig.from_pretrained(model_args.model).molecule_config.encoder != "mlp":
+            saved = CloomeProcessor.from_pretrained(model_args.model)
+            fresh = recipe_processor(asdict(model_args), data_args.image_size)
+            return CloomeProcessor(image_processor=fresh.image_processor, featurizer=saved.featurizer)
+    vision = None if model_args.model else tower_vision_config(model_args, data_args)
+    values = {**asdict(model_args), "learnable_logit_scale": model_args.learnable_temperature}
+    return recipe_processor(values, data_args.image_size, vision)
 
 
 def tower_vision_config(model_args, data_args):
@@ -127,11 +110,11 @@ def apply_tower_options(run_parts: dict, model_args, data_args) -> None:
 
 
 def build_model(model_args, data_args):
-    """A fresh model of the resolved recipe, or ``--model_name_or_path`` to start from saved weights."""
+    """A fresh model of the resolved recipe, or ``--model`` (at ``--revision``) to start from saved weights."""
     from ..modeling_cloome import CloomeModel
 
-    if model_args.model_name_or_path:
-        return CloomeModel.from_pretrained(model_args.model_name_or_path)
+    if model_args.model:
+        return CloomeModel.from_pretrained(model_args.model, revision=model_args.revision)
     values = {**asdict(model_args), "learnable_logit_scale": model_args.learnable_temperature}
     return CloomeModel(model_config(values, data_args.image_size))
 
@@ -201,7 +184,7 @@ def _refuse_bags_that_cannot_run(model_args, data_args, accelerator) -> None:
 def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used) -> Run:
     processor = build_processor(model_args, data_args)
     log = tqdm.write if accelerator.is_main_process else (lambda message: None)
-    log(f"preset {train_args.preset or 'demo'}: " + ", ".join(f"{k}={v}" for k, v in sorted(recipe_used.items())))
+    log(f"recipe {train_args.recipe or 'demo'}: " + ", ".join(f"{k}={v}" for k, v in sorted(recipe_used.items())))
     with accelerator.main_process_first():
         data = load_training_data(data_args, processor.featurizer, log)
     log(f"{len(data.train)} training sites ({len(set(column_values(data.train, 'inchikey')))} molecules), "
@@ -217,7 +200,7 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
     total_steps = train_args.max_steps if train_args.max_steps > 0 else train_args.num_train_epochs * steps_per_epoch
 
     model = build_model(model_args, data_args)
-    processor.check_model_compatibility(model.config)  # e.g. a --model_name_or_path with other fingerprints
+    processor.check_model_compatibility(model.config)  # e.g. a --model with other fingerprints
     tower_parts = {"model": model, "processor": processor}
     apply_tower_options(tower_parts, model_args, data_args)
     _check_dose_data(model.config, data)
@@ -264,6 +247,7 @@ def _resume(run: Run) -> None:
     # the position is checked against this run before any weights or states are loaded
     TrainState.from_saved(read_trainer_state(path), path, run.steps_per_epoch, run.total_steps)
     saved = load_checkpoint(run.accelerator, path, run.raw_model, run.optimizer, run.scheduler)
+    saved["settings"] = {("recipe" if k == "preset" else k): v for k, v in saved["settings"].items()}  # spelt preset until 0.1
     changed = changed_fields(saved["settings"], run.settings)
     if not run.train_args.allow_changed_settings:
         refuse_changed_settings(saved["settings"], run.settings, path, "a checkpoint",
@@ -282,7 +266,7 @@ def run_settings(run: Run) -> dict[str, Any]:
               if not k.startswith("_") and k != "transformers_version"}
     keys = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "warmup_steps",
             "restart_epochs", "max_grad_norm", "seed", "mixed_precision")
-    return {"preset": train_args.preset or "demo", "model_config": config,
+    return {"recipe": train_args.recipe or "demo", "model_config": config,
             "data": dataset_digest(run.data.train, run.data.validation),
             "global_batch_size": train_args.per_device_train_batch_size * run.accelerator.num_processes,
             "num_processes": run.accelerator.num_processes, "total_steps": run.total_steps,

@@ -1,0 +1,23 @@
+"""The shared group *stores*: the embedding stores a search page reads (``serve``, ``space``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .parser import arg
+
+
+@dataclass
+class PageStoreArguments:
+    _argument_group_name = "stores"
+
+    images: str | None = arg(None, "image embedding store ('cloome embed' output folder or Hub dataset id): "
+                                   "metadata, thumbnails, provenance, and the index unless --index is given")
+    molecules: str | None = arg(None, "molecule embedding store (default: the image store's molecules/, if it has "
+                                      "one)")
+    index: str | None = arg(None, "a saved index ('cloome search --save_index', e.g. IVF for 1M sites), loaded "
+                                  "once at start")
+    k: int = arg(5, "default number of hits shown")
+
+
+__all__ = ["PageStoreArguments"]
