@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Query CLOOME embeddings: SMILES -> images (--smiles), image -> molecules (--images), image -> images "
         "(--images --similar). Results: one row per (query, hit) with score and metadata."))
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--embeddings", help="'cloome embed' output folder (images/ and optionally molecules/)")
+    src.add_argument("--embeddings", help="'cloome embed' output folder (images/ and optionally molecules/) or a Hub "
+                     "dataset id holding one (owner/name or owner/name@revision)")
     src.add_argument("--index", help="a saved CloomeIndex folder (see --save_index)")
     p.add_argument("--model", default=None,
                    help="model for encoding queries (default: the one, at the revision, that made the embeddings)")

@@ -81,12 +81,16 @@ class CachedTowerFeatures:
     """A feature store's site features, memory-mapped, looked up by ``sample_key``.
 
     Args:
-        store: the store folder (``images/*.parquet`` and ``embedding_info.json``).
+        store: the store folder (``images/*.parquet`` and ``embedding_info.json``) or a Hub dataset id
+            (:func:`~cloome_hf.inference.store_location.store_folder`).
         model / image_processor: the model to train and its image processor; the store must match them
             (:func:`check_feature_store`).
     """
 
     def __init__(self, store: str | os.PathLike, model, image_processor, cache_dir: str | os.PathLike | None = None):
+        from ..inference.store_location import store_folder
+
+        store = store_folder(store, "feature store")
         info = check_feature_store(store, model, image_processor)
         self.store = os.fspath(store)
         self.shape = list(info["tower"]["feature_shape"])
