@@ -75,6 +75,18 @@ def store_folder(location: str | os.PathLike | None, what: str = "embedding stor
     return _snapshot(path, *hub, what)
 
 
+def beside_snapshot(folder: str, name: str) -> str | None:
+    """For a store downloaded from the Hub (``<cache>/datasets--owner--name/snapshots/<commit>``), a folder for files
+    derived from it, ``<cache>/datasets--owner--name/<name>/<commit>``: beside the snapshot, never in it, so the
+    download stays as huggingface_hub wrote it (and ``hf cache delete`` removes both). ``None`` for a folder that
+    is not a cached snapshot."""
+    snapshots, commit = os.path.split(os.path.normpath(os.fspath(folder)))
+    if os.path.basename(snapshots) != "snapshots" or not os.path.basename(os.path.dirname(snapshots)).startswith(
+            "datasets--"):
+        return None
+    return os.path.join(os.path.dirname(snapshots), name, commit)
+
+
 def _snapshot(location: str, repo_id: str, revision: str | None, what: str) -> str:
     """``snapshot_download`` of the dataset, its failures as one :class:`StoreNotFoundError` naming ``location``."""
     import huggingface_hub
@@ -112,4 +124,4 @@ def _snapshot(location: str, repo_id: str, revision: str | None, what: str) -> s
                                  "check the dataset id and your access to it ('hf auth login')") from err
 
 
-__all__ = ["StoreNotFoundError", "hub_repo_id", "store_folder"]
+__all__ = ["StoreNotFoundError", "beside_snapshot", "hub_repo_id", "store_folder"]
