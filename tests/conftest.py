@@ -190,3 +190,43 @@ def tiny_chem_lm_folder(tmp_path_factory):
     RobertaModel(RobertaConfig(vocab_size=len(vocab), **TINY_CHEM_LM)).save_pretrained(folder)
     return str(folder)
 # ---------------------------------------------------------------- mol3 (#25 molecule towers): fixtures end
+
+
+# ---------------------------------------------------------------- serve4 (#26 stores as Hub ids): fixtures begin
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache in ``tmp_path`` (``HF_HUB_CACHE`` for subprocesses, ``huggingface_hub.constants`` in
+    this one) and ``put(repo_id, folder, refs=("main",))``: lay ``folder``'s files out as a downloaded dataset
+    repo, the way ``snapshot_download`` leaves one (content-addressed ``blobs/``, ``snapshots/<commit>/`` of
+    symlinks to them, ``refs/<ref>`` naming the commit), so the real ``snapshot_download`` finds it offline.
+    ``put`` returns the snapshot folder."""
+    import hashlib
+    from pathlib import Path
+
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    def put(repo_id: str, folder, refs=("main",)) -> Path:
+        repo = cache / repo_folder_name(repo_id=repo_id, repo_type="dataset")
+        commit = hashlib.sha1(f"{repo_id}:{folder}".encode()).hexdigest()
+        snapshot = repo / "snapshots" / commit
+        for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            data = file.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            link = snapshot / file.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        for ref in refs:
+            (repo / "refs" / ref).write_text(commit)
+        return snapshot
+
+    return put
+# ---------------------------------------------------------------- serve4 (#26 stores as Hub ids): fixtures end

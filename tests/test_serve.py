@@ -235,6 +235,9 @@ def test_a_store_that_is_neither_a_folder_nor_a_hub_id_is_one_line(tmp_path, cap
     missing = str(tmp_path / "no" / "store")
     assert main(["serve", "--images", missing]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == f"cloome serve: error: store {missing!r} is neither a folder here nor a Hub dataset id (owner/name)"
+    assert err[0].startswith(f"cloome serve: error: image store {missing!r} does not exist")
     assert main(["space", "--images", missing, "--output_dir", str(tmp_path / "space")]) == 2
-    assert "is neither a folder here nor a Hub id" in capsys.readouterr().err
+    assert f"--images {missing!r} does not exist" in capsys.readouterr().err
+    assert main(["serve", "--images", "a/b/c"]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == ("cloome serve: error: image store 'a/b/c' is neither a folder "
+                                                       "here nor a Hub dataset id (owner/name or owner/name@revision)")

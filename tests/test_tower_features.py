@@ -1,6 +1,7 @@
 """Frozen towers and training on their cached features: the same training as running the tower on the fly."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def losses(folder):
 
 
 def test_training_on_cached_features_equals_running_the_frozen_tower(tiny_tower_folder, sites, tmp_path,
-                                                                     one_thread, monkeypatch):
+                                                                     one_thread, monkeypatch, hub_cache):
     from cloome_hf.cli import embed
     from cloome_hf.train.loop import main as train
     from cloome_hf.vision_towers.features import CachedTowerFeatures
@@ -78,6 +79,21 @@ def test_training_on_cached_features_equals_running_the_frozen_tower(tiny_tower_
     trained = [CloomeModel.from_pretrained(tmp_path / name).state_dict() for name in ("on-the-fly", "cached")]
     for key, value in trained[0].items():
         torch.testing.assert_close(trained[1][key], value, msg=key)
+
+    # The store as a Hub dataset id (found in the cache) gives the same features, its Arrow copies beside the snapshot
+    import datasets
+
+    from cloome_hf.processing_cloome import load_model_and_processor
+
+    snapshot = hub_cache("cloome-test/tower-features", store)
+    model, processor = load_model_and_processor(str(tmp_path / "cached"))
+    local = CachedTowerFeatures(store, model, processor.image_processor, cache_dir=tmp_path / "arrow")
+    hub = CachedTowerFeatures("cloome-test/tower-features", model, processor.image_processor)
+    keys = datasets.load_from_disk(sites)["sample_key"][::3]
+    torch.testing.assert_close(hub.features(keys), local.features(keys))
+    assert hub.store == str(snapshot)
+    assert hub.table.arrow_files and all(not f.startswith(str(snapshot)) for f in hub.table.arrow_files)
+    assert all(os.path.islink(f) for f in snapshot.rglob("*") if f.is_file())  # the download left as written
 
 
 def test_feature_store_of_another_tower_is_refused_by_name(tiny_tower_folder, sites, tmp_path):

@@ -23,7 +23,8 @@ DESCRIPTION = ("Query CLOOME embeddings: SMILES -> images (--smiles), image -> m
 class SearchArguments:
     _argument_group_name = "search"
 
-    embeddings: str | None = arg(None, "'cloome embed' output folder (images/ and optionally molecules/)")
+    embeddings: str | None = arg(None, "'cloome embed' output folder (images/ and optionally molecules/) or a Hub "
+                                       "dataset id holding one (owner/name or owner/name@revision)")
     index: str | None = arg(None, "a saved CloomeIndex folder (see --save_index)")
     smiles: list[str] | None = arg(None, "query molecules (molecule -> image search)")
     smiles_file: str | None = arg(None, "text/CSV file of query SMILES (column 'smiles' or one per line)")

@@ -34,12 +34,15 @@ def parse_arguments(argv=None):
 
 def main(argv=None) -> list[str]:
     args = parse_arguments(argv)
+    from ..data.loading import refuse_missing_local_path
+    from ..inference.store_location import hub_repo_id
     from ..serve.space import local_folders, write_space
 
     for name in ("images", "molecules", "index", "model"):
         value = getattr(args, name)
-        if value and not os.path.exists(value) and value.count("/") != 1:
-            raise ValueError(f"--{name} {value} is neither a folder here nor a Hub id (owner/name)")
+        if value and not os.path.exists(value) and hub_repo_id(value) is None:
+            refuse_missing_local_path(value, f"--{name}")
+            raise ValueError(f"--{name} {value} is neither a folder here nor a Hub id (owner/name[@revision])")
     written = write_space(args.output_dir, images=args.images, model=args.model, molecules=args.molecules,
                           index=args.index, k=args.k, title=args.title)
     print(f"wrote {', '.join(written)}; run it with: cd {args.output_dir} && python app.py", file=sys.stderr)

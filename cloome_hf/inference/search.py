@@ -288,10 +288,13 @@ class CloomeIndex:
 
     @classmethod
     def from_store(cls, store: str | os.PathLike, model_id: str | None = None, **index_kwargs) -> "CloomeIndex":
-        """Build from a ``cloome embed`` output folder; the model and revision that made the embeddings are
-        taken from its ``embedding_info.json`` (``model_id`` overrides the model, then without a revision)."""
+        """Build from a ``cloome embed`` output folder or a Hub dataset id holding one
+        (:func:`~cloome_hf.inference.store_location.store_folder`); the model and revision that made the embeddings
+        are taken from its ``embedding_info.json`` (``model_id`` overrides the model, then without a revision)."""
         from .store import read_info
+        from .store_location import store_folder
 
+        store = store_folder(store)
         info = read_info(store)
         molecules = os.path.join(store, "molecules")
         revision = info.get("revision") if model_id is None else None

@@ -29,17 +29,6 @@ def store_part(store: str, part: str) -> str:
     return inner if os.path.isdir(inner) else store
 
 
-def local_store(store: str | None) -> str | None:
-    """A store folder here: the path itself, or a Hub dataset id downloaded (or found in the cache) as a snapshot."""
-    if store is None or os.path.isdir(store):
-        return store
-    if os.path.exists(store) or store.count("/") != 1:
-        raise ValueError(f"store {store!r} is neither a folder here nor a Hub dataset id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(store, repo_type="dataset")
-
-
 def model_card_summary(model_id: str | None) -> str:
     """The first paragraph of a local model folder's ``README.md`` after its metadata and title ("" if none)."""
     path = os.path.join(model_id or "", "README.md")
@@ -86,9 +75,11 @@ class SearchService:
         thumbnails and provenance); the model is the store's, at its revision, unless ``model`` names one."""
         from ..inference.search import CloomeIndex, EmbeddingIndex
         from ..inference.store import read_info
+        from ..inference.store_location import store_folder
         from ..inference.thumbnails import ThumbnailStore
 
-        images, molecules = local_store(images), local_store(molecules)
+        locations = {"image store": images, "molecule store": molecules}
+        images, molecules = store_folder(images, "image store"), store_folder(molecules, "molecule store")
         if index is not None:
             loaded = CloomeIndex.load(index)
             if model:
@@ -100,7 +91,8 @@ class SearchService:
         loaded.load_encoder()
         info = read_info(images)
         return cls(loaded, sites=open_sites(info.get("dataset"), info.get("split")),
-                   thumbnails=ThumbnailStore(images), about=provenance(loaded, info, images, molecules, index))
+                   thumbnails=ThumbnailStore(images),
+                   about=provenance(loaded, info, images, molecules, index, locations))
 
     @property
     def channel_order(self) -> list[str]:
@@ -204,18 +196,31 @@ class SearchService:
         return site_picture(site, self.channel_order)
 
 
-def provenance(index, info: dict, images: str, molecules: str | None, saved_index: str | None) -> dict[str, Any]:
-    """The About tab's facts: what made the embeddings (model, revision, weights digest, commit) and of what."""
+def provenance(index, info: dict, images: str, molecules: str | None, saved_index: str | None,
+               locations: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The About tab's facts: what made the embeddings (model, revision, weights digest, commit) and of what.
+    ``locations``: the stores as given (``{"image store": ..., "molecule store": ...}``); a Hub dataset id is shown
+    as the id, with its snapshot folder."""
+    given = locations or {}
     out = {"model": index.model_id, "revision": index.revision,
            "model weights digest": info.get("model_weights"),
            "model commit": (info.get("model_info") or {}).get("commit_hash"),
-           "image store": os.path.abspath(images), "source dataset": info.get("dataset"),
+           "image store": _where(given.get("image store"), images), "source dataset": info.get("dataset"),
            "split": info.get("split"), "saved index": os.path.abspath(saved_index) if saved_index else None,
            "index type": index.images.config.get("index_type"), "sites indexed": len(index.images),
-           "molecule store": os.path.abspath(molecules) if molecules else ("(in the image store)" if index.molecules
-                                                                          else "(none)"),
+           "molecule store": _where(given.get("molecule store"), molecules) if molecules else (
+               "(in the image store)" if index.molecules else "(none)"),
            "molecules indexed": len(index.molecules) if index.molecules is not None else 0}
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _where(location: str | None, folder: str) -> str:
+    """A store as the page names it: its folder's absolute path, or the Hub dataset id and the snapshot it is at."""
+    from ..inference.store_location import hub_repo_id
+
+    if location is not None and hub_repo_id(location) is not None:
+        return f"{location} (Hub dataset; snapshot {folder})"
+    return os.path.abspath(folder)
 
 
 def open_sites(dataset: str | None, split: str | None):
@@ -239,5 +244,5 @@ def open_sites(dataset: str | None, split: str | None):
     return ds
 
 
-__all__ = ["FILTER_COLUMNS", "SearchService", "StoredSite", "local_store", "model_card_summary", "open_sites", "provenance",
+__all__ = ["FILTER_COLUMNS", "SearchService", "StoredSite", "model_card_summary", "open_sites", "provenance",
            "store_part"]

@@ -58,8 +58,11 @@ cloome serve {serve_args}
 
 
 def _hub_id(value: str | None) -> str | None:
-    """``value`` when it names a Hub repo (not a folder here), else ``None``."""
-    return value if value and not os.path.exists(value) and value.count("/") == 1 else None
+    """The repository id when ``value`` names a Hub repo (``owner/name[@revision]``, not a path here), else ``None``."""
+    from ..inference.store_location import hub_repo_id
+
+    hub = hub_repo_id(value)
+    return hub[0] if hub else None
 
 
 def _where(value: str | None) -> str | None:

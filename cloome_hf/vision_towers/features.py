@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..vision_tower_channels import PerChannelTower, tower_module
-from .mapped_features import MappedFeatures
+from .mapped_features import CACHE_FOLDER, MappedFeatures
 
 #: The processor settings that change what a tower computes (file reading options do not).
 _PROCESSOR_KEYS = ("channel_order", "do_rescale_to_uint8", "intensity_clip_fraction", "intensity_scale",
@@ -81,15 +81,21 @@ class CachedTowerFeatures:
     """A feature store's site features, memory-mapped, looked up by ``sample_key``.
 
     Args:
-        store: the store folder (``images/*.parquet`` and ``embedding_info.json``).
+        store: the store folder (``images/*.parquet`` and ``embedding_info.json``) or a Hub dataset id
+            (:func:`~cloome_hf.inference.store_location.store_folder`).
         model / image_processor: the model to train and its image processor; the store must match them
             (:func:`check_feature_store`).
     """
 
     def __init__(self, store: str | os.PathLike, model, image_processor, cache_dir: str | os.PathLike | None = None):
+        from ..inference.store_location import beside_snapshot, store_folder
+
+        store = store_folder(store, "feature store")
         info = check_feature_store(store, model, image_processor)
         self.store = os.fspath(store)
         self.shape = list(info["tower"]["feature_shape"])
+        if cache_dir is None:  # a store downloaded from the Hub: its Arrow copies go beside the snapshot
+            cache_dir = beside_snapshot(self.store, CACHE_FOLDER)
         self.table = MappedFeatures(store, cache_dir)
         if self.table.dim != int(np.prod(self.shape)):
             raise ValueError(f"the feature store {self.store} holds {self.table.dim} values per site, but its info "
