@@ -169,3 +169,18 @@ def test_no_test_module_imports_another_test_module():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             wrong += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[-1] in modules]
     assert not wrong, "; ".join(wrong)
+
+
+def test_the_tests_mirror_the_package():
+    """Test modules live in a folder per concern of the package (models and towers, data, inference, train,
+    evaluation, profiling, publish, serve, cli); only the tests of the whole product (the import graph, the README,
+    the installed wheel) stay at the top of ``tests/``."""
+    tests = PACKAGE_DIR.parent / "tests"
+    concerns = {"models", "vision_towers", "data", "inference", "train", "evaluation", "profiling", "publish",
+                "serve", "cli"}
+    top = sorted(p.name for p in tests.glob("test_*.py"))
+    assert top == ["test_import_graph.py", "test_readme.py", "test_wheel.py"], top
+    folders = {p.parent.name for p in tests.rglob("test_*.py") if p.parent != tests}
+    assert folders <= concerns, folders - concerns
+    packages = {p.name for p in PACKAGE_DIR.iterdir() if (p / "__init__.py").is_file()} - {"resources", "model_cards"}
+    assert packages <= concerns, f"a package folder without its test folder: {packages - concerns}"

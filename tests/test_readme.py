@@ -134,7 +134,7 @@ def test_bring_your_own_data_recipe_runs_as_written_from_outside_the_clone(tmp_p
 
 def test_the_readme_index_schema_is_the_one_prepare_help_documents():
     """The README's example index header is the TIFF schema of ``cloome prepare --help``'s epilog (that --help
-    prints the epilog, named ``cloome prepare``, runs as a subprocess in tests/test_prepare_inferred_index.py)."""
+    prints the epilog, named ``cloome prepare``, runs as a subprocess in tests/fixtures/test_prepare_inferred_index.py)."""
     from cloome_hf.data.schema_docs import PREPARE_EPILOG
 
     rows, _ = _own_data_index_and_commands()
@@ -151,12 +151,12 @@ TINY_MODEL = ["--vision_layers", "1", "1", "1", "1", "--base_width", "8", "--mol
               "--projection_dim", "16", "--fingerprint_size", "128", "--image_size", "64", "--head_pool_size", "2",
               "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"]
 # Where the README's inputs are the user's downloads, the test writes local equivalents under the same names:
-DATA = ROOT / "tests" / "data"
+DATA = ROOT / "tests" / "fixtures"
 
 
 def _user_downloads(work):
     """The annotation, activity and CellProfiler files the README's Bray evaluation names, from the subsets of the
-    real files in tests/data (PROVENANCE.md there)."""
+    real files in tests/fixtures (PROVENANCE.md there)."""
     import gzip
     import shutil
 
@@ -206,7 +206,7 @@ def test_training_blocks_run_from_outside_the_clone(workspace, monkeypatch, one_
     """The training section's commands on ``data/bray`` with TINY_MODEL added (2 steps of a 1-block ResNet). The
     main job is ``runs/demo`` of the workspace (the shared tiny run, not trained again). ``accelerate launch`` lines
     run as the single process such a launch starts here (one CPU; real multi-process launches:
-    tests/test_training_distributed.py). The multi-node block cannot run on one machine: accelerate's own parser
+    tests/train/test_training_distributed.py). The multi-node block cannot run on one machine: accelerate's own parser
     checks its launcher flags, and its ``cloome`` command is the bioactivity line run here."""
     import yaml
 
@@ -238,7 +238,7 @@ def test_training_blocks_run_from_outside_the_clone(workspace, monkeypatch, one_
 
 # The size settings added to the README's evaluation lines: a small synthetic set, two C values, a small null, and
 # the linear probe in this process (joblib's workers take 30 s to start on a busy 2-core machine; the parallel
-# probe equals the serial one in tests/test_evaluation_linear_probe.py).
+# probe equals the serial one in tests/evaluation/test_evaluation_linear_probe.py).
 TINY_SYNTHETIC = ["--synthetic_molecules", "30", "--synthetic_sites_per_molecule", "2", "--synthetic_plates", "2"]
 TINY_TASKS = ["--linear_probe_C", "0.1", "1", "--map_null_size", "300", "--n_jobs", "1"]
 
@@ -259,7 +259,7 @@ def evaluated(workspace):
 
 def test_evaluation_lines_write_the_documented_figures_and_tables(workspace, evaluated):
     """The first line writes the two figures the README names and lists t-SNE by MoA as not drawn (no MoA in the
-    synthetic data); the Bray line (tests/data's subsets of the real downloads under the README's file names, on
+    synthetic data); the Bray line (tests/fixtures' subsets of the real downloads under the README's file names, on
     the test split of data/bray) runs every task it names, with the CellProfiler baseline."""
     demo = workspace / "runs" / "demo" / "eval"
     assert (demo / "tsne_molecule.png").is_file() and (demo / "retrieval_gallery.png").is_file()
@@ -334,7 +334,7 @@ def test_search_section_embeds_searches_serves_and_publishes(workspace, evaluate
     a synthetic dataset the package makes, ``library.csv`` its molecules and two others, ``site.npz``, ``a.npz``,
     ``b.npz`` Bray-style files of the package's example site, ``eval/results.json`` from the evaluation lines.
     ``cloome push`` runs with its ``--local_dir`` option only: the Hub is not reachable here (the Hub commit is
-    tested against a local fake in tests/test_hub.py)."""
+    tested against a local fake in tests/publish/test_hub.py)."""
     import pandas as pd
 
     from cloome_hf.data import make_synthetic_dataset

@@ -6,7 +6,7 @@ ever committed). The mixins import a few helpers that the sdist does not ship (`
 ``tests/generation``, ``tests/exporters`` and ``utils/fetch_hub_objects_for_ci.py`` of the transformers
 repository); minimal stand-ins for them are registered here.
 
-Run ``python tests/transformers_common_suite.py`` to pre-fetch (``.ci/run`` does); ``tests/test_transformers_common.py``
+Run ``python tests/transformers_common_suite.py`` to pre-fetch (``.ci/run`` does); ``tests/models/test_transformers_common.py``
 fetches on first use when the cache is missing. A failed download raises ``SuiteUnavailable`` with pip's output.
 """
 

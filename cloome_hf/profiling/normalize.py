@@ -77,7 +77,7 @@ THIN_SVD_CONTROLS = 8_000
 def _fit_spherize(controls: pd.DataFrame):
     """pycytominer's ``Spherize`` (ZCA-cor) fitted on ``controls``. Up to :data:`THIN_SVD_CONTROLS` rows its own
     ``fit``; above, the same steps with the thin SVD (``full_matrices=False``: the same singular values and right
-    singular vectors from LAPACK for a matrix with more rows than columns; tests/test_profiling_scale.py checks
+    singular vectors from LAPACK for a matrix with more rows than columns; tests/profiling/test_profiling_scale.py checks
     the two agree bit for bit), so that memory grows with the controls, not with their square."""
     from sklearn.preprocessing import StandardScaler
 

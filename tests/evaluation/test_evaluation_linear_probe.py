@@ -17,7 +17,7 @@ from cloome_hf.evaluation import (
     molecule_split,
 )
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "fixtures"
 SIGNAL_ASSAYS = ["688239", "1495405", "752594"]
 NOISE_ASSAYS = ["752347", "845173", "954338"]
 SMALL_GRID = (1e-3, 1e-1, 1e1)

@@ -14,7 +14,7 @@ from cloome_hf.featurization_cloome import MoleculeFeaturizer
 
 
 RDLogger.DisableLog("rdApp.*")  # the classic Morgan call warns that it is deprecated
-INDEX = Path(__file__).parent / "data" / "bray2017_index_sample.csv"
+INDEX = Path(__file__).resolve().parents[1] / "fixtures" / "bray2017_index_sample.csv"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from cloome_hf import example_site
 from cloome_hf.channels import CHANNELS
 from cloome_hf.data import decode_row, load_cell_painting, open_source, write_synthetic_layout
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 JUMP_NAMES = {"Mito": "Mito", "ERSyto": "ER", "ERSytoBleed": "RNA", "Ph_golgi": "AGP", "Hoechst": "DNA"}
 
 

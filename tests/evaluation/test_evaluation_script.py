@@ -14,8 +14,8 @@ from cloome_hf.evaluation import retrieval_metrics, zeroshot_classification
 from cloome_hf.cli import evaluate as evaluate_command
 from cloome_hf.data.splits import one_site_per_molecule
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "fixtures"
 VISION = {"backbone": "cloome_resnet50", "num_channels": 5, "layers": [1, 1, 1, 1], "image_size": [64, 64],
           "base_width": 8, "head_pool_size": 2}
 MOLECULE = {"fingerprint_size": 64, "hidden_size": 32, "num_hidden_layers": 2}

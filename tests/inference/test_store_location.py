@@ -15,7 +15,7 @@ import pytest
 from cloome_hf.cli import main as cloome
 from cloome_hf.inference.store_location import hub_repo_id
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPO = "cloome-test/tiny-store"
 
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import TINY_TRAIN_ARGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "O=C(O)CCc1ccccc1"]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_ARGS, load_train_script, read_log
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def reference_lr(t, base, warmup, total, period):

@@ -25,7 +25,7 @@ def test_augmenting_on_the_device_trains_like_augmenting_in_the_loader(tmp_path,
     here, decoded in 2 workers) gives the per-step losses and samples of the loader's CPU augmentation in the main
     process. A resized crop makes both paths resample. Batches from workers are given back after their step (their
     buffers are reused), and that changes no loss either. That pixels do not depend on workers or on where they
-    are augmented is asserted once, at the loader (tests/test_data_torch.py)."""
+    are augmented is asserted once, at the loader (tests/fixtures/test_data_torch.py)."""
     from cloome_hf.train import loop
 
     seen, released = {}, {}

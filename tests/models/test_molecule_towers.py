@@ -320,7 +320,7 @@ def test_chemberta_recipe_builds_a_transformers_tower_and_its_processor(tiny_che
 def test_readme_molecule_towers_example_runs():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme.split("<!-- BEGIN molecule-towers -->", 1)[1].split("<!-- END molecule-towers -->", 1)[0]
     namespace: dict = {}
     exec(compile(section.split("```python\n", 1)[1].split("```", 1)[0], "README-molecule-towers", "exec"), namespace)

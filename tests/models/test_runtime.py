@@ -12,7 +12,7 @@ import pytest
 
 from cloome_hf.runtime import started_as_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAIN = ["train", "--synthetic_molecules", "16", "--synthetic_sites_per_molecule", "2",
               "--synthetic_image_size", "64", "--image_size", "64", "--vision_layers", "1", "1", "1", "1",
               "--base_width", "8", "--molecule_hidden_size", "16", "--projection_dim", "8", "--fingerprint_size", "32",

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_ARGS, load_train_script, read_log
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "scripts" / "train.py")
 
 

@@ -24,7 +24,7 @@ from cloome_hf.evaluation.jump import activity_task, consistency_task, load_feat
 from cloome_hf.evaluation.stats import proportion_with_ci
 from cloome_hf.profiling import aggregate, normalize, phenotypic_activity, phenotypic_consistency
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "fixtures"
 CP_TABLE = DATA / "cellprofiler_profiles_SQ00015054_subset.csv.gz"
 CP_CONTROLS = "Metadata_broad_sample == 'DMSO'"
 PIPELINE = "mad_robustize,sphering"

@@ -31,7 +31,7 @@ from cloome_hf.data import (
     perturbation_types,
 )
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 TYPE_OF = {COMPOUND: "trt", DMSO: "negcon", ALOXISTATIN: "poscon", REAGENT: "unknown"}
 PLATE1, PLATE2 = list(PLATES)
 
