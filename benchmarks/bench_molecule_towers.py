@@ -4,6 +4,8 @@ equal-budget comparison on synthetic data.
 
     python benchmarks/bench_molecule_towers.py                       # speed: featurise, forward, input path
     python benchmarks/bench_molecule_towers.py --compare --max_steps 150   # + held-out retrieval per tower
+    python benchmarks/bench_molecule_towers.py --skip_speed --compare --max_steps 150 --compare_molecules 400 \
+        --seeds 0 1 2 3 4 --output towers.json     # the README's comparison, figures written as JSON
 
 Every figure is measured in this run, the fingerprint MLP's (``mlp``) in the same process, and reported as a ratio
 to it. Towers (random weights; speed does not depend on them):
@@ -19,7 +21,8 @@ to it. Towers (random weights; speed does not depend on them):
 batches/s of the training ``DataLoader`` (decode + augmentation of synthetic sites + the molecules' inputs looked up
 from the table of the unique molecules, featurised once) with each tower's table: the graph collation must stay
 within 10 % of the fingerprint lookup. **Comparison** (``--compare``): ``cloome train`` (demo recipe) with each
-molecule tower at the same steps, seed and data; held-out retrieval top-1 with 95 % Clopper-Pearson intervals.
+molecule tower at the same steps, seeds and data; held-out retrieval top-1 per seed with 95 % Clopper-Pearson
+intervals, its mean over seeds with a 95 % t interval, and each tower minus the MLP paired by seed.
 """
 
 from __future__ import annotations
@@ -173,22 +176,31 @@ def compare(args, tmp: str) -> list[dict]:
 DIRECTIONS = ("image_to_molecule", "molecule_to_image")
 
 
-def seed_summary(results: list[dict]) -> dict[str, dict]:
-    """Per tower and direction: the top-1 of each seed, their mean, and a 95 % t interval of the mean over seeds,
-    clipped to [0, 1] (the spread from training seeds only: every seed is scored on the same held-out sites)."""
+def _mean_with_t_interval(values: list[float], low: float = 0.0, high: float = 1.0) -> dict:
     from scipy import stats
 
+    mean = sum(values) / len(values)
+    half = float(stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)) if len(values) > 1 else float("nan")
+    return {"per_seed": values, "mean": mean, "ci_low": max(low, mean - half), "ci_high": min(high, mean + half)}
+
+
+def seed_summary(results: list[dict]) -> dict[str, dict]:
+    """Per tower and direction: the top-1 of each seed, their mean, and a 95 % t interval of the mean over seeds,
+    clipped to [0, 1] (the spread from training seeds only: every seed is scored on the same held-out sites); and,
+    seed by seed, the tower's top-1 minus the fingerprint MLP's (``minus_mlp``, paired by seed)."""
+    by_tower = {}
+    for r in results:
+        by_tower.setdefault(r["tower"], {})[r["seed"]] = r["metrics"]
     summary = {}
-    for tower in dict.fromkeys(r["tower"] for r in results):
-        rows = [r for r in results if r["tower"] == tower]
-        summary[tower] = {"seeds": [r["seed"] for r in rows]}
+    for tower, metrics in by_tower.items():
+        summary[tower] = {"seeds": list(metrics)}
         for direction in DIRECTIONS:
-            values = [r["metrics"][f"{direction}_top1"]["value"] for r in rows]
-            mean = sum(values) / len(values)
-            half = (float(stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)) if len(values) > 1
-                    else float("nan"))
-            summary[tower][direction] = {"per_seed": values, "mean": mean, "ci_low": max(0.0, mean - half),
-                                         "ci_high": min(1.0, mean + half)}
+            summary[tower][direction] = _mean_with_t_interval([m[f"{direction}_top1"]["value"] for m in
+                                                               metrics.values()])
+            paired = [m[f"{direction}_top1"]["value"] - by_tower["mlp"][seed][f"{direction}_top1"]["value"]
+                      for seed, m in metrics.items() if seed in by_tower.get("mlp", {})]
+            if tower != "mlp" and paired:
+                summary[tower][direction]["minus_mlp"] = _mean_with_t_interval(paired, low=-1.0)
     return summary
 
 
@@ -211,6 +223,11 @@ def compare_markdown(results: list[dict], summary: dict) -> str:
     random = results[0]["metrics"]["random"]
     lines.append(f"| random | {100 * random['image_to_molecule_top1']:.1f} | | "
                  f"{100 * random['molecule_to_image_top1']:.1f} | |")
+    for tower, s in summary.items():
+        if "minus_mlp" in s[DIRECTIONS[0]]:
+            lines.append(f"\n`{tower}` minus `mlp`, paired by seed (points): " + "; ".join(
+                f"{d.replace('_', ' ')} {mean_cell(s[d]['minus_mlp'])} (per seed "
+                f"{', '.join(f'{100 * v:+.1f}' for v in s[d]['minus_mlp']['per_seed'])})" for d in DIRECTIONS))
     return "\n".join(lines)
 
 
