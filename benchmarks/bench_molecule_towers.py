@@ -215,8 +215,9 @@ def compare_markdown(results: list[dict], summary: dict) -> str:
         return "; ".join(f"{100 * p['value']:.1f} [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]" for p in
                          (r["metrics"][f"{direction}_top1"] for r in results if r["tower"] == tower))
 
-    lines = ["| molecule tower | image → molecule top-1, mean [t CI] | per seed [CP CI] "
-             "| molecule → image top-1, mean [t CI] | per seed [CP CI] |", "|---|---|---|---|---|"]
+    head = ("| molecule tower | image → molecule top-1, mean [t CI] | per seed [CP CI] "
+            "| molecule → image top-1, mean [t CI] | per seed [CP CI] |")
+    lines = [head, "|---|---|---|---|---|"]
     for tower, s in summary.items():
         lines.append(f"| `{tower}` | " + " | ".join(f"{mean_cell(s[d])} | {seed_cells(tower, d)}"
                                                      for d in DIRECTIONS) + " |")

@@ -12,6 +12,7 @@ import io
 import shutil
 import tarfile
 import unittest
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -161,7 +162,7 @@ if SUITE is not None:
     class GraphTowerModelTester(ProcessedMoleculesTester):
         """The ``gnn`` tower (GINE, attention readout) over the processor's graph batch."""
 
-        molecule_config = dict(TINY_GNN, gnn_layer="gine", gnn_readout="attention")
+        molecule_config = MappingProxyType({**TINY_GNN, "gnn_layer": "gine", "gnn_readout": "attention"})
 
         def molecule_hidden_shapes(self, config, inputs):
             """Atom states: after the embedding, then after each message-passing layer, (atoms, hidden_size)."""
