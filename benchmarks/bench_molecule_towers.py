@@ -4,6 +4,8 @@ equal-budget comparison on synthetic data.
 
     python benchmarks/bench_molecule_towers.py                       # speed: featurise, forward, input path
     python benchmarks/bench_molecule_towers.py --compare --max_steps 150   # + held-out retrieval per tower
+    python benchmarks/bench_molecule_towers.py --skip_speed --compare --max_steps 150 --compare_molecules 400 \
+        --seeds 0 1 2 3 4 --output towers.json     # the README's comparison, figures written as JSON
 
 Every figure is measured in this run, the fingerprint MLP's (``mlp``) in the same process, and reported as a ratio
 to it. Towers (random weights; speed does not depend on them):
@@ -19,7 +21,8 @@ to it. Towers (random weights; speed does not depend on them):
 batches/s of the training ``DataLoader`` (decode + augmentation of synthetic sites + the molecules' inputs looked up
 from the table of the unique molecules, featurised once) with each tower's table: the graph collation must stay
 within 10 % of the fingerprint lookup. **Comparison** (``--compare``): ``cloome train`` (demo recipe) with each
-molecule tower at the same steps, seed and data; held-out retrieval top-1 with 95 % Clopper-Pearson intervals.
+molecule tower at the same steps, seeds and data; held-out retrieval top-1 per seed with 95 % Clopper-Pearson
+intervals, its mean over seeds with a 95 % t interval, and each tower minus the MLP paired by seed.
 """
 
 from __future__ import annotations
@@ -127,8 +130,11 @@ def input_path(args) -> dict[str, float]:
     return out
 
 
-def compare(args, lm_folder: str) -> list[dict]:
-    """Equal-budget training per tower on the embedded synthetic data (demo recipe, same steps / seed / split)."""
+def compare(args, tmp: str) -> list[dict]:
+    """Equal-budget training per tower and seed on the embedded synthetic data (demo recipe, same steps, data and
+    split for every run). The seed sets the training (initialisation, shuffling, augmentation) and, for the
+    ``transformers`` tower, the random weights of its small RoBERTa (built here per seed, as the other towers are
+    initialised per seed)."""
     import datasets
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -144,23 +150,86 @@ def compare(args, lm_folder: str) -> list[dict]:
     path = os.path.join(work, "data")
     datasets.DatasetDict(split).save_to_disk(path)
     data = {"validation": split["validation"].select_columns(["sample_key", "inchikey"])}
-    tower_args = {"mlp": [], "gnn": ["--molecule_encoder", "gnn", "--molecule_hidden_size", "256"],
-                  "transformers": ["--molecule_encoder", "transformers", "--molecule_model", lm_folder,
-                                   "--truncation", "true"]}
     results = []
-    for tower in args.towers:
-        steps = str(args.max_steps)
-        result = main(["--output_dir", os.path.join(work, tower), "--overwrite_output_dir", "--dataset", path,
-                       "--max_steps", steps, "--eval_steps", steps, "--save_steps", steps, "--seed", "0",
-                       "--mixed_precision", "no", *tower_args[tower]])
-        metrics = evaluate(result, data)
-        results.append({"tower": tower, "metrics": metrics})
-        print(f"{tower}: image->molecule top-1 {_cell(metrics['image_to_molecule_top1'])}, molecule->image top-1 "
-              f"{_cell(metrics['molecule_to_image_top1'])} (random "
-              f"{100 * metrics['random']['image_to_molecule_top1']:.1f} / "
-              f"{100 * metrics['random']['molecule_to_image_top1']:.1f}; {metrics['n_sites']} sites, "
-              f"{metrics['n_molecules']} molecules)", flush=True)
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        lm_folder = char_lm_folder(os.path.join(tmp, f"small_lm_{seed}"), args.compare_lm_layers, 64)
+        tower_args = {"mlp": [], "gnn": ["--molecule_encoder", "gnn", "--molecule_hidden_size", "256"],
+                      "transformers": ["--molecule_encoder", "transformers", "--molecule_model", lm_folder,
+                                       "--truncation", "true"]}
+        for tower in args.towers:
+            steps, start = str(args.max_steps), time.perf_counter()
+            result = main(["--output_dir", os.path.join(work, f"{tower}-{seed}"), "--overwrite_output_dir",
+                           "--dataset", path, "--max_steps", steps, "--eval_steps", steps, "--save_steps", steps,
+                           "--seed", str(seed), "--mixed_precision", "no", *tower_args[tower]])
+            metrics = evaluate(result, data)
+            results.append({"tower": tower, "seed": seed, "max_steps": args.max_steps,
+                            "seconds": time.perf_counter() - start, "metrics": metrics})
+            print(f"{tower} seed {seed}: image->molecule top-1 {_cell(metrics['image_to_molecule_top1'])}, "
+                  f"molecule->image top-1 {_cell(metrics['molecule_to_image_top1'])} (random "
+                  f"{100 * metrics['random']['image_to_molecule_top1']:.1f} / "
+                  f"{100 * metrics['random']['molecule_to_image_top1']:.1f}; {metrics['n_sites']} sites, "
+                  f"{metrics['n_molecules']} molecules)", flush=True)
     return results
+
+
+DIRECTIONS = ("image_to_molecule", "molecule_to_image")
+
+
+def _mean_with_t_interval(values: list[float], low: float = 0.0, high: float = 1.0) -> dict:
+    from scipy import stats
+
+    mean = sum(values) / len(values)
+    half = float(stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)) if len(values) > 1 else float("nan")
+    return {"per_seed": values, "mean": mean, "ci_low": max(low, mean - half), "ci_high": min(high, mean + half)}
+
+
+def seed_summary(results: list[dict]) -> dict[str, dict]:
+    """Per tower and direction: the top-1 of each seed, their mean, and a 95 % t interval of the mean over seeds,
+    clipped to [0, 1] (the spread from training seeds only: every seed is scored on the same held-out sites); and,
+    seed by seed, the tower's top-1 minus the fingerprint MLP's (``minus_mlp``, paired by seed)."""
+    by_tower = {}
+    for r in results:
+        by_tower.setdefault(r["tower"], {})[r["seed"]] = r["metrics"]
+    summary = {}
+    for tower, metrics in by_tower.items():
+        summary[tower] = {"seeds": list(metrics)}
+        for direction in DIRECTIONS:
+            summary[tower][direction] = _mean_with_t_interval([m[f"{direction}_top1"]["value"] for m in
+                                                               metrics.values()])
+            paired = [m[f"{direction}_top1"]["value"] - by_tower["mlp"][seed][f"{direction}_top1"]["value"]
+                      for seed, m in metrics.items() if seed in by_tower.get("mlp", {})]
+            if tower != "mlp" and paired:
+                summary[tower][direction]["minus_mlp"] = _mean_with_t_interval(paired, low=-1.0)
+    return summary
+
+
+def compare_markdown(results: list[dict], summary: dict) -> str:
+    """The README table: mean top-1 over seeds [95 % t interval], then each seed's top-1 [Clopper-Pearson]."""
+    def mean_cell(s):
+        if len(s["per_seed"]) < 2:
+            return f"{100 * s['mean']:.1f}"
+        return f"{100 * s['mean']:.1f} [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]"
+
+    def seed_cells(tower, direction):
+        return "; ".join(f"{100 * p['value']:.1f} [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]" for p in
+                         (r["metrics"][f"{direction}_top1"] for r in results if r["tower"] == tower))
+
+    head = ("| molecule tower | image → molecule top-1, mean [t CI] | per seed [CP CI] "
+            "| molecule → image top-1, mean [t CI] | per seed [CP CI] |")
+    lines = [head, "|---|---|---|---|---|"]
+    for tower, s in summary.items():
+        lines.append(f"| `{tower}` | " + " | ".join(f"{mean_cell(s[d])} | {seed_cells(tower, d)}"
+                                                     for d in DIRECTIONS) + " |")
+    random = results[0]["metrics"]["random"]
+    lines.append(f"| random | {100 * random['image_to_molecule_top1']:.1f} | | "
+                 f"{100 * random['molecule_to_image_top1']:.1f} | |")
+    for tower, s in summary.items():
+        if "minus_mlp" in s[DIRECTIONS[0]]:
+            lines.append(f"\n`{tower}` minus `mlp`, paired by seed (points): " + "; ".join(
+                f"{d.replace('_', ' ')} {mean_cell(s[d]['minus_mlp'])} (per seed "
+                f"{', '.join(f'{100 * v:+.1f}' for v in s[d]['minus_mlp']['per_seed'])})" for d in DIRECTIONS))
+    return "\n".join(lines)
 
 
 def parse_args(argv=None):
@@ -177,7 +246,9 @@ def parse_args(argv=None):
     parser.add_argument("--compare_molecules", type=int, default=160)
     parser.add_argument("--max_steps", type=int, default=30)
     parser.add_argument("--compare_lm_layers", type=int, default=2, help="the compared LM's layers (hidden 64)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds of the comparison")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--output", default=None, help="write the measured figures here as JSON")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     return parser.parse_args(argv)
 
@@ -185,11 +256,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    report = {"argv": sys.argv[1:] if argv is None else list(argv)}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_speed:
             lm = char_lm_folder(os.path.join(tmp, "lm"), args.lm_layers, args.lm_hidden)
             tower = speed(args, lm)
             path = input_path(args)
+            report.update(speed=tower, input_path=path)
             print("\n| tower | featurise SMILES/s | processor SMILES/s | forward molecules/s |\n|---|---|---|---|")
             for name, row in tower.items():
                 ratios = [f"{row[k]:,.0f} ({row[k] / tower['mlp'][k]:.2f}x)" for k in
@@ -199,9 +272,14 @@ def main(argv=None):
                   f"(goal >= 0.90); molecule inputs of a batch: {path['gnn_lookup_ms']:.2f} ms vs "
                   f"{path['mlp_lookup_ms']:.2f} ms")
         if args.compare:
-            torch.manual_seed(0)
-            small_lm = char_lm_folder(os.path.join(tmp, "small_lm"), args.compare_lm_layers, 64)
-            compare(args, small_lm)
+            results = compare(args, tmp)
+            summary = seed_summary(results)
+            report.update(compare=results, compare_summary=summary)
+            print(f"\n{args.max_steps} steps per run, seeds {args.seeds}\n" + compare_markdown(results, summary))
+    if args.output:
+        from cloome_hf.safe_io import atomic_write_json
+
+        atomic_write_json(args.output, report)
 
 
 if __name__ == "__main__":

@@ -131,9 +131,14 @@ def _resolve(config) -> None:
 def _build(config, load_weights: bool) -> TransformersMoleculeTower:
     config_class, model_class = _tower_classes(config)
     fields = {k: v for k, v in config.tower_config.items() if k != "_cloome_source"}
-    model = model_class(config_class.from_dict(fields), add_pooling_layer=False) if _takes_pooling(model_class) \
-        else model_class(config_class.from_dict(fields))
-    if load_weights:
+    tower_config = config_class.from_dict(fields)
+    if config._attn_implementation_internal is not None:  # chosen for the whole CloomeModel (attn_implementation=)
+        tower_config._attn_implementation = config._attn_implementation_internal
+    model = model_class(tower_config, add_pooling_layer=False) if _takes_pooling(model_class) \
+        else model_class(tower_config)
+    # Under a meta-device context the model is a skeleton with no storage, filled afterwards (from_pretrained of a
+    # saved CloomeModel, or to_empty + init_weights): there is nothing to load the pretrained weights into.
+    if load_weights and not torch.empty(0).is_meta:
         pretrained = model_class.from_pretrained(config.transformers_model,
                                                  trust_remote_code=config.trust_remote_code)
         missing, _ = model.load_state_dict(pretrained.state_dict(), strict=False)

@@ -230,6 +230,19 @@ def test_too_long_molecules_are_refused_or_truncated_with_a_warning(tiny_chem_lm
         _lm_config(tiny_chem_lm_folder, max_sequence_length=100)
 
 
+def test_transformers_tower_follows_the_models_attn_implementation_and_builds_on_meta(tiny_chem_lm_folder,
+                                                                                         tmp_path):
+    config = _lm_config(tiny_chem_lm_folder)
+    CloomeModel(config).save_pretrained(tmp_path / "cloome")
+    default = CloomeModel.from_pretrained(tmp_path / "cloome")
+    eager = CloomeModel.from_pretrained(tmp_path / "cloome", attn_implementation="eager")
+    assert default.molecule_model.model.config._attn_implementation == "sdpa"  # the LM's own default is kept
+    assert eager.molecule_model.model.config._attn_implementation == "eager"
+    with torch.device("meta"):  # a skeleton (no pretrained weights to load into), as transformers builds one
+        skeleton = CloomeModel(config)
+    assert skeleton.molecule_model.model.embeddings.word_embeddings.weight.is_meta
+
+
 REMOTE_LM = '''
 import pathlib
 pathlib.Path({marker!r}).write_text("the tower's code ran")

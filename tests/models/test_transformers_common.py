@@ -12,14 +12,17 @@ import io
 import shutil
 import tarfile
 import unittest
+from types import MappingProxyType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import set_seed
+from transformers.testing_utils import set_config_for_less_flaky_test, set_model_for_less_flaky_test
 
 import transformers_common_suite
-from conftest import TINY_MOLECULE, TINY_VISION
+from conftest import TINY_CHEM_LM, TINY_GNN, TINY_MOLECULE, TINY_VISION
 
 from cloome_hf import CloomeConfig, CloomeModel, CloomeProcessor
 from cloome_hf.channels import CHANNELS
@@ -33,6 +36,9 @@ except transformers_common_suite.SuiteUnavailable as err:  # no skip: the test b
 
 CROP = {"height": 64, "width": 64}
 SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"]
+# The molecules of the gnn / transformers towers' batches: different atom and token counts, so that a graph batch's
+# rows (atoms) are not a multiple of its molecules and the token batch is padded.
+TOWER_SMILES = [*SMILES, "CCO", "Oc1ccccc1"]
 
 
 def test_transformers_common_tests_were_fetched():
@@ -101,7 +107,11 @@ if SUITE is not None:
 
     class CloomeModelTester:
         """The InfoNCE objective: its loss is defined for one pair, so test_batching_equivalence can run with
-        return_loss=True (InfoLOOB's refusal of one pair is tested in test_modeling.py)."""
+        return_loss=True (InfoLOOB's refusal of one pair is tested in test_modeling.py). The published molecule
+        tower (``mlp``) over random binary fingerprints; the other towers' testers below override the molecule
+        config, inputs and hidden-state shapes."""
+
+        molecule_config = TINY_MOLECULE
 
         def __init__(self, parent, batch_size=4):
             self.parent = parent
@@ -114,14 +124,64 @@ if SUITE is not None:
             self.num_hidden_layers = TINY_MOLECULE["num_hidden_layers"]  # the MLP's depth, for test_num_layers_is_small
 
         def get_config(self):
-            return CloomeConfig(vision_config=dict(TINY_VISION), molecule_config=dict(TINY_MOLECULE),
+            return CloomeConfig(vision_config=dict(TINY_VISION), molecule_config=dict(self.molecule_config),
                                 projection_dim=16, loss="infonce")
 
+        def pixel_values(self, batch_size=None):
+            return common.floats_tensor([batch_size or self.batch_size, self.num_channels, self.image_size,
+                                         self.image_size])
+
         def prepare_config_and_inputs_for_common(self):
-            pixel_values = common.floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
             fingerprints = (common.floats_tensor([self.batch_size, self.fingerprint_size]) > 0.7).float()
-            inputs = {"pixel_values": pixel_values, "fingerprints": fingerprints, "return_loss": True}
+            inputs = {"pixel_values": self.pixel_values(), "fingerprints": fingerprints, "return_loss": True}
             return self.get_config(), inputs
+
+        def molecule_hidden_shapes(self, config, inputs):
+            """The MLP's input, then one (N, hidden_size) state per layer."""
+            molecule, n = config.molecule_config, self.batch_size
+            return [(n, molecule.fingerprint_size)] + [(n, molecule.hidden_size)] * molecule.num_hidden_layers
+
+    class ProcessedMoleculesTester(CloomeModelTester):
+        """A molecule tower whose inputs the model's own ``CloomeProcessor`` makes from SMILES (as users make them)."""
+
+        def __init__(self, parent, batch_size=4):
+            super().__init__(parent, batch_size)
+            self.num_hidden_layers = self.get_config().molecule_config.num_hidden_layers
+            self._processor = None
+
+        def molecule_inputs(self, smiles):
+            if self._processor is None:
+                self._processor = CloomeProcessor.for_model(self.get_config())
+            return dict(self._processor(smiles=smiles, return_tensors="pt"))
+
+        def prepare_config_and_inputs_for_common(self):
+            inputs = {"pixel_values": self.pixel_values(), **self.molecule_inputs(TOWER_SMILES[:self.batch_size]),
+                      "return_loss": True}
+            return self.get_config(), inputs
+
+    class GraphTowerModelTester(ProcessedMoleculesTester):
+        """The ``gnn`` tower (GINE, attention readout) over the processor's graph batch."""
+
+        molecule_config = MappingProxyType({**TINY_GNN, "gnn_layer": "gine", "gnn_readout": "attention"})
+
+        def molecule_hidden_shapes(self, config, inputs):
+            """Atom states: after the embedding, then after each message-passing layer, (atoms, hidden_size)."""
+            molecule = config.molecule_config
+            return [(inputs["x"].shape[0], molecule.hidden_size)] * (molecule.num_hidden_layers + 1)
+
+    class LanguageTowerModelTester(ProcessedMoleculesTester):
+        """The ``transformers`` tower: the tiny RoBERTa of ``tiny_chem_lm_folder``, its tokenizer's ``input_ids``."""
+
+        def __init__(self, parent, batch_size=4):
+            self.molecule_config = {"encoder": "transformers", "transformers_model": parent.lm_folder,
+                                    "token_pooling": "mean"}
+            super().__init__(parent, batch_size)
+            self.num_hidden_layers = TINY_CHEM_LM["num_hidden_layers"]  # the LM's depth (num_hidden_layers: unused)
+
+        def molecule_hidden_shapes(self, config, inputs):
+            """The LM's embeddings and each layer's output: (N, tokens, hidden_size)."""
+            n, tokens = inputs["input_ids"].shape
+            return [(n, tokens, TINY_CHEM_LM["hidden_size"])] * (TINY_CHEM_LM["num_hidden_layers"] + 1)
 
     class CloomeModelTest(common.ModelTesterMixin, unittest.TestCase):
         all_model_classes = (CloomeModel,)
@@ -133,8 +193,10 @@ if SUITE is not None:
         # hidden size the generic shape check looks for. The hidden-state tests below check the shapes.
         skip_test_image_features_output_shape = True
 
+        model_tester_class = CloomeModelTester
+
         def setUp(self):
-            self.model_tester = CloomeModelTester(self)
+            self.model_tester = self.model_tester_class(self)
             self.config_tester = ConfigTester(
                 self, config_class=CloomeConfig, has_text_modality=False,
                 common_properties=["projection_dim", "logit_scale_init_value"],
@@ -150,22 +212,21 @@ if SUITE is not None:
                 ConfigTester(self, config_class=type(tower), has_text_modality=False,
                              common_properties=properties).run_common_tests()
 
-        def _expected_hidden_shapes(self, config):
-            """Per-stage shapes from the architecture: the stem quarters the side, stages 2-4 halve it."""
-            vision, molecule, n = config.vision_config, config.molecule_config, self.model_tester.batch_size
+        def _expected_hidden_shapes(self, config, inputs):
+            """Per-stage shapes from the architecture: the stem quarters the side, stages 2-4 halve it; the molecule
+            tower's from its tester."""
+            vision, n = config.vision_config, self.model_tester.batch_size
             side, width = self.model_tester.image_size // 4, vision.base_width
             image_shapes = [(n, width, side, side)]
             for stage in range(4):
                 side = side if stage == 0 else side // 2
                 image_shapes.append((n, 4 * width * 2**stage, side, side))
-            molecule_shapes = [(n, molecule.fingerprint_size)]
-            molecule_shapes += [(n, molecule.hidden_size)] * molecule.num_hidden_layers
-            return image_shapes, molecule_shapes
+            return image_shapes, self.model_tester.molecule_hidden_shapes(config, inputs)
 
         def test_hidden_states_output(self):
             """Overridden as for CLIPModel: CLOOME's hidden states are in its two towers' outputs."""
             config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
-            image_shapes, molecule_shapes = self._expected_hidden_shapes(config)
+            image_shapes, molecule_shapes = self._expected_hidden_shapes(config, inputs)
             for in_config in (False, True):
                 run_config = self.model_tester.get_config()
                 run_config.output_hidden_states = in_config
@@ -208,6 +269,108 @@ if SUITE is not None:
         "test_model_base_model_prefix": "for generative models (a base model under an LM head); no generation",
         "test_torch_save_load": "compares a head model with its base class; CloomeModel is the base class itself",
         "test_problem_types": "exercises classification heads (problem_type, num_labels); CLOOME has none",
+    })
+
+    # ------------------------------------------------------------------ the gnn and transformers molecule towers
+    def assert_leading_rows_close(batched, single, where="output"):
+        """Every floating tensor of ``single`` (one pair) equals the leading block of ``batched``'s, as the mixin's
+        batching test compares them (for a graph tower that block is the first molecule's atoms)."""
+        if isinstance(batched, dict):
+            for key in single:
+                assert_leading_rows_close(batched[key], single[key], f"{where}.{key}")
+        elif isinstance(batched, (list, tuple)):
+            for i, (b, one) in enumerate(zip(batched, single, strict=True)):
+                assert_leading_rows_close(b, one, f"{where}[{i}]")
+        elif isinstance(batched, torch.Tensor) and batched.dim() and batched.is_floating_point():
+            block = batched[tuple(slice(0, n) for n in single.shape)]
+            assert torch.isfinite(block).all() and torch.isfinite(single).all(), f"{where} is not finite"
+            torch.testing.assert_close(block, single, atol=1e-5, rtol=1e-5, msg=lambda m: f"{where}: {m}")
+
+    class GraphTowerModelTest(CloomeModelTest):
+        """The common tests with a ``gnn`` molecule tower, its graphs made by CloomeProcessor."""
+
+        model_tester_class = GraphTowerModelTester
+
+        def test_batching_equivalence(self):
+            """Overridden for graph batches: a molecule's rows in ``x``, ``edge_attr`` and ``batch`` are its atoms and
+            bonds, not one row, so the one-pair input is the processor's graph of the first molecule alone (the mixin
+            would slice each tensor by the batch size)."""
+            set_seed(42)
+            config, batched = self.model_tester.prepare_config_and_inputs_for_common()
+            set_config_for_less_flaky_test(config)
+            config.output_hidden_states = True
+            single = {"pixel_values": batched["pixel_values"][:1],
+                      **self.model_tester.molecule_inputs(TOWER_SMILES[:1]), "return_loss": True}
+            self.assertLess(single["x"].shape[0], batched["x"].shape[0])
+            model = CloomeModel(config).eval()
+            set_model_for_less_flaky_test(model)
+            with torch.no_grad():
+                assert_leading_rows_close(model(**batched), model(**single))
+
+    class LanguageTowerModelTest(CloomeModelTest):
+        """The common tests with a ``transformers`` molecule tower (a tiny RoBERTa saved locally, its tokenizer)."""
+
+        model_tester_class = LanguageTowerModelTester
+
+        @pytest.fixture(autouse=True)
+        def _tiny_chem_lm(self, tiny_chem_lm_folder):
+            self.lm_folder = tiny_chem_lm_folder
+
+    def _is_named(test_name, name):
+        """``test_name`` is ``name`` or one of its parameterized expansions (``name_0``, ``name_1``...)."""
+        return test_name == name or (test_name.startswith(f"{name}_") and test_name[len(name) + 1:].isdigit())
+
+    def only_tower_dependent(test_class, names):
+        """Keep, of the inherited tests, only ``names``: those whose outcome depends on the molecule tower (its
+        inputs, outputs, weights, config or loading). The others (images only, class attributes, transformers' own
+        loading machinery, CloomeConfig fields no tower reads) ran once in ``CloomeModelTest`` and would repeat it;
+        a name that matches no test fails here."""
+        inherited = [n for n in dir(test_class) if n.startswith("test_") and callable(getattr(test_class, n))]
+        unknown = [name for name in names if not any(_is_named(n, name) for n in inherited)]
+        if unknown:
+            raise AssertionError(f"{test_class.__name__} inherits no tests named {unknown}")
+        for test_name in inherited:
+            if not any(_is_named(test_name, name) for name in names):
+                setattr(test_class, test_name, None)  # unittest collects only callable test_* attributes
+        return test_class
+
+    TOWER_DEPENDENT = (
+        "test_config", "test_tower_configs",  # the tower's config fields (graph schema, the LM's config.json)
+        "test_save_load", "test_can_use_safetensors", "test_from_pretrained_no_checkpoint",
+        "test_load_save_without_tied_weights", "test_correct_missing_keys",
+        "test_all_tensors_are_parameter_or_buffer", "test_can_be_initialized_on_meta",
+        "test_init_weights_can_init_buffers", "test_model_is_small", "test_num_layers_is_small",
+        "test_determinism", "test_batching_equivalence", "test_model_outputs_equivalence",
+        "test_hidden_states_output", "test_retain_grad_hidden_states_attentions", "test_training",
+        "test_model_get_set_embeddings", "test_inputs_embeds_matches_input_ids",  # skipped below, with the reason
+    )
+    only_tower_dependent(GraphTowerModelTest, TOWER_DEPENDENT)
+    only_tower_dependent(LanguageTowerModelTest, TOWER_DEPENDENT + (
+        # the LM has checkpointed layers and attention; the rest are skipped below, with the reason
+        "test_training_gradient_checkpointing", "test_gradient_checkpointing_enable_disable",
+        "test_enable_input_require_grads", "test_can_set_attention_dynamically",
+        "test_can_set_attention_dynamically_composite_model", "test_capture_outputs_decorator",
+        "test_get_text_features_output", "test_get_text_features_hidden_states", "test_get_text_features_attentions",
+    ))
+    skip_inherited(GraphTowerModelTest, {
+        "test_model_get_set_embeddings": "no token embeddings: a graph's atoms are one-hot features through a linear "
+                                         "layer, and CloomeModel exposes none (as CLIPModel)",
+        "test_inputs_embeds_matches_input_ids": "no input_ids or inputs_embeds: a gnn tower takes graph tensors",
+    })
+    skip_inherited(LanguageTowerModelTest, {
+        "test_model_get_set_embeddings": "the LM's token embeddings are inside the molecule tower; CloomeModel, whose "
+                                         "main input is pixel_values, exposes no input embeddings (as CLIPModel)",
+        "test_inputs_embeds_matches_input_ids": "CloomeModel takes no inputs_embeds: molecules enter as the "
+                                                "processor's input_ids",
+        "test_capture_outputs_decorator": "asks for output_attentions: CloomeModel returns no attentions for any "
+                                          "tower (the LM's hidden states are checked by test_hidden_states_output)",
+        "test_get_text_features_output": "the LM is reached through get_molecule_features, not get_text_features",
+        "test_get_text_features_hidden_states": "the LM is reached through get_molecule_features, not "
+                                                "get_text_features (its hidden states: test_hidden_states_output)",
+        "test_get_text_features_attentions": "CloomeModel returns no attentions for any tower",
+        "test_can_set_attention_dynamically_composite_model": "sets sdpa on CloomeConfig itself, which CloomeModel "
+            "refuses (_supports_sdpa False: its own layers have no attention); the LM follows an attn_implementation "
+            "given for the whole model (test_can_set_attention_dynamically's eager check)",
     })
 
     class CloomeImageProcessingTester(ImageProcessingTester):
