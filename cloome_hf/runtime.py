@@ -58,10 +58,12 @@ def prepare_command_process() -> None:
         COMMAND_PROCESS["set_thp_before_torch"] = True
 
 
-def torch_uses_huge_pages(probe_mb: int = 8) -> bool:
+def torch_uses_huge_pages(probe_mb: int = 64) -> bool:
     """Measured: whether a fresh ``probe_mb`` MB CPU tensor is backed by transparent huge pages (the resident
     huge pages of this process grow by at least one 2 MB page when it is touched). False where the kernel has no
-    THP counters (not Linux)."""
+    THP counters (not Linux). The probe is larger than glibc's largest dynamic mmap threshold (32 MB), so it is
+    always fresh memory: a smaller one may reuse heap pages an earlier tensor touched, which no madvise turns
+    into huge pages, and would then read as "no huge pages" in a process that has them."""
     import torch
 
     def huge_kb() -> int:

@@ -184,7 +184,7 @@ def workspace(tmp_path_factory, finished_tiny_run):
     layout = write_synthetic_layout(work / "raw", "bray_npz", num_molecules=30, sites_per_molecule=2, num_plates=2,
                                     image_size=64)
     for split in ("train", "test"):
-        run_cloome(["prepare", "--layout", "bray_npz", "--index", layout["index"], "--root", layout["root"],
+        run_cloome(["prepare", "--kind", "bray_npz", "--index", layout["index"], "--root", layout["root"],
                     "--output_dir", str(work / "data" / "bray"), "--split", split])
     _user_downloads(work)
     return work
@@ -217,7 +217,7 @@ def test_training_blocks_run_from_outside_the_clone(workspace, monkeypatch, one_
     for command in (bioactivity, retrieval):
         run_cloome([*cloome_argv(command), *TINY_MODEL])
     bio, ret = _config(workspace / "runs" / "bio"), _config(workspace / "runs" / "ret")
-    assert (bio["preset"], ret["preset"]) == ("bioactivity", "retrieval")
+    assert (bio["recipe"], ret["recipe"]) == ("bioactivity", "retrieval")
     assert json.loads((workspace / "runs" / "bio" / "config.json").read_text())["loss"] in ("cloob", "infoloob")
     assert ret["arguments"]["mixed_precision"] == "bf16"
 
@@ -403,7 +403,7 @@ def test_data_section_prepare_lines_convert_each_layout(tmp_path, monkeypatch):
     from cloome_hf.data import load_cell_painting, write_synthetic_layout
 
     lines = command_lines(blocks(section("data"), "bash")[0])
-    assert [line.split()[:3] for line in lines] == [["cloome", "prepare", "--layout"]] * 3
+    assert [line.split()[:3] for line in lines] == [["cloome", "prepare", "--kind"]] * 3
     monkeypatch.chdir(tmp_path)
     options = dict(num_molecules=6, sites_per_molecule=2, num_plates=2, image_size=64, seed=0)
     npz = write_synthetic_layout(tmp_path / "w_npz", "bray_npz", **options)

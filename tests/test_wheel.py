@@ -53,19 +53,19 @@ from cloome_hf.data.__main__ import main as data_main
 site = cloome_hf.example_site()
 print(json.dumps({"module": cloome_hf.__file__,
                   "site": {c: [p, list(tifffile.imread(p).shape)] for c, p in site.items()}}))
-layout = data_main(["synthetic", "--output_dir", "raw", "--layout", "bray_npz", "--num_molecules", "12",
-                    "--sites_per_molecule", "2", "--num_plates", "2"])
+layout = data_main(["synthetic", "--output_dir", "raw", "--kind", "bray_npz", "--synthetic_molecules", "12",
+                    "--synthetic_sites_per_molecule", "2", "--synthetic_plates", "2"])
 commands = [
     ["train", "--output_dir", "run", "--synthetic_molecules", "24", "--synthetic_sites_per_molecule", "2",
      "--base_width", "8", "--molecule_hidden_size", "32", "--projection_dim", "16", "--fingerprint_size", "128",
      "--per_device_train_batch_size", "8", "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2"],
-    ["prepare", "--layout", "bray_npz", "--index", layout["index"], "--root", layout["root"], "--output_dir", "sites"],
+    ["prepare", "--kind", "bray_npz", "--index", layout["index"], "--root", layout["root"], "--output_dir", "sites"],
     ["embed", "--model", "run", "--dataset", "sites", "--molecules", "library.csv", "--output_dir", "emb",
      "--batch_size", "8"],
     ["evaluate", "--model", "run", "--dataset", "sites", "--tasks", "retrieval", "--output_dir", "eval",
      "--gallery_queries", "2"],
-    ["convert", "--checkpoint_path", "upstream.pt", "--output_dir", "converted", "--preset", "bioactivity"],
-    ["push", "--model_dir", "run", "--embeddings", "emb", "--results", "eval/results.json", "--repo_id",
+    ["convert", "--checkpoint_path", "upstream.pt", "--output_dir", "converted", "--recipe", "bioactivity"],
+    ["push", "--model", "run", "--embeddings", "emb", "--results", "eval/results.json", "--repo_id",
      "me/cloome-tiny", "--local_dir", "publish"],
     # #25: the same path with a graph-network molecule tower (convert reads the published MLP weights only)
     ["train", "--output_dir", "gnn_run", "--synthetic_molecules", "24", "--synthetic_sites_per_molecule", "2",
@@ -77,7 +77,7 @@ commands = [
     ["evaluate", "--model", "gnn_run", "--dataset", "synthetic", "--synthetic_molecules", "12",
      "--synthetic_sites_per_molecule", "2", "--synthetic_plates", "2", "--tasks", "retrieval", "--output_dir",
      "gnn_eval"],
-    ["push", "--model_dir", "gnn_run", "--embeddings", "gnn_emb", "--results", "gnn_eval/results.json",
+    ["push", "--model", "gnn_run", "--embeddings", "gnn_emb", "--results", "gnn_eval/results.json",
      "--repo_id", "me/cloome-gnn", "--local_dir", "gnn_publish"],
 ]
 for argv in commands:

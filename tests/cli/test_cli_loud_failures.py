@@ -31,7 +31,7 @@ def test_prepare_that_writes_no_site_fails_naming_report_and_reason(tmp_path, wr
                                                           size=16))
     for f in (tmp_path / "tiffs" / "P1").glob("*_Mito.tif"):
         f.unlink()
-    proc = _cloome(["prepare", "--layout", "tiff", "--root", "tiffs", "--wells", "wells.csv", "--output_dir",
+    proc = _cloome(["prepare", "--kind", "tiff", "--root", "tiffs", "--wells", "wells.csv", "--output_dir",
                     "sites"], tmp_path)
     error, _ = _error_lines(proc, "prepare")
     assert re.search(r"wrote 0 of 4 sites, skipped 4 \(100%\); most often \(4x\): channel Mito file not found", error)
@@ -42,7 +42,7 @@ def test_prepare_skipping_more_than_the_threshold_fails_unless_allowed(tmp_path,
     _well_table(tmp_path / "wells.csv", write_tiff_plates(tmp_path / "tiffs", wells=("A01", "A02"), sites=2,
                                                           size=16))
     (tmp_path / "tiffs" / "P1" / "A02_s2_ER.tif").write_bytes(b"not a tiff")  # 1 of 4 sites: 25 % > 10 %
-    args = ["prepare", "--layout", "tiff", "--root", "tiffs", "--wells", "wells.csv", "--output_dir", "sites"]
+    args = ["prepare", "--kind", "tiff", "--root", "tiffs", "--wells", "wells.csv", "--output_dir", "sites"]
     error, hint = _error_lines(_cloome(args, tmp_path), "prepare")
     assert re.search(r"wrote 3 of 4 sites, skipped 1 \(25%, more than the allowed 10%\); most often \(1x\): ", error)
     assert "--max_skipped_fraction" in hint

@@ -51,7 +51,7 @@ def test_search_prints_its_top_hits_and_where_the_file_went(folder):
 
 
 def test_push_to_a_local_folder_names_the_files_and_the_folder(folder):
-    proc = _cloome(["push", "--model_dir", "model", "--repo_id", "me/tiny", "--local_dir", "pub"], folder)
+    proc = _cloome(["push", "--model", "model", "--repo_id", "me/tiny", "--local_dir", "pub"], folder)
     line = next(x for x in proc.stderr.splitlines() if x.startswith("wrote the model repo"))
     assert os.path.join("pub", "model") in line
     for name in ("config.json", "model.safetensors", "README.md"):

@@ -87,7 +87,7 @@ def prepared(plates):
     """`cloome prepare`: plate 1 as the train split, plate 2 as the validation split of one folder."""
     out = plates["root"] / "prepared"
     for plate, split in ((PLATE1, "train"), (PLATE2, "validation")):
-        report = cli.run(["prepare", "--layout", "jump", "--load_data", str(plates["tables"] / f"{plate}.csv"),
+        report = cli.run(["prepare", "--kind", "jump", "--load_data", str(plates["tables"] / f"{plate}.csv"),
                           *_table_args(plates), "--plates", str(plates["tables"] / "plate.csv.gz"),
                           "--output_dir", str(out), "--split", split, "--errors", "raise"])
         assert report["num_written"] == len(WELLS)

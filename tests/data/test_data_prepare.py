@@ -78,7 +78,7 @@ def test_prepare_skips_and_reports_bad_sites(tmp_path, npz_layout):
     for name in os.listdir(npz_layout["root"]):
         if not name.startswith(index.SAMPLE_KEY[4]):
             os.symlink(os.path.join(npz_layout["root"], name), tmp_path / "npz" / name)
-    report = data_main(["prepare", "--layout", "bray_npz", "--index", str(tmp_path / "index.csv"),
+    report = data_main(["prepare", "--kind", "bray_npz", "--index", str(tmp_path / "index.csv"),
                         "--root", str(tmp_path / "npz"), "--output_dir", str(tmp_path / "out"),
                         "--shard_size", "5", "--errors", "skip", "--max_skipped_fraction", "0.5"])
     assert report["num_written"] == 12 and report["num_skipped"] == 2
@@ -116,7 +116,7 @@ def _prepare_cli(root, out, extra, env):
     """One process of a split run: the command line of ``python -m cloome_hf.data prepare`` (in a forked child,
     which skips the interpreter start-up but is a process of its own)."""
     os.environ.update(env)
-    data_main(["prepare", "--layout", "jump", "--load_data", str(root / "load_data_with_illum.csv"),
+    data_main(["prepare", "--kind", "jump", "--load_data", str(root / "load_data_with_illum.csv"),
                "--wells", str(root / "well.csv"), "--compounds", str(root / "compound.csv"),
                "--root", str(root / "mirror"), "--output_dir", str(out), "--shard_size", "3", *extra])
 

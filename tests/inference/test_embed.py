@@ -165,7 +165,7 @@ def test_float16_and_bf16_via_cli(synthetic, tmp_path):
     out = tmp_path / "half"
     root = synthetic["root"]
     cli.main(["embed", "--model", str(root / "model"), "--dataset", str(root / "sites"), "--output_dir", str(out),
-                "--embedding_dtype", "float16", "--bf16", "--max_samples", "8", "--keep_columns", "name"])
+                "--embedding_dtype", "float16", "--bf16", "--max_sites", "8", "--keep_columns", "name"])
     import pyarrow.parquet as pq
 
     table = pq.read_table(out / "images" / "shard-00000.parquet")

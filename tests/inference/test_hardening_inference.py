@@ -164,7 +164,7 @@ def test_push_local_dir_never_serves_older_shards(sites, tmp_path, monkeypatch):
     model_dir, big, small = tmp_path / "model", tmp_path / "big", tmp_path / "small"
     _save_model(model_dir, seed=0)
     _embed(model_dir, sites, big)
-    _embed(model_dir, sites, small, "--max_samples", "3")
+    _embed(model_dir, sites, small, "--max_sites", "3")
     local = tmp_path / "publish"
     monkeypatch.setattr(hub, "MAX_SHARD_BYTES", 200)  # the first, bigger store is pushed in several shards
     push.main(["--embeddings", str(big), "--repo_id", "me/x", "--local_dir", str(local)])

@@ -319,7 +319,7 @@ def test_chemberta_recipe_builds_a_transformers_tower_and_its_processor(tiny_che
     recipe = get_recipe("chemberta-style")
     assert recipe.model["molecule_model"] == "seyonec/ChemBERTa-zinc-base-v1"
     assert "seyonec/ChemBERTa-zinc-base-v1" in recipe.description and "trust_remote_code" in recipe.description
-    model_args, data_args, _, _ = parse_args(["--preset", "chemberta-style", "--output_dir", str(tmp_path),
+    model_args, data_args, _, _ = parse_args(["--recipe", "chemberta-style", "--output_dir", str(tmp_path),
                                               "--molecule_model", tiny_chem_lm_folder, "--vision_layers", "1", "1",
                                               "1", "1", "--base_width", "8", "--head_pool_size", "2"])
     model = build_model(model_args, data_args)

@@ -289,7 +289,7 @@ def test_command_help_and_run(tmp_path, capsys):
     assert info.value.code == 0 and "--checkpoint_path" in capsys.readouterr().out
     sd = make_upstream_state_dict(seed=17)
     out = main(["--checkpoint_path", str(_save(sd, tmp_path / "c.pt")), "--output_dir", str(tmp_path / "o"),
-                "--preset", "bioactivity"])
+                "--recipe", "bioactivity"])
     assert (Path(out) / "model.safetensors").is_file()
 
 

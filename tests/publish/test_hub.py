@@ -61,7 +61,7 @@ def test_local_dir_model_repo_reloads(artifacts, tmp_path):
     from cloome_hf.processing_cloome import CloomeProcessor, load_model_and_processor
 
     root = artifacts["root"]
-    push_to_hub.main(["--model_dir", str(root / "model"), "--results", str(root / "results.json"),
+    push_to_hub.main(["--model", str(root / "model"), "--results", str(root / "results.json"),
                       "--repo_id", "me/cloome-tiny", "--local_dir", str(tmp_path / "out")])
     repo = tmp_path / "out" / "model"
     files = sorted(os.listdir(repo))
@@ -182,7 +182,7 @@ def fake_hub(tmp_path, monkeypatch):
 
 def test_push_records_exact_commits_equal_to_local_layout(artifacts, fake_hub, tmp_path):
     root = artifacts["root"]
-    args = ["--model_dir", str(root / "model"), "--embeddings", str(root / "emb"), "--results",
+    args = ["--model", str(root / "model"), "--embeddings", str(root / "emb"), "--results",
             str(root / "results.json"), "--repo_id", "me/cloome-tiny"]
     push_to_hub.main(args)
     push_to_hub.main(args + ["--local_dir", str(tmp_path / "local")])

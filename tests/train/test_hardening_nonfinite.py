@@ -114,7 +114,7 @@ def test_class1_training_from_a_nan_model_folder_writes_no_checkpoint(tmp_path, 
     name = _first_float_weight(folder)
     _tamper(folder, name, lambda t: torch.full_like(t, float("nan")))
     with pytest.raises(ValueError, match=rf"tensor '{name}'"):
-        _train(out, "--model_name_or_path", str(folder), "--max_steps", "1", "--save_steps", "1")
+        _train(out, "--model", str(folder), "--max_steps", "1", "--save_steps", "1")
     assert not _finite_checkpoints(out)
 
 

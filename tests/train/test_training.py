@@ -127,7 +127,7 @@ def test_config_file_then_cli_override(tmp_path):
 def test_bioactivity_preset_reaches_model_optimizer_and_schedule(tmp_path, one_thread):
     script = load_train_script()
     out = tmp_path / "bio"
-    script.main(["--output_dir", str(out), "--preset", "bioactivity", *TINY_ARGS, "--vision_layers", "1", "1", "1", "1",
+    script.main(["--output_dir", str(out), "--recipe", "bioactivity", *TINY_ARGS, "--vision_layers", "1", "1", "1", "1",
                  "--head_pool_size", "2", "--molecule_num_layers", "2", "--image_size", "64", "--max_steps", "4",
                  "--logging_steps", "1", "--save_steps", "4"])
     config = json.loads((out / "config.json").read_text())
