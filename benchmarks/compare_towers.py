@@ -36,6 +36,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare_losses import analogue_pairs, evaluate, markdown  # noqa: E402
 
+from cloome_hf.safe_io import atomic_write_json  # noqa: E402
+
 RECIPES = ("cloome-resnet", "cellclip-style", "molphenix-style")
 SIZES = {
     "quick": dict(embedded_molecules=160, plates_compounds=60, max_steps=30),
@@ -130,12 +132,11 @@ def main(argv=None) -> list[dict]:
                                     "seconds": time.perf_counter() - start,
                                     "analogue_pairs": data[dataset]["analogue_pairs"],
                                     "metrics": evaluate(run, data[dataset])})
+                    if args.output:  # after every run, so that a long comparison cut short keeps what it measured
+                        atomic_write_json(args.output, {"size": size, "seeds": args.seeds, "results": results})
     print(f"\n{size['max_steps']} steps per run, seeds {args.seeds} (the 'loss' column is the recipe)\n"
           f"{markdown(results)}")
     print("\nseconds per run: " + ", ".join(f"{r['dataset']}/{r['loss']} {r['seconds']:.0f}" for r in results))
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump({"size": size, "seeds": args.seeds, "results": results}, f, indent=1)
     return results
 
 
