@@ -47,8 +47,14 @@ def _launch_two_processes(out, args, per_device_batch: int):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), SCRIPT, "--output_dir", str(out),
            "--per_device_train_batch_size", str(per_device_batch), "--per_device_eval_batch_size", "16", *args]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        stderr = proc.communicate(timeout=300)[1]
+    except subprocess.TimeoutExpired:  # e.g. one process waits in a collective the other never reaches
+        proc.terminate()  # SIGTERM: the launcher stops its workers (SIGKILL would leave them running)
+        stderr = proc.communicate(timeout=60)[1]
+        pytest.fail(f"the 2-process run did not finish in 300 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
 
 
 # Augmenting on the device: uint8 batches, the transform in the step; the two processes also decode in 2 workers
