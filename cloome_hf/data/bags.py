@@ -4,7 +4,8 @@
 of ``batch_size`` bags holds their sites one bag after the other, and the collator adds ``bag_sizes`` and gives one
 fingerprint (and dose) per bag. The unique-molecule rule holds per bag: no two bags of one molecule (two wells, two
 doses) share a batch, since they would be false negatives of each other. The model pools each bag's site features
-(:mod:`cloome_hf.bag_pooling`).
+(:mod:`cloome_hf.bag_pooling`). On several processes the sampler plans the global batch of bags and gives each
+process its slice of whole bags (``num_slices``), since the sites of a batch of bags cannot be cut by rows.
 """
 
 from __future__ import annotations
