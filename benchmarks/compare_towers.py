@@ -5,6 +5,8 @@
     python benchmarks/compare_towers.py                # 150 steps per run (the size of compare_losses.py)
     python benchmarks/compare_towers.py --summarize results.json   # the tables of a finished (or cut short) run
 
+The README shows `--max_steps 60` (the default size did not fit on the shared 2-core machine).
+
 Three recipes of :mod:`cloome_hf.recipes`, each trained with ``cloome train`` on the same two synthetic datasets
 (rendered once, split by molecule, saved), for the same steps, batch size, optimiser and seed:
 
