@@ -111,17 +111,21 @@ def summary(results: list[dict]) -> str:
     seconds (wall clock of the whole ``cloome train`` run: data loading, training and the final validation)."""
     from compare_losses import _cell
 
-    lines = ["| data | recipe | image -> molecule top-1 | molecule -> image top-1 | active top-1 % | steps | s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results:
+    seeds = len({r["seed"] for r in results}) > 1
+    lines = ["| data | recipe |" + (" seed |" if seeds else "") + " image -> molecule top-1 | molecule -> image "
+             "top-1 | active top-1 % | steps | s |", "|---|---|" + ("---|" if seeds else "") + "---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["dataset"] != results[0]["dataset"], RECIPES.index(r["loss"]),
+                                            r["seed"])):
         m = r["metrics"]
         active = _cell(m["active"]["top1pct"]) if "active" in m else "-"
-        lines.append(f"| {r['dataset']} | {r['loss']} | {_cell(m['image_to_molecule_top1'])} | "
-                     f"{_cell(m['molecule_to_image_top1'])} | {active} | {r['max_steps']} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['dataset']} | {r['loss']} |" + (f" {r['seed']} |" if seeds else "")
+                     + f" {_cell(m['image_to_molecule_top1'])} | {_cell(m['molecule_to_image_top1'])} | {active} | "
+                     f"{r['max_steps']} | {r['seconds']:.0f} |")
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         m = next(r["metrics"] for r in results if r["dataset"] == dataset)
         active = f"{100 * m['active']['random']:.1f}" if "active" in m else "-"
-        lines.append(f"| {dataset} | random | {100 * m['random']['image_to_molecule_top1']:.1f} | "
+        lines.append(f"| {dataset} | random |" + (" |" if seeds else "")
+                     + f" {100 * m['random']['image_to_molecule_top1']:.1f} | "
                      f"{100 * m['random']['molecule_to_image_top1']:.1f} | {active} | | |")
     return "\n".join(lines)
 
@@ -136,13 +140,14 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--validation_fraction", type=float, default=0.2)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--output", default=None, help="write the results as JSON here (after every run)")
-    parser.add_argument("--summarize", default=None, metavar="JSON",
-                        help="print the tables of a results file this script wrote, and train nothing")
+    parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                        help="print the tables of results files this script wrote (e.g. one per seed), and train "
+                             "nothing")
     args = parser.parse_args(argv)
     if args.summarize:
         from cloome_hf.safe_io import read_json
 
-        results = read_json(args.summarize, "compare_towers results")["results"]
+        results = [r for path in args.summarize for r in read_json(path, "compare_towers results")["results"]]
         print(f"{markdown(results)}\n\n{summary(results)}")
         return results
     size = dict(SIZES["quick" if args.quick else "default"])
