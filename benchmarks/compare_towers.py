@@ -3,6 +3,9 @@
 
     python benchmarks/compare_towers.py --quick        # smoke run: small data, 30 steps
     python benchmarks/compare_towers.py                # 150 steps per run (the size of compare_losses.py)
+    python benchmarks/compare_towers.py --summarize results.json   # the tables of a finished (or cut short) run
+
+The README shows `--max_steps 60` (the default size did not fit on the shared 2-core machine).
 
 Three recipes of :mod:`cloome_hf.recipes`, each trained with ``cloome train`` on the same two synthetic datasets
 (rendered once, split by molecule, saved), for the same steps, batch size, optimiser and seed:
@@ -35,6 +38,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare_losses import analogue_pairs, evaluate, markdown  # noqa: E402
+
+from cloome_hf.safe_io import atomic_write_json  # noqa: E402
 
 RECIPES = ("cloome-resnet", "cellclip-style", "molphenix-style")
 SIZES = {
@@ -101,6 +106,30 @@ def train(recipe: str, tower: str, dataset: str, output_dir: str, max_steps: int
                  str(max_steps), "--seed", str(seed), "--logging_steps", str(max(1, max_steps // 5))])
 
 
+def summary(results: list[dict]) -> str:
+    """The README's table: per dataset and recipe, top-1 both ways and the active top-1 % (95 % CIs), steps and
+    seconds (wall clock of the whole ``cloome train`` run: data loading, training and the final validation)."""
+    from compare_losses import _cell
+
+    seeds = len({r["seed"] for r in results}) > 1
+    lines = ["| data | recipe |" + (" seed |" if seeds else "") + " image -> molecule top-1 | molecule -> image "
+             "top-1 | active top-1 % | steps | s |", "|---|---|" + ("---|" if seeds else "") + "---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["dataset"] != results[0]["dataset"], RECIPES.index(r["loss"]),
+                                            r["seed"])):
+        m = r["metrics"]
+        active = _cell(m["active"]["top1pct"]) if "active" in m else "-"
+        lines.append(f"| {r['dataset']} | {r['loss']} |" + (f" {r['seed']} |" if seeds else "")
+                     + f" {_cell(m['image_to_molecule_top1'])} | {_cell(m['molecule_to_image_top1'])} | {active} | "
+                     f"{r['max_steps']} | {r['seconds']:.0f} |")
+    for dataset in dict.fromkeys(r["dataset"] for r in results):
+        m = next(r["metrics"] for r in results if r["dataset"] == dataset)
+        active = f"{100 * m['active']['random']:.1f}" if "active" in m else "-"
+        lines.append(f"| {dataset} | random |" + (" |" if seeds else "")
+                     + f" {100 * m['random']['image_to_molecule_top1']:.1f} | "
+                     f"{100 * m['random']['molecule_to_image_top1']:.1f} | {active} | | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -110,8 +139,17 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--max_steps", type=int, default=None)
     parser.add_argument("--validation_fraction", type=float, default=0.2)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--output", default=None, help="write the results as JSON here (after every run)")
+    parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                        help="print the tables of results files this script wrote (e.g. one per seed), and train "
+                             "nothing")
     args = parser.parse_args(argv)
+    if args.summarize:
+        from cloome_hf.safe_io import read_json
+
+        results = [r for path in args.summarize for r in read_json(path, "compare_towers results")["results"]]
+        print(f"{markdown(results)}\n\n{summary(results)}")
+        return results
     size = dict(SIZES["quick" if args.quick else "default"])
     if args.max_steps is not None:
         size["max_steps"] = args.max_steps
@@ -130,12 +168,12 @@ def main(argv=None) -> list[dict]:
                                     "seconds": time.perf_counter() - start,
                                     "analogue_pairs": data[dataset]["analogue_pairs"],
                                     "metrics": evaluate(run, data[dataset])})
+                    if args.output:  # after every run, so that a long comparison cut short keeps what it measured
+                        atomic_write_json(args.output, {"size": size, "seeds": args.seeds, "results": results})
     print(f"\n{size['max_steps']} steps per run, seeds {args.seeds} (the 'loss' column is the recipe)\n"
           f"{markdown(results)}")
+    print(f"\n{summary(results)}")
     print("\nseconds per run: " + ", ".join(f"{r['dataset']}/{r['loss']} {r['seconds']:.0f}" for r in results))
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump({"size": size, "seeds": args.seeds, "results": results}, f, indent=1)
     return results
 
 

@@ -150,6 +150,7 @@ register_molecule_tower(MoleculeTowerKind(
     build=lambda config, load_weights: GraphMoleculeTower(config),
     featurizer=_featurizer,
     check_featurizer=_problems,
+    rows_per_molecule=False,
 ))
 
 __all__ = ["GNN_LAYERS", "GNN_READOUTS", "GraphMoleculeTower"]

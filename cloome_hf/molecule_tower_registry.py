@@ -42,6 +42,9 @@ class MoleculeTowerKind:
             SmilesFeaturizer` making the tower's inputs.
         check_featurizer: ``check_featurizer(featurizer, molecule_config)`` -> the reasons (strings) why that
             featuriser does not feed a model of this config; empty when it does.
+        rows_per_molecule: every input tensor holds one row per molecule, so that accelerate can cut a global
+            batch between processes by rows; ``False`` (graph batches: rows of atoms and bonds) makes
+            ``cloome train`` cut each global batch by molecules in the sampler instead.
     """
 
     name: str
@@ -51,6 +54,7 @@ class MoleculeTowerKind:
     build: Callable
     featurizer: Callable
     check_featurizer: Callable
+    rows_per_molecule: bool = True
 
 
 _KINDS: dict[str, MoleculeTowerKind] = {}

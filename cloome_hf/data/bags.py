@@ -4,7 +4,8 @@
 of ``batch_size`` bags holds their sites one bag after the other, and the collator adds ``bag_sizes`` and gives one
 fingerprint (and dose) per bag. The unique-molecule rule holds per bag: no two bags of one molecule (two wells, two
 doses) share a batch, since they would be false negatives of each other. The model pools each bag's site features
-(:mod:`cloome_hf.bag_pooling`).
+(:mod:`cloome_hf.bag_pooling`). On several processes the sampler plans the global batch of bags and gives each
+process its slice of whole bags (``num_slices``), since the sites of a batch of bags cannot be cut by rows.
 """
 
 from __future__ import annotations
@@ -70,12 +71,15 @@ class BagBatchSampler(UniqueMoleculeBatchSampler):
         bag_molecules: each bag's molecule (distinct keys, e.g. ``range(len(bags))``, give plain shuffled batches).
         batch_size: bags per batch.
         max_sites: at most this many sites of a bag per epoch, drawn from ``(seed, epoch)`` (``None``: all).
+        num_slices, slice_index: a process's share of every global batch, cut by bags (``batch_size`` bags into
+            ``num_slices`` equal slices of whole bags).
         The rest as :class:`~cloome_hf.data.sampling.UniqueMoleculeBatchSampler`.
     """
 
     def __init__(self, bags: Sequence[Sequence[int]], bag_molecules: Sequence[Any], batch_size: int,
                  shuffle: bool = True, seed: int = 0, drop_last: bool | None = None, num_replicas: int = 1,
-                 rank: int = 0, augmentation_seeds: bool = False, max_sites: int | None = None):
+                 rank: int = 0, augmentation_seeds: bool = False, max_sites: int | None = None,
+                 num_slices: int = 1, slice_index: int = 0):
         if len(bags) != len(bag_molecules):
             raise ValueError(f"{len(bags)} bags but {len(bag_molecules)} bag molecules")
         if max_sites is not None and (isinstance(max_sites, bool) or not isinstance(max_sites, int) or max_sites < 1):
@@ -86,7 +90,8 @@ class BagBatchSampler(UniqueMoleculeBatchSampler):
         self.max_sites = max_sites
         self.num_rows = int(max(int(b.max()) for b in self.bags) + 1) if self.bags else 0
         super().__init__(bag_molecules, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                         num_replicas=num_replicas, rank=rank, augmentation_seeds=augmentation_seeds)
+                         num_replicas=num_replicas, rank=rank, augmentation_seeds=augmentation_seeds,
+                         num_slices=num_slices, slice_index=slice_index)
 
     def _all_batches(self) -> list[list]:
         if self._cache is None or self._cache[0] != self.epoch:
@@ -105,6 +110,14 @@ class BagBatchSampler(UniqueMoleculeBatchSampler):
                 batches.append(keys)
             self._cache = (self.epoch, batches)
         return self._cache[1]
+
+
+    def _slice(self, batch: list) -> list:
+        """This slice's bags of a full batch, whole (a bag's sites never cross processes), numbered from 0: the
+        same bags, sites, seeds and site draws (``max_sites``) as in the uncut batch."""
+        size = self.batch_size // self.num_slices
+        first = self.slice_index * size
+        return [(row, seed, bag - first) for row, seed, bag in batch if first <= bag < first + size]
 
 
 def bag_sizes_of(bag_positions: Sequence[int]) -> list[int]:

@@ -314,6 +314,8 @@ def build_dataloader(
     return_loss: bool = False,
     bag_by: str | None = None,
     max_bag_sites: int | None = None,
+    num_slices: int = 1,
+    slice_index: int = 0,
     **dataloader_kwargs,
 ) -> CellPaintingDataLoader:
     """The ``DataLoader`` of ``{"pixel_values", "fingerprints", "sample_key", "inchikey"}`` batches.
@@ -344,6 +346,10 @@ def build_dataloader(
         bag_by: ``"well"`` or ``"molecule_dose"``: batches of ``batch_size`` bags of sites (unique molecules per
             bag; :mod:`cloome_hf.data.bags`), with ``bag_sizes``; ``None`` / ``"site"``: sites. Map-style only.
         max_bag_sites: at most this many sites per bag and epoch (``None``: all).
+        num_slices, slice_index: batches of slice ``slice_index`` of each of ``batch_size`` (global) sites or bags
+            cut into ``num_slices``: a process's share, cut by the sampler by molecules or whole bags, for batches
+            whose tensors accelerate cannot cut by rows (graph batches, bags); then leave the loader unsharded
+            (:func:`cloome_hf.train.data.training_loader`). Map-style only.
         dataloader_kwargs: passed to the ``DataLoader``; by default workers are persistent (except for a streaming
             dataset, whose epoch must reach them), prefetch :data:`PREFETCH_BATCHES` batches each, and batches are
             pinned when CUDA is present.
@@ -372,6 +378,8 @@ def build_dataloader(
         if bagged:
             raise ValueError(f"bag_by={bag_by!r} needs a map-style dataset (the bags are made from all its sites); "
                              "this one is streamed")
+        if num_slices > 1:
+            raise ValueError(f"num_slices={num_slices} cuts the batches of a map-style dataset; this one is streamed")
         return _streaming_loader(ds, fingerprints, collator, batch_size, train, drop_last, unique_molecules, seed,
                                  num_replicas, rank, shuffle_buffer, num_workers, dataloader_kwargs)
     keys = column_values(ds, "inchikey")
@@ -388,12 +396,16 @@ def build_dataloader(
         bags, molecules = site_bags(ds, bag_by, rows)
         sampler = BagBatchSampler(bags, molecules if unique_molecules else range(len(bags)), batch_size,
                                   shuffle=train, seed=seed, drop_last=drop_last, num_replicas=num_replicas,
-                                  rank=rank, augmentation_seeds=train, max_sites=max_bag_sites)
+                                  rank=rank, augmentation_seeds=train, max_sites=max_bag_sites,
+                                  num_slices=num_slices, slice_index=slice_index)
     elif train or unique_molecules:
         sampler = UniqueMoleculeBatchSampler(keys if unique_molecules else range(len(keys)), batch_size,
                                              shuffle=train, seed=seed, drop_last=drop_last,
-                                             num_replicas=num_replicas, rank=rank, augmentation_seeds=train)
+                                             num_replicas=num_replicas, rank=rank, augmentation_seeds=train,
+                                             num_slices=num_slices, slice_index=slice_index)
     else:
+        if num_slices > 1:
+            raise ValueError(f"num_slices={num_slices} cuts training batches; evaluation batches are not cut")
         base = torch.utils.data.SequentialSampler(data)
         if num_replicas > 1:
             base = torch.utils.data.DistributedSampler(data, num_replicas, rank, shuffle=False, seed=seed)

@@ -117,6 +117,11 @@ class UniqueMoleculeBatchSampler(torch.utils.data.Sampler):
             batches ``rank, rank + num_replicas, ...``; all get the same number of batches).
         augmentation_seeds: yield ``(row, seed)`` keys: one seed per row, drawn from ``(seed, epoch)``, for the
             per-site augmentation.
+        num_slices, slice_index: cut every batch into ``num_slices`` equal consecutive slices and yield slice
+            ``slice_index`` of each: a process's share of the global batch, cut here (by sites; by bags in
+            :class:`~cloome_hf.data.bags.BagBatchSampler`) where the collated tensors cannot be cut by rows, as
+            for a graph batch (atoms) or a batch of bags (sites). ``batch_size`` must be a multiple of
+            ``num_slices``, and incomplete batches dropped.
 
     With ``accelerate``, leave ``num_replicas=1``: ``Accelerator.prepare(dataloader)`` shards the batches, and
     ``prepared_loader.set_epoch(epoch)`` selects the epoch (also for ``skip_first_batches``).
@@ -124,9 +129,11 @@ class UniqueMoleculeBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, molecule_keys: Sequence[Any], batch_size: int, shuffle: bool = True, seed: int = 0,
                  drop_last: bool | None = None, num_replicas: int = 1, rank: int = 0,
-                 augmentation_seeds: bool = False):
+                 augmentation_seeds: bool = False, num_slices: int = 1, slice_index: int = 0):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
+        if not 0 <= slice_index < num_slices:
+            raise ValueError(f"slice_index {slice_index} is not in [0, num_slices={num_slices})")
         self.keys = np.asarray(list(molecule_keys), dtype=object)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -134,6 +141,11 @@ class UniqueMoleculeBatchSampler(torch.utils.data.Sampler):
         self.drop_last = shuffle if drop_last is None else bool(drop_last)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.augmentation_seeds = bool(augmentation_seeds)
+        self.num_slices, self.slice_index = int(num_slices), int(slice_index)
+        if self.num_slices > 1 and (self.batch_size % self.num_slices or not self.drop_last):
+            raise ValueError(f"a batch of {self.batch_size} cannot be cut into {self.num_slices} equal slices"
+                             + ("" if self.drop_last else " unless incomplete batches are dropped (drop_last)")
+                             + f"; use a multiple of {self.num_slices}")
         self.epoch = 0
         self.sampler = _EpochHandle(self)
         self._cache: tuple[int, list[list]] | None = None
@@ -159,8 +171,13 @@ class UniqueMoleculeBatchSampler(torch.utils.data.Sampler):
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list]:
-        batches = self._all_batches()
-        yield from batches[self.rank::self.num_replicas][:len(self)]
+        batches = self._all_batches()[self.rank::self.num_replicas][:len(self)]
+        yield from (batches if self.num_slices == 1 else map(self._slice, batches))
+
+    def _slice(self, batch: list) -> list:
+        """This slice of a full batch (:attr:`slice_index` of :attr:`num_slices`)."""
+        size = len(batch) // self.num_slices
+        return batch[self.slice_index * size:(self.slice_index + 1) * size]
 
     def __len__(self) -> int:
         n = len(self._all_batches())

@@ -105,8 +105,23 @@ def training_transform(data_args, image_processor) -> CloomeTrainTransform:
     ).train(data_args.augment)  # without augmentation: the deterministic centre window
 
 
-def training_loader(data: TrainingData, data_args, image_processor, global_batch: int, seed: int):
-    """The training ``DataLoader``: global batches of ``global_batch`` sites, cut per process by accelerate.
+def cut_by_sampler(data_args, featurizer, num_processes: int) -> bool:
+    """Whether a global batch must be cut between processes by the sampler (by molecules, or by whole bags) rather
+    than by accelerate (``split_batches=True`` cuts every tensor into equal row blocks): with ``--bag_by`` (the
+    sites of a batch of bags) or a molecule tower whose inputs are not one row per molecule (graph batches)."""
+    from ..molecule_tower_kinds import get_molecule_tower
+
+    if num_processes == 1:
+        return False
+    bagged = data_args.bag_by not in (None, "site")
+    return bagged or not get_molecule_tower(getattr(featurizer, "tower", "mlp")).rows_per_molecule
+
+
+def training_loader(data: TrainingData, data_args, image_processor, global_batch: int, seed: int,
+                    num_slices: int = 1, slice_index: int = 0):
+    """The training ``DataLoader``: global batches of ``global_batch`` sites, cut per process by accelerate, or,
+    with ``num_slices`` > 1 (:func:`cut_by_sampler`), this process's slice ``slice_index`` of each, cut by the
+    sampler (then the loader must not be sharded again).
 
     With ``--augment_on_device`` its batches hold uint8 ``images`` and their ``seeds`` instead of
     ``pixel_values``: the training step applies :func:`training_transform` to them on the accelerator. With
@@ -120,8 +135,9 @@ def training_loader(data: TrainingData, data_args, image_processor, global_batch
         unique_molecules=data_args.unique_molecules_per_batch, seed=seed,
         num_workers=data_args.dataloader_num_workers,
         output=output, bag_by=data_args.bag_by, max_bag_sites=data_args.max_bag_sites,
+        num_slices=num_slices, slice_index=slice_index,
     )
 
 
-__all__ = ["TrainingData", "load_training_data", "select_training_sites", "training_loader",
+__all__ = ["TrainingData", "cut_by_sampler", "load_training_data", "select_training_sites", "training_loader",
            "training_transform"]

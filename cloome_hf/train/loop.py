@@ -8,7 +8,8 @@
     finish(run)                                                        # the from_pretrained folder
 
 One step = one global batch of ``per_device_train_batch_size x num_processes`` pairs, cut into per-process slices
-(``split_batches=True``); the loss gathers the embeddings of all processes, so it is the loss of the global batch,
+(``split_batches=True``; for bags and graph batches, which cannot be cut by rows, the sampler cuts it by whole
+bags / molecules: :func:`~cloome_hf.train.data.cut_by_sampler`); the loss gathers the embeddings of all processes, so it is the loss of the global batch,
 and with ``--sync_batchnorm`` a step is numerically the same on any number of processes.
 """
 

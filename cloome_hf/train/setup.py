@@ -25,7 +25,7 @@ from .checkpoint import (
     read_trainer_state,
     resolve_checkpoint,
 )
-from .data import TrainingData, load_training_data, training_loader, training_transform
+from .data import TrainingData, cut_by_sampler, load_training_data, training_loader, training_transform
 from .guard import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
 from .params import resolve_augment_on_device, resolved_arguments
@@ -173,12 +173,22 @@ def setup_run(model_args, data_args, train_args, recipe_used: dict[str, Any]) ->
 def _refuse_bags_that_cannot_run(model_args, data_args, accelerator) -> None:
     if data_args.bag_by in (None, "site"):
         return
-    if accelerator.num_processes > 1:  # accelerate cuts a global batch into equal slices of sites, across bags
-        raise ValueError(f"--bag_by {data_args.bag_by} trains on one process for now: a batch of bags cannot be cut "
-                         f"into {accelerator.num_processes} equal slices of sites")
     if model_args.s2l_phenomic_model:
         raise ValueError(f"--bag_by {data_args.bag_by} with --s2l_phenomic_model: the phenomic model embeds sites, "
                          "not bags; leave it out (S2L then uses the model's own bag embeddings)")
+
+
+def _prepare(accelerator, model, optimizer, loader, sliced: bool):
+    """``accelerator.prepare``; a loader whose batches the sampler already cut per process (``sliced``) is only
+    placed on the device, not sharded again (accelerate would cut its bags' sites or its graphs' atoms by rows)."""
+    if not sliced:
+        return accelerator.prepare(model, optimizer, loader)
+    from accelerate.data_loader import prepare_data_loader
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loader = prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True,
+                                 dispatch_batches=False, non_blocking=True)
+    return model, optimizer, loader
 
 
 def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used) -> Run:
@@ -195,7 +205,9 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
             + ("; --no_augment_on_device augments in the loader)" if data_args.augment_on_device else ")"))
     global_batch = train_args.per_device_train_batch_size * accelerator.num_processes
     _refuse_bags_that_cannot_run(model_args, data_args, accelerator)
-    loader = training_loader(data, data_args, processor.image_processor, global_batch, train_args.seed)
+    sliced = cut_by_sampler(data_args, processor.featurizer, accelerator.num_processes)
+    slices = dict(num_slices=accelerator.num_processes, slice_index=accelerator.process_index) if sliced else {}
+    loader = training_loader(data, data_args, processor.image_processor, global_batch, train_args.seed, **slices)
     steps_per_epoch = len(loader)
     total_steps = train_args.max_steps if train_args.max_steps > 0 else train_args.num_train_epochs * steps_per_epoch
 
@@ -204,10 +216,6 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
     tower_parts = {"model": model, "processor": processor}
     apply_tower_options(tower_parts, model_args, data_args)
     _check_dose_data(model.config, data)
-    if accelerator.num_processes > 1 and model.config.molecule_config.encoder == "gnn":
-        # accelerate cuts every batch tensor into equal row blocks; a graph batch's atom rows are not per molecule
-        raise ValueError("the gnn molecule tower trains in one process for now: accelerate would split the graph "
-                         "batch by atoms, not by molecules")
     phenomic_model = load_phenomic_model(model_args, model.config, accelerator.device)
     model = _prepare_model(model, accelerator, train_args)
     optimizer = build_optimizer(model, train_args.learning_rate, train_args.weight_decay,
@@ -217,7 +225,7 @@ def _build_run(accelerator, lock, model_args, data_args, train_args, recipe_used
     if train_args.torch_compile:
         model = torch.compile(model)
     # The scheduler is stepped by hand once per global step (not prepared: accelerate would step it per process).
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer, loader = _prepare(accelerator, model, optimizer, loader, sliced)
     raw_model = accelerator.unwrap_model(model)
     device_transform = None
     if data_args.augment_on_device:

@@ -121,6 +121,25 @@ def test_molecule_dose_bags_never_put_one_molecule_twice_in_a_batch(wells):
         site_bags(wells, "molecule_dose")
 
 
+def test_a_process_share_of_a_batch_of_bags_is_whole_bags_of_the_same_global_batch(wells):
+    bags, molecules = site_bags(wells, "well")
+    whole = BagBatchSampler(bags, molecules, batch_size=4, seed=3, max_sites=5)
+    shares = [BagBatchSampler(bags, molecules, batch_size=4, seed=3, max_sites=5, num_slices=2, slice_index=i)
+              for i in range(2)]
+    for epoch in range(2):
+        for sampler in (whole, *shares):
+            sampler.set_epoch(epoch)
+        batches = list(whole)
+        assert len(batches) == len(shares[0]) == len(shares[1]) == 2
+        for batch, first, second in zip(batches, *shares):
+            assert [p for _, _, p in first][0] == [p for _, _, p in second][0] == 0  # bags numbered from 0
+            assert max(p for _, _, p in first) == max(p for _, _, p in second) == 1  # two whole bags each
+            # the same sites, seeds and drawn sites as the uncut batch, the second share's bags after the first's
+            assert first + [(row, seed, p + 2) for row, seed, p in second] == batch
+    with pytest.raises(ValueError, match="a batch of 3 cannot be cut into 2 equal slices; use a multiple of 2"):
+        BagBatchSampler(bags, molecules, batch_size=3, num_slices=2, slice_index=0)
+
+
 TRAIN_ARGS = ["--freeze_image_tower", "true", "--augment", "false", "--image_size", "32", "--molecule_hidden_size",
               "32", "--molecule_num_layers", "2", "--projection_dim", "16", "--fingerprint_size", "128",
               "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "16", "--max_steps", "3",

@@ -41,6 +41,22 @@ def _audit(folder, rank):
 
 
 
+def _launch_two_processes(out, args, per_device_batch: int):
+    """``accelerate launch --multi_gpu --num_processes 2`` of ``cloome train`` (gloo on CPU)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), SCRIPT, "--output_dir", str(out),
+           "--per_device_train_batch_size", str(per_device_batch), "--per_device_eval_batch_size", "16", *args]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        stderr = proc.communicate(timeout=300)[1]
+    except subprocess.TimeoutExpired:  # e.g. one process waits in a collective the other never reaches
+        proc.terminate()  # SIGTERM: the launcher stops its workers (SIGKILL would leave them running)
+        stderr = proc.communicate(timeout=60)[1]
+        pytest.fail(f"the 2-process run did not finish in 300 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+
+
 # Augmenting on the device: uint8 batches, the transform in the step; the two processes also decode in 2 workers
 # each, the single process in the main process, so the same numbers show determinism across workers too.
 @pytest.mark.parametrize("two_process_extra,common_extra", [
@@ -51,12 +67,7 @@ def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, on
     common = [*TINY_ARGS[:-4], "--max_steps", "4", "--logging_steps", "1", "--save_steps", "100",
               "--sync_batchnorm", "--audit_log", "--eval_steps", "100", *common_extra]
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), SCRIPT, "--output_dir", str(two),
-           "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", *common, *two_process_extra]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _launch_two_processes(two, [*common, *two_process_extra], per_device_batch=8)
     one = tmp_path / "one"
     load_train_script().main(["--output_dir", str(one), "--per_device_train_batch_size", "16",
                               "--per_device_eval_batch_size", "32", *common])
@@ -118,3 +129,57 @@ def test_sigkill_after_checkpoint_then_resume_equals_straight_run(tmp_path):
     for name in w_s:
         assert torch.equal(w_s[name], w_c[name]), name
     assert not [p for p in os.listdir(crashed / "checkpoints") if p.startswith(".tmp-")]
+
+
+@pytest.fixture(scope="module")
+def well_sites(tmp_path_factory):
+    """Sites of 24 molecules on 2 plates, 5 sites each: every molecule has a well of 3 sites and one of 2."""
+    from cloome_hf.data.synthetic import make_synthetic_dataset
+
+    path = tmp_path_factory.mktemp("well_sites") / "sites"
+    make_synthetic_dataset(num_molecules=24, sites_per_molecule=5, num_plates=2, image_size=64,
+                           seed=1).save_to_disk(str(path))
+    return path
+
+
+def _well(sample_key: str) -> str:
+    return sample_key.rsplit("-", 1)[0]  # PLATE-WELL-SITE
+
+
+# The two units that accelerate cannot cut by rows: a batch of bags (sites of whole wells) and a graph batch
+# (atoms). The sampler cuts them per process by bags / molecules; the gathered loss is the global batch's.
+@pytest.mark.parametrize("unit", ["well_bags", "gnn_graphs"])
+def test_two_processes_cut_bags_and_graph_batches_by_molecule_like_one_process(tmp_path, one_thread, well_sites,
+                                                                               unit):
+    common = [*TINY_ARGS[:-4], "--max_steps", "3", "--logging_steps", "1", "--save_steps", "100",
+              "--eval_steps", "100", "--sync_batchnorm", "--audit_log"]
+    if unit == "well_bags":
+        common += ["--dataset", str(well_sites), "--validation_fraction", "0.25", "--bag_by", "well",
+                   "--bag_pooling", "mean"]
+    else:
+        common += ["--molecule_encoder", "gnn", "--gnn_layer", "gine", "--molecule_num_layers", "2"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    _launch_two_processes(two, common, per_device_batch=4)
+    load_train_script().main(["--output_dir", str(one), "--per_device_train_batch_size", "8",
+                              "--per_device_eval_batch_size", "32", *common])
+
+    rank0, digest0 = _audit(two, 0)
+    rank1, digest1 = _audit(two, 1)
+    single, _ = _audit(one, 0)
+    assert sorted(rank0) == sorted(rank1) == sorted(single) == [1, 2, 3]
+    for step in single:
+        assert rank0[step] + rank1[step] == single[step]  # each process took its share of the same global batch
+        if unit == "well_bags":  # 4 whole wells each, none cut between the processes
+            wells0, wells1 = [{_well(k) for k in rank[step]} for rank in (rank0, rank1)]
+            assert len(wells0) == len(wells1) == 4 and not wells0 & wells1
+        else:  # 4 molecules (sites) each
+            assert len(rank0[step]) == len(rank1[step]) == 4
+    if unit == "well_bags":
+        sites_per_well = [sum(_well(k) == w for k in keys) for keys in single.values() for w in map(_well, keys)]
+        assert {2, 3} <= set(sites_per_well)  # bags of different sizes: the shares differ in sites, not in bags
+    assert digest0 == digest1 and len(digest0) == 1  # replicas hold identical weights
+
+    two_losses = [r["loss"] for r in read_log(two) if "loss" in r]
+    one_losses = [r["loss"] for r in read_log(one) if "loss" in r]
+    assert len(two_losses) == 3 and two_losses[-1] != two_losses[0]
+    torch.testing.assert_close(torch.tensor(two_losses), torch.tensor(one_losses), rtol=1e-4, atol=1e-5)
