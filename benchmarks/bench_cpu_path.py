@@ -37,12 +37,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_data import UpstreamCellPainting, make_sites, training_path_loader  # noqa: E402
 
 
+#: the clock stages are timed with: process CPU time by default (on a shared machine other jobs' time slices do
+#: not count; their use of the memory bandwidth still does), wall time with ``--clock wall``
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCKS["cpu"]
+
+
 def best_ms_per_site(fn, sites: int, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 1000 * best / sites
 
 
@@ -145,8 +151,12 @@ def main(argv=None) -> dict:
     p.add_argument("--num_sites", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                   help="process CPU time (default; robust on a shared machine) or wall time")
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
 
     from cloome_hf.data import FingerprintTable, load_cell_painting, open_source, prepare_dataset
     from cloome_hf.featurization_cloome import MoleculeFeaturizer
@@ -154,6 +164,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(1)
     results = {"num_sites": args.num_sites, "batch_size": args.batch_size, "repeats": args.repeats,
+               "clock": args.clock,
                "load_average_before": [round(v, 2) for v in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         index = make_sites(tmp, args.num_sites)
