@@ -19,7 +19,7 @@ that only that worker takes slots from, and that only releases free again):
   batch, and never a buffer that is written while it still reads it.
 
 Without workers the main process reuses its batch tensors the same way (:class:`ProcessBuffers`): fresh private
-memory costs its pages too (about 0.5 ms of a 5.4 MB float32 site's 3 ms at crop 520, measured with
+memory costs its pages too (about 0.4 ms of the 2.7 ms a 5.4 MB float32 site takes at crop 520, measured with
 ``benchmarks/bench_cpu_path.py``). There a :class:`ReturnToken` holds the tensor itself and gives it back to the
 pool's free list when released, so a batch that is dropped unreleased is freed as usual: the pool keeps only
 what was given back.

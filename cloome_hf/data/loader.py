@@ -21,7 +21,10 @@ batches are pinned when CUDA is present. What a worker hands over (the augmented
 ``images`` for augmentation on the accelerator) is written straight into shared memory, so it crosses to the
 main process without a copy, and into a buffer the worker reuses once the consumer has released the batch
 (:func:`~cloome_hf.data.buffers.release_batch`, which the training step calls); the sites are decoded into one
-reused buffer per worker, so a worker's memory does not grow over an epoch.
+reused buffer per worker, so a worker's memory does not grow over an epoch. Without workers the main process
+reuses the batch tensors that were released the same way (a batch dropped unreleased is simply freed). The
+float32 training path reads each site's box straight from the batch's Arrow buffers (no uint8 batch is assembled
+first) and writes it once, oriented and normalised, into the batch tensor.
 
 Large batch tensors fault in 4 kB pages; with ``THP_MEM_ALLOC_ENABLE=1`` in the environment *before torch is
 imported*, torch backs its large CPU tensors with transparent huge pages, which speeds up augmentation in the main
