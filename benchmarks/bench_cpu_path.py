@@ -142,6 +142,54 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
     return result
 
 
+def normalise_variants(repeats: int, sites: int = 16) -> dict[str, float]:
+    """Ways of normalising one 5 x 520 x 520 uint8 box (of a 520 x 696 site) into float32, ms per site; the
+    ``orient`` rows include the exact normalisation of the oriented box. Only the first two are the exact
+    ``(x - mean) / std``; ``mul + add`` is within float32 rounding."""
+    from cloome_hf.channels import CLOOME_CHANNEL_MEAN
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(1, 255, (sites, 5, 520, 696), dtype=np.uint8)
+    mean = np.asarray(CLOOME_CHANNEL_MEAN, np.float32).reshape(-1, 1, 1)
+    std, out, scratch = mean.copy(), np.empty((sites, 5, 520, 520), np.float32), np.empty((5, 520, 520), np.uint8)
+    inv, off = (1 / std).astype(np.float32), (-mean / std).astype(np.float32)
+    mean_t, std_t, inv_t, off_t = (torch.from_numpy(a) for a in (mean, std, inv, off))
+    lut = ((np.arange(256, dtype=np.float32)[None] - mean.reshape(-1, 1)) / std.reshape(-1, 1)).astype(np.float32)
+
+    def each(fn):
+        return lambda: [fn(src[i, :, :, 80:600], out[i]) for i in range(sites)]
+
+    def exact(box, o):
+        np.subtract(box, mean, out=o)
+        np.divide(o, std, out=o)
+
+    def chunked(box, o):
+        for r in range(0, 520, 64):
+            exact(box[:, r:r + 64], o[:, r:r + 64])
+
+    def copied(box, o):
+        np.copyto(scratch, box)
+        exact(scratch, o)
+
+    variants = {
+        "two passes (x - mean, / std)": exact,
+        "two passes in 64-row chunks": chunked,
+        "mul + add (one rounding more)": lambda b, o: (np.multiply(b, inv, out=o), np.add(o, off, out=o)),
+        "torch.sub(uint8, mean, out) + div_": lambda b, o: torch.sub(torch.from_numpy(b), mean_t,
+                                                                       out=torch.from_numpy(o)).div_(std_t),
+        "torch.addcmul (one rounding more)": lambda b, o: torch.addcmul(off_t, torch.from_numpy(b), inv_t,
+                                                                        out=torch.from_numpy(o)),
+        "256-entry table per channel": lambda b, o: [np.take(lut[c], b[c], out=o[c]) for c in range(5)],
+        "orient: transpose, copied first": lambda b, o: copied(b.swapaxes(1, 2), o),
+        "orient: transpose, read in place": lambda b, o: exact(b.swapaxes(1, 2), o),
+        "orient: transpose, torch copy": lambda b, o: exact(
+            torch.from_numpy(b).transpose(1, 2).contiguous().numpy(), o),
+        "orient: column flip, copied first": lambda b, o: copied(b[:, :, ::-1], o),
+        "orient: column flip, torch.flip": lambda b, o: exact(torch.from_numpy(b).flip(2).numpy(), o),
+    }
+    return {name: round(best_ms_per_site(each(fn), sites, repeats), 3) for name, fn in variants.items()}
+
+
 def upstream_stages(dataset: UpstreamCellPainting, repeats: int, batch_size: int) -> dict[str, float]:
     from torchvision.transforms.functional import to_tensor
 
@@ -184,6 +232,8 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                    help="process CPU time (default; robust on a shared machine) or wall time")
+    p.add_argument("--variants", action="store_true",
+                   help="also time other ways of normalising and orienting a box (the ones not taken)")
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
     global clock
@@ -214,8 +264,10 @@ def main(argv=None) -> dict:
     results["ratio_before_vs_upstream"] = round(
         up_total / ours["whole batch, before (uint8 batch copy, fresh memory)"], 2)
     results["ratio_memory_floor_vs_upstream"] = round(up_total / ours["memory floor (write float32 once)"], 2)
+    if args.variants:
+        results["normalise_variants_ms_per_site"] = normalise_variants(args.repeats)
     results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    for side in ("ours_ms_per_site", "upstream_ms_per_site"):
+    for side in ("ours_ms_per_site", "upstream_ms_per_site", "normalise_variants_ms_per_site")[:2 + args.variants]:
         print(f"\n{side}:", file=sys.stderr)
         for k, v in results[side].items():
             print(f"  {k:<36} {v:>7.3f} ms  ({v / up_total:.1%} of upstream's whole path)", file=sys.stderr)
@@ -224,7 +276,8 @@ def main(argv=None) -> dict:
           f"{results['ratio_memory_floor_vs_upstream']}x", file=sys.stderr)
     print(json.dumps(results, indent=1))
     if args.output:
-        from cloome_hf.safe_io import atomic_write_json  # imported here, not at the top: the script may run before cloome_hf is on its path
+        # imported here, not at the top: the script may run before cloome_hf is on its path
+        from cloome_hf.safe_io import atomic_write_json
 
         atomic_write_json(args.output, results)
     return results
