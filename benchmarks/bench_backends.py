@@ -327,8 +327,10 @@ def main(argv=None) -> dict:
               f"{r['whole_ratio_vs_upstream']:>7.2f} {r['min_cosine_vs_torch_fp32']:>9.6f}", file=sys.stderr)
     print(json.dumps(results, indent=1))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=1)
+        # imported here, not at the top: the script may run before cloome_hf is on its path
+        from cloome_hf.safe_io import atomic_write_json
+
+        atomic_write_json(args.output, results)
     return results
 
 

@@ -4,16 +4,19 @@ The training path's batch (``build_dataloader`` with 0 workers, as :mod:`bench_d
 stage, each stage run on its own over the same batches, best of ``--repeats``; the upstream steps (see
 :mod:`bench_data`) likewise, in the same run:
 
-* ours: ``read`` (the Arrow slice of the batch's rows), ``decode`` (the raw bytes copied into the reused uint8
-  buffer, channel order), ``blank check`` (no all-zero channel), ``draw`` (per-site crop and orientation from the
-  seeds), ``orient`` (the uint8 box copied transposed / column-flipped for the 5 of 8 orientations that need it),
-  ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``), ``fingerprints`` (table lookup); and
-  ``whole batch`` (``next(iter(loader))``-style collation of the same batches, which includes everything);
+* ours: ``read`` (the Arrow slice of the batch's rows), ``decode`` (the sites as read-only views of the batch's
+  Arrow buffers; before, copied into a uint8 batch), ``blank check`` (no all-zero channel), ``draw`` (per-site
+  crop and orientation from the seeds), ``orient`` (the uint8 box copied transposed / column-flipped for the 5 of
+  8 orientations that need it), ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``),
+  ``fingerprints`` (table lookup); ``whole batch`` (the collation of the same batches, which includes everything,
+  each batch released afterwards as the training step does, so the next one reuses its memory) and ``whole
+  batch, fresh memory`` (the batches kept, so each is written into fresh memory);
 * upstream: ``np.load`` of the ``.npz``, ``float32``, ``to_tensor``, ``RandomCrop``, ``Normalize``, collate;
 * ``memory floor``: writing 5 x 520 x 520 float32 once (``np.copyto`` from the uint8 box): the bytes every
   float32 path must write.
 
-Run::
+Stages are timed in process CPU time by default (``--clock wall`` for wall time): on a shared machine the other
+jobs' time slices then do not count (their use of the memory bandwidth still does). Run::
 
     python benchmarks/bench_cpu_path.py --num_sites 64 --batch_size 16
 """
@@ -25,6 +28,7 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what every cloome command sets (cloome_hf/runtime.py)
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -37,42 +41,51 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_data import UpstreamCellPainting, make_sites, training_path_loader  # noqa: E402
 
 
+#: the clock stages are timed with: process CPU time by default (on a shared machine other jobs' time slices do
+#: not count; their use of the memory bandwidth still does), wall time with ``--clock wall``
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCKS["cpu"]
+
+
 def best_ms_per_site(fn, sites: int, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 1000 * best / sites
 
 
 def ours_stages(loader, repeats: int) -> dict[str, float]:
+    from cloome_hf.data import release_batch
     from cloome_hf.transforms import _oriented_source
 
     collator, data = loader.collate_fn, loader.dataset
     batches = [list(b) for b in loader.batch_sampler]
     sites = sum(len(b) for b in batches)
     tables = [data.__getitems__(b) for b in batches]
-    decoded = [collator._decode(t, [])[0].clone() for t in tables]
+    in_place = collator._sites_in_place()
+    decoded = [collator._decode(t, [], in_place)[0] for t in tables]  # the sites as the transform reads them
     transform = collator.transform
-    params = [transform.draw_params(len(d), *d.shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)]
-    out = torch.empty((len(batches[0]), 5, *transform.output_shape(*decoded[0].shape[-2:])))
+    shape = tuple(decoded[0][0].shape)
+    params = [transform.draw_params(len(d), *shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)]
+    out = torch.empty((len(batches[0]), 5, *transform.output_shape(*shape[-2:])))
     mean, std = transform._mean_np, transform._std_np
 
     def boxes(i):
-        p, src = params[i], decoded[i].numpy()
+        p, src = params[i], decoded[i]
         for j in range(len(p)):
-            yield j, src[j, :, p.top[j]:p.top[j] + p.height[j], p.left[j]:p.left[j] + p.width[j]], p, j
+            yield j, np.asarray(src[j])[:, p.top[j]:p.top[j] + p.height[j], p.left[j]:p.left[j] + p.width[j]], p
 
     def orient():
         for i in range(len(batches)):
-            for j, box, p, _ in boxes(i):
+            for j, box, p in boxes(i):
                 _oriented_source(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
 
     def normalise():
         target = out.numpy()
         for i in range(len(batches)):
-            for j, box, p, _ in boxes(i):
+            for j, box, p in boxes(i):
                 src = _oriented_source(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
                 np.subtract(src, mean, out=target[j])
                 np.divide(target[j], std, out=target[j])
@@ -80,29 +93,101 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
     def floor():
         target = out.numpy()
         for i in range(len(batches)):
-            for j, box, _, _ in boxes(i):
+            for j, box, _ in boxes(i):
                 np.copyto(target[j], box, casting="unsafe")
 
-    def collate_all():
+    def collate_released():  # as the training step does: each batch given back once it is done with
         for t in tables:
-            collator(t)
+            release_batch(collator(t))
+
+    def collate_kept():  # each batch in fresh memory (a consumer that never releases)
+        kept = [collator(t) for t in tables]
+        del kept
+
+    before = copy.copy(collator)  # the path before: sites copied into a uint8 batch, every batch in fresh memory
+    before._sites_in_place, before.reuse_buffers = (lambda: False), False
+
+    def collate_before():
+        for t in tables:
+            release_batch(before(t))
+
+    def blank_check():
+        for d in decoded:
+            if in_place:
+                np.stack([np.asarray(site).reshape(site.shape[0], -1).max(-1) for site in d])
+            else:
+                d.numpy().reshape(d.shape[0], d.shape[1], -1).max(-1)
 
     stages = {
         "read": lambda: [data.__getitems__(b) for b in batches],
-        "decode": lambda: [collator._decode(t, []) for t in tables],
-        "blank check": lambda: [d.numpy().reshape(d.shape[0], d.shape[1], -1).max(-1) for d in decoded],
-        "draw": lambda: [transform.draw_params(len(d), *d.shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)],
+        "decode": lambda: [collator._decode(t, [], in_place) for t in tables],
+        "blank check": blank_check,
+        "draw": lambda: [transform.draw_params(len(d), *shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)],
         "orient": orient,
         "normalise (incl. orient)": normalise,
         "fingerprints": lambda: [collator.fingerprints.lookup(t[0].column("inchikey").to_pylist()) for t in tables],
-        "whole batch (collate)": collate_all,
+        "whole batch (collate)": collate_released,
+        "whole batch, fresh memory (collate)": collate_kept,
+        "whole batch, before (collate)": collate_before,
         "memory floor (write float32 once)": floor,
     }
     result = {name: best_ms_per_site(fn, sites, repeats) for name, fn in stages.items()}
     result["decode"] -= result["blank check"]  # _decode includes the check
     result["normalise"] = result.pop("normalise (incl. orient)") - result["orient"]
     result["whole batch (read + collate)"] = result.pop("whole batch (collate)") + result["read"]
+    result["whole batch, fresh memory"] = result.pop("whole batch, fresh memory (collate)") + result["read"]
+    result["whole batch, before (uint8 batch copy, fresh memory)"] = (result.pop("whole batch, before (collate)")
+                                                                       + result["read"])
+    result["sites read in place"] = in_place
     return result
+
+
+def normalise_variants(repeats: int, sites: int = 16) -> dict[str, float]:
+    """Ways of normalising one 5 x 520 x 520 uint8 box (of a 520 x 696 site) into float32, ms per site; the
+    ``orient`` rows include the exact normalisation of the oriented box. Only the first two are the exact
+    ``(x - mean) / std``; ``mul + add`` is within float32 rounding."""
+    from cloome_hf.channels import CLOOME_CHANNEL_MEAN
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(1, 255, (sites, 5, 520, 696), dtype=np.uint8)
+    mean = np.asarray(CLOOME_CHANNEL_MEAN, np.float32).reshape(-1, 1, 1)
+    std, out, scratch = mean.copy(), np.empty((sites, 5, 520, 520), np.float32), np.empty((5, 520, 520), np.uint8)
+    inv, off = (1 / std).astype(np.float32), (-mean / std).astype(np.float32)
+    mean_t, std_t, inv_t, off_t = (torch.from_numpy(a) for a in (mean, std, inv, off))
+    lut = ((np.arange(256, dtype=np.float32)[None] - mean.reshape(-1, 1)) / std.reshape(-1, 1)).astype(np.float32)
+
+    def each(fn):
+        return lambda: [fn(src[i, :, :, 80:600], out[i]) for i in range(sites)]
+
+    def exact(box, o):
+        np.subtract(box, mean, out=o)
+        np.divide(o, std, out=o)
+
+    def chunked(box, o):
+        for r in range(0, 520, 64):
+            exact(box[:, r:r + 64], o[:, r:r + 64])
+
+    def copied(box, o):
+        np.copyto(scratch, box)
+        exact(scratch, o)
+
+    variants = {
+        "two passes (x - mean, / std)": exact,
+        "two passes in 64-row chunks": chunked,
+        "mul + add (one rounding more)": lambda b, o: (np.multiply(b, inv, out=o), np.add(o, off, out=o)),
+        "torch.sub(uint8, mean, out) + div_": lambda b, o: torch.sub(torch.from_numpy(b), mean_t,
+                                                                       out=torch.from_numpy(o)).div_(std_t),
+        "torch.addcmul (one rounding more)": lambda b, o: torch.addcmul(off_t, torch.from_numpy(b), inv_t,
+                                                                        out=torch.from_numpy(o)),
+        "256-entry table per channel": lambda b, o: [np.take(lut[c], b[c], out=o[c]) for c in range(5)],
+        "orient: transpose, copied first": lambda b, o: copied(b.swapaxes(1, 2), o),
+        "orient: transpose, read in place": lambda b, o: exact(b.swapaxes(1, 2), o),
+        "orient: transpose, torch copy": lambda b, o: exact(
+            torch.from_numpy(b).transpose(1, 2).contiguous().numpy(), o),
+        "orient: column flip, copied first": lambda b, o: copied(b[:, :, ::-1], o),
+        "orient: column flip, torch.flip": lambda b, o: exact(torch.from_numpy(b).flip(2).numpy(), o),
+    }
+    return {name: round(best_ms_per_site(each(fn), sites, repeats), 3) for name, fn in variants.items()}
 
 
 def upstream_stages(dataset: UpstreamCellPainting, repeats: int, batch_size: int) -> dict[str, float]:
@@ -145,8 +230,14 @@ def main(argv=None) -> dict:
     p.add_argument("--num_sites", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                   help="process CPU time (default; robust on a shared machine) or wall time")
+    p.add_argument("--variants", action="store_true",
+                   help="also time other ways of normalising and orienting a box (the ones not taken)")
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
 
     from cloome_hf.data import FingerprintTable, load_cell_painting, open_source, prepare_dataset
     from cloome_hf.featurization_cloome import MoleculeFeaturizer
@@ -154,6 +245,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(1)
     results = {"num_sites": args.num_sites, "batch_size": args.batch_size, "repeats": args.repeats,
+               "clock": args.clock,
                "load_average_before": [round(v, 2) for v in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         index = make_sites(tmp, args.num_sites)
@@ -164,22 +256,30 @@ def main(argv=None) -> dict:
         ours = ours_stages(training_path_loader(data, "crop520", args.batch_size, 0, False), args.repeats)
         upstream = upstream_stages(UpstreamCellPainting(index, os.path.join(tmp, "npz"), "crop520"),
                                    args.repeats, args.batch_size)
+    results["sites_read_in_place"] = ours.pop("sites read in place")
     results["ours_ms_per_site"] = {k: round(v, 3) for k, v in ours.items()}
     results["upstream_ms_per_site"] = {k: round(v, 3) for k, v in upstream.items()}
     up_total = upstream["whole dataset item + collate"]
     results["ratio_whole_path_vs_upstream"] = round(up_total / ours["whole batch (read + collate)"], 2)
+    results["ratio_before_vs_upstream"] = round(
+        up_total / ours["whole batch, before (uint8 batch copy, fresh memory)"], 2)
     results["ratio_memory_floor_vs_upstream"] = round(up_total / ours["memory floor (write float32 once)"], 2)
+    if args.variants:
+        results["normalise_variants_ms_per_site"] = normalise_variants(args.repeats)
     results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    for side in ("ours_ms_per_site", "upstream_ms_per_site"):
+    for side in ("ours_ms_per_site", "upstream_ms_per_site", "normalise_variants_ms_per_site")[:2 + args.variants]:
         print(f"\n{side}:", file=sys.stderr)
         for k, v in results[side].items():
             print(f"  {k:<36} {v:>7.3f} ms  ({v / up_total:.1%} of upstream's whole path)", file=sys.stderr)
-    print(f"\nwhole path: {results['ratio_whole_path_vs_upstream']}x upstream; memory floor "
+    print(f"\nwhole path: {results['ratio_whole_path_vs_upstream']}x upstream (before: "
+          f"{results['ratio_before_vs_upstream']}x); memory floor "
           f"{results['ratio_memory_floor_vs_upstream']}x", file=sys.stderr)
     print(json.dumps(results, indent=1))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=1)
+        # imported here, not at the top: the script may run before cloome_hf is on its path
+        from cloome_hf.safe_io import atomic_write_json
+
+        atomic_write_json(args.output, results)
     return results
 
 

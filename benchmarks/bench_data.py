@@ -293,8 +293,10 @@ def main(argv=None) -> dict:
     print_table(results)
     print(json.dumps(results, indent=1))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=1)
+        # imported here, not at the top: the script may run before cloome_hf is on its path
+        from cloome_hf.safe_io import atomic_write_json
+
+        atomic_write_json(args.output, results)
     return results
 
 

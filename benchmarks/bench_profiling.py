@@ -12,9 +12,9 @@ temporary Parquet file and runs each stage in a fresh Python process, so that ea
 * ``consistency``: ``phenotypic_consistency`` by target of the retrieved compounds that carry an annotation (2 %
   of the compounds, at least 300, 1-2 of 50 targets each), as the JUMP papers compute it.
 
-Sizes (``--wells 100000,300000,600000``) run one after the other; per size and stage the JSON has seconds, peak
-memory and seconds per 1,000 wells against the smallest size (1.0 = linear growth). ``--baseline_wells N`` also
-times ``normalize`` against the direct pycytominer calls it replaces on N wells, in the same run, and checks that
+Sizes (``--wells 100000,300000,600000``) run one after the other; per size and stage the JSON has wall and CPU
+seconds, peak memory (``VmHWM``), seconds per 1,000 wells and the per-well wall and CPU time against the smallest
+size (1.0 = linear growth). ``--baseline_wells N`` also times ``normalize`` against the direct pycytominer calls it replaces on N wells, in the same run, and checks that
 they agree bit for bit. Target: 600,000 x 512 under 8 GB on the 2-core development machine.
 
     python benchmarks/bench_profiling.py                       # 100,000 wells x 512 dims
@@ -42,6 +42,15 @@ PLATE_WELLS, CONTROLS_PER_PLATE, REPLICATES, PLATES_PER_BATCH = 384, 32, 5, 20
 
 
 def peak_rss_gib() -> float:
+    """This process's peak resident memory: ``VmHWM`` on Linux (``ru_maxrss`` is not reset by ``exec``: a stage's
+    would include the parent's peak at the fork, which grows with the generated table), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss: KiB on Linux
 
 
@@ -100,15 +109,15 @@ def run_stage(stage: str, source: str, target: str, args) -> dict:
     imported = peak_rss_gib()  # cloome_hf imports torch and transformers: about 0.8 GiB before any data
     wells = pd.read_parquet(source, memory_map=True)
     loaded = peak_rss_gib()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if stage == "normalize":
         out = normalize(wells, args.pipeline)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         out.to_parquet(target)
         extra = {"pipeline": args.pipeline}
     elif stage == "activity":
         res = phenotypic_activity(wells, null_size=args.null_size, chunk_size=args.chunk_size)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         pd.DataFrame({"retrieved": [str(c) for c in res.retrieved()]}).to_parquet(target)
         extra = {"n_compounds": res.n_groups, "fraction_retrieved": res.fraction_retrieved, "mean_map": res.mean_map,
                  "null_size": args.null_size, "chunk_size": args.chunk_size}
@@ -117,10 +126,10 @@ def run_stage(stage: str, source: str, target: str, args) -> dict:
         retrieved = pd.read_parquet(target).retrieved.tolist()
         res = phenotypic_consistency(wells, annotations, by="target", null_size=args.null_size,
                                      compounds=retrieved)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         extra = {"n_annotated_compounds": len(annotations), "n_targets": res.n_groups,
                  "fraction_retrieved": res.fraction_retrieved}
-    return {"stage": stage, "seconds": round(seconds, 2), "peak_rss_gib": round(peak_rss_gib(), 3),
+    return {"stage": stage, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "peak_rss_gib": round(peak_rss_gib(), 3),
             "rss_after_imports_gib": round(imported, 3), "rss_after_load_gib": round(loaded, 3), **extra}
 
 
@@ -198,6 +207,9 @@ def main(argv=None) -> dict:
     if args.stage:  # child
         print(json.dumps(run_stage(args.stage, args.source, args.target, args)))
         return {}
+    sys.path.insert(0, ROOT)
+    from cloome_hf.safe_io import atomic_write_json  # here: the children need no cloome_hf before their stage
+
     report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "sizes": []}
     if args.baseline_wells:
         report["normalize_baseline"] = baseline_normalize(args.baseline_wells, args)
@@ -205,18 +217,17 @@ def main(argv=None) -> dict:
     for num_wells in [int(w) for w in str(args.wells).split(",")]:
         report["sizes"].append(run_size(num_wells, args))
         if args.output:  # after every size: a long run keeps what it measured
-            with open(args.output, "w") as f:
-                json.dump(report, f, indent=2)
+            atomic_write_json(args.output, report)
     first = report["sizes"][0]
     for size in report["sizes"]:
         size["seconds_per_1000_wells"] = {s["stage"]: round(1000 * s["seconds"] / size["wells"], 3)
                                           for s in size["stages"]}
-        size["per_well_time_vs_smallest"] = {
-            s["stage"]: round((s["seconds"] / size["wells"]) / (f["seconds"] / first["wells"]), 2)
-            for s, f in zip(size["stages"], first["stages"])}
+        for clock in ("seconds", "cpu_seconds"):  # CPU time: what the machine's other jobs do not inflate
+            size[f"per_well_{clock}_vs_smallest"] = {
+                s["stage"]: round((s[clock] / size["wells"]) / (f[clock] / first["wells"]), 2)
+                for s, f in zip(size["stages"], first["stages"])}
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write_json(args.output, report)
     return report
 
 

@@ -344,20 +344,35 @@ class CloomeTrainTransform(nn.Module):
 
     # ------------------------------------------------------------------ pixels
     def _apply_per_image(self, images: torch.Tensor, params: AugmentationParams, out: torch.Tensor) -> None:
-        """CPU: each box (a numpy view) is written once into its output seen through the inverse orientation (flips
-        and transpose as strides: the input is read row by row), then normalised in place."""
-        source, target = images.detach().numpy(), out.numpy()
+        """CPU: the images as numpy arrays, through :meth:`_apply_sites`."""
+        self._apply_sites(images.detach().numpy(), params, out.numpy())
+
+    def _apply_sites(self, sites, params: AugmentationParams, target: np.ndarray,
+                     channels: Sequence[int] | None = None) -> None:
+        """CPU: each box (a numpy view of its (C, H, W) site) is oriented and normalised into ``target[i]`` in
+        memory order; ``channels``: the site's channel of each output channel (default: the same)."""
         resamples = (params.height != params.output_size[0]) | (params.width != params.output_size[1])
         columns = zip(params.top.tolist(), params.left.tolist(), params.height.tolist(), params.width.tolist(),
                       params.transpose.tolist(), params.flip_rows.tolist(), params.flip_cols.tolist(),
                       resamples.tolist())
-        for i, (top, left, h, w, transpose, flip_rows, flip_cols, resample) in enumerate(columns):
-            box = source[i, :, top:top + h, left:left + w]
-            if resample:
-                box = _resample_cpu(box, params.output_size)
-            # out = T(FR(FC(box))), the float32 output written in memory order
-            np.subtract(_oriented_source(box, transpose, flip_rows, flip_cols), self._mean_np, out=target[i])
-            np.divide(target[i], self._std_np, out=target[i])
+        mean, std = self._mean_np, self._std_np
+        for i, (top, left, h, w, *orientation, resample) in enumerate(columns):
+            box = sites[i][:, top:top + h, left:left + w]
+            if channels is None:
+                self._normalise_box(box, resample, orientation, target[i], mean, std)
+                continue
+            for out_c, site_c in enumerate(channels):  # channel by channel: no copy of the reordered box
+                one = slice(out_c, out_c + 1)
+                self._normalise_box(box[site_c:site_c + 1], resample, orientation, target[i, one], mean[one],
+                                    std[one])
+
+    def _normalise_box(self, box: np.ndarray, resample: bool, orientation, target: np.ndarray, mean: np.ndarray,
+                       std: np.ndarray) -> None:
+        """``target = (T(FR(FC(box))) - mean) / std``, resampled to the output size first when ``resample``."""
+        if resample:
+            box = _resample_cpu(box, target.shape[1:])
+        np.subtract(_oriented_source(box, *orientation), mean, out=target)
+        np.divide(target, std, out=target)
 
     def batched_taps(self, params: AugmentationParams, device: torch.device | str = "cpu"):
         """The CPU side of the batched path: per-image source rows and columns (and bilinear weights), ordered
@@ -399,20 +414,48 @@ class CloomeTrainTransform(nn.Module):
                 DataLoader worker, which then hands it over without a copy).
         """
         n, channels = images.shape[:2]
+        if batched is None:  # numpy has no bfloat16
+            batched = images.device.type != "cpu" or images.dtype == torch.bfloat16
+        out = self._output(n, channels, params, images.device, out)
+        if n:
+            (self._apply_batched if batched else self._apply_per_image)(images, params, out)
+        return out
+
+    def _output(self, n: int, channels: int, params: AugmentationParams, device, out: torch.Tensor | None):
+        """``out`` checked against (n, channels, *output size) float32 on ``device``, or a new such tensor."""
         if len(params) != n:
             raise ValueError(f"params describe {len(params)} images, got {n}")
         if channels != self.image_mean.shape[0]:
             raise ValueError(f"images have {channels} channels, the normalisation has {self.image_mean.shape[0]}")
-        if batched is None:  # numpy has no bfloat16
-            batched = images.device.type != "cpu" or images.dtype == torch.bfloat16
         shape = (n, channels, *params.output_size)
         if out is None:
-            out = torch.empty(shape, dtype=torch.float32, device=images.device)
-        elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != images.device:
-            raise ValueError(f"out must be a float32 tensor of shape {shape} on {images.device}, got "
+            return torch.empty(shape, dtype=torch.float32, device=device)
+        if tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != torch.device(device):
+            raise ValueError(f"out must be a float32 tensor of shape {shape} on {device}, got "
                              f"{out.dtype} {tuple(out.shape)} on {out.device}")
-        if n:
-            (self._apply_batched if batched else self._apply_per_image)(images, params, out)
+        return out
+
+    def augment_sites(self, sites: Sequence[np.ndarray], seeds: Sequence[int] | None = None,
+                      out: torch.Tensor | None = None, channels: Sequence[int] | None = None) -> torch.Tensor:
+        """:meth:`forward` on the CPU for sites given as (C, H, W) uint8 numpy arrays of one shape, read in place
+        (e.g. read-only views of a batch's Arrow buffers): no batch of uint8 sites is assembled first.
+
+        Args:
+            seeds, out: as in :meth:`forward`.
+            channels: the site's channel of each output channel (default: all, in order); the same pixels as
+                ``forward(torch.from_numpy(np.stack([s[channels] for s in sites])))``.
+        """
+        if not sites:
+            raise ValueError("augment_sites needs at least one site")
+        shapes = {tuple(s.shape) for s in sites}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise ValueError(f"sites must be (C, H, W) arrays of one shape, got shapes {sorted(shapes)}")
+        stored_channels, height, width = next(iter(shapes))
+        if channels is not None and not all(0 <= c < stored_channels for c in channels):
+            raise ValueError(f"channels {list(channels)} out of range for sites of {stored_channels} channels")
+        params = self.draw_params(len(sites), height, width, seeds=seeds)
+        out = self._output(len(sites), stored_channels if channels is None else len(channels), params, "cpu", out)
+        self._apply_sites(sites, params, out.numpy(), channels)
         return out
 
     def forward(self, images: torch.Tensor, seeds: Sequence[int] | None = None,

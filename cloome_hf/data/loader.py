@@ -21,7 +21,10 @@ batches are pinned when CUDA is present. What a worker hands over (the augmented
 ``images`` for augmentation on the accelerator) is written straight into shared memory, so it crosses to the
 main process without a copy, and into a buffer the worker reuses once the consumer has released the batch
 (:func:`~cloome_hf.data.buffers.release_batch`, which the training step calls); the sites are decoded into one
-reused buffer per worker, so a worker's memory does not grow over an epoch.
+reused buffer per worker, so a worker's memory does not grow over an epoch. Without workers the main process
+reuses the batch tensors that were released the same way (a batch dropped unreleased is simply freed). The
+float32 training path reads each site's box straight from the batch's Arrow buffers (no uint8 batch is assembled
+first) and writes it once, oriented and normalised, into the batch tensor.
 
 Large batch tensors fault in 4 kB pages; with ``THP_MEM_ALLOC_ENABLE=1`` in the environment *before torch is
 imported*, torch backs its large CPU tensors with transparent huge pages, which speeds up augmentation in the main
@@ -41,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..channels import CHANNELS, channel_permutation
-from .buffers import WorkerBuffers, fresh_tensor, release_batch
+from .buffers import ProcessBuffers, WorkerBuffers, fresh_tensor, release_batch
 from .molecules import FingerprintTable
 from .sampling import UniqueMoleculeBatchSampler, StreamingUniqueBatches, unique_molecule_batches
 from .schema import CONCENTRATION, channels_of, decode_image
@@ -141,9 +144,10 @@ class CellPaintingCollator:
         return_loss: yield exactly the model's keyword arguments (``pixel_values``, ``fingerprints``,
             ``return_loss=True``), as ``transformers.Trainer`` calls ``model(**batch)``; no doses (the Trainer path
             trains models without dose conditioning).
-        reuse_buffers: in a worker, hand the augmented or uint8 sites over in buffers the worker reuses once the
-            batch is released; the batch then carries its ``buffer_tokens`` for
-            :func:`~cloome_hf.data.buffers.release_batch` (else: fresh shared memory for every batch).
+        reuse_buffers: hand the augmented or uint8 sites over in buffers that are reused once the batch is
+            released (in a worker: its shared-memory slots; in the main process: a free list of released
+            tensors); the batch then carries its ``buffer_tokens`` for
+            :func:`~cloome_hf.data.buffers.release_batch` (else: fresh memory for every batch).
 
     Raises ``ValueError`` naming the sample for an all-zero channel, sites of different shapes in a batch, or a
     molecule without a fingerprint: no blank image or wrong pair reaches the model silently.
@@ -170,19 +174,26 @@ class CellPaintingCollator:
         self.return_loss = bool(return_loss)
         self.reuse_buffers = bool(reuse_buffers)
         self._worker_buffers: WorkerBuffers | None = None  # made in each worker process on first use
+        self._process_buffers: ProcessBuffers | None = None  # the main process's, without workers
         self._sites: torch.Tensor | None = None  # the decode buffer reused while the sites are not handed out
 
     def __getstate__(self):
-        return {**self.__dict__, "_sites": None, "_worker_buffers": None}  # each worker makes its own
+        return {**self.__dict__, "_sites": None, "_worker_buffers": None, "_process_buffers": None}  # per process
 
     def _handover(self, shape: Sequence[int], dtype: torch.dtype, tokens: list) -> torch.Tensor:
-        """A tensor the batch hands over: in a worker in shared memory, one of the worker's reused buffers with
-        ``reuse_buffers`` (its token appended to ``tokens``); in the main process a fresh tensor."""
-        if not (self.reuse_buffers and _in_worker()):
+        """A tensor the batch hands over (in a worker in shared memory): with ``reuse_buffers`` a reused one, its
+        token appended to ``tokens``; else a fresh one."""
+        if not self.reuse_buffers:
             return fresh_tensor(shape, dtype, shared=_in_worker())
-        if self._worker_buffers is None or self._worker_buffers.pid != os.getpid():  # (a forked copy)
-            self._worker_buffers = WorkerBuffers()
-        tensor, token = self._worker_buffers.take(shape, dtype)
+        if not _in_worker():
+            if self._process_buffers is None:
+                self._process_buffers = ProcessBuffers()
+            pool = self._process_buffers
+        else:
+            if self._worker_buffers is None or self._worker_buffers.pid != os.getpid():  # (a forked copy)
+                self._worker_buffers = WorkerBuffers()
+            pool = self._worker_buffers
+        tensor, token = pool.take(shape, dtype)
         tokens.append(token)
         return tensor
 
@@ -195,8 +206,10 @@ class CellPaintingCollator:
             self._sites = torch.empty(int(np.prod(shape)), dtype=torch.uint8)
         return self._sites[:int(np.prod(shape))].view(shape)
 
-    def _decode(self, batch, tokens: list) -> tuple[torch.Tensor | None, list[str], list[str], list[int] | None,
-                                                    list | None, list[int] | None]:
+    def _decode(self, batch, tokens: list, in_place: bool = False) -> tuple:
+        """``(sites, sample keys, inchikeys, seeds, doses, bags)``; the sites as one uint8 (N, C, H, W) tensor in
+        the model's channel order, or with ``in_place`` as the stored (C, H, W) arrays, read-only views of the
+        batch's buffers (no copy; :meth:`_sites_in_place`); ``None`` without images."""
         seeds = bags = None
         # (pyarrow.Table, seeds[, bags]) from CellPaintingTorchDataset.__getitems__ (a list once Trainer's column
         # filter has passed over it)
@@ -214,25 +227,41 @@ class CellPaintingCollator:
                 batch = {k: [row[k] for row in batch] for k in batch[0]}
             image_views = [np.frombuffer(d, dtype=np.uint8) for d in batch["image"]] if images else None
         keys = list(batch["sample_key"])
+        rest = keys, list(batch["inchikey"]), seeds, batch.get(CONCENTRATION), bags
         if not images:
-            return None, keys, list(batch["inchikey"]), seeds, batch.get(CONCENTRATION), bags
+            return None, *rest
         shapes = {tuple(s) for s in batch["image_shape"]}
         if len(shapes) != 1:
             raise ValueError(f"sites of different shapes {sorted(shapes)} in one batch (samples {keys})")
         stored = next(iter(shapes))
+        sites = [decode_image(view, stored) for view in image_views]
+        if in_place:
+            maxima = np.stack([site.reshape(stored[0], -1).max(-1) for site in sites])
+            _check_blank(maxima if self.channel_permutation is None else maxima[:, self.channel_permutation], keys)
+            return sites, *rest
         channels = len(self.channel_permutation) if self.channel_permutation is not None else stored[0]
         buffer = self._site_buffer((len(keys), channels) + tuple(stored[1:]), tokens)
         images = buffer.numpy()
-        for i, view in enumerate(image_views):
-            site = decode_image(view, stored)
+        for i, site in enumerate(sites):
             images[i] = site if self.channel_permutation is None else site[self.channel_permutation]
-        blank = images.reshape(images.shape[0], images.shape[1], -1).max(-1) == 0
-        if blank.any():
-            n, c = np.argwhere(blank)[0]
-            raise ValueError(f"sample {keys[n]!r}: channel {c} is all zero")
-        return buffer, keys, list(batch["inchikey"]), seeds, batch.get(CONCENTRATION), bags
+        _check_blank(images.reshape(images.shape[0], images.shape[1], -1).max(-1), keys)
+        return buffer, *rest
 
-    def _augment(self, images: torch.Tensor, seeds: list[int] | None, tokens: list) -> torch.Tensor:
+    def _sites_in_place(self) -> bool:
+        """Whether the batch's sites go to the transform as views of the batch's buffers: the float32 path of
+        :class:`~cloome_hf.transforms.CloomeTrainTransform` (not a subclass, whose ``forward`` may differ) reads
+        its boxes from them, saving the copy of every site into a uint8 batch (about 0.4 ms of a 5 x 520 x 696
+        site)."""
+        from cloome_hf.transforms import CloomeTrainTransform
+
+        return self.output == "pixel_values" and type(self.transform) is CloomeTrainTransform
+
+    def _augment(self, images, seeds: list[int] | None, tokens: list) -> torch.Tensor:
+        if isinstance(images, list):  # the stored sites, read in place
+            channels = images[0].shape[0] if self.channel_permutation is None else len(self.channel_permutation)
+            shape = (len(images), channels, *self.transform.output_shape(*images[0].shape[1:]))
+            return self.transform.augment_sites(images, seeds=seeds, out=self._handover(shape, torch.float32, tokens),
+                                                channels=self.channel_permutation)
         output_shape = getattr(self.transform, "output_shape", None)
         if output_shape is None:
             return self.transform(images, seeds=seeds)
@@ -249,7 +278,7 @@ class CellPaintingCollator:
             raise
 
     def _collate(self, batch, tokens: list) -> dict[str, Any]:
-        images, keys, inchikeys, seeds, doses, bags = self._decode(batch, tokens)
+        images, keys, inchikeys, seeds, doses, bags = self._decode(batch, tokens, self._sites_in_place())
         out: dict[str, Any] = {}
         if bags is not None:  # one molecule (and dose) per bag: its first site's
             from .bags import bag_sizes_of
@@ -284,6 +313,14 @@ class CellPaintingCollator:
         if tokens:
             out["buffer_tokens"] = tokens
         return out
+
+
+def _check_blank(maxima: np.ndarray, keys: Sequence[str]) -> None:
+    """``ValueError`` naming the first sample with an all-zero channel; ``maxima``: (N, C) per-channel maxima."""
+    blank = maxima == 0
+    if blank.any():
+        n, c = np.argwhere(blank)[0]
+        raise ValueError(f"sample {keys[n]!r}: channel {c} is all zero")
 
 
 class CellPaintingDataLoader(DataLoader):
@@ -370,7 +407,7 @@ def build_dataloader(
     streaming = isinstance(ds, datasets.IterableDataset)
     fingerprints = _fingerprint_table(ds, fingerprints, streaming)
     collator = CellPaintingCollator(fingerprints, transform if train else None, image_processor, permutation,
-                                    output, return_loss, reuse_buffers=num_workers > 0 and not return_loss)
+                                    output, return_loss, reuse_buffers=not return_loss)
     drop_last = train if drop_last is None else drop_last
     dataloader_kwargs = _loader_options(num_workers, streaming, dataloader_kwargs)
     bagged = bag_by not in (None, "site")

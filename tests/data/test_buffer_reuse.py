@@ -1,11 +1,15 @@
-"""Workers reuse the shared-memory buffers of released batches, and never write into a batch still in use."""
+"""Workers (and the main process without workers) reuse the buffers of released batches, and never write into a
+batch still in use."""
+
+import gc
+import weakref
 
 import numpy as np
 import pytest
 import torch
 
 from cloome_hf.data import build_dataloader, make_synthetic_dataset, release_batch
-from cloome_hf.data.buffers import SLOTS_PER_WORKER, BufferToken, WorkerBuffers
+from cloome_hf.data.buffers import SLOTS_PER_WORKER, BufferToken, ProcessBuffers, ReturnToken, WorkerBuffers
 from cloome_hf.transforms import CloomeTrainTransform
 
 EPOCHS = 3
@@ -23,15 +27,17 @@ def _loader(syn, workers: int, output: str = "pixel_values"):
 
 
 def _reference(syn, output: str) -> dict[tuple[int, str], torch.Tensor]:
-    """(epoch, first sample key) -> the batch's pixels, read in the main process (no workers, no reuse)."""
+    """(epoch, first sample key) -> the batch's pixels, read in the main process (no workers) and never released,
+    so no batch reuses another's memory."""
     loader, key = _loader(syn, 0, output), "pixel_values" if output == "pixel_values" else "images"
-    out = {}
+    out, pointers = {}, set()
     for epoch in range(EPOCHS):
         loader.set_epoch(epoch)
         for batch in loader:
-            assert "buffer_tokens" not in batch  # nothing to give back without workers
-            out[epoch, batch["sample_key"][0]] = batch[key].clone()
-    return out
+            pointers.add(batch[key].data_ptr())
+            out[epoch, batch["sample_key"][0]] = (batch[key].clone(), batch)
+    assert len(pointers) == len(out)  # every batch held is its own memory
+    return {k: pixels for k, (pixels, _) in out.items()}
 
 
 @pytest.mark.parametrize("output", ["pixel_values", "uint8"])
@@ -83,3 +89,38 @@ def test_a_token_frees_its_slot_once_and_only_while_current():
     release_batch(batch)
     release_batch(batch)  # tokens were taken out: a second call does nothing
     assert "buffer_tokens" not in batch and np.array_equal(pool.slots[:, 0].numpy(), [0, 1])
+
+
+@pytest.mark.parametrize("output", ["pixel_values", "uint8"])
+def test_main_process_reuses_released_batches_and_keeps_their_pixels(syn, output):
+    reference, key = _reference(syn, output), "pixel_values" if output == "pixel_values" else "images"
+    loader, pointers = _loader(syn, 0, output), []
+    for epoch in range(EPOCHS):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            torch.testing.assert_close(batch[key], reference[epoch, batch["sample_key"][0]], rtol=0, atol=0)
+            assert [type(t) for t in batch["buffer_tokens"]] == [ReturnToken]
+            pointers.append(batch[key].data_ptr())
+            release_batch(batch)
+    assert len(set(pointers)) == 1  # each batch was written into the memory the one before gave back
+
+
+def test_main_process_pool_keeps_nothing_that_is_not_given_back():
+    pool = ProcessBuffers(slots=2)
+    a, token_a = pool.take((4, 3), torch.float32)
+    b, _ = pool.take((4, 3), torch.float32)
+    assert not a.is_shared() and a.data_ptr() != b.data_ptr()
+    dropped = weakref.ref(b)
+    del b, _
+    gc.collect()
+    assert dropped() is None  # a batch dropped unreleased is freed: the pool held no reference to it
+    token_a.release()
+    token_a.release()  # a second release gives nothing back twice
+    assert len(pool.free) == 1
+    again, _ = pool.take((4, 3), torch.float32)
+    assert again.data_ptr() == a.data_ptr() and not pool.free
+    other, _ = pool.take((2, 2), torch.uint8)
+    assert other.shape == (2, 2) and other.dtype == torch.uint8
+    for tensor in (torch.empty(1), torch.empty(2), torch.empty(3)):
+        pool.give_back(tensor)
+    assert [t.numel() for t in pool.free] == [2, 3]  # at most `slots` released tensors are kept

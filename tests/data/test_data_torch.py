@@ -241,3 +241,26 @@ def test_training_batches_do_not_depend_on_workers_or_where_they_are_augmented(s
                                        rtol=0, atol=1e-5)
     assert list(mains[0]) != list(mains[1])  # a new epoch: a new order ...
     assert not torch.equal(mains[0]["SYN0001-A01-1"], mains[1]["SYN0001-A01-1"])  # ... and new augmentations
+
+
+@pytest.mark.parametrize("transform", [
+    CloomeTrainTransform(crop_size=(24, 24), random_resized_crop_scale=None),  # exact crops, all 8 orientations
+    CloomeTrainTransform(output_size=(20, 20), random_resized_crop_scale=(0.5, 1.0)),  # resampled
+])
+def test_float_batches_read_in_place_equal_the_transform_of_the_uint8_batch(syn, transform):
+    """The float32 path reads each site's box straight from the batch's buffers (no uint8 batch): bit for bit the
+    transform of the uint8 batch the collator hands out for the accelerator, also with the channels reordered;
+    a blank channel is named in the model's channel order."""
+    from cloome_hf.data import CellPaintingTorchDataset
+
+    rows = CellPaintingTorchDataset(syn).__getitems__([(i, 100 + i) for i in range(16)])
+    for permutation in (None, [4, 2, 0, 1, 3]):
+        pixels = CellPaintingCollator(None, transform, channel_permutation=permutation)(rows)["pixel_values"]
+        uint8 = CellPaintingCollator(None, transform, channel_permutation=permutation, output="uint8")(rows)
+        torch.testing.assert_close(pixels, transform(uint8["images"], seeds=uint8["seeds"]), rtol=0, atol=0)
+    row = dict(syn[1])
+    image = bytearray(row["image"])
+    image[2 * 32 * 32: 3 * 32 * 32] = bytes(32 * 32)  # stored channel 2, the model's channel 1
+    collate = CellPaintingCollator(None, transform, channel_permutation=[4, 2, 0, 1, 3])
+    with pytest.raises(ValueError, match=rf"sample '{row['sample_key']}': channel 1 is all zero"):
+        collate([dict(row, image=bytes(image))])

@@ -288,3 +288,10 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="set random_resized_crop_scale"):
         CloomeTrainTransform(random_resized_crop_scale=None, output_size=(32, 32))
     assert transform(images[:0], seeds=[]).shape == (0, 5, 16, 16)
+    sites = list(images.numpy())
+    with pytest.raises(ValueError, match=r"one shape, got shapes \[\(5, 18, 18\), \(5, 20, 20\)\]"):
+        transform.augment_sites([sites[0], sites[1][:, :18, :18]], seeds=[1, 2])
+    with pytest.raises(ValueError, match=r"channels \[0, 1, 2, 3, 5\] out of range for sites of 5 channels"):
+        transform.augment_sites(sites, seeds=[1, 2], channels=[0, 1, 2, 3, 5])
+    with pytest.raises(ValueError, match="images have 4 channels, the normalisation has 5"):
+        transform.augment_sites(sites, seeds=[1, 2], channels=[0, 1, 2, 3])
