@@ -26,7 +26,7 @@ def test_two_set_up_commands_and_ci_runs_the_test_command():
     setup = README.split("## Set up on a fresh machine", 1)[1].split("\n## ", 1)[0]
     commands = [block.split("```", 1)[0].strip() for block in setup.split("```bash\n")[1:]]
     assert commands == ['pip install . && cloome train --output_dir runs/demo',
-                        'pip install -e ".[test]" && HF_HUB_OFFLINE=1 python -m pytest tests -q']
+                        'pip install -e ".[test]" && HF_HUB_OFFLINE=1 python -m pytest tests -q -n 2 --dist loadscope']
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == commands[1]
     # issue 23, finding 7: a CPU-only machine is told how to get the CPU build of torch (not runnable offline)
