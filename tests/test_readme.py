@@ -134,7 +134,7 @@ def test_bring_your_own_data_recipe_runs_as_written_from_outside_the_clone(tmp_p
 
 def test_the_readme_index_schema_is_the_one_prepare_help_documents():
     """The README's example index header is the TIFF schema of ``cloome prepare --help``'s epilog (that --help
-    prints the epilog, named ``cloome prepare``, runs as a subprocess in tests/fixtures/test_prepare_inferred_index.py)."""
+    prints the epilog, named ``cloome prepare``, runs as a subprocess in tests/data/test_prepare_inferred_index.py)."""
     from cloome_hf.data.schema_docs import PREPARE_EPILOG
 
     rows, _ = _own_data_index_and_commands()
