@@ -17,7 +17,9 @@ and its ``training_config.json`` (a model without one must not be published with
 
 from __future__ import annotations
 
+import functools
 import glob
+import io
 import os
 import tempfile
 from typing import Any, Mapping
@@ -60,14 +62,24 @@ def write_example_site_picture(folder: str, channel_order) -> dict[str, str] | N
     """Draw the bundled example site into ``folder`` for the card: ``{"file", "legend"}``, or ``None`` for a model
     whose channels are not the example's."""
     from ..channels import CHANNELS, canonical_channel_name
-    from ..inference.site_picture import colour_legend, write_site_picture
-    from ..resources import example_site
+    from ..inference.site_picture import colour_legend
 
     if sorted(canonical_channel_name(c) for c in channel_order) != sorted(CHANNELS):
         return None
-    write_site_picture(os.path.join(folder, EXAMPLE_SITE_PICTURE), example_site(), list(channel_order),
-                       max_side=1200)
+    with open(os.path.join(folder, EXAMPLE_SITE_PICTURE), "wb") as f:
+        f.write(_example_site_png(tuple(channel_order)))
     return {"file": EXAMPLE_SITE_PICTURE, "legend": colour_legend(list(channel_order))}
+
+
+@functools.lru_cache(maxsize=4)
+def _example_site_png(channel_order: tuple[str, ...]) -> bytes:
+    # drawn once per process and channel order: training writes best/ and the final folder with the same picture
+    from ..inference.site_picture import write_site_picture
+    from ..resources import example_site
+
+    buffer = io.BytesIO()
+    write_site_picture(buffer, example_site(), list(channel_order), max_side=1200)
+    return buffer.getvalue()
 
 
 def write_model_folder(folder: str | os.PathLike, model, processor, *, model_id: str,

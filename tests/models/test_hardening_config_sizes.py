@@ -219,42 +219,38 @@ def test_class3_the_parameter_counts_the_budget_uses_are_the_built_models():
     assert sum(p.numel() for p in CloomeMoleculeEncoder(molecule).parameters()) == molecule_parameter_estimate(molecule)[0]
 
 
-@pytest.mark.parametrize("fields, name", [
-    ({"fingerprint_size": 10**12}, "featurizer.fingerprint_size"),
-    ({"fingerprint_size": "1024"}, "featurizer.fingerprint_size"),
-    ({"fingerprint_size": 1024.0}, "featurizer.fingerprint_size"),
-    ({"radius": 10**9}, "featurizer.radius"),
-    ({"radius": -1}, "featurizer.radius"),
-    ({"max_path": 10**6}, "featurizer.max_path"),
-    ({"num_workers": 10**6}, "featurizer.num_workers"),
-    ({"num_workers": True}, "featurizer.num_workers"),
-])
-def test_class3_a_hostile_processor_config_featurizer_is_refused_by_name(tmp_path, fields, name):
-    from cloome_hf import CloomeProcessor, MoleculeFeaturizer
-    from cloome_hf.image_processing_cloome import CloomeImageProcessor
+def _fingerprints():
+    from cloome_hf import MoleculeFeaturizer
 
-    CloomeProcessor(CloomeImageProcessor(), MoleculeFeaturizer(fingerprint_size=64)).save_pretrained(tmp_path)
-    path = tmp_path / "processor_config.json"
-    saved = json.loads(path.read_text())
-    saved["featurizer"].update(fields)
-    path.write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=name):
-        CloomeProcessor.from_pretrained(tmp_path)
+    return MoleculeFeaturizer(fingerprint_size=64)
 
 
-@pytest.mark.parametrize("fields, name", [
-    ({"parallel_threshold": 10**12}, "featurizer.parallel_threshold"),
-    ({"parallel_threshold": -1}, "featurizer.parallel_threshold"),
-    ({"num_workers": 10**6}, "featurizer.num_workers"),
-    ({"num_workers": "4"}, "featurizer.num_workers"),
-])
-def test_class3_a_hostile_graph_featurizer_is_refused_by_name(tmp_path, fields, name):
-    """The graph tower's featuriser reads the same pool settings from the same file."""
-    from cloome_hf import CloomeProcessor
+def _graphs():
     from cloome_hf.featurization_graph import GraphFeaturizer
+
+    return GraphFeaturizer()
+
+
+@pytest.mark.parametrize("featurizer, fields, name", [
+    (_fingerprints, {"fingerprint_size": 10**12}, "featurizer.fingerprint_size"),
+    (_fingerprints, {"fingerprint_size": "1024"}, "featurizer.fingerprint_size"),
+    (_fingerprints, {"fingerprint_size": 1024.0}, "featurizer.fingerprint_size"),
+    (_fingerprints, {"radius": 10**9}, "featurizer.radius"),
+    (_fingerprints, {"radius": -1}, "featurizer.radius"),
+    (_fingerprints, {"max_path": 10**6}, "featurizer.max_path"),
+    (_fingerprints, {"num_workers": 10**6}, "featurizer.num_workers"),
+    (_fingerprints, {"num_workers": True}, "featurizer.num_workers"),
+    # the graph tower's featuriser reads the same pool settings from the same file
+    (_graphs, {"parallel_threshold": 10**12}, "featurizer.parallel_threshold"),
+    (_graphs, {"parallel_threshold": -1}, "featurizer.parallel_threshold"),
+    (_graphs, {"num_workers": 10**6}, "featurizer.num_workers"),
+    (_graphs, {"num_workers": "4"}, "featurizer.num_workers"),
+])
+def test_class3_a_hostile_processor_config_featurizer_is_refused_by_name(tmp_path, featurizer, fields, name):
+    from cloome_hf import CloomeProcessor
     from cloome_hf.image_processing_cloome import CloomeImageProcessor
 
-    CloomeProcessor(CloomeImageProcessor(), GraphFeaturizer()).save_pretrained(tmp_path)
+    CloomeProcessor(CloomeImageProcessor(), featurizer()).save_pretrained(tmp_path)
     path = tmp_path / "processor_config.json"
     saved = json.loads(path.read_text())
     saved["featurizer"].update(fields)
