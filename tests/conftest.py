@@ -73,6 +73,45 @@ def read_log(folder):
 # ---- end newcomer3 ----
 
 
+def run_cloome(args, cwd=None, env=None):
+    """``cloome ARGS`` in this process, as the console script runs it (``cloome_hf.cli.main``, from a fresh
+    accelerate state, in ``cwd``, with ``env`` added to the environment), so a test does not pay a new process's
+    6-7 s of imports. Returns a ``subprocess.CompletedProcess`` with the exit status and what the command printed
+    to stdout and stderr; an exception the command lets through is printed as a traceback with status 1, as an
+    uncaught one would be. Tests of an entry point itself (console script, ``-m``, shims) start a process."""
+    import contextlib
+    import io
+    import subprocess
+    import traceback
+
+    from accelerate.state import AcceleratorState
+
+    from cloome_hf.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, threads = dict(os.environ), torch.get_num_threads()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        os.environ.update(env or {})
+        with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(argv)
+            except SystemExit as stop:  # argparse's --help, or sys.exit(message)
+                if isinstance(stop.code, str):
+                    print(stop.code, file=err)
+                status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            except Exception:  # noqa: BLE001  a process would end here with its traceback
+                traceback.print_exc(file=err)
+                status = 1
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["cloome", *argv], status, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def finished_tiny_run(tmp_path_factory):
     """One finished tiny training run (model folder + checkpoints), shared by every test that only reads it:

@@ -4,8 +4,6 @@ from a working folder outside the clone."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import shlex
 from pathlib import Path
@@ -49,18 +47,13 @@ def cloome_argv(command: str, variables: dict[str, str] | None = None) -> list[s
     return list(launch.training_script_args)
 
 
-def run_cloome(argv: list[str]) -> str:
-    """Run ``cloome *argv`` in this process; return what it printed; fail with that output unless it exits 0.
-    accelerate's process-wide state is reset first, as a fresh ``cloome`` process would start (a README line is
-    one process: the retrieval line's ``--mixed_precision bf16`` follows runs in fp32)."""
-    from accelerate.state import AcceleratorState
+def run_cloome(argv: list[str], cwd=None) -> str:
+    """Run ``cloome *argv`` in this process (``conftest.run_cloome``: from a fresh accelerate state, as a fresh
+    ``cloome`` process starts; a README line is one process); return what it printed to stdout, then stderr; fail
+    with that output unless it exits 0."""
+    import conftest
 
-    from cloome_hf.cli import main
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        status = main(list(argv))
-    assert status in (0, None), f"cloome {' '.join(argv)} exited {status}:\n{printed.getvalue()[-3000:]}"
-    return printed.getvalue()
+    proc = conftest.run_cloome(argv, cwd)
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"cloome {' '.join(argv)} exited {proc.returncode}:\n{printed[-3000:]}"
+    return printed

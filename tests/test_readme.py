@@ -7,9 +7,6 @@ import re
 import io
 import json
 import os
-import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -112,15 +109,10 @@ def test_bring_your_own_data_recipe_runs_as_written_from_outside_the_clone(tmp_p
         writer.writeheader()
         writer.writerows(rows)
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     outputs = []
     for command in commands:
-        argv = [sys.executable, "-m", "cloome_hf.cli", *shlex.split(command)[1:]]
-        if argv[3] == "train":
-            argv += TINY_OWN_DATA_TRAIN
-        proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{command} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-        outputs.append(proc.stdout + proc.stderr)
+        argv = cloome_argv(command)
+        outputs.append(run_cloome(argv + TINY_OWN_DATA_TRAIN if argv[0] == "train" else argv, cwd=work))
 
     report = json.loads((work / "my_sites" / "prepare_report.json").read_text())
     assert report["num_written"] == len(rows) == 20
@@ -134,7 +126,7 @@ def test_bring_your_own_data_recipe_runs_as_written_from_outside_the_clone(tmp_p
 
 def test_the_readme_index_schema_is_the_one_prepare_help_documents():
     """The README's example index header is the TIFF schema of ``cloome prepare --help``'s epilog (that --help
-    prints the epilog, named ``cloome prepare``, runs as a subprocess in tests/data/test_prepare_inferred_index.py)."""
+    prints the epilog, named ``cloome prepare``, is tested in tests/data/test_prepare_inferred_index.py)."""
     from cloome_hf.data.schema_docs import PREPARE_EPILOG
 
     rows, _ = _own_data_index_and_commands()
@@ -144,7 +136,7 @@ def test_the_readme_index_schema_is_the_one_prepare_help_documents():
 # ---------------------------------------------------------------------------------------------------------------
 # Every other block, run from a working folder outside the clone (``cwd`` = a temporary folder; the package comes
 # from the install / PYTHONPATH). Shell lines run in this process through ``cloome_hf.cli.main``, the entry point
-# of the ``cloome`` console script; the own-data recipe above runs the same commands as subprocesses.
+# of the ``cloome`` console script (which tests/test_wheel.py and tests/models/test_runtime.py start as a process).
 # ---------------------------------------------------------------------------------------------------------------
 # The model settings added to the README's training lines so that each runs in seconds on a CPU.
 TINY_MODEL = ["--vision_layers", "1", "1", "1", "1", "--base_width", "8", "--molecule_hidden_size", "32",

@@ -1,6 +1,7 @@
 """The CLI's error boundary, from the user's side: each entry point (the ``cloome`` console script, ``python -m
 cloome_hf.cli``, the ``scripts/*.py`` shims) ends a refused input with exit status 2 and exactly two lines,
-``cloome CMD: error: ...`` and ``cloome CMD: hint: ...``; ``--debug`` shows the traceback instead."""
+``cloome CMD: error: ...`` and ``cloome CMD: hint: ...``; ``--debug`` shows the traceback instead. Each entry point
+starts a process once; the other refusals run ``cloome_hf.cli.main`` in this process (``run_cloome``)."""
 
 import os
 import re
@@ -8,11 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import run_cloome
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cloome(args, cwd, entry="console"):
-    """Run a cloome command as a user would; returns the finished process."""
+def _cloome(args, cwd, entry=None):
+    """Run a cloome command through ``entry`` (``"console"``, ``"module"``, a shim's file name; ``None``: in this
+    process); returns the finished process."""
+    if entry is None:
+        return run_cloome(args, cwd)
     prefix = {"console": ["cloome"], "module": [sys.executable, "-m", "cloome_hf.cli"]}.get(entry)
     if prefix is None:  # a scripts/ shim
         prefix = [sys.executable, str(ROOT / "scripts" / entry)]
@@ -63,7 +69,7 @@ def test_used_output_folder_is_refused_in_one_line(tmp_path):
 
 
 def test_unknown_command_is_one_line(tmp_path):
-    proc = _cloome(["trian"], tmp_path)
+    proc = _cloome(["trian"], tmp_path, entry="console")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "cloome: error: unknown command 'trian'; the commands are train, prepare, embed, evaluate, search, "

@@ -1,17 +1,9 @@
 """``cloome prepare`` and ``cloome embed`` fail loudly (exit 2, naming the report and the commonest reason with
 its count) when they write nothing, or when prepare skips more than ``--max_skipped_fraction`` of the sites."""
 
-import os
 import re
-import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cloome(args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(["cloome", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+from conftest import run_cloome as _cloome
 
 
 def _error_lines(proc, command):

@@ -2,18 +2,16 @@
 files and the folder, ``evaluate`` a labelled table and how many of its molecules the model trained on."""
 
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import run_cloome
+
 SIZE = 64
 
 
 def _cloome(args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(["cloome", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_cloome(args, cwd)
     assert proc.returncode == 0, proc.stderr
     return proc
 

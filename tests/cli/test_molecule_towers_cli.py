@@ -2,26 +2,19 @@
 SMILES, evaluate; and the pipeline on the trained folder."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_TRAIN_ARGS
+from conftest import TINY_TRAIN_ARGS, run_cloome
 
-ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "O=C(O)CCc1ccccc1"]
 
 
 def _cli(args, cwd, ok=True):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "cloome_hf.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_cloome(args, cwd)
     assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
     return proc
 

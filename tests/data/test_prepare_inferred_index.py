@@ -1,20 +1,17 @@
 """``cloome prepare --layout tiff --root DIR --wells TABLE`` without an index infers one from the file names,
 writes it for the user to check, and refuses names it cannot read, showing what it found."""
 
-import os
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import run_cloome
+
 
 
 def _cloome(args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(["cloome", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return run_cloome(args, cwd)
 
 
 def _well_table(path, rows):

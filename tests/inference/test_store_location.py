@@ -2,10 +2,7 @@
 ``snapshot_download``, read as their local folder would be; unreachable ones and mistyped folders refused in one
 line, a mistyped folder never sent to the Hub."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -13,6 +10,7 @@ import numpy as np
 import pytest
 
 from cloome_hf.cli import main as cloome
+from conftest import run_cloome
 from cloome_hf.inference.store_location import hub_repo_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,17 +66,15 @@ def test_the_page_opens_a_hub_dataset_id_as_it_opens_the_folder(tiny_served_stor
     assert hub.about["molecule store"].startswith(f"{REPO} (Hub dataset")
 
 
-def test_offline_and_not_cached_is_one_line_naming_the_id(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_cache"),
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "cloome_hf.cli", "search", "--embeddings", "cloome-test/absent",
-                           "--smiles", "CCO"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_offline_and_not_cached_is_one_line_naming_the_id(hub_cache, tmp_path):
+    proc = run_cloome(["search", "--embeddings", "cloome-test/absent", "--smiles", "CCO"], tmp_path,
+                      env={"HF_HUB_OFFLINE": "1"})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert re.fullmatch(r"cloome search: error: embedding store 'cloome-test/absent' is not a local folder and could "
                         r"not be fetched from the Hub \(offline: HF_HUB_OFFLINE is set and the dataset is not in the "
-                        rf"cache {re.escape(str(tmp_path / 'empty_cache'))}\)", lines[-2]), lines[-2:]
+                        rf"cache {re.escape(str(tmp_path / 'hf_cache'))}\)", lines[-2]), lines[-2:]
     assert lines[-1] == ("cloome search: hint: fetch it once while online (unset HF_HUB_OFFLINE), or give the store's "
                          "local folder")
 

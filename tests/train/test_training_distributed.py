@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_ARGS, load_train_script, read_log
+from conftest import TINY_ARGS, load_train_script, read_log, run_cloome
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "scripts" / "train.py")
@@ -91,15 +91,15 @@ def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, on
     assert two_losses[-1] != two_losses[0]  # and training moved the weights
 
 
-def test_sigkill_after_checkpoint_then_resume_equals_straight_run(tmp_path):
+# Only the killed run needs a process of its own; the straight run and the resume run in this one (one thread, as
+# the killed process has), which also shows that a resumed run's numbers do not depend on the process.
+def test_sigkill_after_checkpoint_then_resume_equals_straight_run(tmp_path, one_thread):
     steps = 24
     args = [*TINY_ARGS, "--max_steps", str(steps), "--save_steps", str(steps // 2 // 2), "--save_total_limit", "0",
             "--logging_steps", "1", "--audit_log", "--eval_steps", "100", "--warmup_steps", "3"]
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run = [sys.executable, SCRIPT]
-    proc = subprocess.run([*run, "--output_dir", str(straight), *args], env=_env(), capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    load_train_script().main(["--output_dir", str(straight), *args])
 
     victim = subprocess.Popen([*run, "--output_dir", str(crashed), *args], env=_env(), cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,8 +114,7 @@ def test_sigkill_after_checkpoint_then_resume_equals_straight_run(tmp_path):
     killed_at = max(r["step"] for r in read_log(crashed))
     assert steps // 2 <= killed_at < steps
 
-    proc = subprocess.run([*run, "--output_dir", str(crashed), *args, "--resume_from_checkpoint", "latest"],
-                          env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_cloome(["train", "--output_dir", crashed, *args, "--resume_from_checkpoint", "latest"], ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout + proc.stderr
     # no step lost or repeated, each step on the same samples with the same loss
