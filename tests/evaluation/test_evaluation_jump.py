@@ -5,7 +5,6 @@ import gzip
 import json
 from pathlib import Path
 
-import evaluate
 import numpy as np
 import pandas as pd
 import pytest
@@ -132,6 +131,8 @@ def test_feature_table_reader_refuses_damaged_files(tmp_path):
 
 
 def test_evaluate_modules_load_offline_and_agree(synthetic):
+    import evaluate  # here: importing it takes seconds
+
     plan, feats, meta = synthetic
     assert {"cloome_jump_activity", "cloome_jump_consistency"} <= set(METRIC_NAMES)
     wells = aggregate(feats, metadata=meta)

@@ -2,7 +2,6 @@
 
 import json
 
-import evaluate
 import numpy as np
 import pytest
 
@@ -60,6 +59,8 @@ def test_replicate_map_matches_reference_and_detects_signal(replicates):
 
 
 def test_evaluate_modules_load_offline_and_agree(replicates):
+    import evaluate  # here: importing it takes seconds
+
     rng = np.random.default_rng(1)
     img = rng.normal(size=(120, 8)).astype(np.float32)
     mol = (img + rng.normal(size=img.shape)).astype(np.float32)

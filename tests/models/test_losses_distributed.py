@@ -2,7 +2,6 @@
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from cloome_hf.distributed import gather_features
+from forked_launch import forkserver, free_port
 from cloome_hf.losses import contrastive_loss, s2l_soft_labels, tanimoto_similarity
 
 WORLD_SIZE = 2
@@ -87,17 +87,13 @@ def _worker(rank, port, results):
         dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_process_results():
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(free_port(), results), nprocs=WORLD_SIZE, join=True)
+        forkserver()  # processes forked from a server that imported torch once, not each a new interpreter
+        mp.start_processes(_worker, args=(free_port(), results), nprocs=WORLD_SIZE, join=True,
+                           start_method="forkserver")
         return dict(results)
 
 

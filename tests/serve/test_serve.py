@@ -1,6 +1,5 @@
 """``cloome serve`` without a browser: binding and share defaults, filters, thumbnails, uploads, refused input."""
 
-import gradio as gr
 import numpy as np
 import pytest
 import tifffile
@@ -10,6 +9,8 @@ from cloome_hf.cli import serve
 
 @pytest.fixture
 def launched(monkeypatch):
+    import gradio as gr  # here, not at the top: it takes seconds to import, and most workers never need it
+
     calls = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: calls.append(kwargs))
     return calls
@@ -157,6 +158,8 @@ def _free_port() -> int:
 
 
 def test_space_folder_runs_the_page(tiny_served_store, service, tmp_path):
+    import gradio as gr
+
     """``cloome space`` writes app.py, requirements.txt and a README with Space metadata; the written app.py,
     run as a Space runs it, serves the page and answers a query as the page of ``cloome serve`` does."""
     import os

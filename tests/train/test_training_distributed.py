@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_ARGS, load_train_script, read_log, run_cloome
+from forked_launch import free_port, launch_train
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "scripts" / "train.py")
@@ -26,12 +26,6 @@ def _env():
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _audit(folder, rank):
     with open(Path(folder) / "audit" / f"rank{rank}.jsonl") as f:
         records = [json.loads(line) for line in f]
@@ -41,11 +35,17 @@ def _audit(folder, rank):
 
 
 
-def _launch_two_processes(out, args, per_device_batch: int):
-    """``accelerate launch --multi_gpu --num_processes 2`` of ``cloome train`` (gloo on CPU)."""
+def _launch_two_processes(out, args, per_device_batch: int, launcher: str = "forked"):
+    """``cloome train`` in 2 processes (gloo on CPU): started by the ``accelerate launch --multi_gpu
+    --num_processes 2`` command (``launcher="accelerate"``), or forked as that launch would start them
+    (``forked_launch``: the same environment, without a new interpreter's imports per process)."""
+    sizes = ["--per_device_train_batch_size", str(per_device_batch), "--per_device_eval_batch_size", "16"]
+    if launcher == "forked":
+        launch_train(["--output_dir", out, *sizes, *args])
+        return
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), SCRIPT, "--output_dir", str(out),
+           "--main_process_port", str(free_port()), SCRIPT, "--output_dir", str(out),
            "--per_device_train_batch_size", str(per_device_batch), "--per_device_eval_batch_size", "16", *args]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -58,16 +58,18 @@ def _launch_two_processes(out, args, per_device_batch: int):
 
 
 # Augmenting on the device: uint8 batches, the transform in the step; the two processes also decode in 2 workers
-# each, the single process in the main process, so the same numbers show determinism across workers too.
-@pytest.mark.parametrize("two_process_extra,common_extra", [
-    ([], []), (["--dataloader_num_workers", "2"], ["--augment_on_device", "--random_resized_crop_scale", "0.5", "1"])],
+# each, the single process in the main process, so the same numbers show determinism across workers too. The
+# loader-augmenting case is started by the real ``accelerate launch`` command, the others are forked like it.
+@pytest.mark.parametrize("two_process_extra,common_extra,launcher", [
+    ([], [], "accelerate"),
+    (["--dataloader_num_workers", "2"], ["--augment_on_device", "--random_resized_crop_scale", "0.5", "1"], "forked")],
     ids=["loader_augments", "device_augments"])
 def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, one_thread, two_process_extra,
-                                                                     common_extra):
+                                                                     common_extra, launcher):
     common = [*TINY_ARGS[:-4], "--max_steps", "4", "--logging_steps", "1", "--save_steps", "100",
               "--sync_batchnorm", "--audit_log", "--eval_steps", "100", *common_extra]
     two = tmp_path / "two"
-    _launch_two_processes(two, [*common, *two_process_extra], per_device_batch=8)
+    _launch_two_processes(two, [*common, *two_process_extra], per_device_batch=8, launcher=launcher)
     one = tmp_path / "one"
     load_train_script().main(["--output_dir", str(one), "--per_device_train_batch_size", "16",
                               "--per_device_eval_batch_size", "32", *common])
