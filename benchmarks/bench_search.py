@@ -123,7 +123,7 @@ def _run(args) -> dict:
     res["database_gib"] = db.nbytes / 2**30
     print(f"generated {db.shape} float32 ({res['database_gib']:.2f} GiB) in {res['generate_s']:.1f}s", flush=True)
 
-    secs, (np_scores, np_ids) = timed(lambda: numpy_topk(db, queries, k, args.numpy_block), args.repeats)
+    secs, (np_scores, np_ids) = timed(lambda db=db: numpy_topk(db, queries, k, args.numpy_block), args.repeats)
     res["numpy"] = {"search_s": secs, "qps": nq / secs, "rss_gib_after": rss_gib(), "peak_rss_gib_so_far": peak_rss_gib()}
     print(f"numpy matmul+argpartition: {nq / secs:,.0f} queries/s", flush=True)
 
@@ -158,7 +158,7 @@ def _run(args) -> dict:
                 index.index.nprobe = value
             else:
                 index.index.hnsw.efSearch = value
-            secs, _ = timed(lambda: index.search(queries, k), args.repeats)
+            secs, _ = timed(lambda index=index: index.search(queries, k), args.repeats)
             recall = index.recall_at_k(queries, k, exact_ids=fl_ids)
             row = {"index_type": index_type, ("nprobe" if index_type == "ivf" else "ef_search"): value,
                    "build_s": build, "search_s": secs, "qps": nq / secs, f"recall@{k}": recall,
