@@ -5,7 +5,8 @@ stage, each stage run on its own over the same batches, best of ``--repeats``; t
 :mod:`bench_data`) likewise, in the same run:
 
 * ours: ``read`` (the Arrow slice of the batch's rows), ``decode`` (the sites as read-only views of the batch's
-  Arrow buffers; before, copied into a uint8 batch), ``blank check`` (no all-zero channel), ``draw`` (per-site
+  Arrow buffers; before, copied into a uint8 batch), ``blank check`` (no all-zero channel: a probe of every 16th
+  row, a whole channel only where the probe is zero; ``before``: every channel's maximum), ``draw`` (per-site
   crop and orientation from the seeds), ``orient`` (the uint8 box copied transposed / column-flipped for the 5 of
   8 orientations that need it), ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``),
   ``fingerprints`` (table lookup); ``whole batch`` (the collation of the same batches, which includes everything,
@@ -58,6 +59,7 @@ def best_ms_per_site(fn, sites: int, repeats: int) -> float:
 
 def ours_stages(loader, repeats: int) -> dict[str, float]:
     from cloome_hf.data import release_batch
+    from cloome_hf.data.loader import _check_blank
     from cloome_hf.transforms import _oriented_source
 
     collator, data = loader.collate_fn, loader.dataset
@@ -111,7 +113,14 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
         for t in tables:
             release_batch(before(t))
 
-    def blank_check():
+    keys = [t[0].column("sample_key").to_pylist() for t in tables]
+    channels = collator.channel_permutation if in_place else None
+
+    def blank_check():  # as _decode runs it: a probe of every 16th row, a whole channel only where that is zero
+        for d, k in zip(decoded, keys):
+            _check_blank(d if in_place else d.numpy(), k, channels)
+
+    def blank_check_before():  # the check before: the maximum of every channel of every whole site
         for d in decoded:
             if in_place:
                 np.stack([np.asarray(site).reshape(site.shape[0], -1).max(-1) for site in d])
@@ -122,6 +131,7 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
         "read": lambda: [data.__getitems__(b) for b in batches],
         "decode": lambda: [collator._decode(t, [], in_place) for t in tables],
         "blank check": blank_check,
+        "blank check, before (whole-site maxima)": blank_check_before,
         "draw": lambda: [transform.draw_params(len(d), *shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)],
         "orient": orient,
         "normalise (incl. orient)": normalise,
