@@ -8,8 +8,9 @@ stage, each stage run on its own over the same batches, best of ``--repeats``; t
   Arrow buffers; before, copied into a uint8 batch), ``blank check`` (no all-zero channel: a probe of every 16th
   row, a whole channel only where the probe is zero; ``before``: every channel's maximum), ``draw`` (per-site
   crop and orientation from the seeds), ``orient`` (the uint8 box copied turned or flipped for the 7 of 8
-  orientations that are not the box itself: ``torch.flip`` for column flips, numpy for the rest; ``before``: numpy
-  copies of the 5 turned or column-flipped ones, the row flip read in place), ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``),
+  orientations that are not the box itself: ``torch.flip`` for column flips, a row copy first for turns;
+  ``before``: numpy copies of the 5 turned or column-flipped ones, the row flip read in place),
+  ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``),
   ``fingerprints`` (table lookup); ``whole batch`` (the collation of the same batches, which includes everything,
   each batch released afterwards as the training step does, so the next one reuses its memory) and ``whole
   batch, fresh memory`` (the batches kept, so each is written into fresh memory);
@@ -163,7 +164,8 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
     result = {name: best_ms_per_site(fn, sites, repeats) for name, fn in stages.items()}
     result["decode"] -= result["blank check"]  # _decode includes the check
     result["normalise"] = result.pop("normalise (incl. orient)") - result["orient"]
-    result["normalise, before"] = result.pop("normalise, before (incl. orient)") - result["orient, before (numpy copies)"]
+    result["normalise, before"] = (result.pop("normalise, before (incl. orient)")
+                                   - result["orient, before (numpy copies)"])
     result["whole batch (read + collate)"] = result.pop("whole batch (collate)") + result["read"]
     result["whole batch, fresh memory"] = result.pop("whole batch, fresh memory (collate)") + result["read"]
     result["whole batch, before (uint8 batch copy, fresh memory)"] = (result.pop("whole batch, before (collate)")
