@@ -203,6 +203,12 @@ def normalise_variants(repeats: int, sites: int = 16) -> dict[str, float]:
         np.copyto(scratch, box)
         exact(scratch, o)
 
+    rows = np.empty_like(scratch)
+
+    def rows_then_transposed(box, o):  # what _oriented_source does for a turned box
+        np.copyto(rows, box)
+        copied(rows.swapaxes(1, 2), o)
+
     variants = {
         "two passes (x - mean, / std)": exact,
         "two passes in 64-row chunks": chunked,
@@ -213,6 +219,7 @@ def normalise_variants(repeats: int, sites: int = 16) -> dict[str, float]:
                                                                         out=torch.from_numpy(o)),
         "256-entry table per channel": lambda b, o: [np.take(lut[c], b[c], out=o[c]) for c in range(5)],
         "orient: transpose, copied first": lambda b, o: copied(b.swapaxes(1, 2), o),
+        "orient: transpose, rows copied, then transposed": rows_then_transposed,
         "orient: transpose, read in place": lambda b, o: exact(b.swapaxes(1, 2), o),
         "orient: transpose, torch copy": lambda b, o: exact(
             torch.from_numpy(b).transpose(1, 2).contiguous().numpy(), o),
