@@ -5,9 +5,12 @@ stage, each stage run on its own over the same batches, best of ``--repeats``; t
 :mod:`bench_data`) likewise, in the same run:
 
 * ours: ``read`` (the Arrow slice of the batch's rows), ``decode`` (the sites as read-only views of the batch's
-  Arrow buffers; before, copied into a uint8 batch), ``blank check`` (no all-zero channel), ``draw`` (per-site
-  crop and orientation from the seeds), ``orient`` (the uint8 box copied transposed / column-flipped for the 5 of
-  8 orientations that need it), ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``),
+  Arrow buffers; before, copied into a uint8 batch), ``blank check`` (no all-zero channel: a probe of every 16th
+  row, a whole channel only where the probe is zero; ``before``: every channel's maximum), ``draw`` (per-site
+  crop and orientation from the seeds), ``orient`` (the uint8 box copied turned or flipped for the 7 of 8
+  orientations that are not the box itself: ``torch.flip`` for column flips, a row copy first for turns;
+  ``before``: numpy copies of the 5 turned or column-flipped ones, the row flip read in place),
+  ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``),
   ``fingerprints`` (table lookup); ``whole batch`` (the collation of the same batches, which includes everything,
   each batch released afterwards as the training step does, so the next one reuses its memory) and ``whole
   batch, fresh memory`` (the batches kept, so each is written into fresh memory);
@@ -58,6 +61,7 @@ def best_ms_per_site(fn, sites: int, repeats: int) -> float:
 
 def ours_stages(loader, repeats: int) -> dict[str, float]:
     from cloome_hf.data import release_batch
+    from cloome_hf.data.loader import _check_blank
     from cloome_hf.transforms import _oriented_source
 
     collator, data = loader.collate_fn, loader.dataset
@@ -82,11 +86,27 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
             for j, box, p in boxes(i):
                 _oriented_source(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
 
-    def normalise():
+    scratch = np.empty((5, *out.shape[2:]), np.uint8)
+
+    def oriented_before(box, transpose, flip_rows, flip_cols):  # numpy copies of turned or column-flipped boxes
+        view = box[:, :, ::-1] if flip_cols else box
+        view = view[:, ::-1] if flip_rows else view
+        view = view.swapaxes(1, 2) if transpose else view
+        if not (transpose or flip_cols):
+            return view
+        np.copyto(scratch, view)
+        return scratch
+
+    def orient_before():
+        for i in range(len(batches)):
+            for j, box, p in boxes(i):
+                oriented_before(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
+
+    def normalise(oriented=_oriented_source):
         target = out.numpy()
         for i in range(len(batches)):
             for j, box, p in boxes(i):
-                src = _oriented_source(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
+                src = oriented(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
                 np.subtract(src, mean, out=target[j])
                 np.divide(target[j], std, out=target[j])
 
@@ -111,7 +131,14 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
         for t in tables:
             release_batch(before(t))
 
-    def blank_check():
+    keys = [t[0].column("sample_key").to_pylist() for t in tables]
+    channels = collator.channel_permutation if in_place else None
+
+    def blank_check():  # as _decode runs it: a probe of every 16th row, a whole channel only where that is zero
+        for d, k in zip(decoded, keys):
+            _check_blank(d if in_place else d.numpy(), k, channels)
+
+    def blank_check_before():  # the check before: the maximum of every channel of every whole site
         for d in decoded:
             if in_place:
                 np.stack([np.asarray(site).reshape(site.shape[0], -1).max(-1) for site in d])
@@ -122,9 +149,12 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
         "read": lambda: [data.__getitems__(b) for b in batches],
         "decode": lambda: [collator._decode(t, [], in_place) for t in tables],
         "blank check": blank_check,
+        "blank check, before (whole-site maxima)": blank_check_before,
         "draw": lambda: [transform.draw_params(len(d), *shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)],
         "orient": orient,
         "normalise (incl. orient)": normalise,
+        "orient, before (numpy copies)": orient_before,
+        "normalise, before (incl. orient)": lambda: normalise(oriented_before),
         "fingerprints": lambda: [collator.fingerprints.lookup(t[0].column("inchikey").to_pylist()) for t in tables],
         "whole batch (collate)": collate_released,
         "whole batch, fresh memory (collate)": collate_kept,
@@ -134,6 +164,8 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
     result = {name: best_ms_per_site(fn, sites, repeats) for name, fn in stages.items()}
     result["decode"] -= result["blank check"]  # _decode includes the check
     result["normalise"] = result.pop("normalise (incl. orient)") - result["orient"]
+    result["normalise, before"] = (result.pop("normalise, before (incl. orient)")
+                                   - result["orient, before (numpy copies)"])
     result["whole batch (read + collate)"] = result.pop("whole batch (collate)") + result["read"]
     result["whole batch, fresh memory"] = result.pop("whole batch, fresh memory (collate)") + result["read"]
     result["whole batch, before (uint8 batch copy, fresh memory)"] = (result.pop("whole batch, before (collate)")
@@ -171,6 +203,12 @@ def normalise_variants(repeats: int, sites: int = 16) -> dict[str, float]:
         np.copyto(scratch, box)
         exact(scratch, o)
 
+    rows = np.empty_like(scratch)
+
+    def rows_then_transposed(box, o):  # what _oriented_source does for a turned box
+        np.copyto(rows, box)
+        copied(rows.swapaxes(1, 2), o)
+
     variants = {
         "two passes (x - mean, / std)": exact,
         "two passes in 64-row chunks": chunked,
@@ -181,11 +219,14 @@ def normalise_variants(repeats: int, sites: int = 16) -> dict[str, float]:
                                                                         out=torch.from_numpy(o)),
         "256-entry table per channel": lambda b, o: [np.take(lut[c], b[c], out=o[c]) for c in range(5)],
         "orient: transpose, copied first": lambda b, o: copied(b.swapaxes(1, 2), o),
+        "orient: transpose, rows copied, then transposed": rows_then_transposed,
         "orient: transpose, read in place": lambda b, o: exact(b.swapaxes(1, 2), o),
         "orient: transpose, torch copy": lambda b, o: exact(
             torch.from_numpy(b).transpose(1, 2).contiguous().numpy(), o),
         "orient: column flip, copied first": lambda b, o: copied(b[:, :, ::-1], o),
         "orient: column flip, torch.flip": lambda b, o: exact(torch.from_numpy(b).flip(2).numpy(), o),
+        "orient: row flip, read in place": lambda b, o: exact(b[:, ::-1], o),
+        "orient: row flip, copied first": lambda b, o: copied(b[:, ::-1], o),
     }
     return {name: round(best_ms_per_site(each(fn), sites, repeats), 3) for name, fn in variants.items()}
 

@@ -18,8 +18,9 @@ Inference uses `CloomeImageProcessor` (deterministic centre crop + normalisation
 All random draws happen on the CPU (:meth:`CloomeTrainTransform.draw_params`), from one generator per image when
 ``seeds`` are given (so an image's pixels depend on its seed alone, not on the batch, worker or process), and the
 pixel work runs wherever the images are: on the CPU per image, through numpy views (crop, flips, turns: no index
-maps; a transposed or column-flipped box is first copied as uint8, so the float32 output is written in memory
-order) and one bilinear kernel; on an accelerator batched, through gathers of the uint8 input. Both paths give the same pixels within float rounding (crops exactly).
+maps; a turned or flipped box is first copied as uint8, so the float32 output is written in memory order)
+and one bilinear kernel; on an accelerator batched, through gathers of the uint8 input. Both paths give the same
+pixels within float rounding (crops exactly).
 
 In eval mode (`transform.eval()`) only a centre crop to `crop_size` (then to `output_size`, as the published code
 evaluated its random-resized-crop models) and the normalisation are applied, which matches
@@ -118,21 +119,52 @@ def _scratch(name: str, numel: int, dtype=np.float32) -> np.ndarray:
     return buffer[:numel]
 
 
-def _oriented_source(box: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool) -> np.ndarray:
-    """``T^transpose(flip_rows(flip_cols(box)))`` (C, h, w) as a view, copied into a reused buffer of the box's
-    dtype when it transposes or flips columns: the normalisation then writes its float32 output in memory order.
+def _shared_tensor(array: np.ndarray) -> torch.Tensor | None:
+    """A tensor on ``array``'s memory (no copy), read-only arrays (views of Arrow buffers) included, or ``None``
+    where numpy cannot hand it over. Through DLPack, which marks a read-only array as such (numpy >= 2.1), not
+    ``torch.from_numpy``, which warns on one; the tensor is only ever read."""
+    try:
+        return torch.from_dlpack(array)
+    except (BufferError, TypeError):  # numpy < 2.1 exports no read-only array
+        return None
 
-    Why: writing float32 through a transposed (or column-reversed) view of the output strides every store across
-    rows, about 3x the time of the whole plain path on the 2-core machine; a transposed copy of the uint8 box is
-    a quarter of the bytes and keeps the float32 writes sequential. Same values, element by element."""
+
+def _oriented_source(box: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    """``T^transpose(flip_rows(flip_cols(box)))`` (C, h, w): the box itself, or copied into a reused buffer of its
+    dtype when it turns or flips, so that the normalisation reads contiguous memory and writes its float32 output
+    in memory order. Same values, element by element.
+
+    Why (5 x 520 x 520 uint8 boxes of 520 x 696 sites): writing float32 through a transposed (or column-reversed)
+    view of the output strides every store across rows, about 3x the time of the whole plain path; a copy of the
+    uint8 box is a quarter of the bytes. Column flips are copied by ``torch.flip``, about 3x faster than numpy's
+    copy through a reversed view (its strided loop); a row flip alone is copied too (row by row), because the
+    normalisation runs faster on contiguous memory than on the row-reversed view by more than the copy costs. A
+    turned box is first copied row by row out of the site (rows reversed if it flips them) and transposed from
+    that copy (columns reversed by reading its transposed rows backwards): reading a site's column strides across
+    as many memory pages as the site has rows, reading the copy's across fewer."""
+    if transpose:
+        rows = box[:, ::-1] if flip_rows else box
+        if not box.flags.c_contiguous:
+            rows = _copied(rows, "rows")
+        view = rows.swapaxes(1, 2)
+        return _copied(view[:, ::-1] if flip_cols else view, "oriented")
     view = box[:, :, ::-1] if flip_cols else box
     view = view[:, ::-1] if flip_rows else view
-    view = view.swapaxes(1, 2) if transpose else view
-    if not (transpose or flip_cols):
+    if not (flip_cols or flip_rows):
         return view
+    source = _shared_tensor(box) if flip_cols else None
+    if source is None:
+        return _copied(view, "oriented")
     oriented = _scratch(f"oriented_{view.dtype}", view.size, view.dtype).reshape(view.shape)
-    np.copyto(oriented, view)
+    torch.ops.aten.flip.out(source, [1, 2] if flip_rows else [2], out=torch.from_numpy(oriented))
     return oriented
+
+
+def _copied(view: np.ndarray, name: str) -> np.ndarray:
+    """``view`` copied into the reused buffer ``name`` of its dtype."""
+    copy = _scratch(f"{name}_{view.dtype}", view.size, view.dtype).reshape(view.shape)
+    np.copyto(copy, view)
+    return copy
 
 
 def _resample_cpu(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -236,15 +236,14 @@ class CellPaintingCollator:
         stored = next(iter(shapes))
         sites = [decode_image(view, stored) for view in image_views]
         if in_place:
-            maxima = np.stack([site.reshape(stored[0], -1).max(-1) for site in sites])
-            _check_blank(maxima if self.channel_permutation is None else maxima[:, self.channel_permutation], keys)
+            _check_blank(sites, keys, self.channel_permutation)
             return sites, *rest
         channels = len(self.channel_permutation) if self.channel_permutation is not None else stored[0]
         buffer = self._site_buffer((len(keys), channels) + tuple(stored[1:]), tokens)
         images = buffer.numpy()
         for i, site in enumerate(sites):
             images[i] = site if self.channel_permutation is None else site[self.channel_permutation]
-        _check_blank(images.reshape(images.shape[0], images.shape[1], -1).max(-1), keys)
+        _check_blank(images, keys)
         return buffer, *rest
 
     def _sites_in_place(self) -> bool:
@@ -315,12 +314,25 @@ class CellPaintingCollator:
         return out
 
 
-def _check_blank(maxima: np.ndarray, keys: Sequence[str]) -> None:
-    """``ValueError`` naming the first sample with an all-zero channel; ``maxima``: (N, C) per-channel maxima."""
-    blank = maxima == 0
-    if blank.any():
-        n, c = np.argwhere(blank)[0]
-        raise ValueError(f"sample {keys[n]!r}: channel {c} is all zero")
+#: The blank check first takes the maximum of every ``BLANK_PROBE_ROWS``-th row of each channel; only a channel
+#: whose probed rows are all zero is read whole. A 5 x 520 x 696 site's full maxima cost about 0.14 ms, as much as
+#: 6 % of its float32 augmentation; the probe reads a sixteenth of it and decides alone for any channel with
+#: signal, so the result is the full check's.
+BLANK_PROBE_ROWS = 16
+
+
+def _check_blank(sites, keys: Sequence[str], channels: Sequence[int] | None = None) -> None:
+    """``ValueError`` naming the first sample (and its first channel) that has an all-zero channel.
+
+    ``sites``: (C, H, W) uint8 arrays (or an (N, C, H, W) batch); ``channels``: the site's channel of each output
+    channel (default: all, in order): only those are checked, and an error names the output channel."""
+    for key, site in zip(keys, sites):
+        probe = site[:, ::BLANK_PROBE_ROWS].max(axis=(1, 2))
+        if probe.all():
+            continue
+        for out_c, c in enumerate(range(len(site)) if channels is None else channels):
+            if probe[c] == 0 and site[c].max() == 0:
+                raise ValueError(f"sample {key!r}: channel {out_c} is all zero")
 
 
 class CellPaintingDataLoader(DataLoader):

@@ -295,3 +295,35 @@ def test_bad_input_is_refused():
         transform.augment_sites(sites, seeds=[1, 2], channels=[0, 1, 2, 3, 5])
     with pytest.raises(ValueError, match="images have 4 channels, the normalisation has 5"):
         transform.augment_sites(sites, seeds=[1, 2], channels=[0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("dlpack", [True, False], ids=["dlpack", "numpy copies"])
+def test_read_only_sites_get_the_reference_pixels_in_all_eight_orientations(site, monkeypatch, dlpack):
+    """augment_sites on read-only sites (as views of Arrow buffers are): bit for bit the reference, whether torch
+    reads the flipped boxes through DLPack or numpy copies them (numpy < 2.1 exports no read-only array); no read-only
+    site is handed to torch.from_numpy, which warns on one, and none is written to."""
+    import cloome_hf.transforms as transforms
+
+    if not dlpack:
+        def refuse(array):
+            raise BufferError("Cannot export readonly array since signalling readonly is unsupported by DLPack")
+        monkeypatch.setattr(transforms.torch, "from_dlpack", refuse)
+    from_numpy = torch.from_numpy
+
+    def writable_only(array):
+        assert array.flags.writeable, "torch.from_numpy on a read-only array"
+        return from_numpy(array)
+    monkeypatch.setattr(transforms.torch, "from_numpy", writable_only)
+    images = real_batch(site, 16)[:, :, :40, :48].contiguous()
+    data = images.numpy().tobytes()
+    sites = [np.frombuffer(data, np.uint8, images[0].numel(), i * images[0].numel()).reshape(images.shape[1:])
+             for i in range(len(images))]
+    transform = CloomeTrainTransform(crop_size=(32, 32), random_resized_crop_scale=None)
+    seeds = list(range(len(sites)))
+    params = transform.draw_params(len(sites), 40, 48, seeds=seeds)
+    assert len(set(zip(params.transpose, params.flip_rows, params.flip_cols))) == 8
+    for channels in (None, [4, 2, 0, 1, 3]):
+        pixels = transform.augment_sites(sites, seeds=seeds, channels=channels)
+        expected = reference(images if channels is None else images[:, channels], params)
+        torch.testing.assert_close(pixels, expected, rtol=0, atol=0)
+    assert np.frombuffer(data, np.uint8).tobytes() == images.numpy().tobytes()
