@@ -54,6 +54,9 @@ def _run_process(rank: int, world_size: int, environment: dict, argv: list, log:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), GROUP_RANK="0", ROLE_RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size), ROLE_WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=environment["MASTER_PORT"])
+    # A forkserver's children default to starting theirs through it too; a launched process forks its DataLoader
+    # workers (Linux's default), and through the server each worker would be sent the whole pickled dataset.
+    multiprocessing.set_start_method("fork", force=True)
     import torch
 
     torch.set_num_threads(int(environment.get("OMP_NUM_THREADS", "1")))
