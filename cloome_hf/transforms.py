@@ -155,14 +155,19 @@ def _oriented_source(box: np.ndarray, transpose: bool, flip_rows: bool, flip_col
     source = _shared_tensor(box) if flip_cols else None
     if source is None:
         return _copied(view, "oriented")
-    oriented = _scratch(f"oriented_{view.dtype}", view.size, view.dtype).reshape(view.shape)
+    oriented = _buffer_like(view, "oriented")
     torch.ops.aten.flip.out(source, [1, 2] if flip_rows else [2], out=torch.from_numpy(oriented))
     return oriented
 
 
+def _buffer_like(view: np.ndarray, name: str) -> np.ndarray:
+    """The reused buffer ``name`` of ``view``'s dtype, shaped like ``view``."""
+    return _scratch(f"{name}_{view.dtype}", view.size, view.dtype).reshape(view.shape)
+
+
 def _copied(view: np.ndarray, name: str) -> np.ndarray:
     """``view`` copied into the reused buffer ``name`` of its dtype."""
-    copy = _scratch(f"{name}_{view.dtype}", view.size, view.dtype).reshape(view.shape)
+    copy = _buffer_like(view, name)
     np.copyto(copy, view)
     return copy
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import traceback
 from pathlib import Path
+
+from local_servers import free_port
 
 #: What the forkserver imports once, before it forks any process.
 PRELOAD = ["torch", "cloome_hf", "cloome_hf.cli", "cloome_hf.train.loop"]
@@ -26,12 +27,6 @@ def forkserver():
     then shared by every test of this pytest process)."""
     multiprocessing.set_forkserver_preload(PRELOAD)
     return multiprocessing.get_context("forkserver")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def accelerate_environment(num_processes: int, port: int) -> dict[str, str]:

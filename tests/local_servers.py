@@ -3,7 +3,8 @@
 * :func:`moto_s3_server`: ``moto`` in server mode, an S3-compatible endpoint that the real ``s3fs`` client
   talks to over HTTP (nothing is patched inside the test process);
 * :func:`flaky_http_server`: a static file server (``tests/flaky_http_server.py``) that answers the first
-  requests of every file with HTTP 503, for the retry tests.
+  requests of every file with HTTP 503, for the retry tests;
+* :func:`free_port`: a free local port, for these and every other test that listens or rendezvouses on one.
 """
 
 import contextlib
@@ -18,7 +19,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -57,7 +59,7 @@ def _serving(command: list[str], probe: str):
 @contextlib.contextmanager
 def moto_s3_server():
     """Yield the endpoint URL (``http://127.0.0.1:PORT``) of a fresh moto S3 server."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with _serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/"):
         yield endpoint
@@ -88,7 +90,7 @@ def upload_folder(endpoint: str, folder, bucket: str, public: bool = True) -> No
 def flaky_http_server(folder, failures: int):
     """Yield the base URL of a server for ``folder`` whose first ``failures`` GETs of each path answer 503;
     ``{base}/_count/{path}`` says how many GETs a path received."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with _serving([sys.executable, os.path.join(HERE, "flaky_http_server.py"), os.fspath(folder), str(port),
                    str(failures)], f"{base}/_count/probe"):

@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from cloome_hf.distributed import gather_features
-from forked_launch import forkserver, free_port
+from forked_launch import forkserver
+from local_servers import free_port
 from cloome_hf.losses import contrastive_loss, s2l_soft_labels, tanimoto_similarity
 
 WORLD_SIZE = 2

@@ -5,6 +5,7 @@ import pytest
 import tifffile
 
 from cloome_hf.cli import serve
+from local_servers import free_port
 
 
 @pytest.fixture
@@ -149,14 +150,6 @@ def test_about_names_model_weights_digest_dataset_and_card_summary(service, tiny
     assert summary and summary in card and not summary.startswith(("#", "---"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_space_folder_runs_the_page(tiny_served_store, service, tmp_path):
     import gradio as gr
 
@@ -181,7 +174,7 @@ def test_space_folder_runs_the_page(tiny_served_store, service, tmp_path):
     with pytest.raises(ValueError, match="holds other files than a Space's"):
         space.main(["--images", str(tiny_served_store["store"]), "--output_dir", str(tiny_served_store["root"])])
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.PIPE,

@@ -6,7 +6,6 @@ One server and one browser serve every test of the module."""
 
 import io
 import shutil
-import socket
 import urllib.error
 import urllib.request
 
@@ -21,15 +20,11 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from local_servers import free_port  # noqa: E402
+
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(not (shutil.which(CHROMIUM) and shutil.which(DRIVER)),
                                 reason="needs the system chromium and chromium-driver packages")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +33,7 @@ def page(tiny_served_store, tmp_path_factory):
 
     service = SearchService.from_stores(str(tiny_served_store["store"]))
     app = build_app(service, default_k=3)
-    port = _free_port()
+    port = free_port()
     launch(app, port=port, prevent_thread_lock=True, quiet=True)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_ARGS, load_train_script, read_log, run_cloome
-from forked_launch import free_port, launch_train
+from forked_launch import launch_train
+from local_servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "scripts" / "train.py")
