@@ -7,13 +7,13 @@ stage, each stage run on its own over the same batches, best of ``--repeats``; t
 * ours: ``read`` (the Arrow slice of the batch's rows), ``decode`` (the sites as read-only views of the batch's
   Arrow buffers; before, copied into a uint8 batch), ``blank check`` (no all-zero channel: a probe of every 16th
   row, a whole channel only where the probe is zero; ``before``: every channel's maximum), ``draw`` (per-site
-  crop and orientation from the seeds), ``orient`` (the uint8 box copied turned or flipped for the 7 of 8
-  orientations that are not the box itself: ``torch.flip`` for column flips, a row copy first for turns;
-  ``before``: numpy copies of the 5 turned or column-flipped ones, the row flip read in place),
-  ``normalise`` (``(x - mean)`` into the float32 output, then ``/ std``),
-  ``fingerprints`` (table lookup); ``whole batch`` (the collation of the same batches, which includes everything,
-  each batch released afterwards as the training step does, so the next one reuses its memory) and ``whole
-  batch, fresh memory`` (the batches kept, so each is written into fresh memory);
+  crop and orientation from the seeds), ``orient`` (the uint8 box copied turned, for the 4 of 8 orientations that
+  transpose it), ``normalise`` (the compiled kernel of :mod:`cloome_hf.transforms_cpu`: each pixel converted,
+  read flipped in place, ``(x - mean) / std``, written once into the float32 output; ``numpy passes``: the same
+  pixels through numpy's ufuncs, the path without numba), ``fingerprints`` (table lookup); ``whole batch`` (the
+  collation of the same batches, which includes everything, each batch released afterwards as the training step
+  does, so the next one reuses its memory), ``whole batch, fresh memory`` (the batches kept, so each is written
+  into fresh memory) and ``whole batch, numpy passes`` (released, without the kernel);
 * upstream: ``np.load`` of the ``.npz``, ``float32``, ``to_tensor``, ``RandomCrop``, ``Normalize``, collate;
 * ``memory floor``: writing 5 x 520 x 520 float32 once (``np.copyto`` from the uint8 box): the bytes every
   float32 path must write.
@@ -31,7 +31,6 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what every cloome command sets (cloome_hf/runtime.py)
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -60,9 +59,10 @@ def best_ms_per_site(fn, sites: int, repeats: int) -> float:
 
 
 def ours_stages(loader, repeats: int) -> dict[str, float]:
+    import cloome_hf.transforms_cpu as transforms_cpu
     from cloome_hf.data import release_batch
     from cloome_hf.data.loader import _check_blank
-    from cloome_hf.transforms import _oriented_source
+    from cloome_hf.transforms_cpu import normalise_box, turned_copy
 
     collator, data = loader.collate_fn, loader.dataset
     batches = [list(b) for b in loader.batch_sampler]
@@ -76,44 +76,42 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
     out = torch.empty((len(batches[0]), 5, *transform.output_shape(*shape[-2:])))
     mean, std = transform._mean_np, transform._std_np
 
+    mean, std = mean.reshape(-1), std.reshape(-1)
+    assert transforms_cpu.kernel(), "numba is not installed: the kernel rows would time numpy's passes"
+
     def boxes(i):
         p, src = params[i], decoded[i]
         for j in range(len(p)):
-            yield j, np.asarray(src[j])[:, p.top[j]:p.top[j] + p.height[j], p.left[j]:p.left[j] + p.width[j]], p
+            yield j, np.asarray(src[j]), p
 
-    def orient():
+    def orient():  # the turned boxes' uint8 copies (flips are read in place)
         for i in range(len(batches)):
-            for j, box, p in boxes(i):
-                _oriented_source(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
+            for j, site, p in boxes(i):
+                if p.transpose[j]:
+                    turned_copy(site[:, p.top[j]:p.top[j] + p.height[j], p.left[j]:p.left[j] + p.width[j]],
+                                p.flip_rows[j], p.flip_cols[j])
 
-    scratch = np.empty((5, *out.shape[2:]), np.uint8)
-
-    def oriented_before(box, transpose, flip_rows, flip_cols):  # numpy copies of turned or column-flipped boxes
-        view = box[:, :, ::-1] if flip_cols else box
-        view = view[:, ::-1] if flip_rows else view
-        view = view.swapaxes(1, 2) if transpose else view
-        if not (transpose or flip_cols):
-            return view
-        np.copyto(scratch, view)
-        return scratch
-
-    def orient_before():
-        for i in range(len(batches)):
-            for j, box, p in boxes(i):
-                oriented_before(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
-
-    def normalise(oriented=_oriented_source):
+    def normalise():
         target = out.numpy()
         for i in range(len(batches)):
-            for j, box, p in boxes(i):
-                src = oriented(box, p.transpose[j], p.flip_rows[j], p.flip_cols[j])
-                np.subtract(src, mean, out=target[j])
-                np.divide(target[j], std, out=target[j])
+            for j, site, p in boxes(i):
+                normalise_box(site, p.top[j], p.left[j], (p.height[j], p.width[j]), p.transpose[j],
+                              p.flip_rows[j], p.flip_cols[j], mean, std, target[j])
+
+    def without_kernel(fn):
+        def run():
+            compiled, transforms_cpu._KERNEL = transforms_cpu._KERNEL, False
+            try:
+                fn()
+            finally:
+                transforms_cpu._KERNEL = compiled
+        return run
 
     def floor():
         target = out.numpy()
         for i in range(len(batches)):
-            for j, box, _ in boxes(i):
+            for j, site, p in boxes(i):
+                box = site[:, p.top[j]:p.top[j] + p.height[j], p.left[j]:p.left[j] + p.width[j]]
                 np.copyto(target[j], box, casting="unsafe")
 
     def collate_released():  # as the training step does: each batch given back once it is done with
@@ -123,13 +121,6 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
     def collate_kept():  # each batch in fresh memory (a consumer that never releases)
         kept = [collator(t) for t in tables]
         del kept
-
-    before = copy.copy(collator)  # the path before: sites copied into a uint8 batch, every batch in fresh memory
-    before._sites_in_place, before.reuse_buffers = (lambda: False), False
-
-    def collate_before():
-        for t in tables:
-            release_batch(before(t))
 
     keys = [t[0].column("sample_key").to_pylist() for t in tables]
     channels = collator.channel_permutation if in_place else None
@@ -153,32 +144,31 @@ def ours_stages(loader, repeats: int) -> dict[str, float]:
         "draw": lambda: [transform.draw_params(len(d), *shape[-2:], seeds=t[1]) for d, t in zip(decoded, tables)],
         "orient": orient,
         "normalise (incl. orient)": normalise,
-        "orient, before (numpy copies)": orient_before,
-        "normalise, before (incl. orient)": lambda: normalise(oriented_before),
+        "normalise, numpy passes (incl. orient)": without_kernel(normalise),
         "fingerprints": lambda: [collator.fingerprints.lookup(t[0].column("inchikey").to_pylist()) for t in tables],
         "whole batch (collate)": collate_released,
         "whole batch, fresh memory (collate)": collate_kept,
-        "whole batch, before (collate)": collate_before,
+        "whole batch, numpy passes (collate)": without_kernel(collate_released),
         "memory floor (write float32 once)": floor,
     }
     result = {name: best_ms_per_site(fn, sites, repeats) for name, fn in stages.items()}
     result["decode"] -= result["blank check"]  # _decode includes the check
     result["normalise"] = result.pop("normalise (incl. orient)") - result["orient"]
-    result["normalise, before"] = (result.pop("normalise, before (incl. orient)")
-                                   - result["orient, before (numpy copies)"])
+    result["normalise, numpy passes"] = result.pop("normalise, numpy passes (incl. orient)") - result["orient"]
     result["whole batch (read + collate)"] = result.pop("whole batch (collate)") + result["read"]
     result["whole batch, fresh memory"] = result.pop("whole batch, fresh memory (collate)") + result["read"]
-    result["whole batch, before (uint8 batch copy, fresh memory)"] = (result.pop("whole batch, before (collate)")
-                                                                       + result["read"])
+    result["whole batch, numpy passes"] = result.pop("whole batch, numpy passes (collate)") + result["read"]
     result["sites read in place"] = in_place
     return result
 
 
 def normalise_variants(repeats: int, sites: int = 16) -> dict[str, float]:
     """Ways of normalising one 5 x 520 x 520 uint8 box (of a 520 x 696 site) into float32, ms per site; the
-    ``orient`` rows include the exact normalisation of the oriented box. Only the first two are the exact
-    ``(x - mean) / std``; ``mul + add`` is within float32 rounding."""
+    ``orient`` rows include the exact normalisation of the oriented box (numpy's two passes), the ``compiled
+    kernel`` rows are the path taken. The ``one rounding more`` rows are within float32 rounding of the exact
+    ``(x - mean) / std``, the others exact."""
     from cloome_hf.channels import CLOOME_CHANNEL_MEAN
+    from cloome_hf.transforms_cpu import normalise_box
 
     rng = np.random.default_rng(0)
     src = rng.integers(1, 255, (sites, 5, 520, 696), dtype=np.uint8)
@@ -228,7 +218,18 @@ def normalise_variants(repeats: int, sites: int = 16) -> dict[str, float]:
         "orient: row flip, read in place": lambda b, o: exact(b[:, ::-1], o),
         "orient: row flip, copied first": lambda b, o: copied(b[:, ::-1], o),
     }
-    return {name: round(best_ms_per_site(each(fn), sites, repeats), 3) for name, fn in variants.items()}
+    result = {name: round(best_ms_per_site(each(fn), sites, repeats), 3) for name, fn in variants.items()}
+    # the kernel reads the whole site at the box's offset (so that its rows are contiguous to the compiler)
+    flat_mean, flat_std = mean.reshape(-1), std.reshape(-1)
+    kernel_rows = {"compiled kernel (taken): plain": (False, False, False),
+                   "compiled kernel (taken): column flip": (False, False, True),
+                   "compiled kernel (taken): row and column flips": (False, True, True),
+                   "compiled kernel (taken): transpose (turned copy, then the kernel)": (True, False, False)}
+    for name, orientation in kernel_rows.items():
+        run = lambda o=orientation: [normalise_box(src[i], 0, 80, (520, 520), *o, flat_mean, flat_std, out[i])
+                                     for i in range(sites)]
+        result[name] = round(best_ms_per_site(run, sites, repeats), 3)
+    return result
 
 
 def upstream_stages(dataset: UpstreamCellPainting, repeats: int, batch_size: int) -> dict[str, float]:
@@ -302,8 +303,7 @@ def main(argv=None) -> dict:
     results["upstream_ms_per_site"] = {k: round(v, 3) for k, v in upstream.items()}
     up_total = upstream["whole dataset item + collate"]
     results["ratio_whole_path_vs_upstream"] = round(up_total / ours["whole batch (read + collate)"], 2)
-    results["ratio_before_vs_upstream"] = round(
-        up_total / ours["whole batch, before (uint8 batch copy, fresh memory)"], 2)
+    results["ratio_numpy_passes_vs_upstream"] = round(up_total / ours["whole batch, numpy passes"], 2)
     results["ratio_memory_floor_vs_upstream"] = round(up_total / ours["memory floor (write float32 once)"], 2)
     if args.variants:
         results["normalise_variants_ms_per_site"] = normalise_variants(args.repeats)
@@ -312,8 +312,8 @@ def main(argv=None) -> dict:
         print(f"\n{side}:", file=sys.stderr)
         for k, v in results[side].items():
             print(f"  {k:<36} {v:>7.3f} ms  ({v / up_total:.1%} of upstream's whole path)", file=sys.stderr)
-    print(f"\nwhole path: {results['ratio_whole_path_vs_upstream']}x upstream (before: "
-          f"{results['ratio_before_vs_upstream']}x); memory floor "
+    print(f"\nwhole path: {results['ratio_whole_path_vs_upstream']}x upstream (numpy passes: "
+          f"{results['ratio_numpy_passes_vs_upstream']}x); memory floor "
           f"{results['ratio_memory_floor_vs_upstream']}x", file=sys.stderr)
     print(json.dumps(results, indent=1))
     if args.output:

@@ -17,9 +17,9 @@ Inference uses `CloomeImageProcessor` (deterministic centre crop + normalisation
 
 All random draws happen on the CPU (:meth:`CloomeTrainTransform.draw_params`), from one generator per image when
 ``seeds`` are given (so an image's pixels depend on its seed alone, not on the batch, worker or process), and the
-pixel work runs wherever the images are: on the CPU per image, through numpy views (crop, flips, turns: no index
-maps; a turned or flipped box is first copied as uint8, so the float32 output is written in memory order)
-and one bilinear kernel; on an accelerator batched, through gathers of the uint8 input. Both paths give the same
+pixel work runs wherever the images are: on the CPU per image (:mod:`cloome_hf.transforms_cpu`: one compiled loop
+converts, orients and normalises each box in place, a turned box first copied as uint8, so the float32 output is
+written once, in memory order; one bilinear kernel); on an accelerator batched, through gathers of the uint8 input. Both paths give the same
 pixels within float rounding (crops exactly).
 
 In eval mode (`transform.eval()`) only a centre crop to `crop_size` (then to `output_size`, as the published code
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import operator
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,8 +39,7 @@ import torch
 from torch import nn
 
 from .channels import CLOOME_CHANNEL_MEAN
-
-_SCRATCH = threading.local()  # per-thread float buffers of the CPU resampling, reused across calls
+from .transforms_cpu import normalise_box
 
 
 @dataclass(frozen=True)
@@ -109,78 +107,6 @@ class _Draws:
 
     def exp_uniform(self, low: float, high: float) -> float:
         return float(self._float.uniform_(low, high, generator=self.generator).exp_())
-
-
-def _scratch(name: str, numel: int, dtype=np.float32) -> np.ndarray:
-    buffer = getattr(_SCRATCH, name, None)
-    if buffer is None or buffer.size < numel or buffer.dtype != dtype:
-        buffer = np.empty(numel, dtype=dtype)
-        setattr(_SCRATCH, name, buffer)
-    return buffer[:numel]
-
-
-def _shared_tensor(array: np.ndarray) -> torch.Tensor | None:
-    """A tensor on ``array``'s memory (no copy), read-only arrays (views of Arrow buffers) included, or ``None``
-    where numpy cannot hand it over. Through DLPack, which marks a read-only array as such (numpy >= 2.1), not
-    ``torch.from_numpy``, which warns on one; the tensor is only ever read."""
-    try:
-        return torch.from_dlpack(array)
-    except (BufferError, TypeError):  # numpy < 2.1 exports no read-only array
-        return None
-
-
-def _oriented_source(box: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool) -> np.ndarray:
-    """``T^transpose(flip_rows(flip_cols(box)))`` (C, h, w): the box itself, or copied into a reused buffer of its
-    dtype when it turns or flips, so that the normalisation reads contiguous memory and writes its float32 output
-    in memory order. Same values, element by element.
-
-    Why (5 x 520 x 520 uint8 boxes of 520 x 696 sites): writing float32 through a transposed (or column-reversed)
-    view of the output strides every store across rows, about 3x the time of the whole plain path; a copy of the
-    uint8 box is a quarter of the bytes. Column flips are copied by ``torch.flip``, about 3x faster than numpy's
-    copy through a reversed view (its strided loop); a row flip alone is copied too (row by row), because the
-    normalisation runs faster on contiguous memory than on the row-reversed view by more than the copy costs. A
-    turned box is first copied row by row out of the site (rows reversed if it flips them) and transposed from
-    that copy (columns reversed by reading its transposed rows backwards): reading a site's column strides across
-    as many memory pages as the site has rows, reading the copy's across fewer."""
-    if transpose:
-        rows = box[:, ::-1] if flip_rows else box
-        if not box.flags.c_contiguous:
-            rows = _copied(rows, "rows")
-        view = rows.swapaxes(1, 2)
-        return _copied(view[:, ::-1] if flip_cols else view, "oriented")
-    view = box[:, :, ::-1] if flip_cols else box
-    view = view[:, ::-1] if flip_rows else view
-    if not (flip_cols or flip_rows):
-        return view
-    source = _shared_tensor(box) if flip_cols else None
-    if source is None:
-        return _copied(view, "oriented")
-    oriented = _buffer_like(view, "oriented")
-    torch.ops.aten.flip.out(source, [1, 2] if flip_rows else [2], out=torch.from_numpy(oriented))
-    return oriented
-
-
-def _buffer_like(view: np.ndarray, name: str) -> np.ndarray:
-    """The reused buffer ``name`` of ``view``'s dtype, shaped like ``view``."""
-    return _scratch(f"{name}_{view.dtype}", view.size, view.dtype).reshape(view.shape)
-
-
-def _copied(view: np.ndarray, name: str) -> np.ndarray:
-    """``view`` copied into the reused buffer ``name`` of its dtype."""
-    copy = _buffer_like(view, name)
-    np.copyto(copy, view)
-    return copy
-
-
-def _resample_cpu(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) -> (C, *size) float32 bilinear (F.interpolate, align_corners=False), into reused buffers."""
-    c, h, w = box.shape
-    source = _scratch("box", c * h * w).reshape(1, c, h, w)
-    np.copyto(source, box, casting="unsafe")
-    resampled = _scratch("resampled", c * size[0] * size[1]).reshape(1, c, *size)
-    torch.ops.aten.upsample_bilinear2d.out(torch.from_numpy(source), list(size), False, None, None,
-                                           out=torch.from_numpy(resampled))
-    return resampled[0]
 
 
 def _to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -386,30 +312,20 @@ class CloomeTrainTransform(nn.Module):
 
     def _apply_sites(self, sites, params: AugmentationParams, target: np.ndarray,
                      channels: Sequence[int] | None = None) -> None:
-        """CPU: each box (a numpy view of its (C, H, W) site) is oriented and normalised into ``target[i]`` in
-        memory order; ``channels``: the site's channel of each output channel (default: the same)."""
-        resamples = (params.height != params.output_size[0]) | (params.width != params.output_size[1])
+        """CPU: each box of its (C, H, W) numpy site (read in place) is oriented and normalised into ``target[i]``
+        in memory order (see :mod:`cloome_hf.transforms_cpu`); ``channels``: the site's channel of each output
+        channel (default: the same)."""
         columns = zip(params.top.tolist(), params.left.tolist(), params.height.tolist(), params.width.tolist(),
-                      params.transpose.tolist(), params.flip_rows.tolist(), params.flip_cols.tolist(),
-                      resamples.tolist())
-        mean, std = self._mean_np, self._std_np
-        for i, (top, left, h, w, *orientation, resample) in enumerate(columns):
-            box = sites[i][:, top:top + h, left:left + w]
+                      params.transpose.tolist(), params.flip_rows.tolist(), params.flip_cols.tolist())
+        mean, std = self._mean_np.reshape(-1), self._std_np.reshape(-1)
+        for i, (top, left, h, w, *orientation) in enumerate(columns):
             if channels is None:
-                self._normalise_box(box, resample, orientation, target[i], mean, std)
+                normalise_box(sites[i], top, left, (h, w), *orientation, mean, std, target[i])
                 continue
-            for out_c, site_c in enumerate(channels):  # channel by channel: no copy of the reordered box
+            for out_c, site_c in enumerate(channels):  # channel by channel: no copy of the reordered site
                 one = slice(out_c, out_c + 1)
-                self._normalise_box(box[site_c:site_c + 1], resample, orientation, target[i, one], mean[one],
-                                    std[one])
-
-    def _normalise_box(self, box: np.ndarray, resample: bool, orientation, target: np.ndarray, mean: np.ndarray,
-                       std: np.ndarray) -> None:
-        """``target = (T(FR(FC(box))) - mean) / std``, resampled to the output size first when ``resample``."""
-        if resample:
-            box = _resample_cpu(box, target.shape[1:])
-        np.subtract(_oriented_source(box, *orientation), mean, out=target)
-        np.divide(target, std, out=target)
+                normalise_box(sites[i][site_c:site_c + 1], top, left, (h, w), *orientation, mean[one], std[one],
+                              target[i, one])
 
     def batched_taps(self, params: AugmentationParams, device: torch.device | str = "cpu"):
         """The CPU side of the batched path: per-image source rows and columns (and bilinear weights), ordered

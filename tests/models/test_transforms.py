@@ -297,23 +297,23 @@ def test_bad_input_is_refused():
         transform.augment_sites(sites, seeds=[1, 2], channels=[0, 1, 2, 3])
 
 
-@pytest.mark.parametrize("dlpack", [True, False], ids=["dlpack", "numpy copies"])
-def test_read_only_sites_get_the_reference_pixels_in_all_eight_orientations(site, monkeypatch, dlpack):
-    """augment_sites on read-only sites (as views of Arrow buffers are): bit for bit the reference, whether torch
-    reads the flipped boxes through DLPack or numpy copies them (numpy < 2.1 exports no read-only array); no read-only
-    site is handed to torch.from_numpy, which warns on one, and none is written to."""
-    import cloome_hf.transforms as transforms
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "numpy"])
+def test_read_only_sites_get_the_reference_pixels_in_all_eight_orientations(site, monkeypatch, compiled):
+    """augment_sites on read-only sites (as views of Arrow buffers are): bit for bit the reference, through the
+    compiled kernel and through numpy's passes (the path without numba); no read-only site is handed to
+    torch.from_numpy, which warns on one, and none is written to."""
+    import cloome_hf.transforms_cpu as transforms_cpu
 
-    if not dlpack:
-        def refuse(array):
-            raise BufferError("Cannot export readonly array since signalling readonly is unsupported by DLPack")
-        monkeypatch.setattr(transforms.torch, "from_dlpack", refuse)
+    if not compiled:
+        monkeypatch.setattr(transforms_cpu, "_KERNEL", False)
+    else:
+        assert transforms_cpu.kernel(), "numba is a dependency: the kernel must compile"
     from_numpy = torch.from_numpy
 
     def writable_only(array):
         assert array.flags.writeable, "torch.from_numpy on a read-only array"
         return from_numpy(array)
-    monkeypatch.setattr(transforms.torch, "from_numpy", writable_only)
+    monkeypatch.setattr(transforms_cpu.torch, "from_numpy", writable_only)
     images = real_batch(site, 16)[:, :, :40, :48].contiguous()
     data = images.numpy().tobytes()
     sites = [np.frombuffer(data, np.uint8, images[0].numel(), i * images[0].numel()).reshape(images.shape[1:])
