@@ -86,7 +86,6 @@ def _compile():
     # boundscheck off: normalise_into checks the box against the source before every call. Indices are unsigned
     # (np.uintp) where they run backwards: numba then drops its negative-index wraparound, which otherwise stops
     # LLVM from vectorising the loop.
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
     def normalise_rows(source, top, left, flip_rows, flip_cols, mean, std, out):
         channels, height, width = out.shape
         last = np.uintp(left + width - 1)
@@ -102,7 +101,11 @@ def _compile():
                     for j in range(width):
                         target[j] = (np.float32(source[c, row, np.uintp(left + j)]) - m) / s
 
-    return normalise_rows
+    try:
+        return numba.njit(cache=True, nogil=True, boundscheck=False)(normalise_rows)
+    except RuntimeError as error:  # no writable cache folder for this file (numba: "no locator available")
+        logger.info("numba cannot cache the CPU augmentation kernel (%s): compiling it in every process", error)
+        return numba.njit(nogil=True, boundscheck=False)(normalise_rows)
 
 
 def kernel():

@@ -134,3 +134,20 @@ def test_without_numba_the_numpy_passes_run_and_say_so(monkeypatch, caplog):
     normalise_box(site, 3, 5, (16, 16), False, True, True, MEAN, STD, out)
     torch.testing.assert_close(torch.from_numpy(out), reference(site, 3, 5, (16, 16), False, True, True, (16, 16)),
                                rtol=0, atol=0)
+
+
+def test_without_a_writable_cache_folder_the_kernel_still_compiles(monkeypatch):
+    """numba refuses ``cache=True`` where it finds no folder to cache in (a read-only install and home): the kernel
+    is then compiled in the process, not given up."""
+    from numba.core import caching
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    monkeypatch.setattr(transforms_cpu, "_KERNEL", None)
+    compiled = transforms_cpu.kernel()
+    assert compiled, "without a cache folder the kernel must still compile"
+    assert isinstance(compiled._cache, caching.NullCache)
+    out = np.empty((3, 12, 12), np.float32)
+    site = read_only_site(np.uint8)
+    normalise_into(site, 2, 7, True, False, MEAN, STD, out)
+    torch.testing.assert_close(torch.from_numpy(out), reference(site, 2, 7, (12, 12), False, True, False, (12, 12)),
+                               rtol=0, atol=0)
