@@ -277,7 +277,7 @@ def main(argv=None) -> dict:
     results = {"num_sites": args.num_sites, "batch_size": args.batch_size, "threads": args.threads,
                "repeats": args.repeats, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
     upstream = upstream_model()
-    config, state = convert_state_dict(upstream.state_dict(), preset="retrieval")
+    config, state = convert_state_dict(upstream.state_dict(), recipe="retrieval")
     model = CloomeModel(config)
     model.load_state_dict(state)
     model.eval()

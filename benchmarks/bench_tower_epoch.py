@@ -32,7 +32,7 @@ def make_tower(folder: str) -> str:
 
 
 def train_args(dataset: str, tower: str, output: str, epochs_steps: int, extra=()) -> list[str]:
-    return ["--preset", "cellclip-style", "--dataset", dataset, "--backbone", tower, "--output_dir", output,
+    return ["--recipe", "cellclip-style", "--dataset", dataset, "--backbone", tower, "--output_dir", output,
             "--image_size", "64", "--molecule_hidden_size", "256", "--molecule_num_layers", "2", "--projection_dim",
             "64", "--per_device_train_batch_size", "64", "--max_steps", str(epochs_steps), "--save_steps", "100000",
             "--eval_steps", "100000", "--logging_steps", "100000", "--warmup_steps", "0", "--mixed_precision", "no",

@@ -64,8 +64,8 @@ def make_tower(folder: str) -> str:
 
 def recipe_args(recipe: str, tower: str) -> list[str]:
     if recipe == "cloome-resnet":
-        return ["--preset", "demo"]
-    args = ["--preset", recipe, "--backbone", tower]
+        return ["--recipe", "demo"]
+    args = ["--recipe", recipe, "--backbone", tower]
     if recipe == "molphenix-style":  # its stated OpenPhenom convention, at the tiny tower's input size
         args += ["--tower_preprocessing", json.dumps({"rescale_factor": 1 / 255, "image_mean": None,
                                                       "image_std": None, "input_size": [64, 64]})]

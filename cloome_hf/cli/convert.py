@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..publish.convert import PRESETS, convert_original_checkpoint
+from ..publish.convert import CHECKPOINT_RECIPES, convert_original_checkpoint
 from .arguments import OutputArguments, arg, parse_command
 
 
@@ -25,7 +25,7 @@ class ConvertArguments:
     checkpoint_path: str | None = arg(None, "upstream .pt checkpoint")
     recipe: str | None = arg(None, "processor settings and model card: retrieval (full 520x696 sites, Morgan+RDKit "
                                    "8192), zero-shot (same weights, 520x520 centre crop) or bioactivity (Morgan "
-                                   "1024); default: inferred from the weights", choices=sorted(PRESETS),
+                                   "1024); default: inferred from the weights", choices=sorted(CHECKPOINT_RECIPES),
                              old=("--preset",))
     push_to_hub: str | None = arg(None, "also upload the folder to this Hub repo", metavar="REPO_ID")
 

@@ -66,7 +66,7 @@ def hint_for(error: BaseException, command: str) -> str:
                 "command has it, starts the folder clean)")
     if "smiles" in text:
         return "fix or leave out that molecule: RDKit must parse its SMILES"
-    if "preset" in text or "recipe" in text:
+    if "recipe" in text:
         return f"pick one of the names listed; {help_line}"
     if isinstance(error, FileNotFoundError) or any(s in text for s in ("does not exist", "not found", "no such")):
         return f"check the path: relative paths are read from {os.getcwd()}"

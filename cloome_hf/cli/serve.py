@@ -1,6 +1,6 @@
 """``cloome serve``: a search page (Gradio) over an embedding store.
 
-    cloome serve --model model/ --images embeddings/ [--molecules library_embeddings/] [--index index/] [--port 7860]
+    cloome serve --model model/ --embeddings embeddings/ [--molecules library_embeddings/] [--index index/] [--port 7860]
 
 Molecule -> sites, site -> molecules, site -> similar sites and the store's provenance, answered by the code path
 of ``cloome search``. Stores are folders or Hub dataset ids. The page binds 127.0.0.1 and makes no public share
@@ -31,7 +31,7 @@ ARGUMENTS = (ModelSourceArguments, PageStoreArguments, ServeArguments)
 
 
 def parse_arguments(argv=None):
-    return parse_command("serve", ARGUMENTS, argv, required=("images",), description=DESCRIPTION)
+    return parse_command("serve", ARGUMENTS, argv, required=("embeddings",), description=DESCRIPTION)
 
 
 def main(argv=None):
@@ -42,7 +42,7 @@ def main(argv=None):
         raise ValueError(f"cloome serve needs gradio ({err}); install it with: pip install 'cloome-hf[serve]'") from err
     from ..serve import SearchService, build_app, launch
 
-    service = SearchService.from_stores(args.images, args.molecules, model=args.model, index=args.index)
+    service = SearchService.from_stores(args.embeddings, args.molecules, model=args.model, index=args.index)
     launch(build_app(service, default_k=args.k), host=args.host, port=args.port, share=args.share)
     return None
 

@@ -10,7 +10,7 @@ A store location is
 A location that looks local (``./x``, ``/x``, ``~/x``, or whose parent folder exists: see
 :func:`~cloome_hf.data.loading.looks_local`) and is missing is reported as a missing path and never sent to the Hub:
 a mistyped folder must not turn into a Hub lookup. ``cloome search --embeddings``, ``cloome serve`` / ``cloome
-space`` (``--images``, ``--molecules``) and ``cloome train --image_features`` all open stores through
+space`` (``--embeddings``, ``--molecules``) and ``cloome train --image_features`` all open stores through
 :func:`store_folder`.
 """
 

@@ -2,7 +2,7 @@
 
 One renderer serves every producer of cards:
 
-* conversion of the published weights (``source="converted"``, a ``preset``; the card then quotes the
+* conversion of the published weights (``source="converted"``, a ``recipe``; the card then quotes the
   paper's headline results with their confidence intervals),
 * training (``training_config`` and validation ``metrics``),
 * publishing (``eval_results`` - e.g. from :func:`eval_results_from_json` on an evaluation ``results.json`` -
@@ -58,7 +58,7 @@ PAPER_RESULTS: tuple[dict[str, Any], ...] = (
 
 _CONTEXT_KEYS = {
     "model": {
-        "model_id", "description", "source", "preset", "checkpoint", "config", "processor", "training_config",
+        "model_id", "description", "source", "recipe", "checkpoint", "config", "processor", "training_config",
         "metrics", "eval_results", "datasets", "base_model", "license", "extra_tags", "site_picture",
     },
     "dataset": {
@@ -167,7 +167,7 @@ def render_model_card(template: str = "model", *, templates_dir: str | Path | No
             - ``model_id`` (str): Hub id or folder name shown in the title and usage snippet;
             - ``description`` (str): free text placed under the title;
             - ``source``: ``"converted"`` (published weights) or ``"trained"`` (default);
-            - ``preset``: ``"retrieval"``, ``"zero-shot"`` or ``"bioactivity"`` (converted models);
+            - ``recipe``: ``"retrieval"``, ``"zero-shot"`` or ``"bioactivity"`` (converted models);
             - ``checkpoint`` (str): upstream file the weights came from;
             - ``config``: :class:`~cloome_hf.CloomeConfig` or its dict (architecture table);
             - ``processor``: ``{"image_processor": {...}, "featurizer": {...}}`` settings
@@ -189,7 +189,7 @@ def render_model_card(template: str = "model", *, templates_dir: str | Path | No
         The card text, starting with the ``---`` YAML metadata block.
 
     Raises:
-        ValueError: unknown template, unknown context key, bad ``source``/``preset`` or incomplete eval result.
+        ValueError: unknown template, unknown context key, bad ``source``/``recipe`` or incomplete eval result.
     """
     if template not in _CONTEXT_KEYS:
         raise ValueError(f"unknown model card template {template!r}; choose from {sorted(_CONTEXT_KEYS)}")
@@ -206,15 +206,15 @@ def render_model_card(template: str = "model", *, templates_dir: str | Path | No
         ctx["source"] = ctx["source"] or "trained"
         if ctx["source"] not in ("converted", "trained"):
             raise ValueError(f"source must be 'converted' or 'trained', got {ctx['source']!r}")
-        recipe = get_recipe(ctx["preset"]) if ctx["preset"] is not None else None  # ValueError naming the known
+        recipe = get_recipe(ctx["recipe"]) if ctx["recipe"] is not None else None  # ValueError naming the known
         ctx["config"] = _config_dict(ctx["config"])
         ctx["architecture"] = _architecture(ctx["config"])
         eval_results = [_eval_result(e) for e in ctx["eval_results"] or ()]
         ctx["eval_results"] = eval_results
         # Tables 3 and 4 were obtained with the retrieval / zero-shot checkpoint's image embeddings.
-        with_tables = ctx["source"] == "converted" and ctx["preset"] in (None, "retrieval", "zero-shot")
+        with_tables = ctx["source"] == "converted" and ctx["recipe"] in (None, "retrieval", "zero-shot")
         ctx["paper_results"] = PAPER_RESULTS if with_tables else ()
-        ctx["preset_description"] = recipe.description if recipe is not None else None
+        ctx["recipe_description"] = recipe.description if recipe is not None else None
     else:
         ctx["dataset_id"] = ctx["dataset_id"] or "cloome-embeddings"
     ctx.update(

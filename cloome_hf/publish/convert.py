@@ -14,7 +14,7 @@ infers the architecture from the tensor shapes; it refuses to guess: any source 
 any model tensor it cannot fill is an error that lists all of them. :func:`convert_original_checkpoint` loads
 a checkpoint with ``torch.load(weights_only=True)`` (so no arbitrary objects are unpickled), converts it,
 and writes a Hub-ready folder: ``config.json``, ``model.safetensors``, the processor configuration for the
-chosen preset and a rendered ``README.md`` model card.
+chosen recipe and a rendered ``README.md`` model card.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,24 +35,39 @@ from ..recipes import get_recipe, recipe_names, recipe_processor
 from ..recipes import processor_settings as recipe_processor_settings
 
 HUB_REPO_ID = "anasanchezf/cloome"
-#: Presets that convert a published checkpoint.
-PRESETS: tuple[str, ...] = tuple(n for n in recipe_names() if get_recipe(n).checkpoint is not None)
-CHECKPOINTS = {n: get_recipe(n).checkpoint for n in PRESETS}
+#: The recipes of the published checkpoints: the names a conversion takes.
+CHECKPOINT_RECIPES: tuple[str, ...] = tuple(n for n in recipe_names() if get_recipe(n).checkpoint is not None)
+CHECKPOINTS = {n: get_recipe(n).checkpoint for n in CHECKPOINT_RECIPES}
+#: The old name of :data:`CHECKPOINT_RECIPES` (recipes were called presets until 0.1); goes in the next release.
+PRESETS = CHECKPOINT_RECIPES
 
 # Recipes with a published checkpoint (see cloome_hf.recipes): retrieval (full 520 x 696 sites, Morgan+RDKit
 # count fingerprints of length 8192), zero-shot (the same weights with a 520 x 520 centre crop) and bioactivity
 # (full sites, 1024-bit Morgan). The fingerprint *size* is always taken from the weights; ``loss`` and
-# ``hopfield_beta`` only matter for further training. Without a preset the upstream default method, CLOOB, is
+# ``hopfield_beta`` only matter for further training. Without a recipe the upstream default method, CLOOB, is
 # assumed.
 DEFAULT_LOSS = "infoloob"
 
 
-def converted_recipe(preset: str):
+def converted_recipe(name: str):
     """The recipe of a published checkpoint; ``ValueError`` for an unknown one or one without a checkpoint."""
-    recipe = get_recipe(preset)
+    recipe = get_recipe(name)
     if recipe.checkpoint is None:
-        raise ValueError(f"preset {preset!r} has no published checkpoint; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"recipe {name!r} has no published checkpoint; choose one of {sorted(CHECKPOINT_RECIPES)}")
     return recipe
+
+
+def _recipe_keyword(recipe: str | None, preset: str | None, function: str) -> str | None:
+    """``recipe``, or the value of ``function``'s deprecated ``preset=`` keyword (its name until 0.1) with a
+    ``FutureWarning``; both given is a ``ValueError`` naming both."""
+    if preset is None:
+        return recipe
+    if recipe is not None:
+        raise ValueError(f"{function}() got both recipe={recipe!r} and preset={preset!r}; give recipe= only "
+                         "(preset= is its old name)")
+    warnings.warn(f"{function}(preset=...) is now {function}(recipe=...); the old keyword goes in the next release",
+                  FutureWarning, stacklevel=3)
+    return preset
 
 
 _VISUAL_RE = re.compile(
@@ -114,7 +130,7 @@ def _require(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     return state_dict[key]
 
 
-def infer_config(state_dict: Mapping[str, torch.Tensor], preset: str | None = None) -> CloomeConfig:
+def infer_config(state_dict: Mapping[str, torch.Tensor], recipe: str | None = None) -> CloomeConfig:
     """Read the architecture off the tensor shapes of a prefix-free upstream state dict.
 
     Fingerprint size and hidden size come from ``transformer.layers.0.0.weight`` ``(hidden, F)``, the number
@@ -147,7 +163,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], preset: str | None = No
     logit_scale = float(logit.reshape(()).item())
     if not math.isfinite(logit_scale) or not 0.0 <= logit_scale <= math.log(100.0):
         raise ConversionError(f"logit_inv_tau = {logit_scale!r} lies outside [0, ln 100]")
-    model = converted_recipe(preset).model if preset is not None else {}
+    model = converted_recipe(recipe).model if recipe is not None else {}
     return CloomeConfig(
         vision_config={
             "backbone": CLOOME_RESNET50,
@@ -172,13 +188,15 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], preset: str | None = No
 
 
 def convert_state_dict(
-    upstream_state_dict: Mapping[str, torch.Tensor], preset: str | None = None
+    upstream_state_dict: Mapping[str, torch.Tensor], recipe: str | None = None, *, preset: str | None = None
 ) -> tuple[CloomeConfig, dict[str, torch.Tensor]]:
     """Rename an upstream ``CLIPGeneral`` state dict to CloomeModel names.
 
     Args:
         upstream_state_dict: the ``state_dict`` entry of an upstream checkpoint, with or without ``module.``.
-        preset: optional name in :data:`PRESETS`; only sets training-only config fields (``loss``, ``hopfield_beta``).
+        recipe: optional name in :data:`CHECKPOINT_RECIPES`; only sets training-only config fields (``loss``,
+            ``hopfield_beta``).
+        preset: the old name of ``recipe`` (deprecated: a ``FutureWarning``).
 
     Returns:
         ``(config, state_dict)`` where ``CloomeModel(config).load_state_dict(state_dict, strict=True)`` works.
@@ -188,13 +206,14 @@ def convert_state_dict(
         ConversionError: listing every source key that has no place in the model, every model tensor no
             source key fills, and every shape mismatch.
     """
-    if preset is not None:
-        converted_recipe(preset)
+    recipe = _recipe_keyword(recipe, preset, "convert_state_dict")
+    if recipe is not None:
+        converted_recipe(recipe)
     source = strip_ddp_prefix(upstream_state_dict)
     bad_values = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
     if bad_values:
         raise ConversionError(f"state dict entries that are not tensors: {bad_values}")
-    config = infer_config(source, preset)
+    config = infer_config(source, recipe)
     final_layer = config.molecule_config.num_hidden_layers
 
     from ..modeling_cloome import CloomeModel
@@ -255,35 +274,37 @@ def load_upstream_checkpoint(checkpoint_path: str | Path) -> dict[str, torch.Ten
     return state_dict
 
 
-def _processor_values(preset: str | None, fingerprint_size: int) -> tuple[dict[str, Any], tuple[int, int]]:
+def _processor_values(recipe: str | None, fingerprint_size: int) -> tuple[dict[str, Any], tuple[int, int]]:
     """The recipe values and crop of a converted model: the fingerprint size always follows the weights; the kind
-    follows the preset, or, without one, the size (8192 -> ``morgan_rdkit_max`` as for the retrieval model,
+    follows the recipe, or, without one, the size (8192 -> ``morgan_rdkit_max`` as for the retrieval model,
     otherwise ``morgan``). A centre crop to the full 520 x 696 site leaves Bray 2017 sites untouched and cuts
     larger fields of view (e.g. JUMP) to the size the model was trained on."""
-    if preset is None:
+    if recipe is None:
         kind, crop = ("morgan_rdkit_max" if fingerprint_size == 8192 else "morgan"), SITE_SIZE
     else:
-        recipe = converted_recipe(preset)
-        kind, crop = recipe.model["fingerprint_kind"], recipe.inference_crop
+        published = converted_recipe(recipe)
+        kind, crop = published.model["fingerprint_kind"], published.inference_crop
     return {"fingerprint_kind": kind, "fingerprint_size": int(fingerprint_size)}, crop
 
 
-def processor_settings(preset: str | None, fingerprint_size: int) -> dict[str, Any]:
-    """Image-processor and featuriser keyword arguments for a preset (:func:`cloome_hf.recipes.processor_settings`)."""
-    return recipe_processor_settings(*_processor_values(preset, fingerprint_size))
+def processor_settings(recipe: str | None, fingerprint_size: int) -> dict[str, Any]:
+    """Image-processor and featuriser keyword arguments for a recipe (:func:`cloome_hf.recipes.processor_settings`)."""
+    return recipe_processor_settings(*_processor_values(recipe, fingerprint_size))
 
 
-def build_processor(preset: str | None, fingerprint_size: int):
+def build_processor(recipe: str | None, fingerprint_size: int):
     """The :class:`~cloome_hf.processing_cloome.CloomeProcessor` matching :func:`processor_settings`
     (:func:`cloome_hf.recipes.recipe_processor`)."""
-    return recipe_processor(*_processor_values(preset, fingerprint_size))
+    return recipe_processor(*_processor_values(recipe, fingerprint_size))
 
 
 def convert_original_checkpoint(
     checkpoint_path: str | Path,
     output_dir: str | Path,
-    preset: str | None = None,
+    recipe: str | None = None,
     push_to_hub: str | None = None,
+    *,
+    preset: str | None = None,
 ) -> Path:
     """Convert an upstream checkpoint into a Hub-ready folder and optionally upload it.
 
@@ -292,9 +313,10 @@ def convert_original_checkpoint(
             in the same layout).
         output_dir: folder to write ``config.json``, ``model.safetensors``, the processor files and
             ``README.md`` into (created if missing).
-        preset: ``"retrieval"``, ``"zero-shot"`` or ``"bioactivity"`` (processor settings and model card);
+        recipe: ``"retrieval"``, ``"zero-shot"`` or ``"bioactivity"`` (processor settings and model card);
             ``None`` infers the featuriser from the fingerprint size.
         push_to_hub: a Hub repository id to upload the folder to with ``huggingface_hub``.
+        preset: the old name of ``recipe`` (deprecated: a ``FutureWarning``; both given is a ``ValueError``).
 
     Returns:
         ``output_dir`` as a :class:`~pathlib.Path`.
@@ -302,21 +324,22 @@ def convert_original_checkpoint(
     from ..modeling_cloome import CloomeModel
     from .model_folder import write_model_folder
 
-    if preset is not None:
-        converted_recipe(preset)
+    recipe = _recipe_keyword(recipe, preset, "convert_original_checkpoint")
+    if recipe is not None:
+        converted_recipe(recipe)
     output_dir = Path(output_dir)
-    config, state_dict = convert_state_dict(load_upstream_checkpoint(checkpoint_path), preset)
-    if preset is not None:
-        config.vision_config.image_size = list(converted_recipe(preset).inference_crop)
+    config, state_dict = convert_state_dict(load_upstream_checkpoint(checkpoint_path), recipe)
+    if recipe is not None:
+        config.vision_config.image_size = list(converted_recipe(recipe).inference_crop)
 
     model = CloomeModel(config)
     model.load_state_dict(state_dict, strict=True)
     model.eval()
-    processor = build_processor(preset, config.molecule_config.fingerprint_size)
+    processor = build_processor(recipe, config.molecule_config.fingerprint_size)
     # Only the files written here are uploaded: nothing else in output_dir (a `.env`, notes, an older
     # conversion's extras) ever reaches the Hub.
     written = write_model_folder(output_dir, model, processor, model_id=push_to_hub or output_dir.name,
-                                 source="converted", preset=preset, checkpoint=Path(checkpoint_path).name)
+                                 source="converted", recipe=recipe, checkpoint=Path(checkpoint_path).name)
     if push_to_hub:
         upload_files(output_dir, written, push_to_hub,
                      commit_message=f"Convert {Path(checkpoint_path).name} to cloome-hf")
@@ -333,8 +356,9 @@ def upload_files(folder: str | Path, files: list[str], repo_id: str, commit_mess
 
 __all__ = [
     "CHECKPOINTS",
+    "CHECKPOINT_RECIPES",
     "HUB_REPO_ID",
-    "PRESETS",
+    "PRESETS",  # the old name of CHECKPOINT_RECIPES
     "ConversionError",
     "build_processor",
     "convert_original_checkpoint",

@@ -89,7 +89,7 @@ def write_model_folder(folder: str | os.PathLike, model, processor, *, model_id:
     given), the example site's picture (:func:`write_example_site_picture`) and ``README.md``
     (:func:`~cloome_hf.publish.card.render_model_card` with ``model_id``, ``source``,
     the model's config, the processor's settings, the card table of ``training_config`` and ``card``: e.g.
-    ``metrics``, ``eval_results``, ``preset``, ``checkpoint``, ``description``, ``datasets``) into ``folder``.
+    ``metrics``, ``eval_results``, ``recipe``, ``checkpoint``, ``description``, ``datasets``) into ``folder``.
 
     Returns the folder-relative paths written (``/``-separated, sorted): the files of this model, nothing else
     that lies in ``folder``.

@@ -68,9 +68,9 @@ class SearchService:
             self._row_of_key = {key: i for i, key in enumerate(sites["sample_key"])}
 
     @classmethod
-    def from_stores(cls, images: str, molecules: str | None = None, model: str | None = None,
+    def from_stores(cls, embeddings: str, molecules: str | None = None, model: str | None = None,
                     index: str | None = None) -> "SearchService":
-        """Open an image store (a ``cloome embed`` folder or Hub dataset id) and optionally another molecule store,
+        """Open an embedding store (``embeddings``: a ``cloome embed`` folder or Hub dataset id) and optionally another molecule store,
         as ``cloome search --embeddings`` does, or a saved ``--index`` (loaded once, its images' store still giving
         thumbnails and provenance); the model is the store's, at its revision, unless ``model`` names one."""
         from ..inference.search import CloomeIndex, EmbeddingIndex
@@ -78,21 +78,21 @@ class SearchService:
         from ..inference.store_location import store_folder
         from ..inference.thumbnails import ThumbnailStore
 
-        locations = {"image store": images, "molecule store": molecules}
-        images, molecules = store_folder(images, "image store"), store_folder(molecules, "molecule store")
+        locations = {"image store": embeddings, "molecule store": molecules}
+        embeddings, molecules = store_folder(embeddings, "image store"), store_folder(molecules, "molecule store")
         if index is not None:
             loaded = CloomeIndex.load(index)
             if model:
                 loaded.model_id, loaded.revision = model, None
         else:
-            loaded = CloomeIndex.from_store(images, model_id=model)
+            loaded = CloomeIndex.from_store(embeddings, model_id=model)
         if molecules is not None:
             loaded.molecules = EmbeddingIndex.from_dataset(store_part(molecules, "molecules"))
         loaded.load_encoder()
-        info = read_info(images)
+        info = read_info(embeddings)
         return cls(loaded, sites=open_sites(info.get("dataset"), info.get("split")),
-                   thumbnails=ThumbnailStore(images),
-                   about=provenance(loaded, info, images, molecules, index, locations))
+                   thumbnails=ThumbnailStore(embeddings),
+                   about=provenance(loaded, info, embeddings, molecules, index, locations))
 
     @property
     def channel_order(self) -> list[str]:

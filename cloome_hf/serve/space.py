@@ -21,11 +21,11 @@ import os
 from cloome_hf.serve import SearchService, build_app, launch
 
 MODEL = {model!r}
-IMAGES = {images!r}
+EMBEDDINGS = {embeddings!r}
 MOLECULES = {molecules!r}
 INDEX = {index!r}
 
-service = SearchService.from_stores(IMAGES, MOLECULES, model=MODEL, index=INDEX)
+service = SearchService.from_stores(EMBEDDINGS, MOLECULES, model=MODEL, index=INDEX)
 demo = build_app(service, default_k={k})
 
 if __name__ == "__main__":
@@ -48,7 +48,7 @@ license: mit
 # {title}
 
 Query Cell Painting sites with a molecule (SMILES), or molecules and similar sites with a site, using the
-CLOOME model `{model}` over the embedding store `{images}`. Written by `cloome space`; the same page runs
+CLOOME model `{model}` over the embedding store `{embeddings}`. Written by `cloome space`; the same page runs
 locally with
 
 ```
@@ -69,7 +69,7 @@ def _where(value: str | None) -> str | None:
     return None if value is None else (value if _hub_id(value) else os.path.abspath(value))
 
 
-def write_space(output_dir: str, *, images: str, model: str | None = None, molecules: str | None = None,
+def write_space(output_dir: str, *, embeddings: str, model: str | None = None, molecules: str | None = None,
                 index: str | None = None, k: int = 5, title: str = "CLOOME search") -> list[str]:
     """Write the Space folder; returns the paths written. Refuses a folder holding other files than these."""
     import gradio
@@ -81,16 +81,16 @@ def write_space(output_dir: str, *, images: str, model: str | None = None, molec
     if others:
         raise ValueError(f"{output_dir} holds other files than a Space's ({', '.join(others[:5])}); "
                          "write the Space into a new or empty --output_dir")
-    model, images, molecules, index = _where(model), _where(images), _where(molecules), _where(index)
-    links = [f"{kind}:\n- {_hub_id(v)}\n" for kind, v in (("models", model), ("datasets", images)) if _hub_id(v)]
-    serve_args = " ".join(f"--{name} {value}" for name, value in (("model", model), ("images", images),
+    model, embeddings, molecules, index = _where(model), _where(embeddings), _where(molecules), _where(index)
+    links = [f"{kind}:\n- {_hub_id(v)}\n" for kind, v in (("models", model), ("datasets", embeddings)) if _hub_id(v)]
+    serve_args = " ".join(f"--{name} {value}" for name, value in (("model", model), ("embeddings", embeddings),
                                                                   ("molecules", molecules), ("index", index)) if value)
     version = cloome_hf.__version__
     files = {
-        "app.py": _APP.format(model=model, images=images, molecules=molecules, index=index, k=int(k)),
+        "app.py": _APP.format(model=model, embeddings=embeddings, molecules=molecules, index=index, k=int(k)),
         "requirements.txt": f"cloome-hf[serve]=={version}\ngradio=={gradio.__version__}\n",
         "README.md": _README.format(title=title, gradio_version=gradio.__version__, hub_links="".join(links),
-                                    model=model or "(the store's)", images=images, serve_args=serve_args),
+                                    model=model or "(the store's)", embeddings=embeddings, serve_args=serve_args),
     }
     written = []
     for name, text in files.items():

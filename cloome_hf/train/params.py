@@ -28,12 +28,12 @@ from ..cli.arguments import (CommandParser, DatasetArguments, ModelSourceArgumen
 from ..cli.arguments import arg as argument_field
 from ..safe_io import read_json
 
-_PRESET_HELP = " (default: from --recipe)"
+_FROM_RECIPE_HELP = " (default: from --recipe)"
 
 
-def _field(default=None, help="", preset=True, **kw):
+def _field(default=None, help="", from_recipe=True, **kw):
     """:func:`cloome_hf.cli.arguments.arg`, whose help says when the recipe fills the value in."""
-    return argument_field(default, help + (_PRESET_HELP if preset else ""), **kw)
+    return argument_field(default, help + (_FROM_RECIPE_HELP if from_recipe else ""), **kw)
 
 
 @dataclass
@@ -49,13 +49,13 @@ class ModelArguments(ModelSourceArguments):
                                           choices=["stem", "per_channel", "channel_tokens"])
     freeze_image_tower: bool | None = _field(help="freeze the image tower (kept in eval mode); the heads and the "
                                                   "per_channel pooling train")
-    unfreeze_last: int = _field(0, help="with --freeze_image_tower: train the tower's last N blocks", preset=False)
+    unfreeze_last: int = _field(0, help="with --freeze_image_tower: train the tower's last N blocks", from_recipe=False)
     bag_pooling: str | None = _field(help="with --bag_by well / molecule_dose: how a bag's site features are pooled "
                                           "(default mean)", choices=["mean", "attention"])
     tower_preprocessing: str | None = _field(help="the tower's input convention as JSON (rescale_factor, image_mean, "
                                                   "image_std, input_size), for a tower whose files do not state it")
     trust_remote_code: bool = _field(False, help="allow a remote-code image or molecule tower (e.g. "
-                                                 "recursionpharma/OpenPhenom) to run its own code", preset=False)
+                                                 "recursionpharma/OpenPhenom) to run its own code", from_recipe=False)
     vision_layers: list[int] | None = _field(help="bottleneck blocks per ResNet stage", nargs="+")
     base_width: int | None = _field(help="ResNet stem width (64 published)")
     head_pool_size: int | None = _field(help="ResNet head pool window (7 published)")
@@ -69,18 +69,18 @@ class ModelArguments(ModelSourceArguments):
                                                     "ones; unset in the recipe: the loss's own (14.3; 10 for siglip "
                                                     "and s2l)")
     learnable_temperature: bool = _field(True, help="train it (tau^-1 of the softmax losses clamped to [1, 100]; "
-                                         "the sigmoid losses' t is not clamped)", preset=False)
+                                         "the sigmoid losses' t is not clamped)", from_recipe=False)
     hopfield_beta: float | None = _field(help="Hopfield retrieval beta of InfoLOOB (22 published)")
     cwcl_threshold: float | None = _field(help="loss cwcl: Tanimoto similarity from which two molecules are partial "
-                                          "positives (default 0.7)", preset=False)
+                                          "positives (default 0.7)", from_recipe=False)
     s2l_phenomic_model: str | None = _field(help="loss s2l: a saved CLOOME folder whose (frozen) image embeddings "
                                             "give the soft labels; default the trained model's own, detached",
-                                            preset=False)
+                                            from_recipe=False)
     concentration_encoding: str | None = _field(help="encode the dose (the dataset's 'concentration' column) in "
                                                 "the molecule tower; default none (the published architecture)",
-                                                preset=False, choices=list(CONCENTRATION_ENCODINGS))
+                                                from_recipe=False, choices=list(CONCENTRATION_ENCODINGS))
     concentration_buckets: list[float] | None = _field(help="bucket edges (uM) of --concentration_encoding "
-                                                       "one_hot (default 0.03 0.1 0.3 1 3 10)", preset=False,
+                                                       "one_hot (default 0.03 0.1 0.3 1 3 10)", from_recipe=False,
                                                        nargs="+")
     molecule_encoder: str | None = _field(help="the molecule tower: mlp (the published fingerprint MLP), gnn (a graph "
                                           "network over the molecular graph) or transformers (a chemical language "
@@ -91,8 +91,8 @@ class ModelArguments(ModelSourceArguments):
     gnn_readout: str | None = _field(help="--molecule_encoder gnn: readout sum, mean or attention (default sum)",
                                      choices=["sum", "mean", "attention"])
     atom_features: list[str] | None = _field(help="--molecule_encoder gnn: atom features (default all of "
-                                             "cloome_hf.featurization_graph.ATOM_FEATURES)", preset=False, nargs="+")
-    bond_features: list[str] | None = _field(help="--molecule_encoder gnn: bond features (default all)", preset=False,
+                                             "cloome_hf.featurization_graph.ATOM_FEATURES)", from_recipe=False, nargs="+")
+    bond_features: list[str] | None = _field(help="--molecule_encoder gnn: bond features (default all)", from_recipe=False,
                                              nargs="+")
     molecule_model: str | None = _field(help="--molecule_encoder transformers: a text encoder folder or Hub id with "
                                         "its tokenizer (e.g. seyonec/ChemBERTa-zinc-base-v1; remote code such as "
@@ -101,9 +101,9 @@ class ModelArguments(ModelSourceArguments):
                                        choices=["cls", "mean"])
     max_sequence_length: int | None = _field(help="--molecule_encoder transformers: most tokens per molecule "
                                              "(default the tower's limit); longer ones are refused unless "
-                                             "--truncation true", preset=False)
+                                             "--truncation true", from_recipe=False)
     truncation: bool = _field(False, help="--molecule_encoder transformers: cut molecules longer than the limit "
-                              "(with a warning) instead of refusing them", preset=False)
+                              "(with a warning) instead of refusing them", from_recipe=False)
     fingerprint_kind: str | None = _field(help="molecule featurisation",
                                           choices=["morgan", "morgan_count", "rdkit_count", "morgan_rdkit_max"])
     fingerprint_size: int | None = _field(help="fingerprint length")
@@ -114,8 +114,8 @@ class DataArguments(DatasetArguments, SyntheticDataArguments):
     _argument_group_name = "data"
 
     validation_fraction: float = _field(0.2, help="fraction of molecules held out for validation when the "
-                                        "dataset has no 'validation' split", preset=False)
-    split_seed: int = _field(0, help="seed of the molecule split", preset=False)
+                                        "dataset has no 'validation' split", from_recipe=False)
+    split_seed: int = _field(0, help="seed of the molecule split", from_recipe=False)
     image_size: list[int] | None = _field(help="training image size [height width] (one value = square): a "
                                           "random crop window, or with random_resized_crop_scale the size the "
                                           "random resized crop of the whole site is resampled to", nargs="+")
@@ -124,67 +124,67 @@ class DataArguments(DatasetArguments, SyntheticDataArguments):
     augment: bool | None = _field(help="random crops, flips and 90-degree rotations")
     include_controls: bool = _field(False, help="train on the negative controls (DMSO) too; by default they "
                                     "are left out of training and validation (sites without a structure are "
-                                    "never trained on)", preset=False)
+                                    "never trained on)", from_recipe=False)
     unique_molecules_per_batch: bool = _field(True, help="never put two sites of one molecule in a batch "
-                                              "(they would be false negatives)", preset=False)
+                                              "(they would be false negatives)", from_recipe=False)
     dataloader_num_workers: int = _field(0, help="DataLoader worker processes (persistent, one thread each)",
-                                         preset=False)
+                                         from_recipe=False)
     bag_by: str | None = _field(help="the training unit: a site (default), or a bag of the sites of a well or of a "
                                      "molecule x dose (pooled by --bag_pooling; the batch size counts bags, and no "
                                      "two bags of one molecule share a batch)",
                                 choices=["site", "well", "molecule_dose"])
     max_bag_sites: int | None = _field(help="with --bag_by: at most this many sites of a bag per epoch, drawn anew "
-                                            "each epoch (default all)", preset=False)
+                                            "each epoch (default all)", from_recipe=False)
     image_features: str | None = _field(help="a store of `cloome embed --features backbone`: train on its cached "
-                                             "tower features instead of running the frozen tower", preset=False)
+                                             "tower features instead of running the frozen tower", from_recipe=False)
     augment_on_device: bool | None = _field(None, help="the loader hands over uint8 sites and the training step "
                                             "crops, flips, turns, resizes and normalises them on the accelerator "
                                             "(the same augmentation and seeds: the same pixels within float "
                                             "rounding); frees the loader's CPUs. Default: on when training on "
                                             "CUDA, off elsewhere; --no_augment_on_device or --augment_on_device "
                                             "false turns it off (the resolved value is in training_config.json)",
-                                            preset=False)
+                                            from_recipe=False)
 
 
 @dataclass
 class TrainArguments(ResumableOutputArguments):
     _argument_group_name = "training"
 
-    recipe: str | None = _field(help="recipe filling unset hyper-parameters (default 'demo')", preset=False,
+    recipe: str | None = _field(help="recipe filling unset hyper-parameters (default 'demo')", from_recipe=False,
                                 choices=list(recipe_names()), old=("--preset",))
     config: str | None = _field(help="YAML or JSON file of arguments; explicit CLI arguments override it",
-                                preset=False)
+                                from_recipe=False)
     per_device_train_batch_size: int | None = _field(help="batch per process (global = x processes)")
-    per_device_eval_batch_size: int = _field(64, help="validation batch per process", preset=False)
+    per_device_eval_batch_size: int = _field(64, help="validation batch per process", from_recipe=False)
     learning_rate: float | None = _field(help="peak AdamW learning rate")
     weight_decay: float | None = _field(help="decoupled weight decay of parameters with >= 2 dims")
     adam_beta1: float | None = _field(help="AdamW beta1")
     adam_beta2: float | None = _field(help="AdamW beta2")
     adam_epsilon: float | None = _field(help="AdamW epsilon")
-    max_grad_norm: float = _field(0.0, help="clip the gradient norm (0 = no clipping)", preset=False)
+    max_grad_norm: float = _field(0.0, help="clip the gradient norm (0 = no clipping)", from_recipe=False)
     num_train_epochs: int | None = _field(help="epochs (ignored when --max_steps > 0)")
-    max_steps: int = _field(-1, help="total optimiser steps (overrides epochs when > 0)", preset=False)
+    max_steps: int = _field(-1, help="total optimiser steps (overrides epochs when > 0)", from_recipe=False)
     warmup_steps: int | None = _field(help="linear warm-up steps")
     restart_epochs: int | None = _field(help="cosine hard restart every N epochs after warm-up (0 = none)")
     mixed_precision: str | None = _field(help="'no', 'fp16' or 'bf16' (default: accelerate config)",
-                                         preset=False, choices=["no", "fp16", "bf16"])
-    gradient_checkpointing: bool = _field(False, help="recompute activations in backward", preset=False)
-    torch_compile: bool = _field(False, help="torch.compile the model", preset=False)
-    channels_last: bool = _field(False, help="channels-last memory format (faster convs on GPU)", preset=False)
-    sync_batchnorm: bool = _field(False, help="batch-norm statistics over the global batch", preset=False)
-    seed: int = _field(42, help="seed of initialisation, data order and augmentation", preset=False)
-    logging_steps: int = _field(10, help="log every N steps", preset=False)
-    eval_steps: int = _field(0, help="validate every N steps (0 = every epoch) and at the end", preset=False)
-    save_steps: int = _field(0, help="checkpoint every N steps (0 = every epoch) and at the end", preset=False)
-    save_total_limit: int = _field(2, help="checkpoints to keep (0 = all)", preset=False)
-    resume_from_checkpoint: str | None = _field(help="checkpoint folder, or 'latest' in output_dir", preset=False)
+                                         from_recipe=False, choices=["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = _field(False, help="recompute activations in backward", from_recipe=False)
+    torch_compile: bool = _field(False, help="torch.compile the model", from_recipe=False)
+    channels_last: bool = _field(False, help="channels-last memory format (faster convs on GPU)", from_recipe=False)
+    sync_batchnorm: bool = _field(False, help="batch-norm statistics over the global batch", from_recipe=False)
+    seed: int = _field(42, help="seed of initialisation, data order and augmentation", from_recipe=False)
+    logging_steps: int = _field(10, help="log every N steps", from_recipe=False)
+    eval_steps: int = _field(0, help="validate every N steps (0 = every epoch) and at the end", from_recipe=False)
+    save_steps: int = _field(0, help="checkpoint every N steps (0 = every epoch) and at the end", from_recipe=False)
+    save_total_limit: int = _field(2, help="checkpoints to keep (0 = all)", from_recipe=False)
+    resume_from_checkpoint: str | None = _field(help="checkpoint folder, or 'latest' in output_dir", from_recipe=False)
     allow_changed_settings: bool = _field(False, help="resume although the batch size, schedule, recipe, data or "
-                                          "model differ from the checkpoint's (refused otherwise)", preset=False)
+                                          "model differ from the checkpoint's (refused otherwise)", from_recipe=False)
     report_to: str = _field("none", help="accelerate trackers: tensorboard, trackio, wandb, all or none",
-                            preset=False)
+                            from_recipe=False)
     audit_log: bool = _field(False, help="write each process's sample ids per step and a final parameter "
                              "digest to output_dir/audit/ (checks data sharding and replica consistency)",
-                             preset=False)
+                             from_recipe=False)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)

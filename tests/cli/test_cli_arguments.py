@@ -9,7 +9,7 @@ import pytest
 
 import cloome_hf
 from cloome_hf import cli
-from cloome_hf.cli import convert, embed, evaluate, prepare, push
+from cloome_hf.cli import convert, embed, evaluate, prepare, push, serve, space
 from cloome_hf.cli.arguments import image_size_pair, parse_command, synthetic_options
 
 PACKAGE = Path(cloome_hf.__file__).parent
@@ -31,6 +31,8 @@ def _train(argv):
     (embed.parse_arguments, ["--model", "m", "--output_dir", "o", "--max_samples", "8"], "max_sites", 8),
     (lambda a: vars(_train(a)[0]), ["--output_dir", "o", "--model_name_or_path", "m"], "model", "m"),
     (lambda a: vars(_train(a)[2]), ["--output_dir", "o", "--preset", "retrieval"], "recipe", "retrieval"),
+    (serve.parse_arguments, ["--images", "store/"], "embeddings", "store/"),
+    (space.parse_arguments, ["--images=me/store", "--output_dir", "o"], "embeddings", "me/store"),
 ])
 def test_an_old_spelling_is_a_hidden_alias_of_the_new_name(parse, argv, name, value, capsys):
     args = parse(argv)
@@ -55,7 +57,7 @@ def test_the_synthetic_command_takes_the_shared_names_and_its_old_ones(tmp_path,
 
 
 @pytest.mark.parametrize("module, old", [(push, "--model_dir"), (convert, "--preset"), (prepare, "--layout"),
-                                         (embed, "--max_samples")])
+                                         (embed, "--max_samples"), (serve, "--images"), (space, "--images")])
 def test_old_spellings_stay_out_of_the_help(module, old, capsys):
     with pytest.raises(SystemExit):
         module.main(["--help"])
@@ -69,8 +71,8 @@ def test_old_spellings_stay_out_of_the_help(module, old, capsys):
     ("train", "--model"), ("embed", "--model"), ("evaluate", "--model"), ("search", "--model"), ("push", "--model"),
     ("train", "--recipe"), ("convert", "--recipe"), ("prepare", "--kind"),
     ("train", "--synthetic_plates"), ("evaluate", "--synthetic_plates"), ("embed", "--max_sites"),
-    ("evaluate", "--max_sites"), ("serve", "--model"), ("space", "--model"), ("serve", "--images"),
-    ("space", "--images"), ("space", "--output_dir"),
+    ("evaluate", "--max_sites"), ("serve", "--model"), ("space", "--model"), ("search", "--embeddings"),
+    ("serve", "--embeddings"), ("space", "--embeddings"), ("space", "--output_dir"),
 ])
 def test_each_idea_has_one_flag_in_every_command(command, flag, capsys):
     with pytest.raises(SystemExit):

@@ -44,7 +44,7 @@ def test_mistyped_local_dataset_is_reported_missing_not_looked_up_on_the_hub(tmp
 
 
 def test_usage_error_is_one_line_and_points_to_help(tmp_path):
-    proc = _cloome(["train", "--preset", "nope", "--output_dir", "run"], tmp_path, entry="module")
+    proc = _cloome(["train", "--recipe", "nope", "--output_dir", "run"], tmp_path, entry="module")
     _assert_one_line_error(proc, "train", r"invalid choice: 'nope'")
     assert "cloome train --help" in proc.stderr
 

@@ -204,7 +204,7 @@ def test_convert_uploads_only_the_files_it_wrote(tmp_path, monkeypatch):
     (out / "notes.txt").write_text("private\n")
     checkpoint = tmp_path / "cloome-bioactivity.pt"
     torch.save({"state_dict": make_upstream_state_dict(fingerprint_size=1024, seed=3)}, checkpoint)
-    convert_original_checkpoint(checkpoint, out, preset="bioactivity", push_to_hub="me/cloome")
+    convert_original_checkpoint(checkpoint, out, recipe="bioactivity", push_to_hub="me/cloome")
     assert ".env" not in committed and "notes.txt" not in committed
     assert sorted(committed) == sorted(set(os.listdir(out)) - {".env", "notes.txt"})
     assert {"README.md", "config.json", "model.safetensors", "processor_config.json"} <= set(committed)

@@ -83,7 +83,7 @@ def test_a_revision_not_in_the_cache_is_the_same_offline_error(tiny_served_store
                                                                 capsys):
     hub_cache(REPO, tiny_served_store["store"])
     monkeypatch.chdir(tmp_path)
-    assert cloome(["serve", "--images", f"{REPO}@v2"]) == 2
+    assert cloome(["serve", "--embeddings", f"{REPO}@v2"]) == 2
     error = capsys.readouterr().err.splitlines()[0]
     assert error.startswith(f"cloome serve: error: image store '{REPO}@v2' is not a local folder and could not be "
                             "fetched from the Hub (offline: HF_HUB_OFFLINE is set"), error
@@ -133,9 +133,9 @@ def test_space_links_the_dataset_without_its_revision(tmp_path, monkeypatch):
     from cloome_hf.cli import space
 
     monkeypatch.chdir(tmp_path)
-    space.main(["--images", f"{REPO}@v1", "--model", "me/cloome", "--output_dir", "space"])
+    space.main(["--embeddings", f"{REPO}@v1", "--model", "me/cloome", "--output_dir", "space"])
     readme, app = (tmp_path / "space" / "README.md").read_text(), (tmp_path / "space" / "app.py").read_text()
     assert f"datasets:\n- {REPO}\n" in readme and "models:\n- me/cloome\n" in readme
-    assert f"IMAGES = '{REPO}@v1'" in app
-    with pytest.raises(FileNotFoundError, match="--images './stroe' does not exist"):
-        space.main(["--images", "./stroe", "--output_dir", "space2"])
+    assert f"EMBEDDINGS = '{REPO}@v1'" in app and f"cloome serve --model me/cloome --embeddings {REPO}@v1" in readme
+    with pytest.raises(FileNotFoundError, match="--embeddings './stroe' does not exist"):
+        space.main(["--embeddings", "./stroe", "--output_dir", "space2"])

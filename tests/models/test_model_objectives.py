@@ -123,11 +123,11 @@ def test_config_validates_the_objective_settings():
         tiny("siglip", logit_bias_init_value=float("nan"))
 
 
-@pytest.mark.parametrize("preset", ["bioactivity", "retrieval"])
-def test_published_layout_weights_load_into_a_config_without_the_new_options(preset):
+@pytest.mark.parametrize("recipe", ["bioactivity", "retrieval"])
+def test_published_layout_weights_load_into_a_config_without_the_new_options(recipe):
     from cloome_hf.publish.convert import convert_state_dict
 
-    config, state = convert_state_dict(make_upstream_state_dict(seed=12), preset)
+    config, state = convert_state_dict(make_upstream_state_dict(seed=12), recipe)
     assert config.molecule_config.concentration_encoding is None
     model = CloomeModel(config)
     assert set(model.state_dict()) == set(state)  # no logit_bias, no dose inputs: the published parameters only

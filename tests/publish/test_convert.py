@@ -39,10 +39,10 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return err / scale
 
 
-def _convert_to_model(sd, preset=None):
+def _convert_to_model(sd, recipe=None):
     from cloome_hf import CloomeModel
 
-    config, state = convert_state_dict(sd, preset)
+    config, state = convert_state_dict(sd, recipe)
     model = CloomeModel(config)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -80,7 +80,7 @@ def test_parity_published_architecture_full_size(tmp_path):
     sd = make_upstream_state_dict(layers=(3, 4, 6, 3), fingerprint_size=8192, hidden_size=1024, seed=5)
     ckpt = _save({"epoch": 70, "name": "fixture", "state_dict": sd, "optimizer": {}, "scheduler": None},
                  tmp_path / "cloome-retrieval-zero-shot.pt")
-    out = convert_original_checkpoint(ckpt, tmp_path / "converted", preset="retrieval")
+    out = convert_original_checkpoint(ckpt, tmp_path / "converted", recipe="retrieval")
 
     from cloome_hf import CloomeModel
 
@@ -188,10 +188,10 @@ def test_pickle_with_non_tensor_object_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Processor per preset, written folder, Hub upload
+# Processor per recipe, written folder, Hub upload
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "preset, weights_fp, kind, crop",
+    "recipe, weights_fp, kind, crop",
     [
         ("retrieval", 8192, "morgan_rdkit_max", (520, 696)),
         ("zero-shot", 8192, "morgan_rdkit_max", (520, 520)),
@@ -201,8 +201,8 @@ def test_pickle_with_non_tensor_object_is_refused(tmp_path):
         (None, 1024, "morgan", (520, 696)),
     ],
 )
-def test_processor_settings_per_preset(preset, weights_fp, kind, crop):
-    s = processor_settings(preset, weights_fp)
+def test_processor_settings_per_recipe(recipe, weights_fp, kind, crop):
+    s = processor_settings(recipe, weights_fp)
     assert s["featurizer"] == {"kind": kind, "fingerprint_size": weights_fp}
     ip = s["image_processor"]
     assert ip["channel_order"] == ["Mito", "ERSyto", "ERSytoBleed", "Ph_golgi", "Hoechst"]
@@ -212,22 +212,22 @@ def test_processor_settings_per_preset(preset, weights_fp, kind, crop):
     assert ip["do_center_crop"] and ip["crop_size"] == {"height": crop[0], "width": crop[1]}
 
 
-@pytest.mark.parametrize("preset, fingerprint_size", [("bioactivity", 1024), ("zero-shot", 8192)])
-def test_converted_folder_processor_round_trip(tmp_path, preset, fingerprint_size):
+@pytest.mark.parametrize("recipe, fingerprint_size", [("bioactivity", 1024), ("zero-shot", 8192)])
+def test_converted_folder_processor_round_trip(tmp_path, recipe, fingerprint_size):
     from cloome_hf import CloomeModel
     from cloome_hf.processing_cloome import CloomeProcessor
 
     sd = make_upstream_state_dict(fingerprint_size=fingerprint_size, seed=15)
-    out = convert_original_checkpoint(_save({"state_dict": sd}, tmp_path / "c.pt"), tmp_path / "out", preset=preset)
+    out = convert_original_checkpoint(_save({"state_dict": sd}, tmp_path / "c.pt"), tmp_path / "out", recipe=recipe)
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "README.md"} <= names
     assert json.loads((out / "config.json").read_text())["model_type"] == "cloome"
     proc = CloomeProcessor.from_pretrained(out)
     fz, ip = proc.featurizer, proc.image_processor
     assert fz.fingerprint_size == fingerprint_size
-    assert fz.kind == processor_settings(preset, fingerprint_size)["featurizer"]["kind"]
+    assert fz.kind == processor_settings(recipe, fingerprint_size)["featurizer"]["kind"]
     assert ip.intensity_clip_fraction == 2.8e-5 and ip.intensity_scale == 256.0
-    expected_crop = {"height": 520, "width": 520 if preset == "zero-shot" else 696}
+    expected_crop = {"height": 520, "width": 520 if recipe == "zero-shot" else 696}
     assert ip.do_center_crop and dict(ip.crop_size) == expected_crop
     assert CloomeModel.from_pretrained(out).config.vision_config.image_size == [520, expected_crop["width"]]
     card = (out / "README.md").read_text()
@@ -235,6 +235,33 @@ def test_converted_folder_processor_round_trip(tmp_path, preset, fingerprint_siz
         assert f"- {tag}" in card
     features = proc(smiles=["CCO", "c1ccccc1"], return_tensors="pt")["fingerprints"]
     assert features.shape == (2, fingerprint_size)
+
+
+def test_the_old_preset_keyword_warns_and_converts_as_recipe_does(tmp_path):
+    from cloome_hf.processing_cloome import CloomeProcessor
+
+    checkpoint = _save({"state_dict": make_upstream_state_dict(seed=19)}, tmp_path / "c.pt")
+    new = convert_original_checkpoint(checkpoint, tmp_path / "new" / "m", recipe="zero-shot")
+    with pytest.warns(FutureWarning, match=r"convert_original_checkpoint\(preset=\.\.\.\) is now .*\(recipe=\.\.\.\)"):
+        old = convert_original_checkpoint(checkpoint, tmp_path / "old" / "m", preset="zero-shot")
+    assert dict(CloomeProcessor.from_pretrained(old).image_processor.crop_size) == {"height": 520, "width": 520}
+    assert sorted(p.name for p in old.iterdir()) == sorted(p.name for p in new.iterdir())
+    for name in ("README.md", "config.json", "processor_config.json", "model.safetensors"):
+        assert (old / name).read_bytes() == (new / name).read_bytes(), name
+    with pytest.raises(ValueError, match=r"both recipe='zero-shot' and preset='bioactivity'"):
+        convert_original_checkpoint(checkpoint, tmp_path / "both", recipe="zero-shot", preset="bioactivity")
+    assert not (tmp_path / "both").exists()
+    with pytest.warns(FutureWarning, match=r"convert_state_dict\(preset=\.\.\.\)"):
+        config, _ = convert_state_dict(make_upstream_state_dict(seed=19), preset="retrieval")
+    assert config.loss == convert_state_dict(make_upstream_state_dict(seed=19), recipe="retrieval")[0].loss != \
+        convert_state_dict(make_upstream_state_dict(seed=19))[0].loss
+
+
+def test_the_old_name_of_the_checkpoint_recipes_is_importable():
+    from cloome_hf.publish import convert
+
+    assert convert.PRESETS == convert.CHECKPOINT_RECIPES == ("bioactivity", "retrieval", "zero-shot")
+    assert "PRESETS" in convert.__all__ and "CHECKPOINT_RECIPES" in convert.__all__
 
 
 class RecordingHfApi:
@@ -261,7 +288,7 @@ def test_push_to_hub_commits_exact_files(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
     sd = make_upstream_state_dict(fingerprint_size=1024, seed=16)
     out = convert_original_checkpoint(_save({"state_dict": sd}, tmp_path / "cloome-bioactivity.pt"), tmp_path / "out",
-                                      preset="bioactivity", push_to_hub="someone/cloome-bioactivity-hf")
+                                      recipe="bioactivity", push_to_hub="someone/cloome-bioactivity-hf")
     (kind0, repo0, kw0), (kind1, repo1, kw1) = RecordingHfApi.calls
     assert (kind0, repo0, kw0["repo_type"], kw0["exist_ok"]) == ("create_repo", "someone/cloome-bioactivity-hf", "model", True)
     assert (kind1, repo1, kw1["repo_type"]) == ("create_commit", "someone/cloome-bioactivity-hf", "model")
@@ -302,11 +329,11 @@ def test_converted_folder_is_what_the_model_folder_writer_writes(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "training_config.json").write_text("{}")  # an earlier trained model's: not this conversion's
-    convert_original_checkpoint(_save({"state_dict": sd}, tmp_path / "cloome-bioactivity.pt"), out, preset="bioactivity")
+    convert_original_checkpoint(_save({"state_dict": sd}, tmp_path / "cloome-bioactivity.pt"), out, recipe="bioactivity")
     assert not (out / "training_config.json").exists()
     model, processor = load_model_and_processor(out)
     again = write_model_folder(tmp_path / "again", model, processor, model_id="out", source="converted",
-                               preset="bioactivity", checkpoint="cloome-bioactivity.pt")
+                               recipe="bioactivity", checkpoint="cloome-bioactivity.pt")
     assert sorted(again) == sorted(p.name for p in out.iterdir())
     for name in ("README.md", "processor_config.json", "model.safetensors"):  # config.json gains a dtype on loading
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name

@@ -13,14 +13,14 @@ from cloome_hf.publish.card import eval_results_from_json, render_model_card
 TAGS = {"cell-painting", "microscopy", "contrastive-learning", "drug-discovery", "feature-extraction"}
 
 
-def _converted(preset="retrieval", fingerprint_size=8192, **extra):
+def _converted(recipe="retrieval", fingerprint_size=8192, **extra):
     return render_model_card(
         "model",
         model_id="someone/cloome-retrieval",
         source="converted",
-        preset=preset,
+        recipe=recipe,
         checkpoint="cloome-retrieval-zero-shot.pt",
-        processor=processor_settings(preset, fingerprint_size),
+        processor=processor_settings(recipe, fingerprint_size),
         **extra,
     )
 
@@ -56,7 +56,7 @@ def test_converted_card_content():
     assert "## Training" not in text
 
 
-def test_zero_shot_and_bioactivity_presets():
+def test_zero_shot_and_bioactivity_recipes():
     zero_shot = _converted("zero-shot")
     assert "centre crop to 520 x 520" in zero_shot and "18.4 [18.1, 18.8]" in zero_shot
     bio = _converted("bioactivity", 1024)
@@ -153,7 +153,8 @@ def test_dataset_card():
     [
         ({"template": "poster"}, "poster"),
         ({"template": "model", "modle_id": "x"}, "modle_id"),
-        ({"template": "model", "preset": "fast"}, "fast"),
+        ({"template": "model", "recipe": "fast"}, "fast"),
+        ({"template": "model", "preset": "retrieval"}, "preset"),  # the old key: unknown, named
         ({"template": "model", "source": "downloaded"}, "downloaded"),
         ({"template": "dataset", "training_config": {}}, "training_config"),
     ],

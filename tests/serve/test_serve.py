@@ -26,8 +26,8 @@ def service(tiny_served_store):
 
 def test_binds_localhost_without_share_link_or_disk_files_unless_asked(tiny_served_store, launched):
     store = str(tiny_served_store["store"])
-    serve.main(["--images", store, "--port", "7999"])
-    serve.main(["--images", store, "--share", "--host", "0.0.0.0"])
+    serve.main(["--embeddings", store, "--port", "7999"])
+    serve.main(["--embeddings", store, "--share", "--host", "0.0.0.0"])
     first = launched[0]
     assert (first["server_name"], first["server_port"], first["share"]) == ("127.0.0.1", 7999, False)
     assert first["allowed_paths"] == []  # no folder of the disk is served
@@ -166,13 +166,13 @@ def test_space_folder_runs_the_page(tiny_served_store, service, tmp_path):
     from cloome_hf.cli import space
 
     out = tmp_path / "space"
-    space.main(["--images", str(tiny_served_store["store"]), "--output_dir", str(out), "--k", "3"])
+    space.main(["--embeddings", str(tiny_served_store["store"]), "--output_dir", str(out), "--k", "3"])
     assert sorted(os.listdir(out)) == ["README.md", "app.py", "requirements.txt"]
     meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert (meta["sdk"], meta["app_file"], meta["sdk_version"]) == ("gradio", "app.py", gr.__version__)
     assert "cloome-hf[serve]" in (out / "requirements.txt").read_text()
     with pytest.raises(ValueError, match="holds other files than a Space's"):
-        space.main(["--images", str(tiny_served_store["store"]), "--output_dir", str(tiny_served_store["root"])])
+        space.main(["--embeddings", str(tiny_served_store["store"]), "--output_dir", str(tiny_served_store["root"])])
 
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
@@ -229,11 +229,11 @@ def test_a_store_that_is_neither_a_folder_nor_a_hub_id_is_one_line(tmp_path, cap
     from cloome_hf.cli import main
 
     missing = str(tmp_path / "no" / "store")
-    assert main(["serve", "--images", missing]) == 2
+    assert main(["serve", "--embeddings", missing]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"cloome serve: error: image store {missing!r} does not exist")
-    assert main(["space", "--images", missing, "--output_dir", str(tmp_path / "space")]) == 2
-    assert f"--images {missing!r} does not exist" in capsys.readouterr().err
-    assert main(["serve", "--images", "a/b/c"]) == 2
+    assert main(["space", "--embeddings", missing, "--output_dir", str(tmp_path / "space")]) == 2
+    assert f"--embeddings {missing!r} does not exist" in capsys.readouterr().err
+    assert main(["serve", "--embeddings", "a/b/c"]) == 2
     assert capsys.readouterr().err.splitlines()[0] == ("cloome serve: error: image store 'a/b/c' is neither a folder "
                                                        "here nor a Hub dataset id (owner/name or owner/name@revision)")

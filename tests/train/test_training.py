@@ -1,4 +1,4 @@
-"""Training recipe pieces: optimiser groups, schedule, presets, config files, sampler, non-finite stop."""
+"""Training recipe pieces: optimiser groups, schedule, recipes, config files, sampler, non-finite stop."""
 
 import json
 import math
@@ -124,7 +124,7 @@ def test_config_file_then_cli_override(tmp_path):
         script.parse_args(["--config", str(bad)])
 
 
-def test_bioactivity_preset_reaches_model_optimizer_and_schedule(tmp_path, one_thread):
+def test_bioactivity_recipe_reaches_model_optimizer_and_schedule(tmp_path, one_thread):
     script = load_train_script()
     out = tmp_path / "bio"
     script.main(["--output_dir", str(out), "--recipe", "bioactivity", *TINY_ARGS, "--vision_layers", "1", "1", "1", "1",

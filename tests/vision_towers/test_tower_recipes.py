@@ -22,7 +22,7 @@ def test_tower_recipe_builds_what_its_card_says(name, tiny_tower_folder, tmp_pat
     assert recipe.model["backbone"] == hub_id and hub_id in recipe.description
     assert "Reproduces" in recipe.description and "Does not reproduce" in recipe.description
     folder = tiny_tower_folder("dinov2")  # stands in for the Hub tower, which cannot be downloaded here
-    model_args, data_args, train_args, used = parse_args(["--preset", name, "--output_dir", str(tmp_path / "out"),
+    model_args, data_args, train_args, used = parse_args(["--recipe", name, "--output_dir", str(tmp_path / "out"),
                                                           "--backbone", folder])
     assert model_args.freeze_image_tower is frozen
     config = build_model(model_args, data_args).config

@@ -7,7 +7,7 @@ how a command declares them). The groups several commands share live here, one m
 * :mod:`.synthetic`: ``--synthetic_molecules``, ``--synthetic_sites_per_molecule``, ``--synthetic_plates``,
   ``--synthetic_image_size``;
 * :mod:`.output`: ``--output_dir`` (and ``--overwrite_output_dir`` where a command resumes);
-* :mod:`.stores`: the stores a search page reads (``--images``, ``--molecules``, ``--index``, ``--k``).
+* :mod:`.stores`: the stores a search page reads (``--embeddings``, ``--molecules``, ``--index``, ``--k``).
 
 A new shared group is a new module here with one dataclass; a command adds it to its tuple of groups.
 """
