@@ -72,7 +72,9 @@ def main(argv=None) -> dict:
         done["dataset"] = hub.push_embeddings(args.embeddings, dataset_repo_id, private=args.private,
                                               token=args.token, source_dataset=args.source_dataset,
                                               description=args.description)
-        print(f"pushed the embeddings ({args.embeddings}) to https://huggingface.co/datasets/{dataset_repo_id}",
+        pictures = done["dataset"]["thumbnails"]
+        print(f"pushed the embeddings ({args.embeddings}) to https://huggingface.co/datasets/{dataset_repo_id}"
+              + (f", with {pictures:,} site thumbnails" if pictures else ", without site thumbnails (the store has none)"),
               file=sys.stderr)
     return done
 

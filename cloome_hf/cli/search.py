@@ -25,7 +25,8 @@ class SearchArguments:
 
     embeddings: str | None = arg(None, "'cloome embed' output folder (images/ and optionally molecules/) or a Hub "
                                        "dataset id holding one (owner/name or owner/name@revision)")
-    index: str | None = arg(None, "a saved CloomeIndex folder (see --save_index)")
+    index: str | None = arg(None, "a saved CloomeIndex: its folder, or a Hub dataset id owner/name[@revision] "
+                                  "holding one (see --save_index)")
     smiles: list[str] | None = arg(None, "query molecules (molecule -> image search)")
     smiles_file: str | None = arg(None, "text/CSV file of query SMILES (column 'smiles' or one per line)")
     images: list[str] | None = arg(None, "query sites (paths the processor reads, e.g. .npz)")
@@ -73,12 +74,13 @@ def _query_smiles(args) -> list[str] | None:
 def main(argv=None):
 
     from ..inference.search import CloomeIndex
+    from ..inference.store_location import store_folder
 
     args = parse_arguments(argv)
     if args.embeddings:
         index = CloomeIndex.from_store(args.embeddings, model_id=args.model, index_type=args.index_type)
     else:
-        index = CloomeIndex.load(args.index)
+        index = CloomeIndex.load(store_folder(args.index, "saved index", "cloome search --save_index"))
     if args.model:
         index.model_id, index.revision = args.model, args.revision
     if args.save_index:

@@ -9,9 +9,9 @@ A store location is
 
 A location that looks local (``./x``, ``/x``, ``~/x``, or whose parent folder exists: see
 :func:`~cloome_hf.data.loading.looks_local`) and is missing is reported as a missing path and never sent to the Hub:
-a mistyped folder must not turn into a Hub lookup. ``cloome search --embeddings``, ``cloome serve`` / ``cloome
-space`` (``--embeddings``, ``--molecules``) and ``cloome train --image_features`` all open stores through
-:func:`store_folder`.
+a mistyped folder must not turn into a Hub lookup. ``cloome search --embeddings`` and ``--index``, ``cloome serve`` / ``cloome
+space`` (``--embeddings``, ``--molecules``, ``--index``) and ``cloome train --image_features`` all open their
+folders through :func:`store_folder`.
 """
 
 from __future__ import annotations
@@ -52,10 +52,14 @@ def hub_repo_id(location: str | os.PathLike | None) -> tuple[str, str | None] | 
     return repo_id, revision or None
 
 
-def store_folder(location: str | os.PathLike | None, what: str = "embedding store") -> str | None:
+def store_folder(location: str | os.PathLike | None, what: str = "embedding store",
+                 written_by: str = "cloome embed") -> str | None:
     """The local folder of the store at ``location`` (``None`` stays ``None``): the folder itself, or the snapshot
     of a Hub dataset id. ``FileNotFoundError`` naming ``location`` when it is a missing local path, a file, or a
-    Hub id that cannot be fetched (offline and not cached, no such dataset, no connection)."""
+    Hub id that cannot be fetched (offline and not cached, no such dataset, no connection).
+
+    ``what`` names the folder in those errors and ``written_by`` the command that makes one (the hint for a file
+    given instead): a saved search index (``cloome search --save_index``) is found by the same rule."""
     from ..data.loading import refuse_missing_local_path
 
     if location is None:
@@ -64,8 +68,13 @@ def store_folder(location: str | os.PathLike | None, what: str = "embedding stor
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
-        raise StoreNotFoundError(f"{what} {path!r} is a file, not a store folder",
-                                 "give the folder 'cloome embed' wrote (it holds embedding_info.json and images/)")
+        raise StoreNotFoundError(f"{what} {path!r} is a file, not a folder",
+                                 f"give the folder '{written_by}' wrote, not a file in it")
+    scheme, sep, rest = path.partition("://")
+    if sep and scheme.isalnum():  # a URL is neither: say which form of it this command reads
+        raise StoreNotFoundError(f"{what} {path!r} is a {scheme}:// URL, not a folder here or a Hub "
+                                 "dataset id (owner/name or owner/name@revision)",
+                                 _url_hint(scheme.lower(), rest))
     refuse_missing_local_path(path, what)
     hub = hub_repo_id(path)
     if hub is None:
@@ -73,6 +82,14 @@ def store_folder(location: str | os.PathLike | None, what: str = "embedding stor
                                  "(owner/name or owner/name@revision)",
                                  f"check the path (relative paths are read from {os.getcwd()}) or the dataset id")
     return _snapshot(path, *hub, what)
+
+
+def _url_hint(scheme: str, rest: str) -> str:
+    if scheme == "file":
+        return f"give the path itself: {rest or '/'}"
+    if scheme == "hf" and rest.startswith("datasets/"):
+        return f"give the dataset id itself: {rest[len('datasets/'):]}"
+    return "copy it into a folder here first (for example 'aws s3 sync URL folder/'), and give that folder"
 
 
 def beside_snapshot(folder: str, name: str) -> str | None:

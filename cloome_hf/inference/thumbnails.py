@@ -61,6 +61,31 @@ def write_thumbnail_table(path: str, sample_keys: Sequence[str], pictures: Seque
     os.replace(tmp, path)
 
 
+def thumbnail_files(store: str | os.PathLike) -> list[str]:
+    """The thumbnail shards of ``store``, in row order (the names sort as the image shards do, in a store folder
+    and in a pushed dataset repo alike); ``[]`` when it has none."""
+    folder = os.path.join(os.fspath(store), THUMBNAILS)
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".parquet")]
+
+
+def thumbnail_column(store: str | os.PathLike, sample_keys: Sequence[str]):
+    """The thumbnails of ``sample_keys``, looked up by key in ``store``'s thumbnail shards: a ``pyarrow`` binary
+    array of WebP bytes, one per key in their order, null where the store holds no picture of that site.
+    ``None`` when the store has no thumbnails at all."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = thumbnail_files(store)
+    if not files:
+        return None
+    table = pa.concat_tables([pq.read_table(f, columns=["sample_key", "thumbnail"]) for f in files])
+    where = pc.index_in(pa.array(list(sample_keys), pa.string()), value_set=table.column("sample_key").combine_chunks())
+    return table.column("thumbnail").combine_chunks().take(where)  # a null index takes a null
+
+
 class ThumbnailStore:
     """The thumbnails of a store, addressed by the global row of a hit (as :meth:`EmbeddingIndex.search_table`
     returns it in ``row``) and checked against its ``sample_key``. Only the shards' footers are read up front."""
@@ -68,9 +93,7 @@ class ThumbnailStore:
     def __init__(self, store: str | os.PathLike):
         import pyarrow.parquet as pq
 
-        folder = os.path.join(os.fspath(store), THUMBNAILS)
-        names = sorted(f for f in os.listdir(folder) if f.endswith(".parquet")) if os.path.isdir(folder) else []
-        self.files = [pq.ParquetFile(os.path.join(folder, n)) for n in names]
+        self.files = [pq.ParquetFile(f) for f in thumbnail_files(store)]
         self.starts, total = [], 0
         for f in self.files:
             self.starts.append(total)
@@ -106,5 +129,5 @@ class ThumbnailStore:
         return None if data is None else np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-__all__ = ["DEFAULT_THUMBNAIL_SIZE", "THUMBNAILS", "THUMBNAIL_QUALITY", "ThumbnailStore", "thumbnail_bytes", "write_thumbnail_shard",
-           "write_thumbnail_table"]
+__all__ = ["DEFAULT_THUMBNAIL_SIZE", "THUMBNAILS", "THUMBNAIL_QUALITY", "ThumbnailStore", "thumbnail_bytes",
+           "thumbnail_column", "thumbnail_files", "write_thumbnail_shard", "write_thumbnail_table"]

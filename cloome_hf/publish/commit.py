@@ -18,13 +18,14 @@ from typing import Any, Mapping, Sequence
 
 
 def commit_files(repo_id: str, folder: str | os.PathLike | None = None, files: Sequence[str] = (), *,
-                 contents: Mapping[str, bytes] | None = None, commit_message: str, repo_type: str = "model",
+                 contents: Mapping[str, bytes] | None = None, deletions: Sequence[str] = (), commit_message: str, repo_type: str = "model",
                  private: bool = False, token: str | None = None, revision: str | None = None, api=None) -> Any:
     """Create ``repo_id`` (``exist_ok``) and commit ``files`` (paths relative to ``folder``) plus ``contents``
-    (repo path -> bytes) to its root in one commit; returns ``create_commit``'s result.
+    (repo path -> bytes) to its root in one commit, removing the repo paths ``deletions`` in the same commit (files
+    an earlier layout owned); returns ``create_commit``'s result.
 
     ``api``: an ``HfApi`` (default: one made with ``token``)."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     if files and folder is None:
         raise ValueError(f"commit_files: the files {list(files)[:3]}... need the folder they are relative to")
@@ -33,10 +34,22 @@ def commit_files(repo_id: str, folder: str | os.PathLike | None = None, files: S
     operations = [CommitOperationAdd(path_in_repo=name.replace(os.sep, "/"), path_or_fileobj=str(Path(folder) / name))
                   for name in files]
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in (contents or {}).items()]
+    operations += [CommitOperationDelete(path_in_repo=name) for name in deletions]
     if not operations:
         raise ValueError(f"nothing to commit to {repo_id}: no files and no contents given")
     return api.create_commit(repo_id=repo_id, operations=operations, repo_type=repo_type, revision=revision,
                              commit_message=commit_message)
 
 
-__all__ = ["commit_files"]
+def repo_files(repo_id: str, repo_type: str = "model", token: str | None = None, api=None) -> list[str]:
+    """The files ``repo_id`` holds now (what a new layout may have to remove); ``[]`` when it does not exist yet."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return (api or HfApi(token=token)).list_repo_files(repo_id, repo_type=repo_type)
+    except RepositoryNotFoundError:
+        return []
+
+
+__all__ = ["commit_files", "repo_files"]

@@ -16,8 +16,8 @@ smaller store never leaves older shards to be served next to the new ones::
       README.md                            README.md
       config.json                          images/train-00000-of-00001.parquet
       model.safetensors                    molecules/train-00000-of-00001.parquet
-      processor_config.json                embedding_info.json
-      (auto-class code files)
+      processor_config.json                thumbnails/train-00000-of-00001.parquet
+      (auto-class code files)              embedding_info.json
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from typing import Any, Mapping
 
 from ..inference.store import CONFIGS, load_store, read_info
 from ..inference.store import INFO_FILE as EMBEDDING_INFO
+from ..inference.thumbnails import THUMBNAILS
 from ..safe_io import atomic_write_json, atomic_write_text
+
 SPLIT = "train"
 MAX_SHARD_BYTES = 500 << 20  # datasets' push_to_hub default shard size
 
@@ -132,17 +135,48 @@ def write_dataset_repo(embeddings_dir: str | os.PathLike, out_dir: str | os.Path
     os.makedirs(out_dir, exist_ok=True)
     _remove_dataset_layout(out_dir)
     for name, ds in embeddings.items():
-        n = _num_shards(ds)
         os.makedirs(os.path.join(out_dir, name), exist_ok=True)
-        for i in range(n):  # push_to_hub's shard naming, so load_dataset resolves both the same way
-            shard = ds.shard(num_shards=n, index=i, contiguous=True)
-            shard.to_parquet(os.path.join(out_dir, name, f"{SPLIT}-{i:05d}-of-{n:05d}.parquet"))
+        for _, shard, path in _shards(ds, name):  # push_to_hub's shard naming, so load_dataset resolves both alike
+            shard.to_parquet(os.path.join(out_dir, path))
+    write_thumbnail_shards(embeddings_dir, embeddings.get("images"), out_dir)
     card = render_dataset_card(embeddings, info, dataset_id=dataset_id, source_dataset=source_dataset,
                                description=description)
     if info:
         atomic_write_json(os.path.join(out_dir, EMBEDDING_INFO), info)
     atomic_write_text(os.path.join(out_dir, "README.md"), _with_configs(card, embeddings))  # last: the repo is whole
     return _list_files(out_dir)
+
+
+def _shards(ds, folder: str):
+    """``(index, shard, repo path)`` of each shard ``push_to_hub`` cuts ``ds`` into (contiguous, in row order)."""
+    n = _num_shards(ds)
+    for i in range(n):
+        yield i, ds.shard(num_shards=n, index=i, contiguous=True), f"{folder}/{SPLIT}-{i:05d}-of-{n:05d}.parquet"
+
+
+def write_thumbnail_shards(embeddings_dir: str | os.PathLike, images, out_dir: str | os.PathLike) -> list[str]:
+    """Write the store's site pictures for the ``images`` config into ``out_dir/thumbnails/``, one shard beside
+    each images shard (same cut, same rows, so a page reading the pushed repo finds a hit's picture by its row).
+    Looked up by ``sample_key``: a site the store has no picture of gets a null. Returns the repo paths written;
+    none when the store has no thumbnails (or none of these sites), with a warning in the second case."""
+    from ..inference.thumbnails import thumbnail_column, write_thumbnail_table
+
+    if images is None:
+        return []
+    pictures = thumbnail_column(embeddings_dir, images["sample_key"])
+    if pictures is None:
+        return []
+    if pictures.null_count == len(pictures):
+        warnings.warn(f"the thumbnails in {embeddings_dir} are of other sites than its images (no sample_key "
+                      "matches; another embedding run?): the dataset is written without pictures", stacklevel=2)
+        return []
+    written, start = [], 0
+    for _, shard, path in _shards(images, THUMBNAILS):
+        stop = start + len(shard)  # the cut of the shard itself, so the two layouts cannot drift apart
+        write_thumbnail_table(os.path.join(out_dir, path), shard["sample_key"], pictures[start:stop].to_pylist())
+        written.append(path)
+        start = stop
+    return written
 
 
 def _remove_dataset_layout(out_dir: str) -> None:
@@ -152,17 +186,18 @@ def _remove_dataset_layout(out_dir: str) -> None:
     for name in ("README.md", EMBEDDING_INFO):
         if os.path.isfile(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
-    for name in CONFIGS:
+    for name in (*CONFIGS, THUMBNAILS):
         for shard in glob.glob(os.path.join(glob.escape(out_dir), name, f"{SPLIT}-*.parquet")):
             os.remove(shard)
 
 
 def push_embeddings(embeddings_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
                     token: str | None = None, source_dataset: str | None = None, description: str | None = None):
-    """Push the embeddings to a dataset repo: the card and ``embedding_info.json`` first (one commit), then each
-    config with ``Dataset.push_to_hub(config_name=...)``, which adds its ``configs`` / ``dataset_info`` metadata
-    to that card."""
-    from .commit import commit_files
+    """Push the embeddings to a dataset repo: the card, ``embedding_info.json`` and the site pictures
+    (``thumbnails/``, as :func:`write_thumbnail_shards` cuts them; older ones removed) first, in one commit, then
+    each config with ``Dataset.push_to_hub(config_name=...)``, which adds its ``configs`` / ``dataset_info``
+    metadata to that card. Returns ``{"thumbnails": number of site pictures pushed}``."""
+    from .commit import commit_files, repo_files
 
     embeddings = load_store(embeddings_dir)
     info = read_info(embeddings_dir)
@@ -171,11 +206,15 @@ def push_embeddings(embeddings_dir: str | os.PathLike, repo_id: str, *, private:
     contents = {"README.md": card.encode()}
     if info:
         contents[EMBEDDING_INFO] = json.dumps(info, indent=2).encode()
-    commit_files(repo_id, contents=contents, repo_type="dataset", private=private, token=token,
-                 commit_message="Add dataset card")
+    with tempfile.TemporaryDirectory() as tmp:
+        pictures = write_thumbnail_shards(embeddings_dir, embeddings.get("images"), tmp)
+        stale = [f for f in repo_files(repo_id, "dataset", token) if f.startswith(f"{THUMBNAILS}/") and f not in pictures]
+        commit_files(repo_id, tmp, pictures, contents=contents, deletions=stale, repo_type="dataset",
+                     private=private, token=token, commit_message="Add dataset card")
     for name, ds in embeddings.items():
         ds.push_to_hub(repo_id, config_name=name, split=SPLIT, token=token, num_shards=_num_shards(ds),
                        commit_message=f"Upload {name} embeddings")
+    return {"thumbnails": len(embeddings["images"]) if pictures else 0}
 
 
 def _list_files(root) -> list[str]:

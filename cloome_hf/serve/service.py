@@ -81,7 +81,7 @@ class SearchService:
         locations = {"image store": embeddings, "molecule store": molecules}
         embeddings, molecules = store_folder(embeddings, "image store"), store_folder(molecules, "molecule store")
         if index is not None:
-            loaded = CloomeIndex.load(index)
+            loaded = CloomeIndex.load(store_folder(index, "saved index", "cloome search --save_index"))
             if model:
                 loaded.model_id, loaded.revision = model, None
         else:

@@ -45,12 +45,13 @@ def test_search_over_a_hub_dataset_id_gives_the_folders_hits(layout, tiny_served
     assert len(set(local["sample_key"])) > 1
 
 
-def test_the_page_opens_a_hub_dataset_id_as_it_opens_the_folder(tiny_served_store, hub_cache, tmp_path,
+@pytest.mark.parametrize("layout", ["uploaded folder", "pushed"])
+def test_the_page_opens_a_hub_dataset_id_as_it_opens_the_folder(layout, tiny_served_store, hub_cache, tmp_path,
                                                                  monkeypatch):
     from cloome_hf.serve import SearchService
 
     store = tiny_served_store["store"]
-    snapshot = hub_cache(REPO, store)
+    snapshot = hub_cache(REPO, _hub_layout(layout, store, tmp_path))
     monkeypatch.chdir(tmp_path)
     local = SearchService.from_stores(str(store))
     hub = SearchService.from_stores(REPO, molecules=REPO)
@@ -93,7 +94,7 @@ def test_a_revision_not_in_the_cache_is_the_same_offline_error(tiny_served_store
     ("./stroe", "embedding store './stroe' does not exist"),
     ("data/stroe", "embedding store 'data/stroe' does not exist .*; .*data holds sites"),
     ("{tmp}/no/store", "embedding store '{tmp}/no/store' does not exist .*; {tmp}/no does not exist either"),
-    ("data/sites/images/x.parquet", "embedding store 'data/sites/images/x.parquet' is a file, not a store folder"),
+    ("data/sites/images/x.parquet", "embedding store 'data/sites/images/x.parquet' is a file, not a folder"),
     ("some/deep/store", "embedding store 'some/deep/store' is neither a folder here nor a Hub dataset id"),
 ])
 def test_a_mistyped_folder_is_refused_without_a_hub_lookup(location, message, tmp_path, monkeypatch, capsys):
@@ -139,3 +140,66 @@ def test_space_links_the_dataset_without_its_revision(tmp_path, monkeypatch):
     assert f"EMBEDDINGS = '{REPO}@v1'" in app and f"cloome serve --model me/cloome --embeddings {REPO}@v1" in readme
     with pytest.raises(FileNotFoundError, match="--embeddings './stroe' does not exist"):
         space.main(["--embeddings", "./stroe", "--output_dir", "space2"])
+
+
+# ------------------------------------------------------------------- a saved index given as a Hub dataset id
+INDEX_REPO = "cloome-test/tiny-index"
+
+
+@pytest.fixture
+def saved_index(tiny_served_store, tmp_path):
+    from cloome_hf.cli import search
+
+    search.main(["--embeddings", str(tiny_served_store["store"]), "--save_index", str(tmp_path / "index")])
+    return tmp_path / "index"
+
+
+def test_search_and_the_page_read_a_saved_index_from_the_hub_cache(saved_index, tiny_served_store, hub_cache,
+                                                                   tmp_path, monkeypatch):
+    from cloome_hf.cli import search
+    from cloome_hf.serve import SearchService
+
+    hub_cache(INDEX_REPO, saved_index, refs=("main", "v1"))
+    monkeypatch.chdir(tmp_path)  # no folder named like the id here
+    queries = ["--smiles", *tiny_served_store["library"][:2], "--k", "4"]
+    local = search.main(["--index", str(saved_index), *queries])
+    for location in (INDEX_REPO, f"{INDEX_REPO}@v1"):
+        hub = search.main(["--index", location, *queries])
+        assert hub["sample_key"].tolist() == local["sample_key"].tolist()
+        np.testing.assert_allclose(hub["score"], local["score"], rtol=1e-6)
+    page = SearchService.from_stores(str(tiny_served_store["store"]), index=INDEX_REPO)
+    smiles = tiny_served_store["library"][0]
+    assert page.molecule_to_sites(smiles, 4)["sample_key"].tolist() == local["sample_key"].tolist()[:4]
+
+
+def test_an_index_id_offline_and_not_cached_is_one_line_naming_it(hub_cache, tmp_path):
+    proc = run_cloome(["search", "--index", "cloome-test/absent-index", "--smiles", "CCO"], tmp_path,
+                      env={"HF_HUB_OFFLINE": "1"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-2].startswith("cloome search: error: saved index 'cloome-test/absent-index' is not a local folder "
+                                "and could not be fetched from the Hub (offline: HF_HUB_OFFLINE is set"), lines[-2:]
+
+
+@pytest.mark.parametrize("location, message, hint", [
+    ("file://{tmp}/index", "saved index 'file://{tmp}/index' is a file:// URL, not a folder here or a Hub dataset id",
+     "give the path itself: {tmp}/index"),
+    ("hf://datasets/owner/index", "saved index 'hf://datasets/owner/index' is a hf:// URL",
+     "give the dataset id itself: owner/index"),
+    ("s3://bucket/index", "saved index 's3://bucket/index' is a s3:// URL", "copy it into a folder here first"),
+    ("./index-typo", "saved index './index-typo' does not exist", ""),
+    ("index/index_config.json", "saved index 'index/index_config.json' is a file, not a folder",
+     "give the folder 'cloome search --save_index' wrote"),
+])
+def test_an_index_location_that_is_neither_is_refused_before_the_hub(location, message, hint, saved_index, tmp_path,
+                                                                      monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: calls.append((a, k)))
+    (saved_index / "index_config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    location = location.format(tmp=tmp_path)
+    assert cloome(["search", "--index", location, "--smiles", "CCO"]) == 2
+    error, got_hint = capsys.readouterr().err.splitlines()
+    assert error.startswith("cloome search: error: " + message.format(tmp=tmp_path)), error
+    assert got_hint.startswith("cloome search: hint: " + hint.format(tmp=tmp_path)), got_hint
+    assert calls == []

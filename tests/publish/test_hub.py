@@ -3,6 +3,7 @@ huggingface_hub boundary (HfApi methods + the HfFileSystem datasets reads the ca
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -118,7 +119,10 @@ class FakeHub:
         from huggingface_hub.errors import RepositoryNotFoundError
 
         if (repo_id, repo_type or "model") not in self.created:
-            raise RepositoryNotFoundError(f"{repo_id} not found", response=None)
+            import httpx
+
+            request = httpx.Request("GET", f"https://huggingface.co/api/{repo_type or 'model'}s/{repo_id}")
+            raise RepositoryNotFoundError(f"{repo_id} not found", response=httpx.Response(404, request=request))
         return SimpleNamespace(id=repo_id, sha="main")
 
     @staticmethod
@@ -157,6 +161,10 @@ class FakeHub:
                              "deleted": deleted, "message": commit_message})
         return SimpleNamespace(oid="main", commit_url="", pr_url=None)
 
+    def list_repo_files(self, api, repo_id, repo_type=None, **kw):
+        self.repo_info(api, repo_id, repo_type)
+        return self.files(repo_id, repo_type)
+
     def files(self, repo_id, repo_type):
         folder = self.folder(repo_id, repo_type)
         return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
@@ -170,7 +178,7 @@ def fake_hub(tmp_path, monkeypatch):
     from fsspec.implementations.local import LocalFileSystem
 
     hub = FakeHub(str(tmp_path / "hub"))
-    for name in ("create_repo", "repo_info", "preupload_lfs_files", "create_commit"):
+    for name in ("create_repo", "repo_info", "list_repo_files", "preupload_lfs_files", "create_commit"):
         method = getattr(hub, name)
         monkeypatch.setattr(huggingface_hub.HfApi, name, lambda api, *a, _m=method, **kw: _m(api, *a, **kw))
     monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", lambda *a, **kw: pytest.fail("unexpected branch"))
@@ -227,3 +235,112 @@ def test_bad_arguments(artifacts, tmp_path):
         push_to_hub.main(["--repo_id", "me/x"])  # neither --model_dir nor --embeddings
     with pytest.raises(ValueError, match="holds no embeddings"):
         push_to_hub.main(["--embeddings", str(tmp_path), "--repo_id", "me/x", "--local_dir", str(tmp_path / "o")])
+
+
+# ------------------------------------------------------------------------------ site thumbnails in the dataset repo
+def _pictures_by_key(folder):
+    """``{sample_key: WebP bytes}`` of every thumbnail shard under ``folder/thumbnails`` (read with pyarrow)."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(p) for p in sorted((folder / "thumbnails").glob("*.parquet"))]
+    return {k: v for t in tables for k, v in zip(t["sample_key"].to_pylist(), t["thumbnail"].to_pylist())}
+
+
+def _store_copy(tiny_served_store, tmp_path, name="store"):
+    import shutil
+
+    return Path(shutil.copytree(tiny_served_store["store"], tmp_path / name))
+
+
+def test_pushed_thumbnails_follow_the_image_shards_and_match_the_stores_by_key(tiny_served_store, tmp_path,
+                                                                              monkeypatch):
+    import pyarrow.parquet as pq
+
+    from cloome_hf.inference.thumbnails import ThumbnailStore
+    from cloome_hf.publish import hub
+
+    monkeypatch.setattr(hub, "_num_shards", lambda ds: 3)  # several shards of 8 sites, cut unlike the store's 10s
+    store = tiny_served_store["store"]
+    out = tmp_path / "repo"
+    files = hub.write_dataset_repo(store, out, dataset_id="me/emb")
+    thumbs = [f"thumbnails/train-{i:05d}-of-00003.parquet" for i in range(3)]
+    assert [f for f in files if f.startswith("thumbnails/")] == thumbs
+    for i, name in enumerate(thumbs):
+        images = pq.read_table(out / f"images/train-{i:05d}-of-00003.parquet")
+        assert pq.read_table(out / name)["sample_key"].to_pylist() == images["sample_key"].to_pylist()
+    local = _pictures_by_key(store)
+    assert len(local) == 24 and _pictures_by_key(out) == local
+    pushed = ThumbnailStore(out)  # as the page reads the pushed repo: by a hit's row in the images config
+    keys = [k for i in range(3) for k in pq.read_table(out / f"images/train-{i:05d}-of-00003.parquet")["sample_key"].to_pylist()]
+    assert all(pushed.picture_bytes(row, key) == local[key] for row, key in enumerate(keys))
+
+
+def test_sites_without_a_thumbnail_get_none_and_the_rest_keep_theirs(tiny_served_store, tmp_path):
+    import pyarrow.parquet as pq
+
+    from cloome_hf.inference.thumbnails import ThumbnailStore
+    from cloome_hf.publish.hub import write_dataset_repo
+
+    store = _store_copy(tiny_served_store, tmp_path)
+    lost = pq.read_table(store / "thumbnails" / "shard-00001.parquet")["sample_key"].to_pylist()
+    (store / "thumbnails" / "shard-00001.parquet").unlink()
+    local = _pictures_by_key(tiny_served_store["store"])
+    write_dataset_repo(store, tmp_path / "repo", dataset_id="me/emb")
+    pushed, keys = ThumbnailStore(tmp_path / "repo"), pq.read_table(tmp_path / "repo" / "images").column("sample_key")
+    got = {key: pushed.picture_bytes(row, key) for row, key in enumerate(keys.to_pylist())}
+    assert len(lost) == 10 and all(got[k] is None for k in lost)
+    assert {k: v for k, v in got.items() if k not in lost} == {k: v for k, v in local.items() if k not in lost}
+
+
+def test_thumbnails_of_other_sites_are_left_out_with_a_warning(tiny_served_store, tmp_path):
+    from cloome_hf.inference.thumbnails import write_thumbnail_table
+    from cloome_hf.publish.hub import write_dataset_repo
+
+    store = _store_copy(tiny_served_store, tmp_path)
+    for shard in (store / "thumbnails").glob("*.parquet"):
+        shard.unlink()
+    write_thumbnail_table(str(store / "thumbnails" / "shard-00000.parquet"), ["other-run-A01-1"], [b"RIFF"])
+    with pytest.warns(UserWarning, match="no sample_key matches"):
+        files = write_dataset_repo(store, tmp_path / "repo", dataset_id="me/emb")
+    assert not [f for f in files if f.startswith("thumbnails/")]
+
+
+def test_a_rewrite_from_a_store_without_thumbnails_removes_the_old_ones(tiny_served_store, tmp_path, monkeypatch):
+    import shutil
+
+    from cloome_hf.publish import hub
+
+    out = tmp_path / "repo"
+    monkeypatch.setattr(hub, "_num_shards", lambda ds: 2)
+    hub.write_dataset_repo(tiny_served_store["store"], out, dataset_id="me/emb")
+    assert len(list((out / "thumbnails").glob("train-*.parquet"))) == 2
+    bare = _store_copy(tiny_served_store, tmp_path, "bare")
+    shutil.rmtree(bare / "thumbnails")
+    monkeypatch.setattr(hub, "_num_shards", lambda ds: 1)
+    files = hub.write_dataset_repo(bare, out, dataset_id="me/emb")
+    assert not list((out / "thumbnails").glob("*.parquet")) and not [f for f in files if "thumbnails" in f]
+    assert "images/train-00000-of-00001.parquet" in files and not (out / "images/train-00000-of-00002.parquet").exists()
+
+
+def test_push_commits_the_thumbnails_with_the_card_and_a_later_push_removes_them(tiny_served_store, fake_hub,
+                                                                                 tmp_path, capsys):
+    import shutil
+
+    store = tiny_served_store["store"]
+    repo = "me/tiny-embeddings"
+    push_to_hub.main(["--embeddings", str(store), "--repo_id", "me/tiny", "--dataset_repo_id", repo])
+    assert "with 24 site thumbnails" in capsys.readouterr().err
+    push_to_hub.main(["--embeddings", str(store), "--repo_id", "me/tiny", "--dataset_repo_id", repo,
+                      "--local_dir", str(tmp_path / "local")])
+    first = fake_hub.commits[0]
+    assert first["added"] == ["README.md", "embedding_info.json", "thumbnails/train-00000-of-00001.parquet"]
+    local = tmp_path / "local" / "dataset"
+    assert fake_hub.files(repo, "dataset") == sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
+    assert _pictures_by_key(Path(fake_hub.folder(repo, "dataset"))) == _pictures_by_key(store)
+
+    bare = _store_copy(tiny_served_store, tmp_path, "bare")
+    shutil.rmtree(bare / "thumbnails")
+    push_to_hub.main(["--embeddings", str(bare), "--repo_id", "me/tiny", "--dataset_repo_id", repo])
+    assert "without site thumbnails" in capsys.readouterr().err
+    assert fake_hub.commits[3]["deleted"] == ["thumbnails/train-00000-of-00001.parquet"]
+    assert not [f for f in fake_hub.files(repo, "dataset") if f.startswith("thumbnails")]
