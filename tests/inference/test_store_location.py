@@ -28,20 +28,27 @@ def _hub_layout(layout, store, tmp_path):
     return tmp_path / "pushed"
 
 
+def _search_by_id_equals_by_folder(flag, folder, repo_id, smiles, k):
+    """``cloome search FLAG repo_id`` (and ``@v1``) gives the hits, in order, and scores of ``FLAG folder``;
+    returns the folder's hits."""
+    from cloome_hf.cli import search
+
+    queries = ["--smiles", *smiles, "--k", str(k)]
+    local = search.main([flag, str(folder), *queries])
+    for location in (repo_id, f"{repo_id}@v1"):
+        hub = search.main([flag, location, *queries])
+        assert hub["sample_key"].tolist() == local["sample_key"].tolist()
+        np.testing.assert_allclose(hub["score"], local["score"], rtol=1e-6)
+    return local
+
+
 @pytest.mark.parametrize("layout", ["uploaded folder", "pushed"])
 def test_search_over_a_hub_dataset_id_gives_the_folders_hits(layout, tiny_served_store, hub_cache, tmp_path,
                                                               monkeypatch, capsys):
-    from cloome_hf.cli import search
-
     store = tiny_served_store["store"]
     hub_cache(REPO, _hub_layout(layout, store, tmp_path), refs=("main", "v1"))
     monkeypatch.chdir(tmp_path)  # no folder named like the id here
-    queries = ["--smiles", *tiny_served_store["library"][:2], "--k", "5"]
-    local = search.main(["--embeddings", str(store), *queries])
-    for location in (REPO, f"{REPO}@v1"):
-        hub = search.main(["--embeddings", location, *queries])
-        assert hub["sample_key"].tolist() == local["sample_key"].tolist()
-        np.testing.assert_allclose(hub["score"], local["score"], rtol=1e-6)
+    local = _search_by_id_equals_by_folder("--embeddings", store, REPO, tiny_served_store["library"][:2], 5)
     assert len(set(local["sample_key"])) > 1
 
 
@@ -156,17 +163,11 @@ def saved_index(tiny_served_store, tmp_path):
 
 def test_search_and_the_page_read_a_saved_index_from_the_hub_cache(saved_index, tiny_served_store, hub_cache,
                                                                    tmp_path, monkeypatch):
-    from cloome_hf.cli import search
     from cloome_hf.serve import SearchService
 
     hub_cache(INDEX_REPO, saved_index, refs=("main", "v1"))
     monkeypatch.chdir(tmp_path)  # no folder named like the id here
-    queries = ["--smiles", *tiny_served_store["library"][:2], "--k", "4"]
-    local = search.main(["--index", str(saved_index), *queries])
-    for location in (INDEX_REPO, f"{INDEX_REPO}@v1"):
-        hub = search.main(["--index", location, *queries])
-        assert hub["sample_key"].tolist() == local["sample_key"].tolist()
-        np.testing.assert_allclose(hub["score"], local["score"], rtol=1e-6)
+    local = _search_by_id_equals_by_folder("--index", saved_index, INDEX_REPO, tiny_served_store["library"][:2], 4)
     page = SearchService.from_stores(str(tiny_served_store["store"]), index=INDEX_REPO)
     smiles = tiny_served_store["library"][0]
     assert page.molecule_to_sites(smiles, 4)["sample_key"].tolist() == local["sample_key"].tolist()[:4]
