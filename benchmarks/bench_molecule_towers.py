@@ -40,21 +40,11 @@ TOWERS = ("mlp", "gnn", "transformers")
 
 def char_lm_folder(folder: str, layers: int, hidden: int) -> str:
     """A character-level SMILES tokenizer and a random RoBERTa saved like a downloaded model."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+    from cloome_hf.testing import save_char_level_smiles_lm
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(set("CNOSPFIBrclnosaegiKkLMuZt()[]=#@+-0123456789%/\\.H")))}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
-                                                             special_tokens=[("<s>", 0), ("</s>", 2)])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>", mask_token="<mask>", model_max_length=512).save_pretrained(folder)
-    RobertaModel(RobertaConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                               num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
-                               max_position_embeddings=514)).save_pretrained(folder)
-    return folder
+    return save_char_level_smiles_lm(folder, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+                                     max_position_embeddings=514)
 
 
 def molecule_configs(lm_folder: str) -> dict[str, dict]:

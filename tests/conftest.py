@@ -213,21 +213,10 @@ TINY_GNN = {"encoder": "gnn", "hidden_size": 32, "num_hidden_layers": 2}
 @pytest.fixture(scope="session")
 def tiny_chem_lm_folder(tmp_path_factory):
     """A folder holding a random tiny RoBERTa and its character-level SMILES tokenizer (``model_max_length`` 34)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+    from cloome_hf.testing import save_char_level_smiles_lm
 
-    folder = tmp_path_factory.mktemp("tiny-chem-lm")
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(set("CNOSPFIBrclnos()[]=#@+-0123456789%/\\.H")))}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
-                                                             special_tokens=[("<s>", 0), ("</s>", 2)])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>", mask_token="<mask>", model_max_length=34).save_pretrained(folder)
-    torch.manual_seed(0)
-    RobertaModel(RobertaConfig(vocab_size=len(vocab), **TINY_CHEM_LM)).save_pretrained(folder)
-    return str(folder)
+    return save_char_level_smiles_lm(tmp_path_factory.mktemp("tiny-chem-lm"), model_max_length=34,
+                                     characters="CNOSPFIBrclnos()[]=#@+-0123456789%/\\.H", seed=0, **TINY_CHEM_LM)
 # ---------------------------------------------------------------- mol3 (#25 molecule towers): fixtures end
 
 
