@@ -35,7 +35,6 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what every cloome command sets (cloome_hf/runtime.py)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -47,6 +46,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_data import make_sites  # noqa: E402
+from bench_report import finish  # noqa: E402
 
 
 # ------------------------------------------------------------------ the upstream encode_image
@@ -325,13 +325,7 @@ def main(argv=None) -> dict:
         print(f"{name:<30} {r['model_sites_per_s']:>9.3f} {r['model_ratio_vs_upstream']:>7.2f} "
               f"{r['model_ratio_vs_bf16_channels_last']:>8.2f} {r['whole_sites_per_s']:>9.3f} "
               f"{r['whole_ratio_vs_upstream']:>7.2f} {r['min_cosine_vs_torch_fp32']:>9.6f}", file=sys.stderr)
-    print(json.dumps(results, indent=1))
-    if args.output:
-        # imported here, not at the top: the script may run before cloome_hf is on its path
-        from cloome_hf.safe_io import atomic_write_json
-
-        atomic_write_json(args.output, results)
-    return results
+    return finish(results, args.output)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what every cloome command sets (cloome_hf/runtime.py)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -41,6 +40,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_data import UpstreamCellPainting, make_sites, training_path_loader  # noqa: E402
+from bench_report import finish  # noqa: E402
 
 
 #: the clock stages are timed with: process CPU time by default (on a shared machine other jobs' time slices do
@@ -315,13 +315,7 @@ def main(argv=None) -> dict:
     print(f"\nwhole path: {results['ratio_whole_path_vs_upstream']}x upstream (numpy passes: "
           f"{results['ratio_numpy_passes_vs_upstream']}x); memory floor "
           f"{results['ratio_memory_floor_vs_upstream']}x", file=sys.stderr)
-    print(json.dumps(results, indent=1))
-    if args.output:
-        # imported here, not at the top: the script may run before cloome_hf is on its path
-        from cloome_hf.safe_io import atomic_write_json
-
-        atomic_write_json(args.output, results)
-    return results
+    return finish(results, args.output)
 
 
 if __name__ == "__main__":

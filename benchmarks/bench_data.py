@@ -39,7 +39,6 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read when torch is imported
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -49,6 +48,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_report import finish  # noqa: E402
+
 #: The two headline settings, as ``cloome train`` arguments.
 SETTINGS = {
     "crop520": dict(image_size=[520, 520], random_resized_crop_scale=[]),
@@ -291,13 +293,7 @@ def main(argv=None) -> dict:
                     for k in LOADERS}
     results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     print_table(results)
-    print(json.dumps(results, indent=1))
-    if args.output:
-        # imported here, not at the top: the script may run before cloome_hf is on its path
-        from cloome_hf.safe_io import atomic_write_json
-
-        atomic_write_json(args.output, results)
-    return results
+    return finish(results, args.output)
 
 
 if __name__ == "__main__":

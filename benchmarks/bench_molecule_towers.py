@@ -35,6 +35,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_report import finish  # noqa: E402
+
 TOWERS = ("mlp", "gnn", "transformers")
 
 
@@ -266,10 +269,7 @@ def main(argv=None):
             summary = seed_summary(results)
             report.update(compare=results, compare_summary=summary)
             print(f"\n{args.max_steps} steps per run, seeds {args.seeds}\n" + compare_markdown(results, summary))
-    if args.output:
-        from cloome_hf.safe_io import atomic_write_json
-
-        atomic_write_json(args.output, report)
+    finish(report, args.output, echo=False)
 
 
 if __name__ == "__main__":

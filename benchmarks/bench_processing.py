@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import resource
@@ -34,8 +33,9 @@ from cloome_hf import example_site  # noqa: E402
 from cloome_hf.featurization_cloome import FINGERPRINT_KINDS, MoleculeFeaturizer  # noqa: E402
 from cloome_hf.channels import CHANNELS, CLOOME_CHANNEL_MEAN
 from cloome_hf.image_processing_cloome import CloomeImageProcessor
+from bench_report import finish  # noqa: E402
 
-DATA = REPO / "tests" / "data"
+DATA = REPO / "tests" / "fixtures"
 
 
 # ---------------------------------------------------------------- naive baselines
@@ -189,9 +189,7 @@ def main(argv=None) -> dict:
             lambda: featurizer(smiles), lambda: naive_featurize(kind, smiles, featurizer.fingerprint_size),
             args.smiles_repeats,
         ))
-    if args.output:
-        args.output.write_text(json.dumps(results, indent=2))
-    return results
+    return finish(results, args.output, echo=False)
 
 
 if __name__ == "__main__":
