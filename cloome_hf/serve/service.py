@@ -44,7 +44,7 @@ def model_card_summary(model_id: str | None) -> str:
 
 @dataclass
 class StoredSite:
-    """A site of the image store, queried by its stored embedding (the ``row`` of the index)."""
+    """A site of the embedding store, queried by its stored embedding (the ``row`` of the index)."""
 
     key: str
     row: int
@@ -57,7 +57,7 @@ class SearchService:
     Args:
         index: a :class:`~cloome_hf.inference.search.CloomeIndex` with its encoder loaded.
         sites: optional ``datasets.Dataset`` of the source sites (schema columns), for pictures and key lookup.
-        thumbnails: optional :class:`~cloome_hf.inference.thumbnails.ThumbnailStore` of the image store.
+        thumbnails: optional :class:`~cloome_hf.inference.thumbnails.ThumbnailStore` of the embedding store.
         about: provenance shown on the About tab (model, weights digest, stores, dataset).
     """
 
@@ -78,10 +78,11 @@ class SearchService:
         from ..inference.store_location import store_folder
         from ..inference.thumbnails import ThumbnailStore
 
-        locations = {"image store": embeddings, "molecule store": molecules}
-        embeddings, molecules = store_folder(embeddings, "image store"), store_folder(molecules, "molecule store")
+        locations = {"embedding store": embeddings, "molecule store": molecules, "saved index": index}
+        embeddings, molecules = store_folder(embeddings, "embedding store"), store_folder(molecules, "molecule store")
+        index = store_folder(index, "saved index", "cloome search --save_index")
         if index is not None:
-            loaded = CloomeIndex.load(store_folder(index, "saved index", "cloome search --save_index"))
+            loaded = CloomeIndex.load(index)
             if model:
                 loaded.model_id, loaded.revision = model, None
         else:
@@ -101,7 +102,7 @@ class SearchService:
 
     # ----- filters ----------------------------------------------------------------------------------------
     def filter_choices(self) -> dict[str, list]:
-        """``{column: sorted values}`` of the :data:`FILTER_COLUMNS` the image store has."""
+        """``{column: sorted values}`` of the :data:`FILTER_COLUMNS` the embedding store has."""
         meta = self.index.images.metadata
         return {c: sorted(meta[c].dropna().unique().tolist()) for c in FILTER_COLUMNS if c in meta.columns}
 
@@ -113,7 +114,7 @@ class SearchService:
         meta, keep = self.index.images.metadata, None
         for column, values in chosen.items():
             if column not in meta.columns:
-                raise ValueError(f"the image store has no {column!r} column to filter on")
+                raise ValueError(f"the embedding store has no {column!r} column to filter on")
             mask = meta[column].isin(values).to_numpy()
             keep = mask if keep is None else keep & mask
         rows = np.flatnonzero(keep)
@@ -161,7 +162,7 @@ class SearchService:
             keys = meta["sample_key"] if "sample_key" in meta.columns else []
             self._index_row_of_key = {k: i for i, k in enumerate(keys)}
         if key not in self._index_row_of_key:
-            raise ValueError(f"no site with sample_key {key!r} in the image store")
+            raise ValueError(f"no site with sample_key {key!r} in the embedding store")
         row = self._index_row_of_key[key]
         index = self.index.images.index
         if hasattr(index, "make_direct_map") and not index.direct_map.type:
@@ -199,17 +200,18 @@ class SearchService:
 def provenance(index, info: dict, images: str, molecules: str | None, saved_index: str | None,
                locations: dict[str, str | None] | None = None) -> dict[str, Any]:
     """The About tab's facts: what made the embeddings (model, revision, weights digest, commit) and of what.
-    ``locations``: the stores as given (``{"image store": ..., "molecule store": ...}``); a Hub dataset id is shown
-    as the id, with its snapshot folder."""
+    ``locations``: the stores as given (``{"embedding store": ..., "molecule store": ..., "saved index": ...}``); a
+    Hub dataset id is shown as the id, with its snapshot folder."""
     given = locations or {}
     out = {"model": index.model_id, "revision": index.revision,
            "model weights digest": info.get("model_weights"),
            "model commit": (info.get("model_info") or {}).get("commit_hash"),
-           "image store": _where(given.get("image store"), images), "source dataset": info.get("dataset"),
-           "split": info.get("split"), "saved index": os.path.abspath(saved_index) if saved_index else None,
+           "embedding store": _where(given.get("embedding store"), images), "source dataset": info.get("dataset"),
+           "split": info.get("split"),
+           "saved index": _where(given.get("saved index"), saved_index) if saved_index else None,
            "index type": index.images.config.get("index_type"), "sites indexed": len(index.images),
            "molecule store": _where(given.get("molecule store"), molecules) if molecules else (
-               "(in the image store)" if index.molecules else "(none)"),
+               "(in the embedding store)" if index.molecules else "(none)"),
            "molecules indexed": len(index.molecules) if index.molecules is not None else 0}
     return {k: v for k, v in out.items() if v is not None}
 

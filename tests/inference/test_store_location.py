@@ -70,7 +70,7 @@ def test_the_page_opens_a_hub_dataset_id_as_it_opens_the_folder(layout, tiny_ser
     np.testing.assert_array_equal(hub.thumbnails.picture(row, key), local.thumbnails.picture(row, key))
     site = local.site_by_key(key)
     assert hub.site_to_molecules(site, 3)["smiles"].tolist() == local.site_to_molecules(site, 3)["smiles"].tolist()
-    assert hub.about["image store"] == f"{REPO} (Hub dataset; snapshot {snapshot})"
+    assert hub.about["embedding store"] == f"{REPO} (Hub dataset; snapshot {snapshot})"
     assert hub.about["molecule store"].startswith(f"{REPO} (Hub dataset")
 
 
@@ -93,7 +93,7 @@ def test_a_revision_not_in_the_cache_is_the_same_offline_error(tiny_served_store
     monkeypatch.chdir(tmp_path)
     assert cloome(["serve", "--embeddings", f"{REPO}@v2"]) == 2
     error = capsys.readouterr().err.splitlines()[0]
-    assert error.startswith(f"cloome serve: error: image store '{REPO}@v2' is not a local folder and could not be "
+    assert error.startswith(f"cloome serve: error: embedding store '{REPO}@v2' is not a local folder and could not be "
                             "fetched from the Hub (offline: HF_HUB_OFFLINE is set"), error
 
 
@@ -165,10 +165,11 @@ def test_search_and_the_page_read_a_saved_index_from_the_hub_cache(saved_index, 
                                                                    tmp_path, monkeypatch):
     from cloome_hf.serve import SearchService
 
-    hub_cache(INDEX_REPO, saved_index, refs=("main", "v1"))
+    snapshot = hub_cache(INDEX_REPO, saved_index, refs=("main", "v1"))
     monkeypatch.chdir(tmp_path)  # no folder named like the id here
     local = _search_by_id_equals_by_folder("--index", saved_index, INDEX_REPO, tiny_served_store["library"][:2], 4)
     page = SearchService.from_stores(str(tiny_served_store["store"]), index=INDEX_REPO)
+    assert page.about["saved index"] == f"{INDEX_REPO} (Hub dataset; snapshot {snapshot})"
     smiles = tiny_served_store["library"][0]
     assert page.molecule_to_sites(smiles, 4)["sample_key"].tolist() == local["sample_key"].tolist()[:4]
 

@@ -221,7 +221,7 @@ def test_a_stored_site_is_queried_by_its_embedding_where_images_are_out_of_reach
     np.testing.assert_allclose(by_embedding["score"], by_pixels["score"], atol=1e-4)
     assert remote.similar_sites(stored, 2)["sample_key"].iloc[0] == key
     assert remote.picture(key, stored.row).shape == (48, 48, 3)  # from the thumbnails
-    with pytest.raises(ValueError, match="no site with sample_key 'nope' in the image store"):
+    with pytest.raises(ValueError, match="no site with sample_key 'nope' in the embedding store"):
         remote.stored_site("nope")
 
 
@@ -231,9 +231,9 @@ def test_a_store_that_is_neither_a_folder_nor_a_hub_id_is_one_line(tmp_path, cap
     missing = str(tmp_path / "no" / "store")
     assert main(["serve", "--embeddings", missing]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith(f"cloome serve: error: image store {missing!r} does not exist")
+    assert err[0].startswith(f"cloome serve: error: embedding store {missing!r} does not exist")
     assert main(["space", "--embeddings", missing, "--output_dir", str(tmp_path / "space")]) == 2
     assert f"--embeddings {missing!r} does not exist" in capsys.readouterr().err
     assert main(["serve", "--embeddings", "a/b/c"]) == 2
-    assert capsys.readouterr().err.splitlines()[0] == ("cloome serve: error: image store 'a/b/c' is neither a folder "
+    assert capsys.readouterr().err.splitlines()[0] == ("cloome serve: error: embedding store 'a/b/c' is neither a folder "
                                                        "here nor a Hub dataset id (owner/name or owner/name@revision)")

@@ -154,7 +154,7 @@ def test_similar_sites_and_about_tabs(page, tiny_served_store, tmp_path):
     assert first.find_elements(By.TAG_NAME, "td")[2].text == key  # a stored site is its own nearest neighbour
     _not_blank(driver, tmp_path / "similar_sites.png")
     _tab(driver, "About")
-    assert str(tiny_served_store["store"].resolve()) in _wait_text(driver, "#about", "image store")
+    assert str(tiny_served_store["store"].resolve()) in _wait_text(driver, "#about", "embedding store")
     assert "Hoechst (DNA)" in _wait_text(driver, "#legend", "Hoechst")
     _not_blank(driver, tmp_path / "about.png")
 
