@@ -34,8 +34,6 @@ def _audit(folder, rank):
     return steps, [r["final_parameter_digest"] for r in records if "final_parameter_digest" in r]
 
 
-
-
 def _launch_two_processes(out, args, per_device_batch: int, launcher: str = "forked"):
     """``cloome train`` in 2 processes (gloo on CPU): started by the ``accelerate launch --multi_gpu
     --num_processes 2`` command (``launcher="accelerate"``), or forked as that launch would start them
@@ -185,3 +183,38 @@ def test_two_processes_cut_bags_and_graph_batches_by_molecule_like_one_process(t
     one_losses = [r["loss"] for r in read_log(one) if "loss" in r]
     assert len(two_losses) == 3 and two_losses[-1] != two_losses[0]
     torch.testing.assert_close(torch.tensor(two_losses), torch.tensor(one_losses), rtol=1e-4, atol=1e-5)
+
+
+# Well bags read from a cached-feature store (cloome embed --features backbone) in two processes: each takes whole
+# wells of the same global batch, and the run equals one process running the frozen tower on the sites.
+def test_two_processes_train_well_bags_on_cached_features_like_one_process_on_the_tower(tmp_path, one_thread,
+                                                                                        well_sites, tiny_tower_folder):
+    from cloome_hf.cli import embed
+
+    common = ["--dataset", str(well_sites), "--backbone", tiny_tower_folder("dinov2"), "--freeze_image_tower",
+              "true", "--augment", "false", "--image_size", "32", "--molecule_hidden_size", "32",
+              "--molecule_num_layers", "2", "--projection_dim", "16", "--fingerprint_size", "128", "--max_steps",
+              "3", "--logging_steps", "1", "--save_steps", "100", "--eval_steps", "100", "--bag_by", "well",
+              "--bag_pooling", "attention", "--validation_fraction", "0.25", "--sync_batchnorm", "--audit_log"]
+    # (the recipe's warm-up, not --warmup_steps 0: a first full-size Adam step moves every parameter by about the
+    # learning rate in the sign of its gradient, and the biases before BatchNorm have gradients that are zero up to
+    # rounding, whose sign the order of the sums across processes decides)
+    one, two, store = tmp_path / "one", tmp_path / "two", tmp_path / "features"
+    load_train_script().main(["--output_dir", str(one), "--per_device_train_batch_size", "8",
+                              "--per_device_eval_batch_size", "32", *common])
+    embed.main(["--model", str(one), "--dataset", str(well_sites), "--output_dir", str(store), "--features",
+                "backbone", "--batch_size", "16"])
+    _launch_two_processes(two, ["--image_features", str(store), *common], per_device_batch=4)
+
+    (rank0, digest0), (rank1, digest1), (single, _) = _audit(two, 0), _audit(two, 1), _audit(one, 0)
+    assert sorted(rank0) == sorted(single) == [1, 2, 3]
+    for step in single:
+        wells0, wells1 = [{_well(k) for k in rank[step]} for rank in (rank0, rank1)]
+        assert len(wells0) == len(wells1) == 4 and not wells0 & wells1  # whole wells, none cut between them
+        assert sorted(rank0[step] + rank1[step]) == sorted(single[step])
+    assert digest0 == digest1 and len(digest0) == 1
+    two_losses = [r["loss"] for r in read_log(two) if "loss" in r]
+    one_losses = [r["loss"] for r in read_log(one) if "loss" in r]
+    assert len(two_losses) == 3 and len(set(two_losses)) > 1
+    torch.testing.assert_close(torch.tensor(two_losses), torch.tensor(one_losses), rtol=1e-4, atol=1e-5)
+    assert json.loads((two / "training_config.json").read_text())["arguments"]["image_features"] == str(store)
