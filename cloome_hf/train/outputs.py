@@ -46,7 +46,9 @@ def finish(run: Run) -> dict[str, Any]:
     """Write the final model and results (of the last validation); returns them (see
     :func:`cloome_hf.train.loop.run_training`)."""
     if run.audit is not None:
-        run.audit.write(json.dumps({"final_parameter_digest": parameter_digest(run.raw_model)}) + "\n")
+        # with its step, so that a resume from an earlier checkpoint drops it with the steps it redoes
+        run.audit.write(json.dumps({"step": run.state.step, "final_parameter_digest": parameter_digest(run.raw_model)})
+                        + "\n")
         run.audit.close()
     metrics, embeddings, baseline = run.last_metrics, run.last_embeddings, run.random_baseline
     if run.accelerator.is_main_process:

@@ -316,35 +316,43 @@ def _claim_output_dir(accelerator, train_args) -> OutputLock | None:
 
 def _open_logs(run: Run) -> None:
     model_args, data_args, train_args = run.args
-    if run.accelerator.is_main_process:
-        _truncate_log(run.log_path, run.state.step)
+    logs = [run.log_path] if run.accelerator.is_main_process else []
     if train_args.audit_log:
         folder = os.path.join(train_args.output_dir, "audit")
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"rank{run.accelerator.process_index}.jsonl")
-        _truncate_log(path, run.state.step)
-        run.audit = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: survives a SIGKILL
+        logs.append(os.path.join(folder, f"rank{run.accelerator.process_index}.jsonl"))
+    # every log read (and a bad line refused) before any is cut: a refused resume leaves them all as they were
+    kept = {path: _records_up_to(path, run.state.step) for path in logs}
+    for path, lines in kept.items():
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+    if train_args.audit_log:
+        run.audit = open(logs[-1], "a", buffering=1, encoding="utf-8")  # line-buffered: survives a SIGKILL
     if train_args.report_to != "none":
         flat = {k: str(v) if isinstance(v, (list, tuple)) or v is None else v
                 for k, v in resolved_arguments(model_args, data_args, train_args).items()}
         run.accelerator.init_trackers("cloome", config=flat)
 
 
-def _log_step_of(line: str, path: str) -> int:
+def _log_step_of(line: str, path: str) -> int | None:
+    """The step of a log record; ``None`` for the end-of-run audit record of runs before it carried one."""
     try:
-        return int(json.loads(line)["step"])
+        record = json.loads(line)
+        if set(record) == {"final_parameter_digest"}:
+            return None
+        return int(record["step"])
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} has a line that is not a cloome train log record: {line[:80]!r}") from err
 
 
-def _truncate_log(path: str, step: int) -> None:
-    """Keep the records of steps <= ``step`` (the resumed step): later steps are redone, not repeated."""
-    kept = []
-    if step and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and _log_step_of(line, path) <= step]
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(kept)
+def _records_up_to(path: str, step: int) -> list[str]:
+    """The lines of the records of steps <= ``step`` (the resumed step): later steps are redone, not repeated, and
+    a finished run's end-of-run record goes with them (the resumed run writes its own). None for a fresh run."""
+    if not step or not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        steps = [(line, _log_step_of(line, path)) for line in f if line.strip()]
+    return [line for line, of in steps if of is not None and of <= step]
 
 
 # ------------------------------------------------------------------------------------------------- one step

@@ -61,3 +61,42 @@ def test_an_untampered_checkpoint_still_resumes_to_the_same_end(finished_tiny_ru
     _resume(run, checkpoint)  # the checks refuse nothing a real resume needs: it runs step 2 and writes the model
     assert json.loads((checkpoint.parent / "checkpoint-2" / "trainer_state.json").read_text())["step"] == 2
     assert (run / "model.safetensors").stat().st_size > 0
+
+
+def _audited_copy(finished_tiny_run, tmp_path, *lines):
+    """A copy of the finished tiny run with an audit log of ``lines`` (JSON-encoded records, or raw text)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_tiny_run, run)
+    (run / "audit").mkdir()
+    (run / "audit" / "rank0.jsonl").write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return run
+
+
+@pytest.mark.parametrize("end_record", [{"step": 2, "final_parameter_digest": "abc"},
+                                        {"final_parameter_digest": "abc"}])  # the form before it had its step
+def test_a_finished_audited_run_resumes_from_an_earlier_checkpoint(end_record, finished_tiny_run, tmp_path,
+                                                                   one_thread):
+    run = _audited_copy(finished_tiny_run, tmp_path, {"step": 1, "rows": ["a"]}, {"step": 2, "rows": ["b"]},
+                        end_record)
+    from cloome_hf.train import main
+
+    main(["--output_dir", str(run), *TINY_TRAIN_ARGS, "--audit_log", "--resume_from_checkpoint",
+          str(run / "checkpoints" / "checkpoint-1"), "--allow_changed_settings"])
+    records = [json.loads(line) for line in (run / "audit" / "rank0.jsonl").read_text().splitlines()]
+    assert records[0] == {"step": 1, "rows": ["a"]}  # kept: before the resumed step
+    assert [r["step"] for r in records] == [1, 2, 2] and records[1]["rows"] != ["b"]  # step 2 redone, once
+    assert set(records[2]) == {"step", "final_parameter_digest"} and records[2]["final_parameter_digest"] != "abc"
+
+
+@pytest.mark.parametrize("bad_line", ["not json", json.dumps({"rows": ["a"]}), json.dumps({"step": "two"}),
+                                      json.dumps([1, 2])])
+def test_a_bad_audit_line_refuses_the_resume_and_cuts_no_log(bad_line, finished_tiny_run, tmp_path, one_thread):
+    from cloome_hf.train import main
+
+    run = _audited_copy(finished_tiny_run, tmp_path, {"step": 1, "rows": ["a"]}, bad_line)
+    before = _snapshot(run)
+    with pytest.raises(ValueError, match=r"rank0\.jsonl has a line that is not a cloome train log record"):
+        main(["--output_dir", str(run), *TINY_TRAIN_ARGS, "--audit_log", "--resume_from_checkpoint",
+              str(run / "checkpoints" / "checkpoint-1"), "--allow_changed_settings"])
+    assert _snapshot(run) == before  # the train log too: nothing was cut before the refusal

@@ -30,7 +30,7 @@ def _env():
 def _audit(folder, rank):
     with open(Path(folder) / "audit" / f"rank{rank}.jsonl") as f:
         records = [json.loads(line) for line in f]
-    steps = {r["step"]: r["rows"] for r in records if "step" in r}
+    steps = {r["step"]: r["rows"] for r in records if "rows" in r}
     return steps, [r["final_parameter_digest"] for r in records if "final_parameter_digest" in r]
 
 
@@ -218,3 +218,28 @@ def test_two_processes_train_well_bags_on_cached_features_like_one_process_on_th
     assert len(two_losses) == 3 and len(set(two_losses)) > 1
     torch.testing.assert_close(torch.tensor(two_losses), torch.tensor(one_losses), rtol=1e-4, atol=1e-5)
     assert json.loads((two / "training_config.json").read_text())["arguments"]["image_features"] == str(store)
+
+
+# A two-process run resumed from a checkpoint in the middle of an epoch: each process's slice of the loader starts
+# at the next global batch, so the resumed steps take the same rows, with the same losses, to the same weights.
+def test_two_processes_resumed_mid_epoch_continue_the_straight_run(tmp_path, one_thread):
+    import shutil
+
+    args = [*TINY_ARGS[:-4], "--max_steps", "6", "--save_steps", "3", "--save_total_limit", "0",
+            "--logging_steps", "1", "--eval_steps", "100", "--warmup_steps", "2", "--audit_log", "--sync_batchnorm"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _launch_two_processes(straight, args, per_device_batch=4)
+    state = json.loads((straight / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 0, 3)  # mid-epoch: 4 batches an epoch
+    shutil.copytree(straight, resumed)
+    _launch_two_processes(resumed, [*args, "--resume_from_checkpoint",
+                                    str(resumed / "checkpoints" / "checkpoint-3")], per_device_batch=4)
+
+    for rank in (0, 1):
+        rows_s, rows_r = _audit(straight, rank)[0], _audit(resumed, rank)[0]
+        assert {s: rows_r[s] for s in (4, 5, 6)} == {s: rows_s[s] for s in (4, 5, 6)}
+    losses = {name: {r["step"]: r["loss"] for r in read_log(folder) if "loss" in r}
+              for name, folder in (("straight", straight), ("resumed", resumed))}
+    assert [losses["resumed"][s] for s in (4, 5, 6)] == [losses["straight"][s] for s in (4, 5, 6)]
+    w_s, w_r = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert w_s.keys() == w_r.keys() and all(torch.equal(w_s[k], w_r[k]) for k in w_s)
