@@ -46,7 +46,7 @@ def finish(run: Run) -> dict[str, Any]:
     """Write the final model and results (of the last validation); returns them (see
     :func:`cloome_hf.train.loop.run_training`)."""
     if run.audit is not None:
-        # with its step, so that a resume from an earlier checkpoint drops it with the steps it redoes
+        # with the step the digest was taken at (a resume drops this record: the resumed run writes its own)
         run.audit.write(json.dumps({"step": run.state.step, "final_parameter_digest": parameter_digest(run.raw_model)})
                         + "\n")
         run.audit.close()

@@ -317,17 +317,19 @@ def _claim_output_dir(accelerator, train_args) -> OutputLock | None:
 def _open_logs(run: Run) -> None:
     model_args, data_args, train_args = run.args
     logs = [run.log_path] if run.accelerator.is_main_process else []
+    audit_path = None
     if train_args.audit_log:
         folder = os.path.join(train_args.output_dir, "audit")
         os.makedirs(folder, exist_ok=True)
-        logs.append(os.path.join(folder, f"rank{run.accelerator.process_index}.jsonl"))
+        audit_path = os.path.join(folder, f"rank{run.accelerator.process_index}.jsonl")
+        logs.append(audit_path)
     # every log read (and a bad line refused) before any is cut: a refused resume leaves them all as they were
     kept = {path: _records_up_to(path, run.state.step) for path in logs}
     for path, lines in kept.items():
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(lines)
-    if train_args.audit_log:
-        run.audit = open(logs[-1], "a", buffering=1, encoding="utf-8")  # line-buffered: survives a SIGKILL
+    if audit_path is not None:
+        run.audit = open(audit_path, "a", buffering=1, encoding="utf-8")  # line-buffered: survives a SIGKILL
     if train_args.report_to != "none":
         flat = {k: str(v) if isinstance(v, (list, tuple)) or v is None else v
                 for k, v in resolved_arguments(model_args, data_args, train_args).items()}
@@ -335,10 +337,10 @@ def _open_logs(run: Run) -> None:
 
 
 def _log_step_of(line: str, path: str) -> int | None:
-    """The step of a log record; ``None`` for the end-of-run audit record of runs before it carried one."""
+    """The step of a log record; ``None`` for an end-of-run audit record (with or without its step)."""
     try:
         record = json.loads(line)
-        if set(record) == {"final_parameter_digest"}:
+        if isinstance(record, dict) and "final_parameter_digest" in record:
             return None
         return int(record["step"])
     except (ValueError, KeyError, TypeError) as err:
@@ -346,8 +348,9 @@ def _log_step_of(line: str, path: str) -> int | None:
 
 
 def _records_up_to(path: str, step: int) -> list[str]:
-    """The lines of the records of steps <= ``step`` (the resumed step): later steps are redone, not repeated, and
-    a finished run's end-of-run record goes with them (the resumed run writes its own). None for a fresh run."""
+    """The lines of the records of steps <= ``step`` (the resumed step): later steps are redone, not repeated. A
+    finished run's end-of-run record is never kept, even resumed from its last step: the resumed run writes its own.
+    Nothing for a fresh run."""
     if not step or not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:

@@ -75,17 +75,19 @@ def _audited_copy(finished_tiny_run, tmp_path, *lines):
 
 @pytest.mark.parametrize("end_record", [{"step": 2, "final_parameter_digest": "abc"},
                                         {"final_parameter_digest": "abc"}])  # the form before it had its step
-def test_a_finished_audited_run_resumes_from_an_earlier_checkpoint(end_record, finished_tiny_run, tmp_path,
-                                                                   one_thread):
+@pytest.mark.parametrize("resumed_step", [1, 2])  # 2: the last checkpoint, at the end record's own step
+def test_a_finished_audited_run_resumes_with_one_end_record(end_record, resumed_step, finished_tiny_run, tmp_path,
+                                                            one_thread):
     run = _audited_copy(finished_tiny_run, tmp_path, {"step": 1, "rows": ["a"]}, {"step": 2, "rows": ["b"]},
                         end_record)
     from cloome_hf.train import main
 
     main(["--output_dir", str(run), *TINY_TRAIN_ARGS, "--audit_log", "--resume_from_checkpoint",
-          str(run / "checkpoints" / "checkpoint-1"), "--allow_changed_settings"])
+          str(run / "checkpoints" / f"checkpoint-{resumed_step}"), "--allow_changed_settings"])
     records = [json.loads(line) for line in (run / "audit" / "rank0.jsonl").read_text().splitlines()]
     assert records[0] == {"step": 1, "rows": ["a"]}  # kept: before the resumed step
-    assert [r["step"] for r in records] == [1, 2, 2] and records[1]["rows"] != ["b"]  # step 2 redone, once
+    assert [r["step"] for r in records] == [1, 2, 2]  # step 2 once (kept, or redone), then the one end record
+    assert (records[1]["rows"] == ["b"]) == (resumed_step == 2)
     assert set(records[2]) == {"step", "final_parameter_digest"} and records[2]["final_parameter_digest"] != "abc"
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,8 +224,6 @@ def test_two_processes_train_well_bags_on_cached_features_like_one_process_on_th
 # A two-process run resumed from a checkpoint in the middle of an epoch: each process's slice of the loader starts
 # at the next global batch, so the resumed steps take the same rows, with the same losses, to the same weights.
 def test_two_processes_resumed_mid_epoch_continue_the_straight_run(tmp_path, one_thread):
-    import shutil
-
     args = [*TINY_ARGS[:-4], "--max_steps", "6", "--save_steps", "3", "--save_total_limit", "0",
             "--logging_steps", "1", "--eval_steps", "100", "--warmup_steps", "2", "--audit_log", "--sync_batchnorm"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -232,12 +231,14 @@ def test_two_processes_resumed_mid_epoch_continue_the_straight_run(tmp_path, one
     state = json.loads((straight / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 0, 3)  # mid-epoch: 4 batches an epoch
     shutil.copytree(straight, resumed)
+    (resumed / "model.safetensors").unlink()  # the resumed run's model is its own, not the straight run's copy
     _launch_two_processes(resumed, [*args, "--resume_from_checkpoint",
                                     str(resumed / "checkpoints" / "checkpoint-3")], per_device_batch=4)
 
     for rank in (0, 1):
-        rows_s, rows_r = _audit(straight, rank)[0], _audit(resumed, rank)[0]
+        (rows_s, digests_s), (rows_r, digests_r) = _audit(straight, rank), _audit(resumed, rank)
         assert {s: rows_r[s] for s in (4, 5, 6)} == {s: rows_s[s] for s in (4, 5, 6)}
+        assert len(digests_s) == 1 and digests_r == digests_s  # the copied end record dropped, the same one written
     losses = {name: {r["step"]: r["loss"] for r in read_log(folder) if "loss" in r}
               for name, folder in (("straight", straight), ("resumed", resumed))}
     assert [losses["resumed"][s] for s in (4, 5, 6)] == [losses["straight"][s] for s in (4, 5, 6)]
